@@ -1,0 +1,346 @@
+//! The command line: tosi-compatible flags (each accepted with one dash or
+//! two), turned once into validated settings, then dispatched. Errors are
+//! printed with their context chain and mapped to documented exit codes.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{CommandFactory, Parser};
+
+use crate::manifest::Platform;
+use crate::progress::Progress;
+use crate::pull::{self, PullOptions};
+use crate::reference::ImageRef;
+use crate::registry::{Credentials, ErrorKind, RegistryError, Transport};
+use crate::workdir::{self, Workdir};
+
+const EXAMPLES: &str = "\
+Examples:
+  flmount -image alpine                                 pull alpine into the workdir cache
+  flmount -image nginx:1.27 -extractto /srv/nginx       a flat rootfs for chroot / nspawn / lxc
+  flmount -image alpine -mount /run/rootfs              overlayfs over cached layers
+  flmount -image 127.0.0.1:5000/app:1 -saveconfig app.json
+  flmount -image ghcr.io/org/app -username me -password \"$TOKEN\" -platform linux/arm64
+
+Credentials: -username/-password (or FLMOUNT_PASSWORD), else REGISTRY_AUTH_FILE,
+else $DOCKER_CONFIG/config.json or ~/.docker/config.json (auths, credHelpers, credsStore).
+Registries on localhost / 127.0.0.0/8 may use plain HTTP, as with Docker.
+
+Exit codes: 0 ok, 1 other error, 2 usage, 3 not found, 4 authentication,
+5 registry or network unavailable, 6 integrity (digest mismatch).";
+
+/// flmount: container images as live filesystems.
+///
+/// Pulls an image from any OCI / Docker registry into a verified workdir
+/// cache (reused across runs and images), and extracts it to a directory or
+/// mounts it. Every flag works with one dash or two (`-image` = `--image`).
+#[derive(Debug, Parser)]
+#[command(name = "flmount", version, about, long_about, after_help = EXAMPLES, max_term_width = 100)]
+pub struct Args {
+    /// Image to use, as Docker names it: alpine, nginx:1.27, host:5000/repo:tag, repo@sha256:<hex>
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
+
+    /// Cache directory for blobs and layers [default: /var/lib/flmount as root, ~/.cache/flmount otherwise]
+    #[arg(long, value_name = "DIR", env = "FLMOUNT_WORKDIR")]
+    pub workdir: Option<PathBuf>,
+
+    /// Extract the image's root filesystem into DIR (e.g. -extractto /srv/rootfs)
+    #[arg(long, value_name = "DIR")]
+    pub extractto: Option<PathBuf>,
+
+    /// Mount the image at DIR with overlayfs over cached layers (e.g. -mount /run/rootfs)
+    #[arg(long, value_name = "DIR")]
+    pub mount: Option<PathBuf>,
+
+    /// Where the overlay's writable upper and work dirs go [default: inside the workdir]
+    #[arg(long, value_name = "DIR")]
+    pub overlaydir: Option<PathBuf>,
+
+    /// How many blobs to download at once (e.g. -parallel-downloads 8)
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel_downloads: u16,
+
+    /// Registry user name (e.g. -username alice)
+    #[arg(long, value_name = "USER")]
+    pub username: Option<String>,
+
+    /// Registry password or token; prefer the FLMOUNT_PASSWORD environment variable, which `ps` does not show
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "FLMOUNT_PASSWORD",
+        hide_env_values = true
+    )]
+    pub password: Option<String>,
+
+    /// Write the image config JSON to FILE (e.g. -saveconfig image.json)
+    #[arg(long, value_name = "FILE")]
+    pub saveconfig: Option<PathBuf>,
+
+    /// Re-hash the image's cached blobs and re-fetch any that are corrupt
+    #[arg(long)]
+    pub validate_cache: bool,
+
+    /// Platform to pick from a multi-platform image (e.g. -platform linux/arm64/v8) [default: this host's]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+
+    /// Accept a registry's invalid TLS certificate, and fall back to plain HTTP if it has no TLS
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// Talk to the registry over plain HTTP
+    #[arg(long)]
+    pub plain_http: bool,
+
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only warnings and errors; no progress bars
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// What to do, validated.
+#[derive(Debug)]
+pub struct Settings {
+    pub image: ImageRef,
+    pub workdir: PathBuf,
+    pub pull: PullOptions,
+    pub saveconfig: Option<PathBuf>,
+    pub extractto: Option<PathBuf>,
+    pub mount: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+impl Args {
+    /// Turns raw flags into settings, or a usage error.
+    pub fn settings(self) -> Result<Settings> {
+        let Some(image) = self.image.as_deref() else {
+            bail!("nothing to do: give -image REF (see flmount -h)");
+        };
+        let image = ImageRef::parse(image)?;
+        let credentials = match (self.username, self.password) {
+            (Some(u), Some(p)) => Some(Credentials::new(u, p)),
+            (None, None) => None,
+            (Some(_), None) => bail!("-username needs -password (or FLMOUNT_PASSWORD)"),
+            (None, Some(_)) => bail!("-password needs -username"),
+        };
+        if self.insecure && self.plain_http {
+            bail!("-insecure and -plain-http exclude each other");
+        }
+        let platform = self.platform.as_deref().map(Platform::parse).transpose()?;
+        if self.extractto.is_some() && self.mount.is_some() {
+            bail!("-extractto and -mount exclude each other");
+        }
+        Ok(Settings {
+            image,
+            workdir: self.workdir.unwrap_or_else(Workdir::default_path),
+            pull: PullOptions {
+                transport: Transport {
+                    insecure: self.insecure,
+                    plain_http: self.plain_http,
+                    ..Transport::default()
+                },
+                credentials,
+                platform,
+                parallel_downloads: self.parallel_downloads as usize,
+                validate_cache: self.validate_cache,
+            },
+            saveconfig: self.saveconfig,
+            extractto: self.extractto,
+            mount: self.mount,
+            quiet: self.quiet,
+        })
+    }
+}
+
+/// Accepts tosi's single-dash long flags: `-image x` becomes `--image x`.
+/// Only names that are long flags are rewritten, so `-v` and `-h` keep
+/// their short meaning; everything after `--` is left alone.
+pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let cmd = Args::command();
+    let longs: Vec<String> = cmd
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_owned))
+        .chain(["help".to_owned(), "version".to_owned()])
+        .collect();
+    let mut out = Vec::new();
+    let mut passthrough = false;
+    for (i, arg) in args.into_iter().enumerate() {
+        if i == 0 || passthrough {
+            out.push(arg);
+            continue;
+        }
+        if arg == "--" {
+            passthrough = true;
+            out.push(arg);
+            continue;
+        }
+        let rewritten = arg.to_str().and_then(|s| {
+            let body = s.strip_prefix('-').filter(|b| !b.starts_with('-'))?;
+            let name = body.split('=').next().unwrap_or(body);
+            (name.len() > 1 && longs.iter().any(|l| l == name)).then(|| OsString::from(format!("-{s}")))
+        });
+        out.push(rewritten.unwrap_or(arg));
+    }
+    out
+}
+
+/// The program: parse, run, report. `main.rs` calls only this.
+pub fn main() -> ExitCode {
+    let args = match Args::try_parse_from(normalize_args(std::env::args_os())) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    init_logging(args.verbose, args.quiet);
+    let settings = match args.settings() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("flmount: error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("flmount: error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flmount: error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+async fn run(s: Settings) -> Result<()> {
+    let workdir =
+        Workdir::open(&s.workdir).with_context(|| format!("opening workdir {}", s.workdir.display()))?;
+    let progress = Progress::new(s.quiet);
+    let image = pull::pull(&workdir, &s.image, &s.pull, &progress).await?;
+    tracing::info!("pulled {}", image.summary());
+    if let Some(path) = &s.saveconfig {
+        workdir::write_atomic(path, &image.config)
+            .with_context(|| format!("saving the image config to {}", path.display()))?;
+        tracing::info!("saved image config to {}", path.display());
+    }
+    if s.extractto.is_some() || s.mount.is_some() {
+        bail!("-extractto and -mount are not available in this build yet; the image is pulled and cached");
+    }
+    Ok(())
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    let kind = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<RegistryError>())
+        .map(|r| r.kind);
+    match kind {
+        Some(ErrorKind::NotFound) => 3,
+        Some(ErrorKind::Auth) => 4,
+        Some(ErrorKind::Unavailable) => 5,
+        Some(ErrorKind::Integrity) => 6,
+        Some(ErrorKind::Protocol) | None => 1,
+    }
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "flmount=info,warn",
+        (false, 1) => "flmount=debug,info",
+        (false, _) => "flmount=trace,debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Args {
+        Args::try_parse_from(normalize_args(args.iter().map(OsString::from))).unwrap()
+    }
+
+    #[test]
+    fn single_and_double_dash() {
+        let a = parse(&[
+            "flmount",
+            "-image",
+            "alpine",
+            "--workdir",
+            "/w",
+            "-parallel-downloads=8",
+            "-v",
+            "-validate-cache",
+        ]);
+        assert_eq!(a.image.as_deref(), Some("alpine"));
+        assert_eq!(a.workdir, Some(PathBuf::from("/w")));
+        assert_eq!(a.parallel_downloads, 8);
+        assert_eq!(a.verbose, 1);
+        assert!(a.validate_cache);
+    }
+
+    #[test]
+    fn passthrough_after_double_dash() {
+        let out = normalize_args(["flmount", "-image", "x", "--", "-image"].map(OsString::from));
+        assert_eq!(out[1], "--image");
+        assert_eq!(out[4], "-image");
+    }
+
+    #[test]
+    fn settings_validation() {
+        let err = |args: &[&str]| parse(args).settings().unwrap_err().to_string();
+        assert!(err(&["flmount"]).contains("nothing to do"));
+        assert!(err(&["flmount", "-image", "a", "-username", "u"]).contains("needs -password"));
+        assert!(err(&["flmount", "-image", "a", "-platform", "linux"]).contains("os/arch"));
+        assert!(err(&["flmount", "-image", "a", "-insecure", "-plain-http"]).contains("exclude"));
+        let s = parse(&["flmount", "-image", "a", "-platform", "linux/arm64"])
+            .settings()
+            .unwrap();
+        assert_eq!(s.pull.platform.unwrap().to_string(), "linux/arm64");
+    }
+
+    #[test]
+    fn password_is_not_in_debug_settings() {
+        let s = parse(&[
+            "flmount",
+            "-image",
+            "a",
+            "-username",
+            "u",
+            "-password",
+            "hunter2-secret",
+        ])
+        .settings()
+        .unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+}

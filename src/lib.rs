@@ -1,0 +1,16 @@
+//! flmount: container images as live filesystems.
+//!
+//! The pipeline, one module per stage (see DESIGN.md):
+//! [`reference`] names an image, [`registry`] talks to where it lives,
+//! [`manifest`] understands what it is made of, [`workdir`] keeps its
+//! verified content, [`pull`] puts those together, and [`cli`] is the
+//! command line over all of it.
+
+pub mod cli;
+pub mod digest;
+pub mod manifest;
+pub mod progress;
+pub mod pull;
+pub mod reference;
+pub mod registry;
+pub mod workdir;
