@@ -13,7 +13,7 @@ use crate::manifest::Platform;
 use crate::progress::Progress;
 use crate::pull::{self, PullOptions};
 use crate::reference::ImageRef;
-use crate::registry::{Credentials, ErrorKind, RegistryError, Transport};
+use crate::registry::{Credentials, ErrorKind, Transport};
 use crate::workdir::{self, Workdir};
 
 const EXAMPLES: &str = "\
@@ -246,11 +246,7 @@ async fn run(s: Settings) -> Result<()> {
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
-    let kind = e
-        .chain()
-        .find_map(|c| c.downcast_ref::<RegistryError>())
-        .map(|r| r.kind);
-    match kind {
+    match crate::registry::error_kind(e) {
         Some(ErrorKind::NotFound) => 3,
         Some(ErrorKind::Auth) => 4,
         Some(ErrorKind::Unavailable) => 5,

@@ -28,6 +28,10 @@ pub const ACCEPTED: &[&str] = &[
     DOCKER_SCHEMA1,
 ];
 
+pub const SCHEMA1_UNSUPPORTED: &str =
+    "this image uses Docker manifest schema 1, which flmount does not support \
+     (deprecated since 2017); re-push it with a current Docker or skopeo";
+
 /// Largest manifest or config accepted (the distribution registry's own limit is 4 MiB).
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 
@@ -192,10 +196,7 @@ impl Manifest {
                 Some(DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED)
             )
         {
-            bail!(
-                "this image uses Docker manifest schema 1, which flmount does not support \
-                 (deprecated since 2017); re-push it with a current Docker or skopeo"
-            );
+            bail!(SCHEMA1_UNSUPPORTED);
         }
         if env.schema_version != Some(2) {
             bail!(

@@ -142,7 +142,7 @@ pub async fn pull(
     blobs.extend(manifest.layers.iter());
     let fetched = stream::iter(blobs.iter().copied())
         .map(|desc| puller.ensure_blob(desc, progress))
-        .buffer_unordered(opts.parallel_downloads.max(1))
+        .buffered(opts.parallel_downloads.max(1))
         .try_collect::<Vec<u64>>()
         .await?;
     let config = workdir.read_blob(&config_desc.digest, manifest::MAX_MANIFEST_BYTES)?;
@@ -269,8 +269,5 @@ fn store_manifest(workdir: &Workdir, wanted: &Digest, actual: &Digest, bytes: &[
 }
 
 fn is_unavailable(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<RegistryError>()
-            .is_some_and(|r| r.kind == ErrorKind::Unavailable)
-    })
+    crate::registry::error_kind(e) == Some(ErrorKind::Unavailable)
 }

@@ -29,6 +29,13 @@ impl Credentials {
         Credentials { username, password }
     }
 
+    /// The `Authorization` header value for HTTP basic auth.
+    pub fn basic_header(&self) -> String {
+        use base64::Engine;
+        let raw = format!("{}:{}", self.username, self.password);
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+    }
+
     pub fn to_auth(&self) -> RegistryAuth {
         RegistryAuth::Basic(self.username.clone(), self.password.clone())
     }

@@ -98,8 +98,11 @@ pub struct RegistryError {
 pub struct RegistryClient {
     client: oci_client::Client,
     auth: RegistryAuth,
+    credentials: Option<Credentials>,
     image: ImageRef,
     retry: RetryPolicy,
+    scheme: &'static str,
+    insecure: bool,
 }
 
 impl RegistryClient {
@@ -117,6 +120,7 @@ impl RegistryClient {
         } else {
             ClientProtocol::Https
         };
+        let protocol_is_http = protocol == ClientProtocol::Http;
         tracing::debug!(registry = %host, ?protocol, insecure, "transport chosen");
         let config = ClientConfig {
             protocol,
@@ -130,12 +134,17 @@ impl RegistryClient {
         let client = oci_client::Client::try_from(config).context("creating the registry client")?;
         let (credentials, source) = auth::lookup(image.registry(), flags)?;
         tracing::debug!(registry = %host, ?source, user = credentials.as_ref().map(|c| c.username.as_str()), "credentials");
-        let auth = credentials.map_or(RegistryAuth::Anonymous, |c| c.to_auth());
+        let auth = credentials
+            .as_ref()
+            .map_or(RegistryAuth::Anonymous, |c| c.to_auth());
         let this = RegistryClient {
             client,
             auth,
+            credentials,
             image: image.clone(),
             retry: transport.retry,
+            scheme: if protocol_is_http { "http" } else { "https" },
+            insecure,
         };
         this.with_retry("authenticating", || async {
             this.client
@@ -151,13 +160,19 @@ impl RegistryClient {
     /// image's repository). Returns its bytes and digest; when the
     /// reference is a digest the content has been checked against it.
     pub async fn fetch_manifest(&self, reference: &oci_client::Reference) -> Result<(Vec<u8>, Digest)> {
-        let (bytes, digest) = self
+        let fetched = self
             .with_retry("fetching the manifest", || async {
                 self.client
                     .pull_manifest_raw(reference, &self.auth, manifest::ACCEPTED)
                     .await
             })
-            .await?;
+            .await;
+        let (bytes, digest) = match fetched {
+            Err(e) if error_kind(&e) == Some(ErrorKind::Integrity) && self.is_schema1(reference).await => {
+                return Err(protocol_error(manifest::SCHEMA1_UNSUPPORTED.to_owned()));
+            }
+            other => other?,
+        };
         if bytes.len() as u64 > manifest::MAX_MANIFEST_BYTES {
             return Err(protocol_error(format!(
                 "manifest of {reference} is {} bytes, more than the {} allowed",
@@ -191,6 +206,7 @@ impl RegistryClient {
             size: desc.size as i64,
             ..Default::default()
         };
+        let resumed_from = writer.offset();
         let mut transferred = 0u64;
         let mut attempt = 0u32;
         loop {
@@ -243,12 +259,18 @@ impl RegistryClient {
                 }
             }
         }
-        writer.commit().await.map_err(|e| {
-            anyhow::Error::new(RegistryError {
+        if let Err(e) = writer.commit().await {
+            if resumed_from > 0 {
+                // The partial file left by an earlier run may hold bad bytes:
+                // it is gone now; download once more from the start.
+                tracing::warn!(blob = %desc.digest.short(), "resumed download failed verification ({e:#}); downloading it again from the start");
+                return Box::pin(self.fetch_blob(workdir, desc, progress)).await;
+            }
+            return Err(anyhow::Error::new(RegistryError {
                 kind: ErrorKind::Integrity,
                 message: format!("{e:#}"),
-            })
-        })?;
+            }));
+        }
         Ok(transferred)
     }
 
@@ -289,6 +311,93 @@ impl RetryPolicy {
         let d = self.first_delay.saturating_mul(1u32 << (attempt - 1).min(16));
         d.min(self.max_delay)
     }
+}
+
+impl RegistryClient {
+    /// oci-client checks a manifest against its digest before returning it,
+    /// which a signed schema 1 manifest never passes (its digest leaves out
+    /// the signatures). When a manifest fails that check, fetch it once more,
+    /// raw, only to tell whether it is schema 1 and say so plainly.
+    async fn is_schema1(&self, reference: &oci_client::Reference) -> bool {
+        let Ok(http) = reqwest::Client::builder()
+            .danger_accept_invalid_certs(self.insecure)
+            .timeout(Duration::from_secs(30))
+            .build()
+        else {
+            return false;
+        };
+        let target = reference.digest().or(reference.tag()).unwrap_or("latest");
+        let url = format!(
+            "{}://{}/v2/{}/manifests/{target}",
+            self.scheme,
+            self.image.registry_host(),
+            reference.repository()
+        );
+        let get = |auth: Option<String>| {
+            let mut req = http.get(&url).header("accept", manifest::ACCEPTED.join(", "));
+            if let Some(a) = auth {
+                req = req.header("authorization", a);
+            }
+            req.send()
+        };
+        let basic = self.credentials.as_ref().map(|c| c.basic_header());
+        let Ok(mut resp) = get(basic.clone()).await else {
+            return false;
+        };
+        if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
+            let challenge = resp
+                .headers()
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .unwrap_or_default();
+            let Some(token) = bearer_token(&http, &challenge, basic.as_deref()).await else {
+                return false;
+            };
+            let Ok(r) = get(Some(format!("Bearer {token}"))).await else {
+                return false;
+            };
+            resp = r;
+        }
+        match resp.bytes().await {
+            Ok(body) if body.len() as u64 <= manifest::MAX_MANIFEST_BYTES => {
+                serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v["schemaVersion"] == 1)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Answers a `Bearer realm=..,service=..,scope=..` challenge with a token.
+async fn bearer_token(http: &reqwest::Client, challenge: &str, basic: Option<&str>) -> Option<String> {
+    let params = challenge.strip_prefix("Bearer ")?;
+    let mut realm = None;
+    let mut query = Vec::new();
+    for part in params.split(',') {
+        let (k, v) = part.trim().split_once('=')?;
+        let v = v.trim_matches('"').to_owned();
+        match k {
+            "realm" => realm = Some(v),
+            "service" | "scope" => query.push((k.to_owned(), v)),
+            _ => {}
+        }
+    }
+    let mut req = http.get(realm?).query(&query);
+    if let Some(b) = basic {
+        req = req.header("authorization", b);
+    }
+    let body: serde_json::Value = req.send().await.ok()?.json().await.ok()?;
+    body["token"]
+        .as_str()
+        .or(body["access_token"].as_str())
+        .map(str::to_owned)
+}
+
+/// The kind of the first classified registry error in a chain.
+pub fn error_kind(e: &anyhow::Error) -> Option<ErrorKind> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<RegistryError>())
+        .map(|r| r.kind)
 }
 
 /// Whether `host` answers TLS (any HTTP answer over HTTPS counts).

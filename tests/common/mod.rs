@@ -1,0 +1,608 @@
+//! The test bed for integration tests: real servers on free loopback ports
+//! (the CNCF distribution registry, optionally with TLS and htpasswd or
+//! bearer-token auth), fixture images written as OCI layouts and pushed
+//! with skopeo, and a runner for the flmount binary.
+//!
+//! Every server is a child process killed and reaped on drop.
+
+#![allow(dead_code)]
+
+pub mod token;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sha2::Digest as _;
+
+/// Panics with a clear message when a test-bed tool is missing.
+pub fn need(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "the test bed needs `{tool}`, which is not installed: run `scripts/install-testbed.sh` (as root)"
+    );
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited early with {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not start listening on port {port}");
+}
+
+/// Authentication a test registry demands.
+pub enum RegistryAuth {
+    None,
+    /// htpasswd basic auth (over TLS).
+    Basic {
+        user: String,
+        password: String,
+    },
+    /// Bearer tokens issued by an in-test token server.
+    Token {
+        user: String,
+        password: String,
+    },
+}
+
+/// A running `docker-registry`.
+pub struct Registry {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    config: PathBuf,
+    pub tls_cert: Option<PathBuf>,
+    token_server: Option<token::TokenServer>,
+}
+
+impl Registry {
+    /// A plain-HTTP registry with no auth.
+    pub fn start() -> Registry {
+        Registry::start_with(false, RegistryAuth::None)
+    }
+
+    pub fn start_with(tls: bool, auth: RegistryAuth) -> Registry {
+        need("docker-registry");
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut cfg = format!(
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+             compatibility:\n  schema1:\n    enabled: true\n\
+             http:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("storage").display()
+        );
+        let mut tls_cert = None;
+        if tls {
+            let (cert, key) = self_signed_cert(dir.path(), "registry");
+            cfg += &format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
+            tls_cert = Some(cert);
+        }
+        let mut token_server = None;
+        match auth {
+            RegistryAuth::None => {}
+            RegistryAuth::Basic { user, password } => {
+                let hash = bcrypt::hash(&password, 4).unwrap();
+                let path = dir.path().join("htpasswd");
+                std::fs::write(&path, format!("{user}:{hash}\n")).unwrap();
+                cfg += &format!(
+                    "auth:\n  htpasswd:\n    realm: flmount-test\n    path: {}\n",
+                    path.display()
+                );
+            }
+            RegistryAuth::Token { user, password } => {
+                let (cert, key) = self_signed_cert(dir.path(), "token");
+                let server = token::TokenServer::start(user, password, key, cert.clone());
+                cfg += &format!(
+                    "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: flmount-test\n    \
+                     issuer: flmount-test-issuer\n    rootcertbundle: {}\n",
+                    server.port,
+                    cert.display()
+                );
+                token_server = Some(server);
+            }
+        }
+        let config = dir.path().join("config.yml");
+        std::fs::write(&config, cfg).unwrap();
+        let mut reg = Registry {
+            child: None,
+            port,
+            dir,
+            config,
+            tls_cert,
+            token_server,
+        };
+        reg.resume();
+        reg
+    }
+
+    /// `127.0.0.1:PORT`
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (to test "registry down"); `resume` starts it again.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn resume(&mut self) {
+        let mut child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting docker-registry");
+        wait_for_port(self.port, &mut child, "docker-registry");
+        self.child = Some(child);
+    }
+
+    /// Where the registry keeps the blob `hex` (sha256), for corrupting it.
+    pub fn blob_data_path(&self, hex: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("storage/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// Pushes an OCI layout's tag with skopeo; `extra` e.g. `["--format", "v2s2"]`.
+    pub fn push(&self, layout: &Path, tag: &str, repo_tag: &str, extra: &[&str]) {
+        self.push_with_creds(layout, tag, repo_tag, extra, None)
+    }
+
+    pub fn push_with_creds(
+        &self,
+        layout: &Path,
+        tag: &str,
+        repo_tag: &str,
+        extra: &[&str],
+        creds: Option<&str>,
+    ) {
+        need("skopeo");
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        if let Some(c) = creds {
+            cmd.arg(format!("--dest-creds={c}"));
+        }
+        cmd.args(extra)
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/{repo_tag}", self.addr()));
+        run_ok(&mut cmd);
+    }
+}
+
+impl Registry {
+    /// Pushes blobs and a manifest through the registry API directly, with
+    /// no conversion (skopeo would compress plain tar layers).
+    pub fn push_raw(&self, repo: &str, tag: &str, blobs: &[Vec<u8>], manifest: &[u8], media_type: &str) {
+        let base = format!("http://{}/v2/{repo}", self.addr());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let client = reqwest::Client::new();
+            for blob in blobs {
+                let digest = format!("sha256:{}", sha256_hex(blob));
+                let start = client
+                    .post(format!("{base}/blobs/uploads/"))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(start.status().as_u16(), 202, "starting an upload");
+                let location = start.headers()["location"].to_str().unwrap().to_owned();
+                let url = if location.starts_with("http") {
+                    location
+                } else {
+                    format!("http://{}{location}", self.addr())
+                };
+                let sep = if url.contains('?') { '&' } else { '?' };
+                let put = client
+                    .put(format!("{url}{sep}digest={digest}"))
+                    .body(blob.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(put.status().as_u16(), 201, "uploading {digest}");
+            }
+            let put = client
+                .put(format!("{base}/manifests/{tag}"))
+                .header("content-type", media_type)
+                .body(manifest.to_vec())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                put.status().as_u16(),
+                201,
+                "pushing the manifest: {}",
+                put.text().await.unwrap()
+            );
+        });
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1, made with openssl.
+pub fn self_signed_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    need("openssl");
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    run_ok(Command::new("openssl").args([
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]));
+    (cert, key)
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+// ---------------------------------------------------------------- fixtures
+
+/// An entry of a fixture layer.
+pub enum Entry {
+    File(&'static str, Vec<u8>),
+    Dir(&'static str),
+    Symlink(&'static str, &'static str),
+}
+
+/// Builds an uncompressed tar from entries.
+pub fn tar_of(entries: &[Entry]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        match e {
+            Entry::File(path, data) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(0o755);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, path, data.as_slice()).unwrap();
+            }
+            Entry::Dir(path) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                b.append_data(&mut h, path, std::io::empty()).unwrap();
+            }
+            Entry::Symlink(path, target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_size(0);
+                b.append_link(&mut h, path, target).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    fn media_type(self) -> &'static str {
+        match self {
+            Compression::None => "application/vnd.oci.image.layer.v1.tar",
+            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+        }
+    }
+
+    fn compress(self, tar: &[u8]) -> Vec<u8> {
+        match self {
+            Compression::None => tar.to_vec(),
+            Compression::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                e.write_all(tar).unwrap();
+                e.finish().unwrap()
+            }
+            Compression::Zstd => zstd::encode_all(tar, 3).unwrap(),
+        }
+    }
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// An OCI image layout on disk, built by hand for full control.
+pub struct Layout {
+    pub dir: PathBuf,
+    /// (tag, descriptor json) entries of index.json
+    tags: Vec<serde_json::Value>,
+}
+
+/// What one image of a layout is made of.
+pub struct ImageSpec<'a> {
+    pub layers: Vec<(Compression, Vec<u8>)>,
+    pub os: &'a str,
+    pub arch: &'a str,
+    pub variant: Option<&'a str>,
+    /// Distinguishes otherwise identical configs.
+    pub label: &'a str,
+}
+
+impl<'a> ImageSpec<'a> {
+    pub fn new(label: &'a str, layers: Vec<(Compression, Vec<u8>)>) -> Self {
+        ImageSpec {
+            layers,
+            os: "linux",
+            arch: "amd64",
+            variant: None,
+            label,
+        }
+    }
+}
+
+/// A written image: digests for assertions.
+pub struct Written {
+    pub manifest: String,
+    pub manifest_size: usize,
+    pub config: String,
+    pub layers: Vec<String>,
+}
+
+impl Layout {
+    pub fn new(dir: &Path) -> Layout {
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        let l = Layout {
+            dir: dir.to_owned(),
+            tags: Vec::new(),
+        };
+        l.write_index();
+        l
+    }
+
+    /// The bytes of a blob of this layout.
+    pub fn blob(&self, digest: &str) -> Vec<u8> {
+        std::fs::read(
+            self.dir
+                .join("blobs/sha256")
+                .join(digest.strip_prefix("sha256:").unwrap()),
+        )
+        .unwrap()
+    }
+
+    fn put(&self, data: &[u8]) -> String {
+        let hex = sha256_hex(data);
+        std::fs::write(self.dir.join("blobs/sha256").join(&hex), data).unwrap();
+        format!("sha256:{hex}")
+    }
+
+    fn write_index(&self) {
+        let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": self.tags});
+        std::fs::write(self.dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    }
+
+    /// Writes the blobs and manifest of one image; returns its digests.
+    pub fn image(&mut self, spec: &ImageSpec) -> Written {
+        let mut layer_descs = Vec::new();
+        let mut diff_ids = Vec::new();
+        let mut layers = Vec::new();
+        for (c, tar) in &spec.layers {
+            let blob = c.compress(tar);
+            let digest = self.put(&blob);
+            diff_ids.push(format!("sha256:{}", sha256_hex(tar)));
+            layer_descs.push(json!({"mediaType": c.media_type(), "digest": digest, "size": blob.len()}));
+            layers.push(digest);
+        }
+        let mut platform = json!({"os": spec.os, "architecture": spec.arch});
+        if let Some(v) = spec.variant {
+            platform["variant"] = json!(v);
+        }
+        let mut config = platform.clone();
+        config["config"] =
+            json!({"Entrypoint": ["/bin/sh"], "Env": ["PATH=/bin"], "Labels": {"test": spec.label}});
+        let history: Vec<_> = diff_ids
+            .iter()
+            .map(|d| json!({"created": "2024-01-01T00:00:00Z", "created_by": format!("layer {d}")}))
+            .collect();
+        config["rootfs"] = json!({"type": "layers", "diff_ids": diff_ids});
+        config["history"] = json!(history);
+        let config = serde_json::to_vec(&config).unwrap();
+        let config_digest = self.put(&config);
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+            "layers": layer_descs,
+        });
+        let manifest = serde_json::to_vec(&manifest).unwrap();
+        let manifest_digest = self.put(&manifest);
+        Written {
+            manifest: manifest_digest,
+            manifest_size: manifest.len(),
+            config: config_digest,
+            layers,
+        }
+    }
+
+    /// Tags a single-platform image.
+    pub fn tag_image(&mut self, tag: &str, w: &Written) {
+        self.tags.push(json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": w.manifest, "size": w.manifest_size,
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }));
+        self.write_index();
+    }
+
+    /// Tags an index over several platform images; returns the index digest.
+    pub fn tag_index(&mut self, tag: &str, images: &[(&ImageSpec, &Written)]) -> String {
+        let manifests: Vec<_> = images
+            .iter()
+            .map(|(spec, w)| {
+                let mut platform = json!({"os": spec.os, "architecture": spec.arch});
+                if let Some(v) = spec.variant {
+                    platform["variant"] = json!(v);
+                }
+                json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": w.manifest, "size": w.manifest_size, "platform": platform})
+            })
+            .collect();
+        let index = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests})).unwrap();
+        let digest = self.put(&index);
+        self.tags.push(json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": digest, "size": index.len(),
+            "annotations": {"org.opencontainers.image.ref.name": tag},
+        }));
+        self.write_index();
+        digest
+    }
+}
+
+/// Deterministic incompressible-ish bytes.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------- flmount
+
+/// Runs the flmount binary with a private HOME and DOCKER_CONFIG, so the
+/// host's credentials never leak into a test.
+pub struct Flmount {
+    pub home: tempfile::TempDir,
+    pub workdir: PathBuf,
+    envs: Vec<(String, String)>,
+}
+
+impl Flmount {
+    pub fn new() -> Flmount {
+        let home = tempfile::tempdir().unwrap();
+        let workdir = home.path().join("work");
+        Flmount {
+            home,
+            workdir,
+            envs: Vec::new(),
+        }
+    }
+
+    pub fn env(&mut self, k: &str, v: &str) -> &mut Self {
+        self.envs.push((k.into(), v.into()));
+        self
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flmount"));
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.home.path())
+            .env("DOCKER_CONFIG", self.home.path().join(".docker"))
+            .env("RUST_BACKTRACE", "1")
+            .arg("-workdir")
+            .arg(&self.workdir);
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().unwrap()
+    }
+
+    /// Runs and asserts success; returns stderr.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success(),
+            "flmount {args:?} failed ({}):\n{stderr}",
+            out.status
+        );
+        stderr
+    }
+
+    /// Runs and asserts failure with `code`; returns stderr.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "flmount {args:?}: expected exit {code}:\n{stderr}"
+        );
+        stderr
+    }
+
+    pub fn blob(&self, digest: &str) -> PathBuf {
+        let (algo, hex) = digest.split_once(':').unwrap();
+        self.workdir.join("blobs").join(algo).join(hex)
+    }
+}
