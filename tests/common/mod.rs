@@ -141,6 +141,13 @@ impl Registry {
         reg
     }
 
+    /// Tokens the bearer-token issuer has handed out (and refused).
+    pub fn tokens(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let t = self.token_server.as_ref().expect("not a token-auth registry");
+        (t.issued.load(SeqCst), t.refused.load(SeqCst))
+    }
+
     /// `127.0.0.1:PORT`
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
