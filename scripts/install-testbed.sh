@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs the real parts the tests and benchmarks talk to (see
+# ../shared/TESTBED.md), from Debian's packages. Idempotent; needs root.
+#
+#   sudo scripts/install-testbed.sh
+set -euo pipefail
+
+packages=(
+  docker-registry # the CNCF distribution registry
+  skopeo          # pushes fixture images into it
+  umoci           # builds images; the reference extractor
+  busybox-static  # a real program for fixture images
+  openssl         # self-signed certificates, token signing
+  curl            # readiness checks in scripts
+  ca-certificates
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "test bed: all packages present"
+  exit 0
+fi
+
+if [ "$(id -u)" != 0 ]; then
+  echo "test bed: missing ${missing[*]}; run this script as root to install them" >&2
+  exit 1
+fi
+
+echo "test bed: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The registry package starts a system service where systemd runs; the tests
+# start their own registries on free ports and need none.
+if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+  systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+echo "test bed: ready"
