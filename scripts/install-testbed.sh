@@ -12,6 +12,7 @@ packages=(
   busybox-static  # a real program for fixture images
   openssl         # self-signed certificates, token signing
   curl            # readiness checks in scripts
+  debootstrap     # the realistic benchmark image (scripts/bench-image.sh)
   ca-certificates
 )
 

@@ -72,12 +72,12 @@ impl PulledImage {
     pub fn summary(&self) -> String {
         let s = &self.stats;
         format!(
-            "{} {} ({} layers, {}; fetched {} layers, {}; {:.2}s{})",
+            "{} {} ({}, {}; fetched {}, {}; {:.2}s{})",
             self.reference,
             self.manifest_digest,
-            s.layers,
+            plural(s.layers, "layer"),
             human_bytes(s.bytes_total),
-            s.layers_fetched,
+            plural(s.layers_fetched, "layer"),
             human_bytes(s.bytes_fetched),
             s.seconds,
             if s.offline {
@@ -87,6 +87,10 @@ impl PulledImage {
             }
         )
     }
+}
+
+fn plural(n: usize, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
 
 /// Pulls `image` into `workdir`.

@@ -502,3 +502,45 @@ fn help_explains_every_flag_and_version_works() {
     let out = fl.command().arg("-version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn server_errors_are_retried_with_backoff_then_reported() {
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let w = push_single(
+        &reg,
+        &tmp.path().join("l"),
+        "flaky/app:1",
+        &ImageSpec::new("f", busybox_layers("f")),
+        &[],
+    );
+
+    // Three 503s (some land on oci-client's `/v2/` auth probes, which do
+    // not look at the status), then a healthy registry: the manifest fetch
+    // is retried and the pull succeeds.
+    let proxy = FaultProxy::start(reg.port, 3, "503 Service Unavailable");
+    let fl = Flmount::new();
+    let err = fl.ok(&["-image", &format!("{}/flaky/app:1", proxy.addr())]);
+    assert_eq!(proxy.failed.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert!(
+        err.contains("answered HTTP 503") && err.contains("retrying"),
+        "{err}"
+    );
+    for d in &w.layers {
+        assert_blob(&fl, d);
+    }
+
+    // A registry that keeps failing: bounded retries, then exit 5.
+    let proxy = FaultProxy::start(reg.port, usize::MAX, "502 Bad Gateway");
+    let fl = Flmount::new();
+    let start = std::time::Instant::now();
+    let err = fl.fails(&["-image", &format!("{}/flaky/app:1", proxy.addr())], 5);
+    assert!(err.contains("HTTP 502") && err.contains("after 5 tries"), "{err}");
+    assert!(start.elapsed().as_secs() < 30, "retries are not bounded");
+    let tries = proxy.failed.load(std::sync::atomic::Ordering::SeqCst);
+    // 5 manifest attempts; oci-client may precede each with a `/v2/` probe.
+    assert!(
+        (5..=12).contains(&tries),
+        "{tries} connections: retries not bounded as documented"
+    );
+}

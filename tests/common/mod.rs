@@ -613,3 +613,68 @@ impl Flmount {
         self.workdir.join("blobs").join(algo).join(hex)
     }
 }
+
+// ---------------------------------------------------------------- faults
+
+/// A TCP proxy in front of a server that answers the first `failures` HTTP
+/// connections with an HTTP error status (and `Connection: close`), then
+/// forwards every later connection untouched. TLS handshakes are refused.
+pub struct FaultProxy {
+    pub port: u16,
+    /// Connections answered with the error so far.
+    pub failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FaultProxy {
+    pub fn start(target_port: u16, failures: usize, status: &'static str) -> FaultProxy {
+        use std::io::Read;
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let failed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = failed.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { continue };
+                let mut first = [0u8; 1];
+                let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
+                // A TLS handshake (a client probing for HTTPS) is refused
+                // without counting: only HTTP requests get the fault.
+                if client.peek(&mut first).unwrap_or(0) == 0 || first[0] == 0x16 {
+                    continue;
+                }
+                let _ = client.set_read_timeout(None);
+                if counter.load(SeqCst) < failures {
+                    counter.fetch_add(1, SeqCst);
+                    let mut buf = [0u8; 4096];
+                    let _ = client.read(&mut buf);
+                    let body = "injected fault";
+                    let _ = write!(
+                        client,
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target_port)) else {
+                    continue;
+                };
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut c1, mut s1) = (client, server);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c1, &mut s1);
+                    let _ = s1.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        FaultProxy { port, failed }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}

@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+#
+# scripts/demo.sh - flmount's main job end to end, offline, on loopback:
+#
+#   1. start a local registry (docker-registry) in a temp dir,
+#   2. build a small busybox image as an OCI layout with umoci,
+#   3. push it to the registry with skopeo,
+#   4. pull it with flmount into a fresh workdir (-saveconfig), show the
+#      summary, the saved config and the workdir layout,
+#   5. pull again: the warm re-pull fetches nothing,
+#   6. clean up (registry stopped by PID, temp dir removed).
+#
+# Run (as root, from anywhere):   scripts/demo.sh
+# Environment:
+#   FLMOUNT   flmount binary [default: target/release/flmount in the repo,
+#             built with `cargo build --release` if missing]
+#   KEEP=1    keep the temp dir (printed at the end) for a look around
+#
+# Needs: docker-registry, skopeo, umoci, busybox-static, curl, python3.
+
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=lib/testbed.sh
+source "$here/lib/testbed.sh"
+testbed_trap
+
+for tool in docker-registry skopeo umoci curl; do
+	command -v "$tool" >/dev/null || {
+		echo "demo: $tool is missing (apt-get install docker-registry skopeo umoci busybox-static curl)" >&2
+		exit 1
+	}
+done
+busybox_bin=/bin/busybox
+if [[ ! -x "$busybox_bin" ]] ||
+	{ command -v file >/dev/null && ! file -L "$busybox_bin" | grep -q 'statically linked'; }; then
+	echo "demo: $busybox_bin is not a static busybox (apt-get install busybox-static)" >&2
+	exit 1
+fi
+
+flmount=${FLMOUNT:-$repo/target/release/flmount}
+if [[ ! -x "$flmount" ]]; then
+	if [[ -n "${FLMOUNT:-}" ]]; then
+		echo "demo: FLMOUNT=$FLMOUNT is not executable" >&2
+		exit 1
+	fi
+	log "building flmount (cargo build --release)"
+	(cd "$repo" && cargo build --release)
+fi
+
+if [[ "${KEEP:-0}" == 1 ]]; then
+	tmp=$(mktemp -d "${TMPDIR:-/tmp}/flmount-demo.XXXXXX")
+else
+	testbed_mktemp tmp flmount-demo
+fi
+
+log "starting a registry"
+start_registry "$tmp/registry"
+log "registry at http://$REGISTRY_ADDR (pid $REGISTRY_PID)"
+
+# --- build the image --------------------------------------------------------
+layout="$tmp/oci"
+tag=latest
+bundle="$tmp/bundle"
+log "building a busybox image with umoci in $layout"
+umoci init --layout "$layout"
+umoci new --image "$layout:$tag"
+umoci unpack --image "$layout:$tag" "$bundle"
+rootfs="$bundle/rootfs"
+mkdir -p "$rootfs/bin" "$rootfs/etc" "$rootfs/tmp"
+cp "$busybox_bin" "$rootfs/bin/busybox"
+for applet in sh ls cat echo; do
+	ln -s busybox "$rootfs/bin/$applet"
+done
+printf 'Hello from a busybox image pulled by flmount.\n' >"$rootfs/etc/motd"
+umoci repack --image "$layout:$tag" "$bundle"
+umoci config --image "$layout:$tag" \
+	--config.entrypoint /bin/sh \
+	--config.cmd -c --config.cmd 'cat /etc/motd' \
+	--config.env PATH=/bin \
+	--config.workingdir /
+umoci stat --image "$layout:$tag" | sed -n '1,4p'
+
+# --- push it ----------------------------------------------------------------
+ref="$REGISTRY_ADDR/demo/busybox:$tag"
+log "pushing to $ref"
+skopeo copy --quiet --dest-tls-verify=false "oci:$layout:$tag" "docker://$ref"
+curl -sf "http://$REGISTRY_ADDR/v2/demo/busybox/tags/list"
+echo
+
+# --- pull it with flmount ---------------------------------------------------
+workdir="$tmp/workdir"
+config="$tmp/busybox-config.json"
+
+log "cold pull: $flmount -image $ref -workdir $workdir -saveconfig $config"
+start=$(now)
+"$flmount" -image "$ref" -workdir "$workdir" -saveconfig "$config"
+echo "    (wall clock $(elapsed "$start") s)"
+
+log "saved image config ($config):"
+python3 -m json.tool "$config" | sed -n '1,40p'
+
+log "workdir layout (find $workdir -maxdepth 3):"
+find "$workdir" -maxdepth 3 | sort | sed "s|^$tmp/||"
+
+log "warm re-pull (same workdir: nothing should be fetched)"
+warm_log="$tmp/warm.log"
+start=$(now)
+"$flmount" -image "$ref" -workdir "$workdir" 2>&1 | tee "$warm_log" >&2
+echo "    (wall clock $(elapsed "$start") s)"
+if grep -q 'fetched 0 layers' "$warm_log"; then
+	log "warm re-pull fetched no layers"
+else
+	log "WARNING: the warm re-pull's summary does not say 'fetched 0 layers'"
+	exit 1
+fi
+
+stop_registry
+log "registry stopped"
+if [[ "${KEEP:-0}" == 1 ]]; then
+	log "kept $tmp"
+fi
+log "demo done"

@@ -1,0 +1,208 @@
+# shellcheck shell=bash
+#
+# scripts/lib/testbed.sh - helpers for scripts that run real servers on
+# loopback (see shared/TESTBED.md). Source it, do not run it:
+#
+#   here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+#   source "$here/lib/testbed.sh"
+#   testbed_trap                      # cleanup on EXIT / INT / TERM
+#   testbed_mktemp tmp flmount-demo   # sets $tmp to a new dir, removed on exit
+#   start_registry "$tmp/registry"    # exports REGISTRY_ADDR, REGISTRY_PID
+#   ...
+#   stop_registry                     # optional: cleanup stops it anyway
+#
+# Functions
+#   free_port             print a free TCP port on 127.0.0.1
+#   start_registry DIR    start `docker-registry serve` on a free loopback
+#                         port, storage in DIR/storage, config and log in DIR;
+#                         exports REGISTRY_ADDR (127.0.0.1:PORT), REGISTRY_PID
+#   stop_registry [PID]   stop a registry by its PID (default $REGISTRY_PID)
+#   testbed_defer CMD...  run CMD (with its arguments, quoted safely) at
+#                         cleanup; deferred commands run last-in first-out
+#   testbed_trap          install testbed_cleanup as the EXIT trap and make
+#                         INT / TERM exit (so that the EXIT trap runs)
+#   testbed_cleanup       stop every server still running (by PID) and run
+#                         deferred commands; safe to call more than once
+#   testbed_mktemp VAR [PREFIX]
+#                         make a temp directory, removed at cleanup, and set
+#                         the variable VAR to its path (not via $(...): a
+#                         subshell could not register the cleanup)
+#   log MSG...            print "==> MSG" to stderr
+#   now                   print the time as seconds.nanoseconds
+#   elapsed START [END]   print END - START (default END: now) in seconds,
+#                         3 decimals
+#
+# Every process these helpers start is recorded by PID and stopped at cleanup;
+# nothing is ever killed by name.
+
+# Guard against double sourcing.
+if [[ -n "${TESTBED_SH_LOADED:-}" ]]; then
+	return 0
+fi
+TESTBED_SH_LOADED=1
+
+# PIDs of servers started here and not yet stopped.
+TESTBED_PIDS=()
+# Deferred cleanup commands, each a shell-quoted string.
+TESTBED_DEFERRED=()
+
+log() {
+	printf '==> %s\n' "$*" >&2
+}
+
+now() {
+	date +%s.%N
+}
+
+elapsed() {
+	local start=${1:?elapsed: START required} end=${2:-}
+	[[ -n "$end" ]] || end=$(now)
+	awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f\n", b - a }'
+}
+
+# free_port: print a TCP port on 127.0.0.1 that nothing listens on right now.
+free_port() {
+	if command -v python3 >/dev/null 2>&1; then
+		local port
+		if port=$(python3 -c 'import socket
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])
+s.close()' 2>/dev/null) && [[ -n "$port" ]]; then
+			printf '%s\n' "$port"
+			return 0
+		fi
+	fi
+	# Fallback: probe random high ports; a refused connection means free.
+	local try candidate
+	for try in $(seq 1 200); do
+		candidate=$((20000 + (RANDOM * 32768 + RANDOM + try) % 40000))
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$candidate") 2>/dev/null; then
+			printf '%s\n' "$candidate"
+			return 0
+		fi
+	done
+	echo "free_port: no free port found" >&2
+	return 1
+}
+
+# start_registry DIR: start a CNCF distribution registry on loopback.
+start_registry() {
+	local dir=${1:?start_registry: DIR required}
+	local port config logfile pid i
+	mkdir -p "$dir/storage"
+	dir=$(cd "$dir" && pwd)
+	port=$(free_port)
+	config="$dir/config.yml"
+	logfile="$dir/registry.log"
+	cat >"$config" <<EOF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $dir/storage
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$port
+EOF
+	docker-registry serve "$config" >"$logfile" 2>&1 &
+	pid=$!
+	TESTBED_PIDS+=("$pid")
+	for i in $(seq 1 100); do
+		if curl -sf -o /dev/null "http://127.0.0.1:$port/v2/"; then
+			export REGISTRY_ADDR="127.0.0.1:$port"
+			export REGISTRY_PID="$pid"
+			return 0
+		fi
+		if ! kill -0 "$pid" 2>/dev/null; then
+			echo "start_registry: docker-registry exited early; log:" >&2
+			cat "$logfile" >&2 || true
+			_testbed_forget_pid "$pid"
+			return 1
+		fi
+		sleep 0.1 # 100 x 0.1 s = 10 s at most
+	done
+	echo "start_registry: no answer on 127.0.0.1:$port after 10 s; log:" >&2
+	cat "$logfile" >&2 || true
+	stop_registry "$pid"
+	return 1
+}
+
+# stop_registry [PID]: stop a server started by start_registry, by its PID.
+stop_registry() {
+	local pid=${1:-${REGISTRY_PID:-}}
+	[[ -n "$pid" ]] || return 0
+	_testbed_stop_pid "$pid"
+	if [[ "$pid" == "${REGISTRY_PID:-}" ]]; then
+		unset REGISTRY_PID REGISTRY_ADDR
+	fi
+}
+
+_testbed_forget_pid() {
+	local pid=$1 p
+	local keep=()
+	for p in "${TESTBED_PIDS[@]}"; do
+		[[ "$p" == "$pid" ]] || keep+=("$p")
+	done
+	TESTBED_PIDS=("${keep[@]}")
+}
+
+# Sends TERM, waits up to 5 s, then KILL; reaps the child.
+_testbed_stop_pid() {
+	local pid=$1 i
+	if kill -0 "$pid" 2>/dev/null; then
+		kill -TERM "$pid" 2>/dev/null || true
+		for i in $(seq 1 50); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		if kill -0 "$pid" 2>/dev/null; then
+			kill -KILL "$pid" 2>/dev/null || true
+		fi
+	fi
+	wait "$pid" 2>/dev/null || true
+	_testbed_forget_pid "$pid"
+}
+
+# testbed_defer CMD [ARGS...]: run CMD at cleanup (last deferred runs first).
+testbed_defer() {
+	local quoted
+	quoted=$(printf '%q ' "$@")
+	TESTBED_DEFERRED+=("$quoted")
+}
+
+# testbed_mktemp VAR [PREFIX]: set VAR to a new temp directory that cleanup
+# removes.
+testbed_mktemp() {
+	local _tb_var=${1:?testbed_mktemp: VAR required} _tb_dir
+	_tb_dir=$(mktemp -d "${TMPDIR:-/tmp}/${2:-testbed}.XXXXXX")
+	testbed_defer rm -rf -- "$_tb_dir"
+	printf -v "$_tb_var" '%s' "$_tb_dir"
+}
+
+# testbed_cleanup: stop all servers, then run deferred commands in reverse.
+testbed_cleanup() {
+	local rc=$? i pid
+	set +e
+	for ((i = ${#TESTBED_PIDS[@]} - 1; i >= 0; i--)); do
+		pid=${TESTBED_PIDS[i]}
+		_testbed_stop_pid "$pid"
+	done
+	TESTBED_PIDS=()
+	for ((i = ${#TESTBED_DEFERRED[@]} - 1; i >= 0; i--)); do
+		eval "${TESTBED_DEFERRED[i]}"
+	done
+	TESTBED_DEFERRED=()
+	return "$rc"
+}
+
+# testbed_trap: the cleanup pattern. Call once, right after sourcing.
+testbed_trap() {
+	trap testbed_cleanup EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+}
