@@ -49,15 +49,7 @@ impl Workdir {
             fs::create_dir_all(&dir)
                 .with_context(|| format!("creating workdir directory {}", dir.display()))?;
         }
-        let lock_path = root.join("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("opening {}", lock_path.display()))?;
-        lock.lock_shared()
-            .with_context(|| format!("locking {}", lock_path.display()))?;
+        let lock = lock_file(&root.join("lock"), Lock::Shared)?;
         Ok(Workdir {
             root: root.to_owned(),
             _lock: lock,
@@ -161,18 +153,7 @@ impl Workdir {
             return Ok(None);
         }
         let lock_path = self.lock_path(digest);
-        let lock = tokio::task::spawn_blocking(move || -> Result<File> {
-            let f = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock_path)
-                .with_context(|| format!("opening {}", lock_path.display()))?;
-            f.lock()
-                .with_context(|| format!("locking {}", lock_path.display()))?;
-            Ok(f)
-        })
-        .await??;
+        let lock = tokio::task::spawn_blocking(move || lock_file(&lock_path, Lock::Exclusive)).await??;
         if self.has_blob(digest) {
             return Ok(None);
         }
@@ -341,6 +322,29 @@ impl RewindExt for tokio::fs::File {
         use tokio::io::AsyncSeekExt;
         self.seek(std::io::SeekFrom::Start(0)).await.map(|_| ())
     }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Lock {
+    Shared,
+    Exclusive,
+}
+
+/// Opens (creating) the lock file at `path` and waits for the lock; it is
+/// held until the returned file is dropped (or the process dies).
+fn lock_file(path: &Path, kind: Lock) -> Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match kind {
+        Lock::Shared => file.lock_shared(),
+        Lock::Exclusive => file.lock(),
+    }
+    .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
 }
 
 /// Writes `data` to `path` atomically: a temp file in the same directory,
