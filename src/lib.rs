@@ -8,9 +8,11 @@
 
 pub mod cli;
 pub mod digest;
+pub mod layer;
 pub mod manifest;
 pub mod progress;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod tree;
 pub mod workdir;
