@@ -25,6 +25,9 @@ pub struct Timestamp {
     pub nsec: u32,
 }
 
+/// An extended attribute: name and value.
+pub type Xattr = (Box<[u8]>, Box<[u8]>);
+
 /// Ownership, permissions, times and extended attributes of an entry.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Meta {
@@ -34,7 +37,7 @@ pub struct Meta {
     pub gid: u32,
     pub mtime: Timestamp,
     /// `SCHILY.xattr.*` records, in header order.
-    pub xattrs: Vec<(Box<[u8]>, Box<[u8]>)>,
+    pub xattrs: Vec<Xattr>,
 }
 
 /// What an entry creates.
@@ -132,11 +135,9 @@ impl LayerBlob {
         let entries = archive
             .entries()
             .with_context(|| format!("reading layer {}", self.path.display()))?;
-        let mut index = 0u32;
-        for entry in entries {
+        for (index, entry) in entries.enumerate() {
             let mut entry = entry.with_context(|| format!("reading layer {}", self.path.display()))?;
-            let this = index;
-            index += 1;
+            let this = u32::try_from(index).context("more than 2^32 entries in one layer")?;
             let Some(change) = classify(&mut entry, this)
                 .with_context(|| format!("entry {} of layer {}", this, self.path.display()))?
             else {
