@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser};
 
+use crate::extract;
 use crate::manifest::Platform;
 use crate::progress::Progress;
 use crate::pull::{self, PullOptions};
@@ -50,6 +51,10 @@ pub struct Args {
     /// Extract the image's root filesystem into DIR (e.g. -extractto /srv/rootfs)
     #[arg(long, value_name = "DIR")]
     pub extractto: Option<PathBuf>,
+
+    /// With -extractto: extract over a non-empty DIR, replacing entries in the way
+    #[arg(long)]
+    pub force: bool,
 
     /// Mount the image at DIR with overlayfs over cached layers (e.g. -mount /run/rootfs)
     #[arg(long, value_name = "DIR")]
@@ -113,6 +118,7 @@ pub struct Settings {
     pub pull: PullOptions,
     pub saveconfig: Option<PathBuf>,
     pub extractto: Option<PathBuf>,
+    pub force: bool,
     pub mount: Option<PathBuf>,
     pub quiet: bool,
 }
@@ -153,6 +159,7 @@ impl Args {
             },
             saveconfig: self.saveconfig,
             extractto: self.extractto,
+            force: self.force,
             mount: self.mount,
             quiet: self.quiet,
         })
@@ -239,8 +246,28 @@ async fn run(s: Settings) -> Result<()> {
             .with_context(|| format!("saving the image config to {}", path.display()))?;
         tracing::info!("saved image config to {}", path.display());
     }
-    if s.extractto.is_some() || s.mount.is_some() {
-        bail!("-extractto and -mount are not available in this build yet; the image is pulled and cached");
+    if let Some(target) = s.extractto.clone() {
+        let layers = image.layer_blobs(&workdir)?;
+        let started = std::time::Instant::now();
+        let force = s.force;
+        let stats = tokio::task::spawn_blocking(move || {
+            extract::extract_layers(&layers, &target, force, &extract::WriteOptions::default())
+                .with_context(|| format!("extracting {} into {}", image.reference, target.display()))
+        })
+        .await??;
+        tracing::info!(
+            "extracted {} directories, {} files ({}), {} symlinks, {} hard links, {} special files in {:.2}s",
+            stats.dirs,
+            stats.files,
+            crate::progress::human_bytes(stats.bytes),
+            stats.symlinks,
+            stats.hardlinks,
+            stats.specials,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    if s.mount.is_some() {
+        bail!("-mount is not available in this build yet; the image is pulled and cached");
     }
     Ok(())
 }

@@ -159,6 +159,25 @@ impl LayerBlob {
     }
 }
 
+/// The changes of every layer, read in parallel (one thread per core).
+pub fn read_all(layers: &[LayerBlob]) -> Result<Vec<Vec<Change>>> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut out = Vec::with_capacity(layers.len());
+    for batch in layers.chunks(threads) {
+        let results: Vec<Result<Vec<Change>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = batch.iter().map(|l| s.spawn(move || l.changes())).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("layer reader panicked"))
+                .collect()
+        });
+        for r in results {
+            out.push(r?);
+        }
+    }
+    Ok(out)
+}
+
 /// Turns a tar entry into a change, or `None` for entries flmount ignores
 /// (global PAX headers, aufs metadata, unknown types).
 fn classify<R: Read>(entry: &mut tar::Entry<R>, index: u32) -> Result<Option<Change>> {

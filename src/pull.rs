@@ -55,6 +55,22 @@ pub struct PulledImage {
     pub stats: PullStats,
 }
 
+impl PulledImage {
+    /// The image's layer blobs in the workdir, lowest first.
+    pub fn layer_blobs(&self, workdir: &Workdir) -> Result<Vec<crate::layer::LayerBlob>> {
+        self.manifest
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(crate::layer::LayerBlob::new(
+                    &workdir.blob_path(&l.digest),
+                    l.layer_compression()?,
+                ))
+            })
+            .collect()
+    }
+}
+
 /// What a pull did, for the summary line.
 #[derive(Debug, Clone, Default)]
 pub struct PullStats {

@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod fstree;
+pub mod tarball;
 pub mod token;
 
 use std::io::Write;

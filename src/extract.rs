@@ -1,0 +1,664 @@
+//! Writing a tree [`Plan`] to a directory, safely and fast.
+//!
+//! Safety: every operation is relative to a directory file descriptor
+//! opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` below the
+//! target root, and final components are created with `O_EXCL |
+//! O_NOFOLLOW` or the `*at` calls that never follow them. The plan has no
+//! `..` and no symlink on any parent path (the tree resolved those), so a
+//! hostile layer cannot make flmount write outside the target, and a
+//! symlink already in a target (with `-force`) is never followed.
+//!
+//! Speed (see PERF-NOTES.md: creating files costs more than inflating):
+//! each file is created exactly once, at its final path, and nothing a
+//! later layer deletes is ever written. Directories are made first; then
+//! one thread per layer inflates and parses while a pool of workers creates
+//! files (small contents travel to the workers, large ones are streamed by
+//! the layer's thread); last, directory metadata is set children-first so
+//! mtimes stick.
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Mutex};
+
+use anyhow::{anyhow, bail, Context, Result};
+use lru::LruCache;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
+
+use crate::layer::{Change, LayerBlob, Meta, Timestamp};
+use crate::tree::{InodeKind, Plan, PlanInode};
+
+/// Content up to this size is read by the layer's thread and handed to a
+/// worker; larger files are streamed to disk by the layer's thread itself.
+const SMALL_FILE: u64 = 64 << 10;
+/// Jobs waiting for a worker (bounds memory: at most this many small files).
+const QUEUE: usize = 128;
+
+/// How to write.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    /// Set owners (needs root; otherwise files belong to the caller).
+    pub owners: bool,
+    /// Create device nodes (needs root; otherwise skipped with a warning).
+    pub devices: bool,
+    /// Worker threads creating files.
+    pub workers: usize,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        let root = nix::unistd::geteuid().is_root();
+        WriteOptions {
+            owners: root,
+            devices: root,
+            workers: std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .clamp(2, 8)
+                * 2,
+        }
+    }
+}
+
+/// What was written.
+#[derive(Debug, Default)]
+pub struct WriteStats {
+    pub dirs: u64,
+    pub files: u64,
+    pub symlinks: u64,
+    pub hardlinks: u64,
+    pub specials: u64,
+    pub bytes: u64,
+    pub skipped_devices: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    files: AtomicU64,
+    symlinks: AtomicU64,
+    hardlinks: AtomicU64,
+    specials: AtomicU64,
+    bytes: AtomicU64,
+    skipped_devices: AtomicU64,
+}
+
+/// The target directory, as a file descriptor everything is relative to.
+pub struct Root {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Root {
+    pub fn open(path: &Path) -> Result<Self> {
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Root {
+            fd,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Opens the directory `rel` below the root; no symlink is followed and
+    /// nothing outside the root can be reached.
+    fn open_dir(&self, rel: &[u8], flags: OFlag) -> Result<OwnedFd> {
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            );
+        let rel_path = if rel.is_empty() { b".".as_slice() } else { rel };
+        nix::fcntl::openat2(&self.fd, std::ffi::OsStr::from_bytes_compat(rel_path), how)
+            .map_err(|e| anyhow!("opening {} inside {}: {e}", show(rel), self.path.display()))
+    }
+}
+
+/// `OsStr::from_bytes` without importing the Unix extension trait everywhere.
+trait OsStrCompat {
+    fn from_bytes_compat(b: &[u8]) -> &std::ffi::OsStr;
+}
+
+impl OsStrCompat for std::ffi::OsStr {
+    fn from_bytes_compat(b: &[u8]) -> &std::ffi::OsStr {
+        std::os::unix::ffi::OsStrExt::from_bytes(b)
+    }
+}
+
+/// Per-thread cache of open parent directories (`O_PATH`).
+struct Dirs<'r> {
+    root: &'r Root,
+    cache: LruCache<Vec<u8>, OwnedFd>,
+}
+
+impl<'r> Dirs<'r> {
+    fn new(root: &'r Root) -> Self {
+        Dirs {
+            root,
+            cache: LruCache::new(std::num::NonZeroUsize::new(64).unwrap()),
+        }
+    }
+
+    /// The parent directory of `path` and its final name.
+    fn parent(&mut self, path: &[u8]) -> Result<(RawFd, CString)> {
+        let (dir, name) = crate::layer::split_last(path);
+        let name = CString::new(name).map_err(|_| anyhow!("NUL in name {}", show(path)))?;
+        if let Some(fd) = self.cache.get(dir) {
+            return Ok((fd.as_raw_fd(), name));
+        }
+        let fd = self.root.open_dir(dir, OFlag::O_PATH)?;
+        let raw = fd.as_raw_fd();
+        self.cache.put(dir.to_vec(), fd);
+        Ok((raw, name))
+    }
+}
+
+/// Writes `plan` into the existing directory `target`. Regular-file content
+/// comes from `layers[source.layer]`. Entries already present (only with
+/// `-force`) are replaced.
+pub fn write_plan(
+    plan: &Plan,
+    layers: &[LayerBlob],
+    target: &Path,
+    opts: &WriteOptions,
+) -> Result<WriteStats> {
+    let root = Root::open(target)?;
+    let counters = Counters::default();
+    let mut dirs = Dirs::new(&root);
+
+    for dir in plan.dirs.iter().filter(|d| !d.path.is_empty()) {
+        let (parent, name) = dirs.parent(&dir.path)?;
+        mkdir(parent, &name).with_context(|| format!("creating directory {}", show(&dir.path)))?;
+    }
+    if !plan.whiteouts.is_empty() {
+        if !opts.devices {
+            bail!("overlay whiteouts are character devices and need root to create");
+        }
+        for path in &plan.whiteouts {
+            let (parent, name) = dirs.parent(path)?;
+            replace_existing(parent, &name)?;
+            mknod(parent, &name, libc::S_IFCHR, 0)
+                .with_context(|| format!("creating whiteout {}", show(path)))?;
+        }
+    }
+
+    let sources = plan.sources();
+    let stop = AtomicBool::new(false);
+    let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let fail = |e: anyhow::Error| {
+        stop.store(true, Ordering::SeqCst);
+        let mut f = failure.lock().unwrap();
+        if f.is_none() {
+            *f = Some(e);
+        }
+    };
+    let (tx, rx) = mpsc::sync_channel::<(usize, Option<Vec<u8>>)>(QUEUE);
+    let rx = Mutex::new(rx);
+
+    std::thread::scope(|scope| {
+        for _ in 0..opts.workers.max(1) {
+            scope.spawn(|| {
+                let mut dirs = Dirs::new(&root);
+                loop {
+                    let job = rx.lock().unwrap().recv();
+                    let Ok((index, data)) = job else { break };
+                    if stop.load(Ordering::Relaxed) {
+                        continue;
+                    }
+                    let inode = &plan.inodes[index];
+                    let result = create_inode(
+                        &mut dirs,
+                        inode,
+                        data.as_deref().map(|d| d as &[u8]).map(Content::Bytes),
+                        opts,
+                        &counters,
+                    );
+                    if let Err(e) = result {
+                        fail(e);
+                    }
+                }
+            });
+        }
+        // Inodes without content from a layer: symlinks, devices, empty files.
+        let tx_plain = tx.clone();
+        let plain = &plan.inodes;
+        scope.spawn(move || {
+            for (i, inode) in plain.iter().enumerate() {
+                if !matches!(inode.kind, InodeKind::File { source: Some(_), .. })
+                    && tx_plain.send((i, None)).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        // One reader per layer with content to give.
+        for (&layer, wanted) in &sources {
+            let tx = tx.clone();
+            let (stop, fail, counters, root) = (&stop, &fail, &counters, &root);
+            let blob = &layers[layer];
+            scope.spawn(move || {
+                let mut dirs = Dirs::new(root);
+                let mut remaining = wanted.len();
+                let result = blob.for_each(|change, reader| {
+                    if stop.load(Ordering::Relaxed) {
+                        bail!(Finished);
+                    }
+                    let Change::Add(entry) = change else { return Ok(()) };
+                    let Some(&index) = wanted.get(&entry.index) else {
+                        return Ok(());
+                    };
+                    let inode = &plan.inodes[index];
+                    let InodeKind::File { size, .. } = inode.kind else {
+                        return Ok(());
+                    };
+                    if size <= SMALL_FILE {
+                        let mut data = Vec::with_capacity(size as usize);
+                        reader.take(size).read_to_end(&mut data)?;
+                        tx.send((index, Some(data)))
+                            .map_err(|_| anyhow!("writers stopped"))?;
+                    } else {
+                        create_inode(&mut dirs, inode, Some(Content::Stream(reader)), opts, counters)?;
+                    }
+                    remaining -= 1;
+                    if remaining == 0 {
+                        bail!(Finished);
+                    }
+                    Ok(())
+                });
+                match result {
+                    Err(e) if e.is::<Finished>() => {}
+                    Err(e) => fail(e.context(format!("extracting from layer {}", blob.path.display()))),
+                    Ok(()) if remaining > 0 => fail(anyhow!(
+                        "layer {} ended before {remaining} of its files were found",
+                        blob.path.display()
+                    )),
+                    Ok(()) => {}
+                }
+            });
+        }
+        drop(tx);
+    });
+    if let Some(e) = failure.into_inner().unwrap() {
+        return Err(e);
+    }
+
+    // Directory metadata last, deepest first, so children do not disturb mtimes.
+    for dir in plan.dirs.iter().rev() {
+        let fd = root.open_dir(&dir.path, OFlag::O_RDONLY)?;
+        let fd = fd.as_raw_fd();
+        if dir.opaque {
+            set_xattr_fd(fd, b"trusted.overlay.opaque", b"y")
+                .with_context(|| format!("marking {} opaque", show(&dir.path)))?;
+        }
+        if dir.implicit {
+            continue;
+        }
+        apply_meta_fd(fd, &dir.meta, opts)
+            .with_context(|| format!("setting metadata of {}", show(&dir.path)))?;
+    }
+
+    let c = counters;
+    let stats = WriteStats {
+        dirs: plan.dirs.len() as u64,
+        files: c.files.into_inner(),
+        symlinks: c.symlinks.into_inner(),
+        hardlinks: c.hardlinks.into_inner(),
+        specials: c.specials.into_inner(),
+        bytes: c.bytes.into_inner(),
+        skipped_devices: c.skipped_devices.into_inner(),
+    };
+    if stats.skipped_devices > 0 {
+        tracing::warn!(
+            "skipped {} device nodes: creating them needs root",
+            stats.skipped_devices
+        );
+    }
+    Ok(stats)
+}
+
+/// Ends a layer reader early: it found everything, or another thread failed.
+#[derive(Debug)]
+struct Finished;
+impl std::fmt::Display for Finished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("layer reader finished early")
+    }
+}
+impl std::error::Error for Finished {}
+
+enum Content<'a> {
+    Bytes(&'a [u8]),
+    Stream(&'a mut dyn Read),
+}
+
+/// Creates an inode at its first path, then hard links for its other names.
+fn create_inode(
+    dirs: &mut Dirs,
+    inode: &PlanInode,
+    content: Option<Content>,
+    opts: &WriteOptions,
+    counters: &Counters,
+) -> Result<()> {
+    let path = &inode.paths[0];
+    let (parent, name) = dirs.parent(path)?;
+    let created = create_one(parent, &name, inode, content, opts, counters)
+        .with_context(|| format!("creating {}", show(path)))?;
+    if !created {
+        return Ok(());
+    }
+    for link in &inode.paths[1..] {
+        let (lparent, lname) = dirs.parent(link)?;
+        replace_existing(lparent, &lname)?;
+        // SAFETY: valid fds and NUL-terminated names; flags 0 never follows `name`.
+        let rc = unsafe { libc::linkat(parent, name.as_ptr(), lparent, lname.as_ptr(), 0) };
+        check(rc).with_context(|| format!("linking {} to {}", show(link), show(path)))?;
+        counters.hardlinks.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Returns false when the inode was skipped (a device without root).
+fn create_one(
+    parent: RawFd,
+    name: &CString,
+    inode: &PlanInode,
+    content: Option<Content>,
+    opts: &WriteOptions,
+    counters: &Counters,
+) -> Result<bool> {
+    let meta = &inode.meta;
+    match &inode.kind {
+        InodeKind::File { .. } => {
+            let fd = open_new_file(parent, name)?;
+            let mut file = std::fs::File::from(fd);
+            let written = match content {
+                Some(Content::Bytes(b)) => {
+                    file.write_all(b)?;
+                    b.len() as u64
+                }
+                Some(Content::Stream(r)) => std::io::copy(r, &mut file)?,
+                None => 0,
+            };
+            counters.bytes.fetch_add(written, Ordering::Relaxed);
+            counters.files.fetch_add(1, Ordering::Relaxed);
+            apply_meta_fd(file.as_raw_fd(), meta, opts)?;
+        }
+        InodeKind::Symlink { target } => {
+            let target = CString::new(target.as_ref()).map_err(|_| anyhow!("NUL in symlink target"))?;
+            replace_existing(parent, name)?;
+            // SAFETY: valid fd and NUL-terminated strings.
+            check(unsafe { libc::symlinkat(target.as_ptr(), parent, name.as_ptr()) })?;
+            counters.symlinks.fetch_add(1, Ordering::Relaxed);
+            apply_meta_at(parent, name, meta, opts, false)?;
+        }
+        InodeKind::CharDev { major, minor } | InodeKind::BlockDev { major, minor } => {
+            if !opts.devices {
+                counters.skipped_devices.fetch_add(1, Ordering::Relaxed);
+                return Ok(false);
+            }
+            let kind = if matches!(inode.kind, InodeKind::CharDev { .. }) {
+                libc::S_IFCHR
+            } else {
+                libc::S_IFBLK
+            };
+            replace_existing(parent, name)?;
+            mknod(parent, name, kind, libc::makedev(*major, *minor))?;
+            counters.specials.fetch_add(1, Ordering::Relaxed);
+            apply_meta_at(parent, name, meta, opts, true)?;
+        }
+        InodeKind::Fifo => {
+            replace_existing(parent, name)?;
+            mknod(parent, name, libc::S_IFIFO, 0)?;
+            counters.specials.fetch_add(1, Ordering::Relaxed);
+            apply_meta_at(parent, name, meta, opts, true)?;
+        }
+        InodeKind::Dir => unreachable!("directories are not inodes of the plan"),
+    }
+    Ok(true)
+}
+
+fn open_new_file(parent: RawFd, name: &CString) -> Result<OwnedFd> {
+    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    for attempt in 0..2 {
+        // SAFETY: valid fd and NUL-terminated name.
+        let fd = unsafe { libc::openat(parent, name.as_ptr(), flags, 0o600 as libc::c_uint) };
+        if fd >= 0 {
+            // SAFETY: openat returned a new fd we own.
+            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EEXIST) && attempt == 0 {
+            replace_existing(parent, name)?;
+            continue;
+        }
+        return Err(err.into());
+    }
+    unreachable!()
+}
+
+fn mkdir(parent: RawFd, name: &CString) -> Result<()> {
+    // SAFETY: valid fd and NUL-terminated name.
+    let rc = unsafe { libc::mkdirat(parent, name.as_ptr(), 0o700) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EEXIST) {
+        if is_dir_at(parent, name)? {
+            return Ok(());
+        }
+        replace_existing(parent, name)?;
+        // SAFETY: as above.
+        return check(unsafe { libc::mkdirat(parent, name.as_ptr(), 0o700) });
+    }
+    Err(err.into())
+}
+
+fn mknod(parent: RawFd, name: &CString, kind: libc::mode_t, dev: libc::dev_t) -> Result<()> {
+    // SAFETY: valid fd and NUL-terminated name.
+    check(unsafe { libc::mknodat(parent, name.as_ptr(), kind | 0o600, dev) })
+}
+
+fn is_dir_at(parent: RawFd, name: &CString) -> Result<bool> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: valid fd, name, and a buffer of the right type.
+    let rc = unsafe { libc::fstatat(parent, name.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    check(rc)?;
+    // SAFETY: fstatat succeeded and filled it.
+    Ok(unsafe { st.assume_init() }.st_mode & libc::S_IFMT == libc::S_IFDIR)
+}
+
+/// Removes whatever is at `parent/name` (only present when writing over
+/// an existing tree); a directory goes with its content.
+fn replace_existing(parent: RawFd, name: &CString) -> Result<()> {
+    // SAFETY: valid fd and NUL-terminated name.
+    if unsafe { libc::unlinkat(parent, name.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENOENT) => Ok(()),
+        Some(libc::EISDIR) | Some(libc::EPERM) => {
+            // std's remove_dir_all never follows symlinks (CVE-2022-21658).
+            let path = PathBuf::from(format!("/proc/self/fd/{parent}"))
+                .join(std::ffi::OsStr::from_bytes_compat(name.as_bytes()));
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("removing existing directory {}", show(name.as_bytes())))
+        }
+        _ => Err(err.into()),
+    }
+}
+
+/// Owner, mode, xattrs and mtime on an open file or directory.
+fn apply_meta_fd(fd: RawFd, meta: &Meta, opts: &WriteOptions) -> Result<()> {
+    if opts.owners && (meta.uid != 0 || meta.gid != 0) {
+        // SAFETY: valid fd.
+        check(unsafe { libc::fchown(fd, meta.uid, meta.gid) }).context("setting the owner")?;
+    }
+    // chmod after chown: chown clears setuid/setgid.
+    // SAFETY: valid fd.
+    check(unsafe { libc::fchmod(fd, meta.mode & 0o7777) }).context("setting the mode")?;
+    for (name, value) in &meta.xattrs {
+        if let Err(e) = set_xattr_fd(fd, name, value) {
+            warn_xattr(name, &e);
+        }
+    }
+    let times = timespecs(meta.mtime);
+    // SAFETY: valid fd and two timespecs.
+    check(unsafe { libc::futimens(fd, times.as_ptr()) }).context("setting the mtime")
+}
+
+/// The same for a symlink or special file, by name (never following it).
+fn apply_meta_at(parent: RawFd, name: &CString, meta: &Meta, opts: &WriteOptions, chmod: bool) -> Result<()> {
+    if opts.owners && (meta.uid != 0 || meta.gid != 0) {
+        // SAFETY: valid fd and name.
+        check(unsafe {
+            libc::fchownat(
+                parent,
+                name.as_ptr(),
+                meta.uid,
+                meta.gid,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })
+        .context("setting the owner")?;
+    }
+    if chmod {
+        // SAFETY: valid fd and name; special files are not symlinks, so following is moot.
+        check(unsafe { libc::fchmodat(parent, name.as_ptr(), meta.mode & 0o7777, 0) })
+            .context("setting the mode")?;
+    }
+    if !meta.xattrs.is_empty() {
+        let path = PathBuf::from(format!("/proc/self/fd/{parent}"))
+            .join(std::ffi::OsStr::from_bytes_compat(name.as_bytes()));
+        for (xname, value) in &meta.xattrs {
+            let key = std::ffi::OsStr::from_bytes_compat(xname);
+            if let Err(e) = xattr::set(&path, key, value) {
+                warn_xattr(xname, &e.into());
+            }
+        }
+    }
+    let times = timespecs(meta.mtime);
+    // SAFETY: valid fd, name and two timespecs.
+    check(unsafe { libc::utimensat(parent, name.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
+        .context("setting the mtime")
+}
+
+fn set_xattr_fd(fd: RawFd, name: &[u8], value: &[u8]) -> Result<()> {
+    let name = CString::new(name).map_err(|_| anyhow!("NUL in xattr name"))?;
+    // SAFETY: valid fd, NUL-terminated name, value pointer and length.
+    let rc = unsafe { libc::fsetxattr(fd, name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    check(rc)
+}
+
+fn warn_xattr(name: &[u8], e: &anyhow::Error) {
+    tracing::warn!("could not set extended attribute {}: {e:#}", show(name));
+}
+
+fn timespecs(t: Timestamp) -> [libc::timespec; 2] {
+    let ts = libc::timespec {
+        tv_sec: t.sec as libc::time_t,
+        tv_nsec: t.nsec as libc::c_long,
+    };
+    [ts, ts]
+}
+
+fn check(rc: libc::c_int) -> Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().into())
+    }
+}
+
+/// A raw path for messages.
+pub fn show(path: &[u8]) -> String {
+    if path.is_empty() {
+        "/".into()
+    } else {
+        String::from_utf8_lossy(path).into_owned()
+    }
+}
+
+/// Extracts the merged tree of `layers` (lowest first) into `target`.
+///
+/// A new or empty `target` is written as a sibling staging directory and
+/// renamed into place once complete, so a failure leaves nothing behind. A
+/// non-empty `target` is refused unless `force`, and then written in place
+/// (entries in the way are replaced). A mount point is written in place.
+pub fn extract_layers(
+    layers: &[LayerBlob],
+    target: &Path,
+    force: bool,
+    opts: &WriteOptions,
+) -> Result<WriteStats> {
+    let changes = crate::layer::read_all(layers)?;
+    let tree = crate::tree::Tree::from_layers(&changes)?;
+    let plan = tree.plan();
+    into_target(target, force, |dir| write_plan(&plan, layers, dir, opts))
+}
+
+/// Runs `write` on a staging directory that becomes `target`, or on
+/// `target` itself when it cannot be replaced (non-empty with `force`, or a
+/// mount point).
+pub fn into_target<T>(target: &Path, force: bool, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let meta = match std::fs::symlink_metadata(target) {
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("checking {}", target.display())),
+    };
+    let mut in_place = false;
+    if let Some(m) = &meta {
+        if !m.is_dir() {
+            bail!("{} exists and is not a directory", target.display());
+        }
+        let empty = std::fs::read_dir(target)
+            .with_context(|| format!("reading {}", target.display()))?
+            .next()
+            .is_none();
+        if !empty && !force {
+            bail!(
+                "{} is not empty; remove it, choose another directory, or pass -force to extract over it",
+                target.display()
+            );
+        }
+        in_place = !empty || is_mount_point(target)?;
+    }
+    if in_place {
+        return write(target);
+    }
+    let parent = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+    let name = target
+        .file_name()
+        .context("the target has no final name")?
+        .to_string_lossy()
+        .into_owned();
+    let staging = tempfile::Builder::new()
+        .prefix(&format!(".{name}.flmount-"))
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a staging directory in {}", parent.display()))?;
+    let result = write(staging.path())?;
+    let staged = staging.keep();
+    if let Err(e) = std::fs::rename(&staged, target) {
+        let _ = std::fs::remove_dir_all(&staged);
+        return Err(e).with_context(|| format!("moving the extracted tree into {}", target.display()));
+    }
+    Ok(result)
+}
+
+fn is_mount_point(path: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let here = std::fs::metadata(path)?;
+    let parent = std::fs::metadata(path.join(".."))?;
+    Ok(here.dev() != parent.dev() || here.ino() == parent.ino())
+}

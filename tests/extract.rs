@@ -1,0 +1,459 @@
+//! `-extractto`: the flattened rootfs must equal, entry by entry, what
+//! `umoci unpack` makes of the same image (the independent reference), on
+//! fixtures that exercise every OCI layer rule; and no hostile layer may
+//! write outside the target.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::fstree::{assert_same_tree, describe, Ignore};
+use common::tarball::{tar, E};
+use common::*;
+
+/// The image's layout dir and tag, plus where the registry serves it.
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    layout: PathBuf,
+    _reg: Registry,
+    image: String,
+}
+
+fn fixture(name: &str, layers: Vec<(Compression, Vec<u8>)>) -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let layout = tmp.path().join("layout");
+    let mut l = Layout::new(&layout);
+    let w = l.image(&ImageSpec::new(name, layers));
+    l.tag_image("t", &w);
+    let reg = Registry::start();
+    let blobs: Vec<Vec<u8>> = w.layers.iter().chain([&w.config]).map(|d| l.blob(d)).collect();
+    reg.push_raw(
+        &format!("fx/{name}"),
+        "t",
+        &blobs,
+        &l.blob(&w.manifest),
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    let image = format!("{}/fx/{name}:t", reg.addr());
+    Fixture {
+        _tmp: tmp,
+        layout,
+        _reg: reg,
+        image,
+    }
+}
+
+fn umoci_unpack(layout: &Path, dest: &Path) -> PathBuf {
+    need("umoci");
+    let bundle = dest.join("bundle");
+    run_ok(
+        Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:t", layout.display()))
+            .arg(&bundle),
+    );
+    bundle.join("rootfs")
+}
+
+/// True when running as root; otherwise says loudly why the test skips.
+fn root_or_skip(test: &str) -> bool {
+    if nix_is_root() {
+        return true;
+    }
+    eprintln!(
+        "SKIPPED {test}: needs root (device nodes, owners, trusted xattrs, umoci unpack without --rootless)"
+    );
+    false
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Every rule of the issue in three layers.
+fn rules_layers() -> Vec<Vec<E>> {
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let long_dir = "l".repeat(120);
+    vec![
+        vec![
+            E::dir("./").mode(0o755),
+            E::dir("bin"),
+            E::file("bin/busybox", &busybox).mode(0o755),
+            E::symlink("bin/sh", "busybox"),
+            E::hardlink("bin/ls", "bin/busybox"),
+            E::file("bin/su", b"setuid\n").mode(0o4755).owner(0, 0),
+            E::file("bin/wall", b"setgid\n").mode(0o2755).owner(0, 5),
+            E::dir("etc").mode(0o755),
+            E::file("etc/passwd", b"root:x:0:0::/root:/bin/sh\n"),
+            E::file("etc/shadow", b"root:*:1::::::\n")
+                .mode(0o640)
+                .owner(0, 42),
+            E::file("etc/owned", b"user file\n").owner(1000, 1001),
+            E::dir("tmp").mode(0o1777),
+            E::dir("usr"),
+            E::dir("usr/bin"),
+            E::file("usr/bin/ping", b"ping binary\n")
+                .mode(0o755)
+                .xattr(
+                    "security.capability",
+                    b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+                )
+                .xattr("user.flmount", b"kept"),
+            E::dir("dev"),
+            E::chr("dev/null", 1, 3),
+            E::blk("dev/sda", 8, 0),
+            E::fifo("dev/initctl").mode(0o600),
+            E::dir("var"),
+            E::dir("var/cache"),
+            E::file("var/cache/old1", b"1"),
+            E::dir("var/cache/sub"),
+            E::file("var/cache/sub/old2", b"2"),
+            E::dir("becomes-file"),
+            E::file("becomes-file/child", b"c"),
+            E::file("becomes-dir", b"f"),
+            E::symlink("becomes-other", "etc"),
+            E::file("empty", b""),
+            E::file("big", pseudo_random(3 << 20, 3)),
+            E::dir(&long_dir),
+            E::file(format!("{long_dir}/{}", "n".repeat(150)), b"long name\n"),
+            E::file(b"non-utf8-\xff\xfe".as_slice(), b"raw bytes name\n"),
+            E::file("subsecond", b"t").pax("mtime", "1700000000.123456789"),
+            E::file("victim", b"original content\n"),
+            E::dir("keepdir").mode(0o750),
+            E::file("keepdir/child", b"kept across a metadata change\n"),
+        ],
+        vec![
+            E::file("etc/.wh.shadow", b""),
+            E::file("var/cache/.wh..wh..opq", b""),
+            E::file("var/cache/new", b"new"),
+            E::file("becomes-file", b"now a file"),
+            E::dir("becomes-dir").mode(0o700),
+            E::file("becomes-dir/inside", b"i"),
+            E::file("becomes-other", b"was a symlink"),
+            E::hardlink("etc/passwd-link", "etc/passwd"),
+            E::hardlink("victim-link", "victim"),
+            E::file("dup", b"first"),
+            E::file("dup", b"second, the winner"),
+            E::dir("keepdir").mode(0o700).owner(3, 4).mtime(1_600_000_000),
+            E::file("etc/motd", b"layer two\n"),
+        ],
+        vec![
+            E::file(".wh.victim", b""),
+            E::file("etc/.wh.motd", b""),
+            E::file("etc/shadow", b"recreated after a whiteout\n").mode(0o600),
+        ],
+    ]
+}
+
+fn rules_fixture(name: &str, compression: Compression) -> Fixture {
+    fixture(
+        name,
+        rules_layers()
+            .iter()
+            .map(|entries| (compression, tar(entries)))
+            .collect(),
+    )
+}
+
+#[test]
+fn extraction_equals_umoci_on_every_rule() {
+    if !root_or_skip("extraction_equals_umoci_on_every_rule") {
+        return;
+    }
+    let fx = rules_fixture("rules", Compression::Gzip);
+    let out = tempfile::tempdir().unwrap();
+    let ours = out.path().join("rootfs");
+    let fl = Flmount::new();
+    fl.ok(&["-image", &fx.image, "-extractto", ours.to_str().unwrap()]);
+    let reference = umoci_unpack(&fx.layout, out.path());
+    assert_same_tree(&ours, &reference, &Ignore::default());
+
+    // Spot checks that the comparison really covers the rules.
+    let listing = describe(&ours);
+    assert!(!listing.contains_key("/etc/motd") && !listing.contains_key("/victim"));
+    assert!(!listing.contains_key("/var/cache/old1") && !listing.contains_key("/var/cache/sub"));
+    assert_eq!(listing["/victim-link"].content, sha256_hex(b"original content\n"));
+    assert_eq!(listing["/bin/ls"].link_group, "/bin/busybox");
+    assert_eq!(listing["/bin/su"].mode, 0o4755);
+    assert_eq!(listing["/tmp"].mode, 0o1777);
+    assert_eq!(listing["/dev/sda"].rdev, (8, 0));
+    assert!(listing["/usr/bin/ping"]
+        .xattrs
+        .contains_key("security.capability"));
+    assert_eq!(listing["/keepdir"].uid, 3);
+    assert!(listing.contains_key("/keepdir/child"));
+    assert_eq!(listing["/subsecond"].mtime, (1_700_000_000, 123_456_789));
+    assert_eq!(listing["/dup"].content, sha256_hex(b"second, the winner"));
+}
+
+#[test]
+fn zstd_and_plain_layers_give_the_same_tree() {
+    if !root_or_skip("zstd_and_plain_layers_give_the_same_tree") {
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let mut trees = Vec::new();
+    for (name, c) in [
+        ("gz", Compression::Gzip),
+        ("zst", Compression::Zstd),
+        ("plain", Compression::None),
+    ] {
+        let fx = rules_fixture(name, c);
+        let dest = out.path().join(name);
+        Flmount::new().ok(&["-image", &fx.image, "-extractto", dest.to_str().unwrap()]);
+        trees.push(dest);
+    }
+    assert_same_tree(&trees[0], &trees[1], &Ignore::default());
+    assert_same_tree(&trees[0], &trees[2], &Ignore::default());
+}
+
+#[test]
+fn a_busybox_rootfs_runs_in_a_chroot() {
+    if !root_or_skip("a_busybox_rootfs_runs_in_a_chroot") {
+        return;
+    }
+    let fx = rules_fixture("chroot", Compression::Gzip);
+    let out = tempfile::tempdir().unwrap();
+    let rootfs = out.path().join("rootfs");
+    Flmount::new().ok(&["-image", &fx.image, "-extractto", rootfs.to_str().unwrap()]);
+    let result = run_ok(Command::new("chroot").arg(&rootfs).args([
+        "/bin/sh",
+        "-c",
+        "/bin/busybox cat /etc/passwd-link; ls /var/cache",
+    ]));
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        stdout.contains("root:x:0:0") && stdout.contains("new"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn refuses_a_non_empty_target_unless_forced() {
+    let fx = fixture(
+        "small",
+        vec![(
+            Compression::Gzip,
+            tar(&[E::dir("etc"), E::file("etc/hostname", b"img\n")]),
+        )],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("busy");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("precious"), b"keep me").unwrap();
+    let fl = Flmount::new();
+    let err = fl.fails(&["-image", &fx.image, "-extractto", target.to_str().unwrap()], 1);
+    assert!(err.contains("not empty") && err.contains("-force"), "{err}");
+    assert_eq!(std::fs::read(target.join("precious")).unwrap(), b"keep me");
+    // A symlink planted in the target is replaced, never followed.
+    let outside = out.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, target.join("etc")).unwrap();
+    fl.ok(&[
+        "-image",
+        &fx.image,
+        "-extractto",
+        target.to_str().unwrap(),
+        "-force",
+    ]);
+    assert_eq!(std::fs::read(target.join("etc/hostname")).unwrap(), b"img\n");
+    assert!(std::fs::symlink_metadata(target.join("etc")).unwrap().is_dir());
+    assert!(
+        std::fs::read_dir(&outside).unwrap().next().is_none(),
+        "wrote through the planted symlink"
+    );
+    // An empty target is fine, and a failed extraction leaves nothing behind.
+    let empty = out.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    fl.ok(&["-image", &fx.image, "-extractto", empty.to_str().unwrap()]);
+    assert!(empty.join("etc/hostname").is_file());
+}
+
+#[test]
+fn a_failed_extraction_leaves_nothing_half_written() {
+    // A hard link to a file that does not exist: the tree is rejected.
+    let fx = fixture(
+        "broken",
+        vec![(
+            Compression::Gzip,
+            tar(&[E::file("a", b"a"), E::hardlink("b", "missing")]),
+        )],
+    );
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("new");
+    let err = Flmount::new().fails(&["-image", &fx.image, "-extractto", target.to_str().unwrap()], 1);
+    assert!(err.contains("hard link to missing"), "{err}");
+    assert!(!target.exists());
+    let left: Vec<_> = std::fs::read_dir(out.path()).unwrap().collect();
+    assert!(left.is_empty(), "staging left behind: {left:?}");
+}
+
+// ------------------------------------------------------------ hostile layers
+
+/// A directory outside every target, watched for writes.
+struct Canary {
+    dir: tempfile::TempDir,
+}
+
+impl Canary {
+    fn new() -> Canary {
+        let dir = tempfile::Builder::new()
+            .prefix("flmount-canary-")
+            .tempdir()
+            .unwrap();
+        std::fs::write(dir.path().join("sentinel"), b"untouched").unwrap();
+        Canary { dir }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn assert_untouched(&self) {
+        let names: Vec<String> = std::fs::read_dir(self.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["sentinel"], "something was written outside the target");
+        assert_eq!(std::fs::read(self.path().join("sentinel")).unwrap(), b"untouched");
+    }
+}
+
+/// Extracts a single hostile layer; returns the target and flmount's result.
+fn extract_hostile(name: &str, entries: Vec<E>) -> (tempfile::TempDir, PathBuf, std::process::Output) {
+    let fx = fixture(name, vec![(Compression::Gzip, tar(&entries))]);
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("rootfs");
+    let result = Flmount::new().run(&["-image", &fx.image, "-extractto", target.to_str().unwrap()]);
+    (out, target, result)
+}
+
+#[test]
+fn path_traversal_names_stay_inside() {
+    let canary = Canary::new();
+    let up = "../".repeat(20);
+    let abs = canary.path().join("abs-escape");
+    let rel = format!(
+        "{up}{}",
+        canary
+            .path()
+            .join("rel-escape")
+            .display()
+            .to_string()
+            .trim_start_matches('/')
+    );
+    let (_out, target, result) = extract_hostile(
+        "traversal",
+        vec![
+            E::file(abs.to_str().unwrap(), b"x"),
+            E::file(&rel, b"y"),
+            E::file("a/../../../b", b"z"),
+        ],
+    );
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    canary.assert_untouched();
+    // Clamped at the root, as umoci's securejoin does.
+    assert!(target.join(abs.strip_prefix("/").unwrap()).is_file());
+    assert!(target.join("b").is_file());
+}
+
+#[test]
+fn symlinked_parents_never_lead_outside() {
+    let canary = Canary::new();
+    let outside = canary.path().to_str().unwrap().to_owned();
+    let (_out, target, result) = extract_hostile(
+        "symlink-parent",
+        vec![
+            E::symlink("abs", &outside),
+            E::file("abs/pwned-abs", b"x"),
+            E::symlink(
+                "rel",
+                "../../../../../../../../../../../../".to_owned() + outside.trim_start_matches('/'),
+            ),
+            E::file("rel/pwned-rel", b"y"),
+            E::dir("swap"),
+            E::symlink("swap", &outside),
+            E::file("swap/pwned-swap", b"z"),
+        ],
+    );
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    canary.assert_untouched();
+    let inside = target.join(outside.trim_start_matches('/'));
+    for f in ["pwned-abs", "pwned-rel", "pwned-swap"] {
+        assert!(inside.join(f).is_file(), "{f} not resolved inside the root");
+    }
+}
+
+#[test]
+fn hardlinks_to_outside_files_are_refused() {
+    let canary = Canary::new();
+    let sentinel = canary.path().join("sentinel");
+    for (name, entries) in [
+        ("hl-abs", vec![E::hardlink("stolen", sentinel.to_str().unwrap())]),
+        (
+            "hl-rel",
+            vec![E::hardlink(
+                "stolen",
+                format!("../../../../../../..{}", sentinel.display()),
+            )],
+        ),
+        (
+            "hl-via-symlink",
+            vec![
+                E::symlink("d", canary.path().to_str().unwrap()),
+                E::hardlink("stolen", "d/sentinel"),
+            ],
+        ),
+    ] {
+        let (_out, target, result) = extract_hostile(name, entries);
+        let err = String::from_utf8_lossy(&result.stderr);
+        assert!(
+            !result.status.success() && err.contains("hard link to missing"),
+            "{name}: {err}"
+        );
+        assert!(!target.exists(), "{name}: partial target left");
+        canary.assert_untouched();
+    }
+    // The tar-rs advisory pattern: a hard link to a symlink that points
+    // outside links the symlink itself, inside the root.
+    let (_out, target, result) = extract_hostile(
+        "hl-to-symlink",
+        vec![
+            E::symlink("sym", sentinel.to_str().unwrap()),
+            E::hardlink("link", "sym"),
+            E::file("link-after", b"ok"),
+        ],
+    );
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    assert!(std::fs::symlink_metadata(target.join("link"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    canary.assert_untouched();
+}
+
+#[test]
+fn the_root_cannot_be_replaced_by_a_symlink() {
+    let canary = Canary::new();
+    for (name, entry) in [
+        ("root-dot", E::symlink(".", canary.path().to_str().unwrap())),
+        ("root-slash", E::symlink("/", "/")),
+    ] {
+        let (_out, target, result) = extract_hostile(name, vec![entry, E::file("x", b"x")]);
+        assert!(!result.status.success(), "{name} accepted");
+        assert!(!target.exists());
+        canary.assert_untouched();
+    }
+}
