@@ -9,13 +9,13 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser};
 
-use crate::extract;
 use crate::manifest::Platform;
 use crate::progress::Progress;
 use crate::pull::{self, PullOptions};
 use crate::reference::ImageRef;
 use crate::registry::{Credentials, ErrorKind, Transport};
 use crate::workdir::{self, Workdir};
+use crate::{extract, overlay};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -63,6 +63,10 @@ pub struct Args {
     /// Where the overlay's writable upper and work dirs go [default: inside the workdir]
     #[arg(long, value_name = "DIR")]
     pub overlaydir: Option<PathBuf>,
+
+    /// Unmount a mount made with -mount and remove its state (e.g. -umount /run/rootfs)
+    #[arg(long, value_name = "DIR")]
+    pub umount: Option<PathBuf>,
 
     /// How many blobs to download at once (e.g. -parallel-downloads 8)
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -113,21 +117,57 @@ pub struct Args {
 /// What to do, validated.
 #[derive(Debug)]
 pub struct Settings {
-    pub image: ImageRef,
     pub workdir: PathBuf,
-    pub pull: PullOptions,
-    pub saveconfig: Option<PathBuf>,
-    pub extractto: Option<PathBuf>,
-    pub force: bool,
-    pub mount: Option<PathBuf>,
     pub quiet: bool,
+    pub action: Action,
+}
+
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one value per run
+pub enum Action {
+    /// Pull an image, then do `output` with it.
+    Image {
+        image: ImageRef,
+        pull: PullOptions,
+        saveconfig: Option<PathBuf>,
+        output: Output,
+    },
+    /// Unmount a mount made by flmount and clean up after it.
+    Umount { target: PathBuf },
+}
+
+#[derive(Debug)]
+pub enum Output {
+    /// Only cache the image.
+    Cache,
+    Extract {
+        target: PathBuf,
+        force: bool,
+    },
+    Overlay {
+        target: PathBuf,
+        overlaydir: Option<PathBuf>,
+    },
 }
 
 impl Args {
     /// Turns raw flags into settings, or a usage error.
     pub fn settings(self) -> Result<Settings> {
+        let workdir = absolute(self.workdir.unwrap_or_else(Workdir::default_path))?;
+        if let Some(target) = self.umount {
+            if self.image.is_some() || self.extractto.is_some() || self.mount.is_some() {
+                bail!("-umount takes no -image, -extractto or -mount");
+            }
+            return Ok(Settings {
+                workdir,
+                quiet: self.quiet,
+                action: Action::Umount {
+                    target: absolute(target)?,
+                },
+            });
+        }
         let Some(image) = self.image.as_deref() else {
-            bail!("nothing to do: give -image REF (see flmount -h)");
+            bail!("nothing to do: give -image REF, or -umount DIR (see flmount -h)");
         };
         let image = ImageRef::parse(image)?;
         let credentials = match (self.username, self.password) {
@@ -140,30 +180,46 @@ impl Args {
             bail!("-insecure and -plain-http exclude each other");
         }
         let platform = self.platform.as_deref().map(Platform::parse).transpose()?;
-        if self.extractto.is_some() && self.mount.is_some() {
-            bail!("-extractto and -mount exclude each other");
+        let output = match (self.extractto, self.mount) {
+            (Some(_), Some(_)) => bail!("-extractto and -mount exclude each other"),
+            (Some(target), None) => Output::Extract {
+                target: absolute(target)?,
+                force: self.force,
+            },
+            (None, Some(target)) => Output::Overlay {
+                target: absolute(target)?,
+                overlaydir: self.overlaydir.map(absolute).transpose()?,
+            },
+            (None, None) => Output::Cache,
+        };
+        if self.force && !matches!(output, Output::Extract { .. }) {
+            bail!("-force goes with -extractto");
         }
         Ok(Settings {
-            image,
-            workdir: self.workdir.unwrap_or_else(Workdir::default_path),
-            pull: PullOptions {
-                transport: Transport {
-                    insecure: self.insecure,
-                    plain_http: self.plain_http,
-                    ..Transport::default()
-                },
-                credentials,
-                platform,
-                parallel_downloads: self.parallel_downloads as usize,
-                validate_cache: self.validate_cache,
-            },
-            saveconfig: self.saveconfig,
-            extractto: self.extractto,
-            force: self.force,
-            mount: self.mount,
+            workdir,
             quiet: self.quiet,
+            action: Action::Image {
+                image,
+                pull: PullOptions {
+                    transport: Transport {
+                        insecure: self.insecure,
+                        plain_http: self.plain_http,
+                        ..Transport::default()
+                    },
+                    credentials,
+                    platform,
+                    parallel_downloads: self.parallel_downloads as usize,
+                    validate_cache: self.validate_cache,
+                },
+                saveconfig: self.saveconfig,
+                output,
+            },
         })
     }
+}
+
+fn absolute(p: PathBuf) -> Result<PathBuf> {
+    std::path::absolute(&p).with_context(|| format!("resolving {}", p.display()))
 }
 
 /// Accepts tosi's single-dash long flags: `-image x` becomes `--image x`.
@@ -238,36 +294,69 @@ pub fn main() -> ExitCode {
 async fn run(s: Settings) -> Result<()> {
     let workdir =
         Workdir::open(&s.workdir).with_context(|| format!("opening workdir {}", s.workdir.display()))?;
+    let (image, pull_options, saveconfig, output) = match s.action {
+        Action::Umount { target } => {
+            overlay::umount(&workdir, &target)?;
+            tracing::info!("unmounted {}", target.display());
+            return Ok(());
+        }
+        Action::Image {
+            image,
+            pull,
+            saveconfig,
+            output,
+        } => (image, pull, saveconfig, output),
+    };
     let progress = Progress::new(s.quiet);
-    let image = pull::pull(&workdir, &s.image, &s.pull, &progress).await?;
+    let image = pull::pull(&workdir, &image, &pull_options, &progress).await?;
     tracing::info!("pulled {}", image.summary());
-    if let Some(path) = &s.saveconfig {
+    if let Some(path) = &saveconfig {
         workdir::write_atomic(path, &image.config)
             .with_context(|| format!("saving the image config to {}", path.display()))?;
         tracing::info!("saved image config to {}", path.display());
     }
-    if let Some(target) = s.extractto.clone() {
-        let layers = image.layer_blobs(&workdir)?;
-        let started = std::time::Instant::now();
-        let force = s.force;
-        let stats = tokio::task::spawn_blocking(move || {
-            extract::extract_layers(&layers, &target, force, &extract::WriteOptions::default())
-                .with_context(|| format!("extracting {} into {}", image.reference, target.display()))
-        })
-        .await??;
-        tracing::info!(
-            "extracted {} directories, {} files ({}), {} symlinks, {} hard links, {} special files in {:.2}s",
-            stats.dirs,
-            stats.files,
-            crate::progress::human_bytes(stats.bytes),
-            stats.symlinks,
-            stats.hardlinks,
-            stats.specials,
-            started.elapsed().as_secs_f64()
-        );
-    }
-    if s.mount.is_some() {
-        bail!("-mount is not available in this build yet; the image is pulled and cached");
+    let layers = image.layer_blobs(&workdir)?;
+    let started = std::time::Instant::now();
+    match output {
+        Output::Cache => {}
+        Output::Extract { target, force } => {
+            let stats = tokio::task::spawn_blocking(move || {
+                extract::extract_layers(&layers, &target, force, &extract::WriteOptions::default())
+                    .with_context(|| format!("extracting {} into {}", image.reference, target.display()))
+            })
+            .await??;
+            tracing::info!(
+                "extracted {} directories, {} files ({}), {} symlinks, {} hard links, {} special files in {:.2}s",
+                stats.dirs,
+                stats.files,
+                crate::progress::human_bytes(stats.bytes),
+                stats.symlinks,
+                stats.hardlinks,
+                stats.specials,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Output::Overlay { target, overlaydir } => {
+            let digests: Vec<_> = image.manifest.layers.iter().map(|l| l.digest.clone()).collect();
+            let (chains, stats) =
+                tokio::task::block_in_place(|| overlay::prepare_layers(&workdir, &digests, &layers))
+                    .with_context(|| format!("preparing the layers of {}", image.reference))?;
+            overlay::mount(
+                &workdir,
+                &chains,
+                &target,
+                overlaydir.as_deref(),
+                (&image.reference.to_string(), &image.manifest_digest.to_string()),
+            )?;
+            tracing::info!(
+                "mounted {} at {} ({} layers, {} extracted now) in {:.2}s",
+                image.reference,
+                target.display(),
+                stats.layers,
+                stats.layers_extracted,
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     Ok(())
 }
@@ -344,7 +433,12 @@ mod tests {
         let s = parse(&["flmount", "-image", "a", "-platform", "linux/arm64"])
             .settings()
             .unwrap();
-        assert_eq!(s.pull.platform.unwrap().to_string(), "linux/arm64");
+        let Action::Image { pull, .. } = s.action else {
+            panic!()
+        };
+        assert_eq!(pull.platform.unwrap().to_string(), "linux/arm64");
+        assert!(err(&["flmount", "-image", "a", "-extractto", "x", "-mount", "y"]).contains("exclude"));
+        assert!(err(&["flmount", "-umount", "x", "-image", "a"]).contains("-umount takes no"));
     }
 
     #[test]

@@ -656,9 +656,14 @@ pub fn into_target<T>(target: &Path, force: bool, write: impl FnOnce(&Path) -> R
     Ok(result)
 }
 
-fn is_mount_point(path: &Path) -> Result<bool> {
+/// Whether `path` is a mount point (its device differs from its parent's).
+pub fn is_mount_point(path: &Path) -> Result<bool> {
     use std::os::unix::fs::MetadataExt;
-    let here = std::fs::metadata(path)?;
+    let here = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
+    };
     let parent = std::fs::metadata(path.join(".."))?;
     Ok(here.dev() != parent.dev() || here.ino() == parent.ino())
 }

@@ -11,6 +11,7 @@ pub mod digest;
 pub mod extract;
 pub mod layer;
 pub mod manifest;
+pub mod overlay;
 pub mod progress;
 pub mod pull;
 pub mod reference;

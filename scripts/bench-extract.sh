@@ -1,0 +1,448 @@
+#!/usr/bin/env bash
+#
+# scripts/bench-extract.sh - the extraction benchmark: flmount -extractto vs
+# umoci unpack vs a plain `gzip -dc | tar -x` pipeline, side by side in one
+# run, warm cache, plus an entry-by-entry check of flmount's tree against
+# umoci's.
+#
+#   1. the benchmark image from scripts/bench-image.sh (built once, cached in
+#      ${FLMOUNT_BENCH_CACHE:-/var/tmp/flmount-bench}/layout:bench), pushed
+#      with skopeo to a local registry (docker-registry) as bench:latest, and
+#      pulled once with flmount into a workdir: every later flmount run finds
+#      all blobs cached (warm cache),
+#   2. ROUNDS rounds, each into fresh target dirs on one filesystem (under
+#      $TMPDIR, default /var/tmp: a disk, not tmpfs), timing the wall clock of
+#        a. flmount -image REF -workdir W -extractto T -q  (the manifest check
+#           against the registry, then the extraction),
+#        b. umoci unpack --image LAYOUT:bench BUNDLE       (as root),
+#        c. for each layer blob in order: gzip -dc BLOB | tar -x -C T
+#           --numeric-owner (GNU tar, one dir, no whiteout handling: only a
+#           speed reference);
+#      each runs under /usr/bin/time -v (all three alike: peak RSS); the
+#      order of the three rotates between rounds; targets are removed
+#      between rounds outside the timing, and `sync` runs before each timed
+#      run,
+#   3. after the last round, flmount's tree is compared with umoci's rootfs
+#      entry by entry (an inline Python script): type, mode (with setuid,
+#      setgid, sticky), uid, gid, size, sha256 of the content, symlink
+#      target, rdev, xattrs, hard-link groups and mtimes. Mtime differences
+#      of directories that no layer lists (implicit parents, whose mtime the
+#      image does not define) are reported separately and not counted,
+#   4. a table: per-round seconds, medians, the ratios umoci/flmount (goal
+#      >= 4) and tar/flmount (goal >= 2), flmount's peak RSS (goal
+#      < 100 MiB), the number of entries and the tree comparison result.
+#
+# The page cache is not dropped between runs (that cannot be relied on
+# here): all three read their compressed blobs from memory, so this measures
+# inflating, parsing and creating files, not reading the blobs from disk.
+#
+# Run (as root):   scripts/bench-extract.sh
+# Environment:
+#   ROUNDS=3             rounds [default 3]
+#   FLMOUNT=PATH         flmount binary [default: target/release/flmount,
+#                        built with `cargo build --release` if missing]
+#   STRICT=1             exit 1 if the trees differ or a goal is missed
+#   KEEP=1               keep the temp dir (the last round's trees, logs)
+#   FLMOUNT_BENCH_CACHE  where the benchmark image is cached
+#   TMPDIR               where the registry, workdir and targets go
+#                        [default /var/tmp]; use a disk, not tmpfs
+#
+# Needs: what scripts/bench-image.sh needs, plus docker-registry, skopeo,
+# curl, gzip, GNU tar and /usr/bin/time (Debian `time`, installed if missing).
+
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=bench-image.sh
+source "$here/bench-image.sh"
+testbed_trap
+
+rounds=${ROUNDS:-3}
+if ! [[ "$rounds" =~ ^[1-9][0-9]*$ ]]; then
+	echo "bench-extract: ROUNDS must be a positive integer" >&2
+	exit 2
+fi
+if [[ $(id -u) != 0 ]]; then
+	echo "bench-extract: run as root (owners, devices and xattrs of the image; umoci unpack as root)" >&2
+	exit 1
+fi
+for tool in docker-registry skopeo curl umoci python3 gzip tar; do
+	command -v "$tool" >/dev/null || {
+		echo "bench-extract: $tool is missing" >&2
+		exit 1
+	}
+done
+if ! tar --version 2>/dev/null | grep -q 'GNU tar'; then
+	echo "bench-extract: tar is not GNU tar" >&2
+	exit 1
+fi
+if [[ ! -x /usr/bin/time ]]; then
+	log "installing /usr/bin/time (Debian package time)"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null ||
+		{
+			apt-get update -qq &&
+				DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null
+		}
+fi
+
+flmount=${FLMOUNT:-$repo/target/release/flmount}
+if [[ ! -x "$flmount" ]]; then
+	if [[ -n "${FLMOUNT:-}" ]]; then
+		echo "bench-extract: FLMOUNT=$FLMOUNT is not executable" >&2
+		exit 1
+	fi
+	log "building flmount (cargo build --release)"
+	(cd "$repo" && cargo build --release)
+fi
+# -q: no progress bars; RUST_LOG keeps flmount's one-line summaries in the log.
+export RUST_LOG=flmount=info
+
+bench_image_ensure
+
+# The layer blobs in order, from the layout's manifest (all gzip).
+mapfile -t layer_blobs < <(python3 - "$BENCH_LAYOUT" "$BENCH_TAG" <<'EOF'
+import json, os, sys
+
+layout, tag = sys.argv[1], sys.argv[2]
+
+def blob(digest):
+    algo, hexd = digest.split(":", 1)
+    return os.path.join(layout, "blobs", algo, hexd)
+
+index = json.load(open(os.path.join(layout, "index.json")))
+desc = next(m for m in index["manifests"]
+            if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag)
+manifest = json.load(open(blob(desc["digest"])))
+for layer in manifest["layers"]:
+    if not layer["mediaType"].endswith("tar+gzip"):
+        sys.exit(f"bench-extract: layer {layer['digest']} is {layer['mediaType']}, not gzip")
+    print(blob(layer["digest"]))
+EOF
+)
+if ((${#layer_blobs[@]} == 0)); then
+	echo "bench-extract: no layers found in $BENCH_IMAGE" >&2
+	exit 1
+fi
+log "image $BENCH_IMAGE: ${#layer_blobs[@]} gzip layers"
+
+# Everything on one filesystem under $TMPDIR (default /var/tmp, not tmpfs).
+TMPDIR=${TMPDIR:-/var/tmp}
+tmp= # set below
+if [[ "${KEEP:-0}" == 1 ]]; then
+	tmp=$(mktemp -d "$TMPDIR/flmount-bench-extract.XXXXXX")
+else
+	testbed_mktemp tmp flmount-bench-extract
+fi
+fs_info=$(df -PT "$tmp" | awk 'NR == 2 { print $2 " (" $1 ", mounted on " $7 ")" }')
+fs_type=${fs_info%% *}
+log "targets in $tmp on $fs_info"
+if [[ "$fs_type" == tmpfs ]]; then
+	log "WARNING: $tmp is on tmpfs; file creation costs there are not a disk's"
+fi
+
+start_registry "$tmp/registry"
+log "registry at http://$REGISTRY_ADDR (pid $REGISTRY_PID)"
+ref="$REGISTRY_ADDR/bench:latest"
+start=$(now)
+skopeo copy --quiet --dest-tls-verify=false "oci:$BENCH_IMAGE" "docker://$ref"
+log "pushed $ref in $(elapsed "$start") s"
+
+logs="$tmp/logs"
+mkdir -p "$logs"
+workdir="$tmp/workdir"
+start=$(now)
+"$flmount" -image "$ref" -workdir "$workdir" -q >"$logs/flmount-pull.log" 2>&1 || {
+	echo "bench-extract: the warm-up pull failed: $flmount -image $ref -workdir $workdir -q" >&2
+	cat "$logs/flmount-pull.log" >&2
+	exit 1
+}
+log "pulled into $workdir in $(elapsed "$start") s (warm cache for every run below)"
+
+# run_timed NAME CMD...: run CMD under /usr/bin/time -v, output to
+# $logs/NAME.log, resource report to $logs/NAME.time; print wall seconds.
+run_timed() {
+	local name=$1 start rc=0 secs
+	shift
+	sync
+	start=$(now)
+	/usr/bin/time -v -o "$logs/$name.time" "$@" >"$logs/$name.log" 2>&1 || rc=$?
+	secs=$(elapsed "$start")
+	if [[ $rc != 0 ]]; then
+		echo "bench-extract: command failed (exit $rc): $*" >&2
+		cat "$logs/$name.log" >&2
+		return "$rc"
+	fi
+	printf '%s\n' "$secs"
+}
+
+# peak_rss_kib NAME: the peak RSS (KiB) /usr/bin/time recorded for NAME.
+peak_rss_kib() {
+	awk -F': ' '/Maximum resident set size/ { print $2 }' "$logs/$1.time"
+}
+
+trees="$tmp/trees"
+fl_target="$trees/flmount"
+um_bundle="$trees/umoci"
+tar_target="$trees/tar"
+
+run_flmount() {
+	run_timed "flmount-$1" \
+		"$flmount" -image "$ref" -workdir "$workdir" -extractto "$fl_target" -q
+}
+
+run_umoci() {
+	run_timed "umoci-$1" \
+		umoci unpack --image "$BENCH_IMAGE" "$um_bundle"
+}
+
+run_tar() {
+	mkdir -p "$tar_target"
+	# shellcheck disable=SC2016 # expanded by the inner bash
+	run_timed "tar-$1" \
+		bash -c 'set -euo pipefail
+			target=$1
+			shift
+			for blob in "$@"; do
+				gzip -dc "$blob" | tar -x -C "$target" --numeric-owner
+			done' bash "$tar_target" "${layer_blobs[@]}"
+}
+
+tools=(flmount umoci tar)
+declare -A secs=()
+fl_rss=()
+for ((r = 1; r <= rounds; r++)); do
+	rm -rf -- "$trees"
+	mkdir -p "$trees"
+	for ((i = 0; i < ${#tools[@]}; i++)); do
+		tool=${tools[(i + r - 1) % ${#tools[@]}]}
+		secs[$tool,$r]=$("run_$tool" "$r")
+	done
+	fl_rss+=("$(peak_rss_kib "flmount-$r")")
+	log "round $r/$rounds: flmount ${secs[flmount,$r]} s (peak RSS $((fl_rss[-1] / 1024)) MiB), umoci ${secs[umoci,$r]} s, gzip|tar ${secs[tar,$r]} s"
+done
+log "flmount's own summary of the last round:"
+grep -h 'extracted' "$logs/flmount-$rounds.log" | sed 's/\x1b\[[0-9;]*m//g' >&2 || true
+
+# compare_trees A B SUMMARY BLOB...: compare tree A (flmount) with tree B
+# (umoci) entry by entry; print a report; write key=value lines to SUMMARY.
+compare_trees() {
+	python3 - "$@" <<'EOF'
+import hashlib, os, stat, sys, tarfile, time
+
+a_root, b_root, summary_path = sys.argv[1:4]
+blobs = sys.argv[4:]
+A, B = "flmount", "umoci"
+
+def norm(name):
+    """A tar member name as a tree-relative path ('' is the root)."""
+    return "/".join(p for p in name.split("/") if p not in ("", "."))
+
+# Paths the layers list explicitly (not whiteouts): a directory that is not
+# among them was created implicitly as a parent and has no defined mtime.
+explicit = set()
+for blob in blobs:
+    with tarfile.open(blob, mode="r|gz") as tar:
+        for m in tar:
+            p = norm(m.name)
+            if not p.rsplit("/", 1)[-1].startswith(".wh."):
+                explicit.add(p)
+
+def walk(root):
+    entries = {}
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        st = os.lstat(os.path.join(root, rel) if rel else root)
+        entries[rel] = st
+        if stat.S_ISDIR(st.st_mode):
+            with os.scandir(os.path.join(root, rel) if rel else root) as it:
+                for e in it:
+                    stack.append(f"{rel}/{e.name}" if rel else e.name)
+    return entries
+
+def link_groups(entries):
+    """path -> sorted tuple of all paths sharing its inode (non-directories)."""
+    by_ino = {}
+    for rel, st in entries.items():
+        if not stat.S_ISDIR(st.st_mode):
+            by_ino.setdefault((st.st_dev, st.st_ino), []).append(rel)
+    return {rel: tuple(sorted(g)) for g in by_ino.values() for rel in g}
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+def xattrs(path):
+    return {n: os.getxattr(path, n, follow_symlinks=False)
+            for n in sorted(os.listxattr(path, follow_symlinks=False))}
+
+TYPES = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink",
+         stat.S_IFCHR: "char", stat.S_IFBLK: "block", stat.S_IFIFO: "fifo",
+         stat.S_IFSOCK: "socket"}
+
+def fmt_time(ns):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 10**9)) + f".{ns % 10**9:09d}Z"
+
+ta, tb = walk(a_root), walk(b_root)
+ga, gb = link_groups(ta), link_groups(tb)
+differing = []          # (path, [(field, a, b), ...])
+implicit_mtime = []     # (path, a, b): implicit directories, not counted
+field_counts = {}
+for rel in sorted(set(ta) | set(tb)):
+    show = "/" + rel
+    if rel not in tb:
+        differing.append((show, [("exists", "yes", "no")]))
+        continue
+    if rel not in ta:
+        differing.append((show, [("exists", "no", "yes")]))
+        continue
+    sa, sb = ta[rel], tb[rel]
+    pa = os.path.join(a_root, rel) if rel else a_root
+    pb = os.path.join(b_root, rel) if rel else b_root
+    diffs = []
+    def cmp(field, va, vb):
+        if va != vb:
+            diffs.append((field, va, vb))
+    fa, fb = stat.S_IFMT(sa.st_mode), stat.S_IFMT(sb.st_mode)
+    cmp("type", TYPES.get(fa, fa), TYPES.get(fb, fb))
+    cmp("mode", oct(stat.S_IMODE(sa.st_mode)), oct(stat.S_IMODE(sb.st_mode)))
+    cmp("uid", sa.st_uid, sb.st_uid)
+    cmp("gid", sa.st_gid, sb.st_gid)
+    if fa == fb:
+        if fa == stat.S_IFREG:
+            cmp("size", sa.st_size, sb.st_size)
+            if sa.st_size == sb.st_size:
+                cmp("sha256", sha256(pa), sha256(pb))
+        elif fa == stat.S_IFLNK:
+            cmp("target", os.readlink(pa), os.readlink(pb))
+        elif fa in (stat.S_IFCHR, stat.S_IFBLK):
+            cmp("rdev", (os.major(sa.st_rdev), os.minor(sa.st_rdev)),
+                (os.major(sb.st_rdev), os.minor(sb.st_rdev)))
+    cmp("xattrs", xattrs(pa), xattrs(pb))
+    if fa != stat.S_IFDIR or fb != stat.S_IFDIR:
+        cmp("hardlinks", ga.get(rel, ()), gb.get(rel, ()))
+    mtime_differs = sa.st_mtime_ns != sb.st_mtime_ns
+    if (mtime_differs and not diffs and fa == fb == stat.S_IFDIR
+            and rel not in explicit):
+        implicit_mtime.append((show, fmt_time(sa.st_mtime_ns), fmt_time(sb.st_mtime_ns)))
+    elif mtime_differs:
+        diffs.append(("mtime", fmt_time(sa.st_mtime_ns), fmt_time(sb.st_mtime_ns)))
+    if diffs:
+        differing.append((show, diffs))
+
+for _, diffs in differing:
+    for field, _, _ in diffs:
+        field_counts[field] = field_counts.get(field, 0) + 1
+
+def n_entries(t):
+    return len(t) - 1  # not the root itself
+
+def links(t):
+    return sum(1 for rel, st in t.items()
+               if not stat.S_ISDIR(st.st_mode) and st.st_nlink > 1)
+
+print(f"tree comparison: {A} {a_root}\n             vs {B} {b_root}")
+print(f"  entries: {A} {n_entries(ta)}, {B} {n_entries(tb)} (not counting the root); "
+      f"paths in hard-link groups: {A} {links(ta)}, {B} {links(tb)}")
+print(f"  differing entries: {len(differing)}"
+      + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(field_counts.items())) + ")"
+         if field_counts else ""))
+for show, diffs in differing[:20]:
+    for field, va, vb in diffs:
+        print(f"    {show}: {field}: {A} {va!r}, {B} {vb!r}")
+if len(differing) > 20:
+    print(f"    ... and {len(differing) - 20} more differing entries")
+print(f"  directories no layer lists (implicit parents) whose mtime alone differs "
+      f"(not counted): {len(implicit_mtime)}")
+for show, va, vb in implicit_mtime[:20]:
+    print(f"    {show}: mtime: {A} {va}, {B} {vb}")
+if len(implicit_mtime) > 20:
+    print(f"    ... and {len(implicit_mtime) - 20} more")
+
+with open(summary_path, "w") as f:
+    f.write(f"entries_a={n_entries(ta)}\nentries_b={n_entries(tb)}\n"
+            f"differing={len(differing)}\nimplicit_dir_mtime={len(implicit_mtime)}\n")
+EOF
+}
+
+log "comparing flmount's tree with umoci's rootfs (round $rounds)"
+compare_summary="$tmp/compare.summary"
+compare_report=$(compare_trees "$fl_target" "$um_bundle/rootfs" "$compare_summary" "${layer_blobs[@]}")
+printf '%s\n' "$compare_report" >&2
+entries_a='' entries_b='' differing='' implicit_dir_mtime='' # set by the summary
+# shellcheck disable=SC1090 # key=value lines written by compare_trees
+source "$compare_summary"
+
+median() {
+	printf '%s\n' "$@" | sort -g | awk '
+		{ v[NR] = $1 }
+		END { if (NR % 2) printf "%.3f\n", v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+declare -A med=()
+for tool in "${tools[@]}"; do
+	vals=()
+	for ((r = 1; r <= rounds; r++)); do
+		vals+=("${secs[$tool,$r]}")
+	done
+	med[$tool]=$(median "${vals[@]}")
+done
+ratio_umoci=$(awk -v a="${med[umoci]}" -v b="${med[flmount]}" 'BEGIN { printf "%.2f\n", a / b }')
+ratio_tar=$(awk -v a="${med[tar]}" -v b="${med[flmount]}" 'BEGIN { printf "%.2f\n", a / b }')
+rss_max_kib=$(printf '%s\n' "${fl_rss[@]}" | sort -n | tail -n 1)
+rss_mib=$(awk -v k="$rss_max_kib" 'BEGIN { printf "%.1f\n", k / 1024 }')
+umoci_ok=$(awk -v r="$ratio_umoci" 'BEGIN { print (r >= 4) ? "ok" : "MISSED" }')
+tar_ok=$(awk -v r="$ratio_tar" 'BEGIN { print (r >= 2) ? "ok" : "MISSED" }')
+rss_ok=$(awk -v m="$rss_mib" 'BEGIN { print (m < 100) ? "ok" : "MISSED" }')
+if [[ "$differing" == 0 ]]; then
+	tree_result="identical"
+	tree_ok=ok
+else
+	tree_result="$differing differ"
+	tree_ok=DIFFERS
+fi
+
+{
+	echo
+	echo "extract benchmark: $BENCH_IMAGE via $ref, warm cache, ${#layer_blobs[@]} gzip layers ($(du -cb "${layer_blobs[@]}" | awk 'END { printf "%.1f MiB", $1 / 1048576 }') compressed)"
+	echo "flmount $("$flmount" --version 2>/dev/null | awk '{ print $2 }') ($flmount, built $(date -r "$flmount" '+%F %T'); repo HEAD $(cd "$repo" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+	echo "$(umoci --version), $(tar --version | head -n 1), gzip $(gzip --version | awk 'NR == 1 { print $2 }'), $(nproc) cores"
+	echo "targets on $fs_info; page cache not dropped; sync before each run"
+	echo
+	printf '| %-6s | %10s | %10s | %10s | %13s |\n' round "flmount s" "umoci s" "gzip|tar s" "flmount RSS"
+	printf '| %-6s | %10s | %10s | %10s | %13s |\n' ------ ---------- ---------- ---------- -------------
+	for ((r = 1; r <= rounds; r++)); do
+		printf '| %-6s | %10s | %10s | %10s | %9s MiB |\n' "$r" "${secs[flmount,$r]}" "${secs[umoci,$r]}" "${secs[tar,$r]}" \
+			"$(awk -v k="${fl_rss[r - 1]}" 'BEGIN { printf "%.1f", k / 1024 }')"
+	done
+	printf '| %-6s | %10s | %10s | %10s | %13s |\n' median "${med[flmount]}" "${med[umoci]}" "${med[tar]}" ""
+	echo
+	printf '| %-34s | %14s | %9s | %-7s |\n' metric value goal result
+	printf '| %-34s | %14s | %9s | %-7s |\n' ---------------------------------- -------------- --------- -------
+	printf '| %-34s | %14s | %9s | %-7s |\n' "umoci/flmount (median seconds)" "$ratio_umoci" ">= 4" "$umoci_ok"
+	printf '| %-34s | %14s | %9s | %-7s |\n' "gzip|tar/flmount (median seconds)" "$ratio_tar" ">= 2" "$tar_ok"
+	printf '| %-34s | %14s | %9s | %-7s |\n' "flmount peak RSS (max of rounds)" "$rss_mib MiB" "< 100 MiB" "$rss_ok"
+	printf '| %-34s | %14s | %9s | %-7s |\n' "entries (flmount / umoci)" "$entries_a / $entries_b" "" ""
+	printf '| %-34s | %14s | %9s | %-7s |\n' "flmount tree vs umoci rootfs" "$tree_result" "identical" "$tree_ok"
+	printf '| %-34s | %14s | %9s | %-7s |\n' "implicit dir mtimes (not counted)" "$implicit_dir_mtime" "" ""
+	echo
+	echo "differing entries: $differing"
+}
+
+if [[ "${KEEP:-0}" == 1 ]]; then
+	log "kept $tmp (trees of round $rounds in $trees, logs in $logs)"
+fi
+if [[ "${STRICT:-0}" == 1 ]]; then
+	if [[ "$differing" != 0 ]]; then
+		echo "bench-extract: STRICT=1: $differing entries differ between flmount's tree and umoci's" >&2
+		exit 1
+	fi
+	if [[ "$umoci_ok" != ok || "$tar_ok" != ok || "$rss_ok" != ok ]]; then
+		echo "bench-extract: STRICT=1: a goal is missed" >&2
+		exit 1
+	fi
+fi
