@@ -48,7 +48,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR", env = "FLMOUNT_WORKDIR")]
     pub workdir: Option<PathBuf>,
 
-    /// Extract the image's root filesystem into DIR (e.g. -extractto /srv/rootfs)
+    /// Extract the image's root filesystem into DIR (e.g. -extractto /srv/rootfs); `-` writes it as a tar stream to stdout
     #[arg(long, value_name = "DIR")]
     pub extractto: Option<PathBuf>,
 
@@ -144,6 +144,8 @@ pub enum Output {
         target: PathBuf,
         force: bool,
     },
+    /// The flattened rootfs as a tar stream on stdout.
+    Export,
     Overlay {
         target: PathBuf,
         overlaydir: Option<PathBuf>,
@@ -182,6 +184,7 @@ impl Args {
         let platform = self.platform.as_deref().map(Platform::parse).transpose()?;
         let output = match (self.extractto, self.mount) {
             (Some(_), Some(_)) => bail!("-extractto and -mount exclude each other"),
+            (Some(target), None) if target.as_os_str() == "-" => Output::Export,
             (Some(target), None) => Output::Extract {
                 target: absolute(target)?,
                 force: self.force,
@@ -333,6 +336,18 @@ async fn run(s: Settings) -> Result<()> {
                 stats.symlinks,
                 stats.hardlinks,
                 stats.specials,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Output::Export => {
+            tokio::task::spawn_blocking(move || {
+                let stdout = std::io::stdout().lock();
+                crate::export::export_layers(&layers, std::io::BufWriter::with_capacity(1 << 20, stdout))
+                    .with_context(|| format!("writing {} as a tar stream", image.reference))
+            })
+            .await??;
+            tracing::info!(
+                "exported the root filesystem in {:.2}s",
                 started.elapsed().as_secs_f64()
             );
         }

@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod digest;
+pub mod export;
 pub mod extract;
 pub mod layer;
 pub mod manifest;

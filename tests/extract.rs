@@ -457,3 +457,38 @@ fn the_root_cannot_be_replaced_by_a_symlink() {
         canary.assert_untouched();
     }
 }
+
+#[test]
+fn the_tar_export_unpacks_to_the_same_tree() {
+    if !root_or_skip("the_tar_export_unpacks_to_the_same_tree") {
+        return;
+    }
+    let fx = rules_fixture("export", Compression::Gzip);
+    let out = tempfile::tempdir().unwrap();
+    let flat = out.path().join("flat");
+    let fl = Flmount::new();
+    fl.ok(&["-image", &fx.image, "-extractto", flat.to_str().unwrap()]);
+    let result = fl
+        .command()
+        .args(["-image", &fx.image, "-extractto", "-", "-q"])
+        .output()
+        .unwrap();
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let tarball = out.path().join("rootfs.tar");
+    std::fs::write(&tarball, &result.stdout).unwrap();
+    let untarred = out.path().join("untarred");
+    std::fs::create_dir(&untarred).unwrap();
+    run_ok(
+        Command::new("tar")
+            .args(["-xpf"])
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&untarred)
+            .args(["--numeric-owner", "--xattrs", "--xattrs-include=*"]),
+    );
+    assert_same_tree(&flat, &untarred, &Ignore::default());
+}
