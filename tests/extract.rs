@@ -328,6 +328,7 @@ fn extract_hostile(name: &str, entries: Vec<E>) -> (tempfile::TempDir, PathBuf, 
     (out, target, result)
 }
 
+/// Names with `..` or a leading `/` (the classic tar traversal).
 #[test]
 fn path_traversal_names_stay_inside() {
     let canary = Canary::new();
@@ -361,6 +362,10 @@ fn path_traversal_names_stay_inside() {
     assert!(target.join("b").is_file());
 }
 
+/// CVE-2014-9356 (Docker: absolute and relative symlinks in a layer's
+/// paths) and RUSTSEC-2021-0080 (tar-rs created directories through
+/// symlinks): a symlink to outside, then entries below it, and a directory
+/// swapped for a symlink within one layer.
 #[test]
 fn symlinked_parents_never_lead_outside() {
     let canary = Canary::new();
@@ -378,6 +383,8 @@ fn symlinked_parents_never_lead_outside() {
             E::dir("swap"),
             E::symlink("swap", &outside),
             E::file("swap/pwned-swap", b"z"),
+            E::dir("abs/newdir"),
+            E::dir("abs/newdir/deeper"),
         ],
     );
     assert!(
@@ -387,11 +394,14 @@ fn symlinked_parents_never_lead_outside() {
     );
     canary.assert_untouched();
     let inside = target.join(outside.trim_start_matches('/'));
+    assert!(inside.join("newdir/deeper").is_dir());
     for f in ["pwned-abs", "pwned-rel", "pwned-swap"] {
         assert!(inside.join(f).is_file(), "{f} not resolved inside the root");
     }
 }
 
+/// RUSTSEC-2018-0002 (tar-rs followed a hard link's target through a
+/// symlink) and hard links naming host files directly.
 #[test]
 fn hardlinks_to_outside_files_are_refused() {
     let canary = Canary::new();
@@ -444,6 +454,8 @@ fn hardlinks_to_outside_files_are_refused() {
     canary.assert_untouched();
 }
 
+/// CVE-2021-29136 (umoci): a layer turning the root (`.`) into a symlink
+/// to a host directory, followed by entries that would land there.
 #[test]
 fn the_root_cannot_be_replaced_by_a_symlink() {
     let canary = Canary::new();
@@ -491,4 +503,54 @@ fn the_tar_export_unpacks_to_the_same_tree() {
             .args(["--numeric-owner", "--xattrs", "--xattrs-include=*"]),
     );
     assert_same_tree(&flat, &untarred, &Ignore::default());
+}
+
+#[test]
+fn without_root_devices_are_skipped_with_a_warning() {
+    if !root_or_skip("without_root_devices_are_skipped_with_a_warning (it drops to nobody itself)") {
+        return;
+    }
+    need("setpriv");
+    let fx = fixture(
+        "unprivileged",
+        vec![(
+            Compression::Gzip,
+            tar(&[
+                E::dir("dev"),
+                E::chr("dev/null", 1, 3),
+                E::fifo("dev/fifo"),
+                E::file("etc-owned", b"x").owner(1000, 1000),
+                E::file("setuid", b"s").mode(0o4755),
+            ]),
+        )],
+    );
+    let home = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(home.path(), Some(65534), Some(65534)).unwrap();
+    let mut perms = std::fs::metadata(home.path()).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(home.path(), perms).unwrap();
+    let target = home.path().join("rootfs");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_flmount"))
+        .args(["-image", &fx.image, "-workdir"])
+        .arg(home.path().join("work"))
+        .arg("-extractto")
+        .arg(&target)
+        .env_clear()
+        .env("HOME", home.path())
+        .env("PATH", std::env::var_os("PATH").unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("skipped 1 device nodes"), "{stderr}");
+    let listing = describe(&target);
+    assert!(!listing.contains_key("/dev/null"));
+    assert_eq!(listing["/dev/fifo"].kind, "fifo");
+    assert_eq!(
+        listing["/etc-owned"].uid, 65534,
+        "owners cannot be kept without root"
+    );
+    assert_eq!(listing["/setuid"].mode, 0o4755);
 }
