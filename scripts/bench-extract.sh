@@ -20,8 +20,9 @@
 #           speed reference);
 #      each runs under /usr/bin/time -v (all three alike: peak RSS); the
 #      order of the three rotates between rounds; targets are removed
-#      between rounds outside the timing, and `sync` runs before each timed
-#      run,
+#      between rounds outside the timing; before each timed run the blobs
+#      that tool reads are read once (back into the page cache) and `sync`
+#      runs,
 #   3. after the last round, flmount's tree is compared with umoci's rootfs
 #      entry by entry (an inline Python script): type, mode (with setuid,
 #      setgid, sticky), uid, gid, size, sha256 of the content, symlink
@@ -35,6 +36,12 @@
 # The page cache is not dropped between runs (that cannot be relied on
 # here): all three read their compressed blobs from memory, so this measures
 # inflating, parsing and creating files, not reading the blobs from disk.
+# The VMs this runs on are noisy: the same extraction can take 2-5x longer
+# from one minute to the next, almost all of it as extra system time
+# (probably the host: DAMON pages out cold memory here and free pages go
+# back to the host through virtio-balloon free page reporting). Compare the
+# tools within a round and by medians, use more ROUNDS for steadier ratios,
+# and read the absolute seconds as rough.
 #
 # Run (as root):   scripts/bench-extract.sh
 # Environment:
@@ -158,6 +165,15 @@ start=$(now)
 	exit 1
 }
 log "pulled into $workdir in $(elapsed "$start") s (warm cache for every run below)"
+# flmount reads its own cached copies of the layer blobs.
+fl_blobs=()
+for blob in "${layer_blobs[@]}"; do
+	fl_blobs+=("$workdir/blobs/sha256/$(basename "$blob")")
+	if ! cmp -s "$blob" "${fl_blobs[-1]}"; then
+		echo "bench-extract: flmount's workdir lacks layer $(basename "$blob") (or it differs) after the pull" >&2
+		exit 1
+	fi
+done
 
 # run_timed NAME CMD...: run CMD under /usr/bin/time -v, output to
 # $logs/NAME.log, resource report to $logs/NAME.time; print wall seconds.
@@ -186,18 +202,26 @@ fl_target="$trees/flmount"
 um_bundle="$trees/umoci"
 tar_target="$trees/tar"
 
+# warm FILE...: read FILEs (back) into the page cache.
+warm() {
+	cat -- "$@" >/dev/null
+}
+
 run_flmount() {
+	warm "${fl_blobs[@]}"
 	run_timed "flmount-$1" \
 		"$flmount" -image "$ref" -workdir "$workdir" -extractto "$fl_target" -q
 }
 
 run_umoci() {
+	warm "${layer_blobs[@]}"
 	run_timed "umoci-$1" \
 		umoci unpack --image "$BENCH_IMAGE" "$um_bundle"
 }
 
 run_tar() {
 	mkdir -p "$tar_target"
+	warm "${layer_blobs[@]}"
 	# shellcheck disable=SC2016 # expanded by the inner bash
 	run_timed "tar-$1" \
 		bash -c 'set -euo pipefail
@@ -411,7 +435,7 @@ fi
 	echo "extract benchmark: $BENCH_IMAGE via $ref, warm cache, ${#layer_blobs[@]} gzip layers ($(du -cb "${layer_blobs[@]}" | awk 'END { printf "%.1f MiB", $1 / 1048576 }') compressed)"
 	echo "flmount $("$flmount" --version 2>/dev/null | awk '{ print $2 }') ($flmount, built $(date -r "$flmount" '+%F %T'); repo HEAD $(cd "$repo" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
 	echo "$(umoci --version), $(tar --version | head -n 1), gzip $(gzip --version | awk 'NR == 1 { print $2 }'), $(nproc) cores"
-	echo "targets on $fs_info; page cache not dropped; sync before each run"
+	echo "targets on $fs_info; blobs read into the page cache and sync before each run"
 	echo
 	printf '| %-6s | %10s | %10s | %10s | %13s |\n' round "flmount s" "umoci s" "gzip|tar s" "flmount RSS"
 	printf '| %-6s | %10s | %10s | %10s | %13s |\n' ------ ---------- ---------- ---------- -------------
