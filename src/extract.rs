@@ -198,15 +198,19 @@ pub fn write_plan(
             *f = Some(e);
         }
     };
-    let (tx, rx) = mpsc::sync_channel::<(usize, Option<Vec<u8>>)>(QUEUE);
-    let rx = Mutex::new(rx);
+    let workers = opts.workers.max(1);
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
+        .map(|_| mpsc::sync_channel::<Job>(QUEUE / workers + 1))
+        .unzip();
+    let tx = Shards { plan, senders };
 
     std::thread::scope(|scope| {
-        for _ in 0..opts.workers.max(1) {
-            scope.spawn(|| {
-                let mut dirs = Dirs::new(&root);
+        for rx in receivers {
+            let (root, stop, fail, counters) = (&root, &stop, &fail, &counters);
+            scope.spawn(move || {
+                let mut dirs = Dirs::new(root);
                 loop {
-                    let job = rx.lock().unwrap().recv();
+                    let job = rx.recv();
                     let Ok((index, data)) = job else { break };
                     if stop.load(Ordering::Relaxed) {
                         continue;
@@ -217,7 +221,7 @@ pub fn write_plan(
                         inode,
                         data.as_deref().map(|d| d as &[u8]).map(Content::Bytes),
                         opts,
-                        &counters,
+                        counters,
                     );
                     if let Err(e) = result {
                         fail(e);
@@ -299,7 +303,7 @@ pub fn write_plan(
         if dir.implicit {
             continue;
         }
-        apply_meta_fd(fd, &dir.meta, opts)
+        apply_meta_fd(fd, &dir.meta, opts, None)
             .with_context(|| format!("setting metadata of {}", show(&dir.path)))?;
     }
 
@@ -320,6 +324,28 @@ pub fn write_plan(
         );
     }
     Ok(stats)
+}
+
+/// A file to create: the plan's inode index and its content, if small.
+type Job = (usize, Option<Vec<u8>>);
+
+/// Routes jobs to workers by parent directory: creating entries in one
+/// directory serialises on that directory's lock in the kernel, so each
+/// directory's files go to one worker and the workers do not queue on it.
+#[derive(Clone)]
+struct Shards<'p> {
+    plan: &'p Plan,
+    senders: Vec<mpsc::SyncSender<Job>>,
+}
+
+impl Shards<'_> {
+    fn send(&self, job: Job) -> Result<(), ()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let (parent, _) = crate::layer::split_last(&self.plan.inodes[job.0].paths[0]);
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(parent);
+        let shard = (hash % self.senders.len() as u64) as usize;
+        self.senders[shard].send(job).map_err(|_| ())
+    }
 }
 
 /// Ends a layer reader early: it found everything, or another thread failed.
@@ -375,25 +401,32 @@ fn create_one(
     let meta = &inode.meta;
     match &inode.kind {
         InodeKind::File { .. } => {
-            let fd = open_new_file(parent, name)?;
-            let mut file = std::fs::File::from(fd);
+            let perms = meta.mode & 0o777;
+            let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+            // SAFETY: valid fd and NUL-terminated name; O_EXCL | O_NOFOLLOW never follow.
+            let fd = create_at(parent, name, || unsafe {
+                libc::openat(parent, name.as_ptr(), flags, perms)
+            })?;
+            // SAFETY: openat returned a new fd we own.
+            let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
             let written = match content {
                 Some(Content::Bytes(b)) => {
                     file.write_all(b)?;
                     b.len() as u64
                 }
-                Some(Content::Stream(r)) => std::io::copy(r, &mut file)?,
+                Some(Content::Stream(r)) => copy_large(r, &mut file)?,
                 None => 0,
             };
             counters.bytes.fetch_add(written, Ordering::Relaxed);
             counters.files.fetch_add(1, Ordering::Relaxed);
-            apply_meta_fd(file.as_raw_fd(), meta, opts)?;
+            apply_meta_fd(file.as_raw_fd(), meta, opts, Some(perms & !umask()))?;
         }
         InodeKind::Symlink { target } => {
             let target = CString::new(target.as_ref()).map_err(|_| anyhow!("NUL in symlink target"))?;
-            replace_existing(parent, name)?;
             // SAFETY: valid fd and NUL-terminated strings.
-            check(unsafe { libc::symlinkat(target.as_ptr(), parent, name.as_ptr()) })?;
+            create_at(parent, name, || unsafe {
+                libc::symlinkat(target.as_ptr(), parent, name.as_ptr())
+            })?;
             counters.symlinks.fetch_add(1, Ordering::Relaxed);
             apply_meta_at(parent, name, meta, opts, false)?;
         }
@@ -407,13 +440,11 @@ fn create_one(
             } else {
                 libc::S_IFBLK
             };
-            replace_existing(parent, name)?;
             mknod(parent, name, kind, libc::makedev(*major, *minor))?;
             counters.specials.fetch_add(1, Ordering::Relaxed);
             apply_meta_at(parent, name, meta, opts, true)?;
         }
         InodeKind::Fifo => {
-            replace_existing(parent, name)?;
             mknod(parent, name, libc::S_IFIFO, 0)?;
             counters.specials.fetch_add(1, Ordering::Relaxed);
             apply_meta_at(parent, name, meta, opts, true)?;
@@ -423,23 +454,64 @@ fn create_one(
     Ok(true)
 }
 
-fn open_new_file(parent: RawFd, name: &CString) -> Result<OwnedFd> {
-    let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    for attempt in 0..2 {
-        // SAFETY: valid fd and NUL-terminated name.
-        let fd = unsafe { libc::openat(parent, name.as_ptr(), flags, 0o600 as libc::c_uint) };
-        if fd >= 0 {
-            // SAFETY: openat returned a new fd we own.
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EEXIST) && attempt == 0 {
-            replace_existing(parent, name)?;
-            continue;
-        }
+/// Runs a creating call; when the name is taken (only when writing over an
+/// existing tree) removes what is there and tries once more.
+fn create_at(parent: RawFd, name: &CString, create: impl Fn() -> libc::c_int) -> Result<libc::c_int> {
+    let rc = create();
+    if rc >= 0 {
+        return Ok(rc);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EEXIST) {
         return Err(err.into());
     }
-    unreachable!()
+    replace_existing(parent, name)?;
+    let rc = create();
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(rc)
+}
+
+/// Streams a large file with few, large writes.
+fn copy_large(reader: &mut dyn Read, file: &mut std::fs::File) -> Result<u64> {
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 1 << 20]);
+    }
+    BUF.with_borrow_mut(|buf| {
+        let mut total = 0u64;
+        loop {
+            let mut filled = 0;
+            while filled < buf.len() {
+                let n = reader.read(&mut buf[filled..])?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                return Ok(total);
+            }
+            file.write_all(&buf[..filled])?;
+            total += filled as u64;
+        }
+    })
+}
+
+/// The process umask, read once (from /proc: reading it with umask(2)
+/// would change it for a moment under other threads).
+fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o777)
+    })
 }
 
 fn mkdir(parent: RawFd, name: &CString) -> Result<()> {
@@ -462,7 +534,10 @@ fn mkdir(parent: RawFd, name: &CString) -> Result<()> {
 
 fn mknod(parent: RawFd, name: &CString, kind: libc::mode_t, dev: libc::dev_t) -> Result<()> {
     // SAFETY: valid fd and NUL-terminated name.
-    check(unsafe { libc::mknodat(parent, name.as_ptr(), kind | 0o600, dev) })
+    create_at(parent, name, || unsafe {
+        libc::mknodat(parent, name.as_ptr(), kind | 0o600, dev)
+    })
+    .map(|_| ())
 }
 
 fn is_dir_at(parent: RawFd, name: &CString) -> Result<bool> {
@@ -496,14 +571,19 @@ fn replace_existing(parent: RawFd, name: &CString) -> Result<()> {
 }
 
 /// Owner, mode, xattrs and mtime on an open file or directory.
-fn apply_meta_fd(fd: RawFd, meta: &Meta, opts: &WriteOptions) -> Result<()> {
-    if opts.owners && (meta.uid != 0 || meta.gid != 0) {
+/// `created_mode` is the mode the file already has, when known: a chmod
+/// that would change nothing is skipped.
+fn apply_meta_fd(fd: RawFd, meta: &Meta, opts: &WriteOptions, created_mode: Option<u32>) -> Result<()> {
+    let chown = opts.owners && (meta.uid != 0 || meta.gid != 0);
+    if chown {
         // SAFETY: valid fd.
         check(unsafe { libc::fchown(fd, meta.uid, meta.gid) }).context("setting the owner")?;
     }
     // chmod after chown: chown clears setuid/setgid.
-    // SAFETY: valid fd.
-    check(unsafe { libc::fchmod(fd, meta.mode & 0o7777) }).context("setting the mode")?;
+    if chown || created_mode != Some(meta.mode & 0o7777) {
+        // SAFETY: valid fd.
+        check(unsafe { libc::fchmod(fd, meta.mode & 0o7777) }).context("setting the mode")?;
+    }
     for (name, value) in &meta.xattrs {
         if let Err(e) = set_xattr_fd(fd, name, value) {
             warn_xattr(name, &e);
