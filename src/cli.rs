@@ -15,7 +15,7 @@ use crate::pull::{self, PullOptions};
 use crate::reference::ImageRef;
 use crate::registry::{Credentials, ErrorKind, Transport};
 use crate::workdir::{self, Workdir};
-use crate::{extract, overlay};
+use crate::{commands, extract, overlay};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -45,8 +45,19 @@ pub struct Args {
     pub image: Option<String>,
 
     /// Cache directory for blobs and layers [default: /var/lib/flmount as root, ~/.cache/flmount otherwise]
-    #[arg(long, value_name = "DIR", env = "FLMOUNT_WORKDIR")]
+    #[arg(long, value_name = "DIR", env = "FLMOUNT_WORKDIR", global = true)]
     pub workdir: Option<PathBuf>,
+
+    /// With -image: index the image into this flist (e.g. -flist app.fl -store dir:///srv/chunks)
+    #[arg(long, value_name = "FILE")]
+    pub flist: Option<PathBuf>,
+
+    /// A chunk store, [xx-yy=]URL: dir:///path, zdb://host:port/ns, s3://key:secret@host:port/bucket, http(s)://host/path; repeat to shard (00-7f=..., 80-ff=...) or replicate
+    #[arg(long = "store", value_name = "URL")]
+    pub stores: Vec<String>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
 
     /// Extract the image's root filesystem into DIR (e.g. -extractto /srv/rootfs); `-` writes it as a tar stream to stdout
     #[arg(long, value_name = "DIR")]
@@ -106,12 +117,55 @@ pub struct Args {
     pub plain_http: bool,
 
     /// More log output (-v debug, -vv trace); RUST_LOG overrides
-    #[arg(short, long, action = clap::ArgAction::Count)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
     /// Only warnings and errors; no progress bars
-    #[arg(short, long)]
+    #[arg(short, long, global = true)]
     pub quiet: bool,
+}
+
+/// Commands beyond the tosi-style flags.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Restore the whole tree of an flist into TARGET, fetching its chunks from the stores
+    Unpack {
+        /// The flist to restore (e.g. -flist app.fl)
+        #[arg(long, value_name = "FILE")]
+        flist: PathBuf,
+        /// Stores to read from instead of the flist's routes ([xx-yy=]URL; adds credentials)
+        #[arg(long = "store", value_name = "URL")]
+        stores: Vec<String>,
+        /// Write over a non-empty TARGET
+        #[arg(long)]
+        force: bool,
+        /// Where to restore the tree
+        target: PathBuf,
+    },
+    /// Inspect or edit an flist: ls, inspect, tag, store
+    Flist {
+        #[command(subcommand)]
+        op: FlistOp,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum FlistOp {
+    /// List every entry: type and mode, owner, size, path
+    Ls { flist: PathBuf },
+    /// Show tags, routes, and the number and size of entries and chunks
+    Inspect { flist: PathBuf },
+    /// Show tags, or set (KEY=VALUE) and delete (-delete KEY) them
+    Tag {
+        flist: PathBuf,
+        /// KEY=VALUE pairs to set
+        set: Vec<String>,
+        /// Keys to delete
+        #[arg(long, value_name = "KEY")]
+        delete: Vec<String>,
+    },
+    /// Show the store routes, or replace them with [xx-yy=]URL routes (secrets are not written)
+    Store { flist: PathBuf, routes: Vec<String> },
 }
 
 /// What to do, validated.
@@ -133,7 +187,16 @@ pub enum Action {
         output: Output,
     },
     /// Unmount a mount made by flmount and clean up after it.
-    Umount { target: PathBuf },
+    Umount {
+        target: PathBuf,
+    },
+    Unpack {
+        flist: PathBuf,
+        stores: Vec<String>,
+        target: PathBuf,
+        force: bool,
+    },
+    Flist(FlistOp),
 }
 
 #[derive(Debug)]
@@ -150,12 +213,45 @@ pub enum Output {
         target: PathBuf,
         overlaydir: Option<PathBuf>,
     },
+    /// Index into an flist, content into the stores.
+    Flist {
+        path: PathBuf,
+        stores: Vec<String>,
+    },
 }
 
 impl Args {
     /// Turns raw flags into settings, or a usage error.
     pub fn settings(self) -> Result<Settings> {
         let workdir = absolute(self.workdir.unwrap_or_else(Workdir::default_path))?;
+        match self.command {
+            Some(Command::Unpack {
+                flist,
+                stores,
+                force,
+                target,
+            }) => {
+                let action = Action::Unpack {
+                    flist,
+                    stores,
+                    target: absolute(target)?,
+                    force,
+                };
+                return Ok(Settings {
+                    workdir,
+                    quiet: self.quiet,
+                    action,
+                });
+            }
+            Some(Command::Flist { op }) => {
+                return Ok(Settings {
+                    workdir,
+                    quiet: self.quiet,
+                    action: Action::Flist(op),
+                });
+            }
+            None => {}
+        }
         if let Some(target) = self.umount {
             if self.image.is_some() || self.extractto.is_some() || self.mount.is_some() {
                 bail!("-umount takes no -image, -extractto or -mount");
@@ -182,8 +278,20 @@ impl Args {
             bail!("-insecure and -plain-http exclude each other");
         }
         let platform = self.platform.as_deref().map(Platform::parse).transpose()?;
+        if self.flist.is_some() && (self.extractto.is_some() || self.mount.is_some()) {
+            bail!("-flist does not go with -extractto or -mount");
+        }
         let output = match (self.extractto, self.mount) {
             (Some(_), Some(_)) => bail!("-extractto and -mount exclude each other"),
+            (None, None) if self.flist.is_some() => {
+                if self.stores.is_empty() {
+                    bail!("-flist needs at least one -store for the content (e.g. -store dir:///srv/chunks)");
+                }
+                Output::Flist {
+                    path: absolute(self.flist.clone().unwrap())?,
+                    stores: self.stores.clone(),
+                }
+            }
             (Some(target), None) if target.as_os_str() == "-" => Output::Export,
             (Some(target), None) => Output::Extract {
                 target: absolute(target)?,
@@ -229,12 +337,17 @@ fn absolute(p: PathBuf) -> Result<PathBuf> {
 /// Only names that are long flags are rewritten, so `-v` and `-h` keep
 /// their short meaning; everything after `--` is left alone.
 pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
-    let cmd = Args::command();
-    let longs: Vec<String> = cmd
-        .get_arguments()
-        .filter_map(|a| a.get_long().map(str::to_owned))
-        .chain(["help".to_owned(), "version".to_owned()])
-        .collect();
+    fn collect(cmd: &clap::Command, out: &mut Vec<String>) {
+        out.extend(
+            cmd.get_arguments()
+                .filter_map(|a| a.get_long().map(str::to_owned)),
+        );
+        for sub in cmd.get_subcommands() {
+            collect(sub, out);
+        }
+    }
+    let mut longs = vec!["help".to_owned(), "version".to_owned()];
+    collect(&Args::command(), &mut longs);
     let mut out = Vec::new();
     let mut passthrough = false;
     for (i, arg) in args.into_iter().enumerate() {
@@ -309,6 +422,15 @@ async fn run(s: Settings) -> Result<()> {
             saveconfig,
             output,
         } => (image, pull, saveconfig, output),
+        Action::Unpack {
+            flist,
+            stores,
+            target,
+            force,
+        } => {
+            return tokio::task::block_in_place(|| commands::unpack(&flist, &stores, &target, force));
+        }
+        Action::Flist(op) => return commands::flist(op),
     };
     let progress = Progress::new(s.quiet);
     let image = pull::pull(&workdir, &image, &pull_options, &progress).await?;
@@ -350,6 +472,10 @@ async fn run(s: Settings) -> Result<()> {
                 "exported the root filesystem in {:.2}s",
                 started.elapsed().as_secs_f64()
             );
+        }
+        Output::Flist { path, stores } => {
+            tokio::task::block_in_place(|| commands::pack_image(&workdir, &layers, &path, &stores))
+                .with_context(|| format!("packing {} into {}", image.reference, path.display()))?;
         }
         Output::Overlay { target, overlaydir } => {
             let digests: Vec<_> = image.manifest.layers.iter().map(|l| l.digest.clone()).collect();

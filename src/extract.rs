@@ -164,7 +164,7 @@ impl<'r> Dirs<'r> {
 /// `-force`) are replaced.
 pub fn write_plan(
     plan: &Plan,
-    layers: &[LayerBlob],
+    content: &dyn ContentSource,
     target: &Path,
     opts: &WriteOptions,
 ) -> Result<WriteStats> {
@@ -188,7 +188,6 @@ pub fn write_plan(
         }
     }
 
-    let sources = plan.sources();
     let stop = AtomicBool::new(false);
     let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     let fail = |e: anyhow::Error| {
@@ -202,91 +201,67 @@ pub fn write_plan(
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers)
         .map(|_| mpsc::sync_channel::<Job>(QUEUE / workers + 1))
         .unzip();
-    let tx = Shards { plan, senders };
+    let shards = Shards { plan, senders };
 
     std::thread::scope(|scope| {
         for rx in receivers {
             let (root, stop, fail, counters) = (&root, &stop, &fail, &counters);
             scope.spawn(move || {
                 let mut dirs = Dirs::new(root);
-                loop {
-                    let job = rx.recv();
-                    let Ok((index, data)) = job else { break };
+                while let Ok((index, data)) = rx.recv() {
                     if stop.load(Ordering::Relaxed) {
                         continue;
                     }
-                    let inode = &plan.inodes[index];
-                    let result = create_inode(
-                        &mut dirs,
-                        inode,
-                        data.as_deref().map(|d| d as &[u8]).map(Content::Bytes),
-                        opts,
-                        counters,
-                    );
-                    if let Err(e) = result {
+                    let content = data.as_deref().map(Content::Bytes);
+                    if let Err(e) = create_inode(&mut dirs, &plan.inodes[index], content, opts, counters) {
                         fail(e);
                     }
                 }
             });
         }
-        // Inodes without content from a layer: symlinks, devices, empty files.
-        let tx_plain = tx.clone();
-        let plain = &plan.inodes;
+        // Inodes without content: symlinks, devices, empty files.
+        let plain = shards.clone();
         scope.spawn(move || {
-            for (i, inode) in plain.iter().enumerate() {
+            for (i, inode) in plan.inodes.iter().enumerate() {
                 if !matches!(inode.kind, InodeKind::File { source: Some(_), .. })
-                    && tx_plain.send((i, None)).is_err()
+                    && plain.send((i, None)).is_err()
                 {
                     break;
                 }
             }
         });
-        // One reader per layer with content to give.
-        for (&layer, wanted) in &sources {
-            let tx = tx.clone();
-            let (stop, fail, counters, root) = (&stop, &fail, &counters, &root);
-            let blob = &layers[layer];
-            scope.spawn(move || {
-                let mut dirs = Dirs::new(root);
-                let mut remaining = wanted.len();
-                let result = blob.for_each(|change, reader| {
-                    if stop.load(Ordering::Relaxed) {
-                        bail!(Finished);
-                    }
-                    let Change::Add(entry) = change else { return Ok(()) };
-                    let Some(&index) = wanted.get(&entry.index) else {
-                        return Ok(());
-                    };
-                    let inode = &plan.inodes[index];
-                    let InodeKind::File { size, .. } = inode.kind else {
-                        return Ok(());
-                    };
-                    if size <= SMALL_FILE {
-                        let mut data = Vec::with_capacity(size as usize);
-                        reader.take(size).read_to_end(&mut data)?;
-                        tx.send((index, Some(data)))
-                            .map_err(|_| anyhow!("writers stopped"))?;
-                    } else {
-                        create_inode(&mut dirs, inode, Some(Content::Stream(reader)), opts, counters)?;
-                    }
-                    remaining -= 1;
-                    if remaining == 0 {
-                        bail!(Finished);
-                    }
-                    Ok(())
-                });
-                match result {
-                    Err(e) if e.is::<Finished>() => {}
-                    Err(e) => fail(e.context(format!("extracting from layer {}", blob.path.display()))),
-                    Ok(()) if remaining > 0 => fail(anyhow!(
-                        "layer {} ended before {remaining} of its files were found",
-                        blob.path.display()
-                    )),
-                    Ok(()) => {}
-                }
-            });
+        // Content, from wherever it lives: small files go to the workers,
+        // large ones are streamed by the source's own thread.
+        let sink = |index: usize, reader: &mut dyn Read| -> Result<()> {
+            if stop.load(Ordering::Relaxed) {
+                bail!(Finished);
+            }
+            let inode = &plan.inodes[index];
+            let InodeKind::File { size, .. } = inode.kind else {
+                return Ok(());
+            };
+            if size <= SMALL_FILE {
+                let mut data = Vec::with_capacity(size as usize);
+                reader.take(size).read_to_end(&mut data)?;
+                shards
+                    .send((index, Some(data)))
+                    .map_err(|_| anyhow!("writers stopped"))
+            } else {
+                create_inode(
+                    &mut Dirs::new(&root),
+                    inode,
+                    Some(Content::Stream(reader)),
+                    opts,
+                    &counters,
+                )
+            }
+        };
+        match content.deliver(plan, &sink) {
+            Err(e) if e.is::<Finished>() => {}
+            Err(e) => fail(e),
+            Ok(()) => {}
         }
-        drop(tx);
+        drop(shards);
     });
     if let Some(e) = failure.into_inner().unwrap() {
         return Err(e);
@@ -324,6 +299,67 @@ pub fn write_plan(
         );
     }
     Ok(stats)
+}
+
+/// Where the content of a plan's regular files comes from.
+pub trait ContentSource: Sync {
+    /// Calls `sink(i, reader)` for every inode `i` of `plan` whose content
+    /// this source holds (`reader` yields exactly its size), from any
+    /// number of threads. Stops at the first error `sink` returns.
+    fn deliver(&self, plan: &Plan, sink: &(dyn Fn(usize, &mut dyn Read) -> Result<()> + Sync)) -> Result<()>;
+}
+
+/// Content from layer blobs: one reader thread per layer, each stopping as
+/// soon as it has passed its last wanted entry.
+pub struct LayerContent<'a>(pub &'a [LayerBlob]);
+
+impl ContentSource for LayerContent<'_> {
+    fn deliver(&self, plan: &Plan, sink: &(dyn Fn(usize, &mut dyn Read) -> Result<()> + Sync)) -> Result<()> {
+        let sources = plan.sources();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = sources
+                .iter()
+                .map(|(&layer, wanted)| {
+                    let blob = &self.0[layer];
+                    scope.spawn(move || {
+                        let mut remaining = wanted.len();
+                        let result = blob.for_each(|change, reader| {
+                            let Change::Add(entry) = change else { return Ok(()) };
+                            let Some(&index) = wanted.get(&entry.index) else {
+                                return Ok(());
+                            };
+                            sink(index, reader)?;
+                            remaining -= 1;
+                            if remaining == 0 {
+                                bail!(Finished);
+                            }
+                            Ok(())
+                        });
+                        match result {
+                            Err(e) if e.is::<Finished>() && remaining == 0 => Ok(()),
+                            Err(e) if e.is::<Finished>() => Err(e),
+                            Err(e) => {
+                                Err(e.context(format!("extracting from layer {}", blob.path.display())))
+                            }
+                            Ok(()) if remaining > 0 => Err(anyhow!(
+                                "layer {} ended before {remaining} of its files were found",
+                                blob.path.display()
+                            )),
+                            Ok(()) => Ok(()),
+                        }
+                    })
+                })
+                .collect();
+            let mut first = Ok(());
+            for h in handles {
+                let r = h.join().expect("layer reader panicked");
+                if first.is_ok() {
+                    first = r;
+                }
+            }
+            first
+        })
+    }
 }
 
 /// A file to create: the plan's inode index and its content, if small.
@@ -681,7 +717,9 @@ pub fn extract_layers(
     let changes = crate::layer::read_all(layers)?;
     let tree = crate::tree::Tree::from_layers(&changes)?;
     let plan = tree.plan();
-    into_target(target, force, |dir| write_plan(&plan, layers, dir, opts))
+    into_target(target, force, |dir| {
+        write_plan(&plan, &LayerContent(layers), dir, opts)
+    })
 }
 
 /// Runs `write` on a staging directory that becomes `target`, or on

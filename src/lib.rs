@@ -7,15 +7,19 @@
 //! command line over all of it.
 
 pub mod cli;
+pub mod commands;
 pub mod digest;
 pub mod export;
 pub mod extract;
+pub mod flist;
 pub mod layer;
 pub mod manifest;
 pub mod overlay;
+pub mod pack;
 pub mod progress;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod store;
 pub mod tree;
 pub mod workdir;

@@ -117,7 +117,7 @@ pub fn prepare_layers(
                 .tempdir_in(&overlays)?;
             let diff_dir = staging.path().join("diff");
             std::fs::create_dir(&diff_dir)?;
-            extract::write_plan(&plan, &blobs[..=i], &diff_dir, &opts)
+            extract::write_plan(&plan, &extract::LayerContent(&blobs[..=i]), &diff_dir, &opts)
                 .with_context(|| format!("preparing the overlay directory of layer {}", digests[i]))?;
             let staged = staging.keep();
             match std::fs::rename(&staged, overlays.join(&chains[i])) {

@@ -30,11 +30,13 @@ use crate::layer::{self, Change, Entry, Kind, Meta};
 pub type NodeId = usize;
 pub type InodeId = usize;
 
-/// Where a regular file's content is: entry `entry` of layer `layer`.
+/// Where a regular file's content is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Source {
-    pub layer: usize,
-    pub entry: u32,
+pub enum Source {
+    /// Entry `entry` of layer `layer`.
+    Layer { layer: usize, entry: u32 },
+    /// The blocks of inode `ino` of an flist.
+    Flist { ino: i64 },
 }
 
 /// What an inode is.
@@ -299,7 +301,7 @@ impl Tree {
                 self.nodes[target_node].inode
             }
             Kind::File { size } => {
-                let source = (*size > 0).then_some(Source {
+                let source = (*size > 0).then_some(Source::Layer {
                     layer,
                     entry: entry.index,
                 });
@@ -523,8 +525,12 @@ impl Plan {
     pub fn sources(&self) -> BTreeMap<usize, HashMap<u32, usize>> {
         let mut out: BTreeMap<usize, HashMap<u32, usize>> = BTreeMap::new();
         for (i, inode) in self.inodes.iter().enumerate() {
-            if let InodeKind::File { source: Some(s), .. } = inode.kind {
-                out.entry(s.layer).or_default().insert(s.entry, i);
+            if let InodeKind::File {
+                source: Some(Source::Layer { layer, entry }),
+                ..
+            } = inode.kind
+            {
+                out.entry(layer).or_default().insert(entry, i);
             }
         }
         out
@@ -597,7 +603,10 @@ mod tests {
             .collect();
         for inode in &plan.inodes {
             let what = match &inode.kind {
-                InodeKind::File { source: Some(s), .. } => format!("file@{}.{}", s.layer, s.entry),
+                InodeKind::File {
+                    source: Some(Source::Layer { layer, entry }),
+                    ..
+                } => format!("file@{layer}.{entry}"),
                 InodeKind::File { source: None, .. } => "empty".into(),
                 InodeKind::Symlink { target } => format!("-> {}", String::from_utf8_lossy(target)),
                 other => format!("{other:?}"),

@@ -1,0 +1,258 @@
+//! The flist commands: pack an image into an flist and stores, unpack an
+//! flist, and `flmount flist ls | inspect | tag | store`. Each is plumbing
+//! between the modules that do the work (tree, pack, flist, extract, store).
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use tokio::runtime::Handle;
+
+use crate::cli::FlistOp;
+use crate::extract::{self, WriteOptions};
+use crate::flist::{self, Flist, RouteRow};
+use crate::layer::LayerBlob;
+use crate::pack::{self, ChunkContent, KnownChunks};
+use crate::progress::human_bytes;
+use crate::store::{self, Router};
+use crate::tree::{InodeKind, Tree};
+use crate::workdir::Workdir;
+
+/// Threads encoding or fetching chunks.
+fn chunk_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).max(2) * 2
+}
+
+/// The routes an flist records for `router`: public URLs, no secrets.
+fn route_rows(router: &Router) -> Vec<RouteRow> {
+    router
+        .routes()
+        .iter()
+        .map(|r| RouteRow {
+            start: r.start,
+            end: r.end,
+            url: r.store.public_url().to_owned(),
+        })
+        .collect()
+}
+
+/// `-image REF -flist OUT -store URL...`: index the image's merged tree into
+/// an flist, its content into the stores.
+pub fn pack_image(workdir: &Workdir, layers: &[LayerBlob], out: &Path, stores: &[String]) -> Result<()> {
+    let started = Instant::now();
+    let router = Router::open(stores, store::DEFAULT_TIMEOUT)?;
+    router.check_coverage()?;
+    let changes = crate::layer::read_all(layers)?;
+    let plan = Tree::from_layers(&changes)?.plan();
+    let known = KnownChunks::load(workdir.root(), &router)?;
+    let (blocks, stats) = pack::pack(
+        &plan,
+        &extract::LayerContent(layers),
+        &router,
+        &known,
+        &Handle::current(),
+        chunk_threads(),
+    )?;
+    let tags = vec![
+        ("version".to_owned(), "v2".to_owned()),
+        (
+            "author".to_owned(),
+            concat!("flmount ", env!("CARGO_PKG_VERSION")).to_owned(),
+        ),
+    ];
+    flist::write(out, &plan, &blocks, &route_rows(&router), &tags)?;
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        "packed {} files ({}) into {}: {} chunks, {} uploaded, {} already stored; {:.2}s ({}/s)",
+        stats.files,
+        human_bytes(stats.bytes),
+        out.display(),
+        stats.chunks,
+        stats.uploaded,
+        stats.skipped,
+        secs,
+        human_bytes((stats.bytes as f64 / secs.max(1e-3)) as u64)
+    );
+    Ok(())
+}
+
+/// The router for reading an flist: `-store` arguments if given, else the
+/// flist's own routes.
+fn reading_router(fl: &Flist, stores: &[String]) -> Result<Router> {
+    if !stores.is_empty() {
+        return Router::open(stores, store::DEFAULT_TIMEOUT);
+    }
+    let routes = fl.routes()?;
+    if routes.is_empty() {
+        bail!("the flist names no stores: give -store URL");
+    }
+    let args: Vec<String> = routes
+        .iter()
+        .map(|r| format!("{:02x}-{:02x}={}", r.start, r.end, r.url))
+        .collect();
+    Router::open(&args, store::DEFAULT_TIMEOUT)
+}
+
+/// `flmount unpack -flist F TARGET`: restore the whole tree.
+pub fn unpack(flist_path: &Path, stores: &[String], target: &Path, force: bool) -> Result<()> {
+    let started = Instant::now();
+    let fl = Flist::open(flist_path)?;
+    let (plan, blocks) = fl.plan()?;
+    let router = reading_router(&fl, stores)?;
+    let content = ChunkContent {
+        blocks: &blocks,
+        router: &router,
+        rt: Handle::current(),
+        threads: chunk_threads(),
+    };
+    let stats = extract::into_target(target, force, |dir| {
+        extract::write_plan(&plan, &content, dir, &WriteOptions::default())
+    })
+    .with_context(|| format!("unpacking {} into {}", flist_path.display(), target.display()))?;
+    tracing::info!(
+        "unpacked {} directories, {} files ({}), {} symlinks, {} hard links, {} special files in {:.2}s",
+        stats.dirs,
+        stats.files,
+        human_bytes(stats.bytes),
+        stats.symlinks,
+        stats.hardlinks,
+        stats.specials,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// `flmount flist ...`
+pub fn flist(op: FlistOp) -> Result<()> {
+    match op {
+        FlistOp::Ls { flist } => {
+            let (plan, _) = Flist::open(&flist)?.plan()?;
+            let mut lines: Vec<(Vec<u8>, String)> = Vec::new();
+            for d in &plan.dirs {
+                lines.push((
+                    d.path.clone(),
+                    format!(
+                        "d{:04o} {:>5} {:>5} {:>12}",
+                        d.meta.mode, d.meta.uid, d.meta.gid, 0
+                    ),
+                ));
+            }
+            for inode in &plan.inodes {
+                let (t, size, extra) = match &inode.kind {
+                    InodeKind::File { size, .. } => ('-', *size, String::new()),
+                    InodeKind::Symlink { target } => {
+                        ('l', 0, format!(" -> {}", String::from_utf8_lossy(target)))
+                    }
+                    InodeKind::CharDev { major, minor } => ('c', 0, format!(" ({major},{minor})")),
+                    InodeKind::BlockDev { major, minor } => ('b', 0, format!(" ({major},{minor})")),
+                    InodeKind::Fifo => ('p', 0, String::new()),
+                    InodeKind::Dir => ('d', 0, String::new()),
+                };
+                for p in &inode.paths {
+                    let m = &inode.meta;
+                    lines.push((
+                        p.clone(),
+                        format!("{t}{:04o} {:>5} {:>5} {size:>12}{extra}", m.mode, m.uid, m.gid),
+                    ));
+                }
+            }
+            lines.sort();
+            let mut out = std::io::stdout().lock();
+            for (path, line) in lines {
+                let (meta, extra) = line.split_at(
+                    line.find(" -> ")
+                        .or_else(|| line.find(" ("))
+                        .unwrap_or(line.len()),
+                );
+                writeln_or_pipe(
+                    &mut out,
+                    &format!("{meta} /{}{extra}", String::from_utf8_lossy(&path)),
+                )?;
+            }
+        }
+        FlistOp::Inspect { flist } => {
+            let fl = Flist::open(&flist)?;
+            let (plan, blocks) = fl.plan()?;
+            let files = plan
+                .inodes
+                .iter()
+                .filter(|i| matches!(i.kind, InodeKind::File { .. }))
+                .count();
+            let bytes: u64 = plan
+                .inodes
+                .iter()
+                .map(|i| {
+                    if let InodeKind::File { size, .. } = i.kind {
+                        size
+                    } else {
+                        0
+                    }
+                })
+                .sum();
+            let chunks: usize = blocks.values().map(Vec::len).sum();
+            println!("flist:       {}", flist.display());
+            println!("directories: {}", plan.dirs.len());
+            println!("files:       {files} ({})", human_bytes(bytes));
+            println!("other:       {}", plan.inodes.len() - files);
+            println!("chunks:      {chunks}");
+            println!("routes:");
+            for r in fl.routes()? {
+                println!("  {:02x}-{:02x} {}", r.start, r.end, r.url);
+            }
+            println!("tags:");
+            for (k, v) in fl.tags()? {
+                println!("  {k} = {v}");
+            }
+        }
+        FlistOp::Tag { flist, set, delete } => {
+            let fl = if set.is_empty() && delete.is_empty() {
+                Flist::open(&flist)?
+            } else {
+                Flist::open_rw(&flist)?
+            };
+            for kv in &set {
+                let (k, v) = kv
+                    .split_once('=')
+                    .with_context(|| format!("expected KEY=VALUE, got {kv:?}"))?;
+                fl.set_tag(k, v)?;
+            }
+            for k in &delete {
+                fl.delete_tag(k)?;
+            }
+            for (k, v) in fl.tags()? {
+                println!("{k}={v}");
+            }
+        }
+        FlistOp::Store { flist, routes } => {
+            let fl = if routes.is_empty() {
+                Flist::open(&flist)?
+            } else {
+                Flist::open_rw(&flist)?
+            };
+            if !routes.is_empty() {
+                let mut rows = Vec::new();
+                for arg in &routes {
+                    let (start, end, url) = store::parse_range(arg)?;
+                    rows.push(RouteRow {
+                        start,
+                        end,
+                        url: store::StoreUrl::parse(url)?.public(),
+                    });
+                }
+                fl.replace_routes(&rows)?;
+            }
+            for r in fl.routes()? {
+                println!("{:02x}-{:02x}={}", r.start, r.end, r.url);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a line; a closed pipe (`| head`) ends the listing quietly.
+fn writeln_or_pipe(out: &mut impl std::io::Write, line: &str) -> Result<()> {
+    match writeln!(out, "{line}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => Ok(r?),
+    }
+}

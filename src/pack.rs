@@ -1,0 +1,348 @@
+//! Moving file content between plans and stores.
+//!
+//! [`pack`]: every regular file of a plan is cut into 512 KiB pieces,
+//! encoded (see `store::codec`) on a pool of threads and stored through
+//! the router, skipping chunks already stored: first by a local index in
+//! the workdir of chunks known to be in each store (no network at all for a
+//! re-pack), then by asking the stores. The result is each inode's chunk
+//! list, ready for the flist writer; nothing is written to the flist unless
+//! every chunk was stored.
+//!
+//! [`ChunkContent`]: the other way, a content source that reads an flist's
+//! files back from the stores (for `unpack`), verifying every chunk.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Mutex};
+
+use anyhow::{anyhow, bail, Context, Result};
+use rusqlite::{params, Connection};
+use tokio::runtime::Handle;
+
+use crate::extract::ContentSource;
+use crate::store::{codec, ChunkId, ChunkRef, Router, CHUNK_SIZE};
+use crate::tree::{InodeKind, Plan, Source};
+
+/// What packing did.
+#[derive(Debug, Default)]
+pub struct PackStats {
+    pub files: u64,
+    pub bytes: u64,
+    pub chunks: u64,
+    pub uploaded: u64,
+    pub skipped: u64,
+}
+
+/// The workdir's record of chunks known to be in each store.
+pub struct KnownChunks {
+    path: PathBuf,
+    known: HashMap<String, HashSet<ChunkId>>,
+}
+
+impl KnownChunks {
+    /// Loads the index for the stores of `router`.
+    pub fn load(workdir: &Path, router: &Router) -> Result<Self> {
+        let path = workdir.join("chunks.db");
+        let conn = Self::connect(&path)?;
+        let mut known = HashMap::new();
+        for route in router.routes() {
+            let url = route.store.public_url().to_owned();
+            let mut ids = HashSet::new();
+            let mut stmt = conn.prepare("SELECT id FROM known WHERE store = ?1")?;
+            for id in stmt.query_map([&url], |r| r.get::<_, Vec<u8>>(0))? {
+                if let Ok(id) = <ChunkId>::try_from(id?.as_slice()) {
+                    ids.insert(id);
+                }
+            }
+            known.insert(url, ids);
+        }
+        Ok(KnownChunks { path, known })
+    }
+
+    fn connect(path: &Path) -> Result<Connection> {
+        let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS known (store TEXT, id BLOB, PRIMARY KEY (store, id)) WITHOUT ROWID;",
+        )?;
+        Ok(conn)
+    }
+
+    fn all_have(&self, router: &Router, id: &ChunkId) -> bool {
+        let mut any = false;
+        for r in router
+            .routes()
+            .iter()
+            .filter(|r| r.start <= id[0] && id[0] <= r.end)
+        {
+            any = true;
+            if !self
+                .known
+                .get(r.store.public_url())
+                .is_some_and(|s| s.contains(id))
+            {
+                return false;
+            }
+        }
+        any
+    }
+
+    /// Records chunks now in the stores of `router`.
+    fn save(&self, router: &Router, ids: &[ChunkId]) -> Result<()> {
+        let mut conn = Self::connect(&self.path)?;
+        let tx = conn.transaction()?;
+        {
+            let mut insert = tx.prepare("INSERT OR IGNORE INTO known (store, id) VALUES (?1, ?2)")?;
+            for id in ids {
+                for r in router
+                    .routes()
+                    .iter()
+                    .filter(|r| r.start <= id[0] && id[0] <= r.end)
+                {
+                    insert.execute(params![r.store.public_url(), &id[..]])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// A piece to encode and store: (plan inode, piece number, bytes).
+type Piece = (usize, usize, Vec<u8>);
+
+/// Stores the content of every regular file of `plan`; returns each
+/// inode's chunks.
+pub fn pack(
+    plan: &Plan,
+    content: &dyn ContentSource,
+    router: &Router,
+    known: &KnownChunks,
+    rt: &Handle,
+    threads: usize,
+) -> Result<(HashMap<usize, Vec<ChunkRef>>, PackStats)> {
+    let results: Mutex<HashMap<usize, Vec<Option<ChunkRef>>>> = Mutex::new(HashMap::new());
+    let seen: Mutex<HashSet<ChunkId>> = Mutex::new(HashSet::new());
+    let fresh: Mutex<Vec<ChunkId>> = Mutex::new(Vec::new());
+    let (uploaded, skipped, chunks, bytes, files) = (
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+        AtomicU64::new(0),
+    );
+    let stop = AtomicBool::new(false);
+    let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let fail = |e: anyhow::Error| {
+        stop.store(true, Ordering::SeqCst);
+        failure.lock().unwrap().get_or_insert(e);
+    };
+    let (tx, rx) = mpsc::sync_channel::<Piece>(threads * 2);
+    let rx = Mutex::new(rx);
+
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| loop {
+                let Ok((inode, index, piece)) = rx.lock().unwrap().recv() else {
+                    break;
+                };
+                if stop.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let (chunk, blob) = codec::encode(&piece);
+                chunks.fetch_add(1, Ordering::Relaxed);
+                let first_time = seen.lock().unwrap().insert(chunk.id);
+                let store = || -> Result<()> {
+                    if !first_time || known.all_have(router, &chunk.id) {
+                        skipped.fetch_add(1, Ordering::Relaxed);
+                        return Ok(());
+                    }
+                    if rt.block_on(router.exists(&chunk.id))? {
+                        skipped.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        rt.block_on(router.set(&chunk.id, &blob))?;
+                        uploaded.fetch_add(1, Ordering::Relaxed);
+                    }
+                    fresh.lock().unwrap().push(chunk.id);
+                    Ok(())
+                };
+                match store() {
+                    Ok(()) => {
+                        let mut r = results.lock().unwrap();
+                        r.get_mut(&inode).expect("registered before its pieces")[index] = Some(chunk);
+                    }
+                    Err(e) => fail(e.context(format!("storing chunk {}", chunk.id_hex()))),
+                }
+            });
+        }
+        let sink = |i: usize, reader: &mut dyn Read| -> Result<()> {
+            let InodeKind::File { size, .. } = plan.inodes[i].kind else {
+                return Ok(());
+            };
+            let pieces = size.div_ceil(CHUNK_SIZE as u64) as usize;
+            results.lock().unwrap().insert(i, vec![None; pieces]);
+            files.fetch_add(1, Ordering::Relaxed);
+            let mut reader = reader.take(size);
+            for index in 0..pieces {
+                if stop.load(Ordering::Relaxed) {
+                    bail!("packing stopped");
+                }
+                let mut piece = Vec::with_capacity(CHUNK_SIZE);
+                (&mut reader).take(CHUNK_SIZE as u64).read_to_end(&mut piece)?;
+                if piece.is_empty() {
+                    bail!(
+                        "content of {} ended early",
+                        crate::extract::show(&plan.inodes[i].paths[0])
+                    );
+                }
+                bytes.fetch_add(piece.len() as u64, Ordering::Relaxed);
+                tx.send((i, index, piece))
+                    .map_err(|_| anyhow!("encoders stopped"))?;
+            }
+            Ok(())
+        };
+        if let Err(e) = content.deliver(plan, &sink) {
+            fail(e);
+        }
+        drop(tx);
+    });
+    if let Some(e) = failure.into_inner().unwrap() {
+        return Err(e);
+    }
+    known.save(router, &fresh.into_inner().unwrap())?;
+    let mut out = HashMap::new();
+    for (i, list) in results.into_inner().unwrap() {
+        let list: Option<Vec<ChunkRef>> = list.into_iter().collect();
+        out.insert(i, list.context("a piece was not stored")?);
+    }
+    let stats = PackStats {
+        files: files.into_inner(),
+        bytes: bytes.into_inner(),
+        chunks: chunks.into_inner(),
+        uploaded: uploaded.into_inner(),
+        skipped: skipped.into_inner(),
+    };
+    Ok((out, stats))
+}
+
+/// Content of an flist's files, read from the stores chunk by chunk.
+pub struct ChunkContent<'a> {
+    pub blocks: &'a HashMap<i64, Vec<ChunkRef>>,
+    pub router: &'a Router,
+    pub rt: Handle,
+    pub threads: usize,
+}
+
+impl ContentSource for ChunkContent<'_> {
+    fn deliver(&self, plan: &Plan, sink: &(dyn Fn(usize, &mut dyn Read) -> Result<()> + Sync)) -> Result<()> {
+        let files: Vec<(usize, i64, u64)> = plan
+            .inodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, inode)| match inode.kind {
+                InodeKind::File {
+                    size,
+                    source: Some(Source::Flist { ino }),
+                } => Some((i, ino, size)),
+                _ => None,
+            })
+            .collect();
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..self.threads.max(1))
+                .map(|_| {
+                    scope.spawn(|| -> Result<()> {
+                        loop {
+                            let n = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(&(i, ino, size)) = files.get(n) else {
+                                return Ok(());
+                            };
+                            let chunks = self.blocks.get(&ino).map(Vec::as_slice).unwrap_or(&[]);
+                            let expected = size.div_ceil(CHUNK_SIZE as u64) as usize;
+                            if chunks.len() != expected {
+                                bail!(
+                                    "{} has {} chunks for {size} bytes (expected {expected})",
+                                    crate::extract::show(&plan.inodes[i].paths[0]),
+                                    chunks.len()
+                                );
+                            }
+                            let mut reader = ChunkReader {
+                                chunks,
+                                next: 0,
+                                buf: Vec::new(),
+                                pos: 0,
+                                size,
+                                total: 0,
+                                content: self,
+                            };
+                            sink(i, &mut reader)?;
+                        }
+                    })
+                })
+                .collect();
+            let mut first = Ok(());
+            for h in handles {
+                let r = h.join().expect("chunk reader panicked");
+                if first.is_ok() {
+                    first = r;
+                }
+            }
+            first
+        })
+    }
+}
+
+/// Reads a file's chunks in order, fetching each when needed.
+struct ChunkReader<'a, 'c> {
+    chunks: &'a [ChunkRef],
+    next: usize,
+    buf: Vec<u8>,
+    pos: usize,
+    /// The file's size, and what the chunks gave so far: they must agree.
+    size: u64,
+    total: u64,
+    content: &'a ChunkContent<'c>,
+}
+
+impl Read for ChunkReader<'_, '_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if self.pos == self.buf.len() {
+            let Some(chunk) = self.chunks.get(self.next) else {
+                if self.total != self.size {
+                    return Err(std::io::Error::other(format!(
+                        "the chunks hold {} bytes of a {}-byte file",
+                        self.total, self.size
+                    )));
+                }
+                return Ok(0);
+            };
+            self.buf = self
+                .content
+                .rt
+                .block_on(self.content.router.get_chunk(chunk))
+                .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+            if self.next + 1 < self.chunks.len() && self.buf.len() != CHUNK_SIZE {
+                return Err(std::io::Error::other(format!(
+                    "chunk {} is {} bytes; all but a file's last must be {CHUNK_SIZE}",
+                    chunk.id_hex(),
+                    self.buf.len()
+                )));
+            }
+            self.next += 1;
+            self.pos = 0;
+            self.total += self.buf.len() as u64;
+            if self.total > self.size {
+                return Err(std::io::Error::other(format!(
+                    "the chunks hold more than the file's {} bytes",
+                    self.size
+                )));
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}

@@ -1,0 +1,289 @@
+//! Chunk stores: where the encrypted pieces of an flist's files live.
+//!
+//! One [`Store`] trait, one file per backend, one factory ([`open`]) that
+//! turns a store URL into a backend, and a [`Router`] that shards and
+//! replicates by the first byte of the chunk id:
+//!
+//! | URL | backend |
+//! | --- | --- |
+//! | `dir:///path` | a local directory, blob at `<path>/<hex[0..2]>/<hex>` |
+//! | `zdb://[user[:pass]@]host[:port]/[namespace]` | 0-db (Redis protocol: `SELECT`, `GET`, `SET`, `EXISTS`) |
+//! | `s3://key:secret@host:port/bucket?region=R`, `s3s://` | S3-compatible object storage, path-style, object = hex id |
+//! | `http(s)://host/path` | read-only: `GET <url>/<hex[0..2]>/<hex>` |
+//!
+//! A store argument may carry a range, `00-7f=URL` (inclusive, lowercase
+//! hex); overlapping ranges replicate. Secrets (passwords, secret keys) are
+//! never part of a store's public URL, which is what flists and logs get.
+
+pub mod codec;
+mod dir;
+mod http;
+mod router;
+mod s3;
+mod zdb;
+
+use std::fmt;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use futures_util::future::BoxFuture;
+
+pub use codec::{ChunkRef, CHUNK_SIZE};
+pub use router::{Route, Router};
+
+/// A chunk id: BLAKE2b-256 of the stored blob.
+pub type ChunkId = [u8; 32];
+
+/// What went wrong with a store; callers branch on the kind.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("chunk {0} not found")]
+    NotFound(String),
+    #[error("store {store} unavailable: {reason}")]
+    Unavailable { store: String, reason: String },
+    #[error("store {store} refused the request: {reason}")]
+    Refused { store: String, reason: String },
+}
+
+impl StoreError {
+    fn unavailable(store: &str, reason: impl fmt::Display) -> Self {
+        StoreError::Unavailable {
+            store: store.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+    fn refused(store: &str, reason: impl fmt::Display) -> Self {
+        StoreError::Refused {
+            store: store.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// A place that keeps blobs by chunk id.
+pub trait Store: Send + Sync {
+    fn get<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Vec<u8>, StoreError>>;
+    fn set<'a>(&'a self, id: &'a ChunkId, blob: &'a [u8]) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn exists<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// The URL without secrets: safe for flists and logs.
+    fn public_url(&self) -> &str;
+}
+
+/// How long one store operation may take before it counts as unavailable.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A parsed store URL: scheme, credentials, host, path, query.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrl {
+    pub scheme: String,
+    pub user: Option<String>,
+    password: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+    pub path: String,
+    pub query: Vec<(String, String)>,
+}
+
+impl fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreUrl({})", self.public())
+    }
+}
+
+impl StoreUrl {
+    pub fn parse(s: &str) -> Result<Self> {
+        let (scheme, rest) = s
+            .split_once("://")
+            .with_context(|| format!("invalid store URL {:?}: expected scheme://...", redact(s)))?;
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, q),
+            None => (rest, ""),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let (user, password) = match userinfo {
+            Some(u) => match u.split_once(':') {
+                Some((a, b)) => (Some(decode(a)), Some(decode(b))),
+                None => (Some(decode(u)), None),
+            },
+            None => (None, None),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => (
+                h.to_owned(),
+                Some(
+                    p.parse::<u16>()
+                        .with_context(|| format!("invalid port in store URL {:?}", redact(s)))?,
+                ),
+            ),
+            _ => (hostport.to_owned(), None),
+        };
+        let query = query
+            .split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (decode(k), decode(v))
+            })
+            .collect();
+        Ok(StoreUrl {
+            scheme: scheme.to_ascii_lowercase(),
+            user,
+            password,
+            host,
+            port,
+            path: decode(path),
+            query,
+        })
+    }
+
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
+    pub fn query_value(&self, key: &str) -> Option<&str> {
+        self.query.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// The URL with the password / secret left out.
+    pub fn public(&self) -> String {
+        let mut out = format!("{}://", self.scheme);
+        if let Some(u) = &self.user {
+            out.push_str(&encode(u));
+            out.push('@');
+        }
+        out.push_str(&self.host);
+        if let Some(p) = self.port {
+            out.push_str(&format!(":{p}"));
+        }
+        out.push_str(&self.path);
+        if !self.query.is_empty() {
+            let q: Vec<String> = self
+                .query
+                .iter()
+                .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+                .collect();
+            out.push('?');
+            out.push_str(&q.join("&"));
+        }
+        out
+    }
+}
+
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A URL for messages before it could be parsed: everything between
+/// `://` and `@` hidden.
+pub fn redact(s: &str) -> String {
+    match (s.find("://"), s.rfind('@')) {
+        (Some(a), Some(b)) if b > a => format!("{}://***@{}", &s[..a], &s[b + 1..]),
+        _ => s.to_owned(),
+    }
+}
+
+/// Opens the backend for a store URL (no range prefix).
+pub fn open(url: &str, timeout: Duration) -> Result<Box<dyn Store>> {
+    let parsed = StoreUrl::parse(url)?;
+    Ok(match parsed.scheme.as_str() {
+        "dir" => Box::new(dir::DirStore::new(&parsed)?),
+        "zdb" => Box::new(zdb::ZdbStore::new(&parsed, timeout)?),
+        "s3" | "s3s" => Box::new(s3::S3Store::new(&parsed, timeout)?),
+        "http" | "https" => Box::new(http::HttpStore::new(&parsed, timeout)?),
+        other => bail!(
+            "unknown store type {other:?} in {}: use dir://, zdb://, s3://, s3s:// or http(s)://",
+            parsed.public()
+        ),
+    })
+}
+
+/// Splits `00-7f=URL` into the range and the URL; a bare URL covers all.
+pub fn parse_range(arg: &str) -> Result<(u8, u8, &str)> {
+    if let Some((range, url)) = arg.split_once('=') {
+        if let Some((a, b)) = range.split_once('-') {
+            let hex2 = |h: &str| {
+                (h.len() == 2
+                    && h.bytes()
+                        .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)))
+                .then(|| u8::from_str_radix(h, 16).ok())
+                .flatten()
+            };
+            if let (Some(start), Some(end)) = (hex2(a), hex2(b)) {
+                if start > end {
+                    bail!("store range {range} is empty (start after end)");
+                }
+                return Ok((start, end, url));
+            }
+            if !range.contains("://") {
+                bail!("invalid store range {range:?}: expected two lowercase hex bytes, e.g. 00-7f=dir:///a");
+            }
+        }
+    }
+    Ok((0, 255, arg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_secrets() {
+        let u = StoreUrl::parse("s3://AKID:s3cr%2Fet@127.0.0.1:9000/bucket?region=us-east-1").unwrap();
+        assert_eq!((u.user.as_deref(), u.password()), (Some("AKID"), Some("s3cr/et")));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.path.as_str()),
+            ("127.0.0.1", Some(9000), "/bucket")
+        );
+        assert_eq!(u.query_value("region"), Some("us-east-1"));
+        assert_eq!(u.public(), "s3://AKID@127.0.0.1:9000/bucket?region=us-east-1");
+        assert!(!format!("{u:?}").contains("s3cr"));
+        let z = StoreUrl::parse("zdb://user:pw@localhost:9900/ns").unwrap();
+        assert_eq!(z.public(), "zdb://user@localhost:9900/ns");
+        let d = StoreUrl::parse("dir:///var/lib/chunks").unwrap();
+        assert_eq!((d.host.as_str(), d.path.as_str()), ("", "/var/lib/chunks"));
+        assert_eq!(redact("zdb://u:pw@h/ns"), "zdb://***@h/ns");
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("00-7f=dir:///a").unwrap(), (0, 0x7f, "dir:///a"));
+        assert_eq!(parse_range("dir:///a").unwrap(), (0, 255, "dir:///a"));
+        assert!(parse_range("80-7f=dir:///a").is_err());
+        assert!(parse_range("0-7F=dir:///a").is_err());
+        // An `=` inside a URL's query is not a range.
+        assert_eq!(
+            parse_range("s3://k:s@h/b?region=x").unwrap().2,
+            "s3://k:s@h/b?region=x"
+        );
+    }
+}
