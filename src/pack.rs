@@ -39,6 +39,9 @@ pub struct PackStats {
 pub struct KnownChunks {
     path: PathBuf,
     known: HashMap<String, HashSet<ChunkId>>,
+    /// Content key -> chunk id, so a re-pack hashes a piece once and skips
+    /// compressing and encrypting it.
+    encoded: HashMap<[u8; 32], ChunkId>,
 }
 
 impl KnownChunks {
@@ -58,14 +61,23 @@ impl KnownChunks {
             }
             known.insert(url, ids);
         }
-        Ok(KnownChunks { path, known })
+        let mut encoded = HashMap::new();
+        let mut stmt = conn.prepare("SELECT key, id FROM encoded")?;
+        for row in stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))? {
+            let (key, id) = row?;
+            if let (Ok(key), Ok(id)) = (<[u8; 32]>::try_from(key.as_slice()), <ChunkId>::try_from(id.as_slice())) {
+                encoded.insert(key, id);
+            }
+        }
+        Ok(KnownChunks { path, known, encoded })
     }
 
     fn connect(path: &Path) -> Result<Connection> {
         let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS known (store TEXT, id BLOB, PRIMARY KEY (store, id)) WITHOUT ROWID;",
+            "CREATE TABLE IF NOT EXISTS known (store TEXT, id BLOB, PRIMARY KEY (store, id)) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS encoded (key BLOB PRIMARY KEY, id BLOB) WITHOUT ROWID;",
         )?;
         Ok(conn)
     }
@@ -90,18 +102,16 @@ impl KnownChunks {
     }
 
     /// Records chunks now in the stores of `router`.
-    fn save(&self, router: &Router, ids: &[ChunkId]) -> Result<()> {
+    fn save(&self, router: &Router, chunks: &[ChunkRef]) -> Result<()> {
         let mut conn = Self::connect(&self.path)?;
         let tx = conn.transaction()?;
         {
             let mut insert = tx.prepare("INSERT OR IGNORE INTO known (store, id) VALUES (?1, ?2)")?;
-            for id in ids {
-                for r in router
-                    .routes()
-                    .iter()
-                    .filter(|r| r.start <= id[0] && id[0] <= r.end)
-                {
-                    insert.execute(params![r.store.public_url(), &id[..]])?;
+            let mut encoded = tx.prepare("INSERT OR IGNORE INTO encoded (key, id) VALUES (?1, ?2)")?;
+            for c in chunks {
+                encoded.execute(params![&c.key[..], &c.id[..]])?;
+                for r in router.routes().iter().filter(|r| r.start <= c.id[0] && c.id[0] <= r.end) {
+                    insert.execute(params![r.store.public_url(), &c.id[..]])?;
                 }
             }
         }
@@ -125,7 +135,7 @@ pub fn pack(
 ) -> Result<(HashMap<usize, Vec<ChunkRef>>, PackStats)> {
     let results: Mutex<HashMap<usize, Vec<Option<ChunkRef>>>> = Mutex::new(HashMap::new());
     let seen: Mutex<HashSet<ChunkId>> = Mutex::new(HashSet::new());
-    let fresh: Mutex<Vec<ChunkId>> = Mutex::new(Vec::new());
+    let fresh: Mutex<Vec<ChunkRef>> = Mutex::new(Vec::new());
     let (uploaded, skipped, chunks, bytes, files) = (
         AtomicU64::new(0),
         AtomicU64::new(0),
@@ -151,8 +161,16 @@ pub fn pack(
                 if stop.load(Ordering::Relaxed) {
                     continue;
                 }
-                let (chunk, blob) = codec::encode(&piece);
                 chunks.fetch_add(1, Ordering::Relaxed);
+                // Known content: hash only, no compression or encryption.
+                let key = codec::blake2b256(&piece);
+                if let Some(&id) = known.encoded.get(&key).filter(|id| known.all_have(router, id)) {
+                    skipped.fetch_add(1, Ordering::Relaxed);
+                    let mut r = results.lock().unwrap();
+                    r.get_mut(&inode).expect("registered before its pieces")[index] = Some(ChunkRef { id, key });
+                    continue;
+                }
+                let (chunk, blob) = codec::encode(&piece);
                 let first_time = seen.lock().unwrap().insert(chunk.id);
                 let store = || -> Result<()> {
                     if !first_time || known.all_have(router, &chunk.id) {
@@ -165,7 +183,7 @@ pub fn pack(
                         rt.block_on(router.set(&chunk.id, &blob))?;
                         uploaded.fetch_add(1, Ordering::Relaxed);
                     }
-                    fresh.lock().unwrap().push(chunk.id);
+                    fresh.lock().unwrap().push(chunk);
                     Ok(())
                 };
                 match store() {
