@@ -13,6 +13,7 @@ packages=(
   openssl         # self-signed certificates, token signing
   curl            # readiness checks in scripts
   debootstrap     # the realistic benchmark image (scripts/bench-image.sh)
+  redis-server    # a zdb-protocol chunk store peer
   ca-certificates
 )
 
@@ -21,8 +22,20 @@ for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 
+venv=${FLMOUNT_TESTBED_VENV:-/opt/flmount-testbed/venv}
+install_venv() {
+  # moto (an S3 server) and an independent rfs-format codec for interop tests.
+  if [ -x "$venv/bin/moto_server" ] && "$venv/bin/python" -c 'import cramjam, cryptography' 2>/dev/null; then
+    return 0
+  fi
+  echo "test bed: creating $venv (moto[server], cramjam, cryptography)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'moto[server]' cramjam cryptography
+}
+
 if [ "${#missing[@]}" -eq 0 ]; then
   echo "test bed: all packages present"
+  install_venv
   exit 0
 fi
 
@@ -40,4 +53,5 @@ apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
   systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
+install_venv
 echo "test bed: ready"

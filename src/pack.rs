@@ -65,7 +65,10 @@ impl KnownChunks {
         let mut stmt = conn.prepare("SELECT key, id FROM encoded")?;
         for row in stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))? {
             let (key, id) = row?;
-            if let (Ok(key), Ok(id)) = (<[u8; 32]>::try_from(key.as_slice()), <ChunkId>::try_from(id.as_slice())) {
+            if let (Ok(key), Ok(id)) = (
+                <[u8; 32]>::try_from(key.as_slice()),
+                <ChunkId>::try_from(id.as_slice()),
+            ) {
                 encoded.insert(key, id);
             }
         }
@@ -110,7 +113,11 @@ impl KnownChunks {
             let mut encoded = tx.prepare("INSERT OR IGNORE INTO encoded (key, id) VALUES (?1, ?2)")?;
             for c in chunks {
                 encoded.execute(params![&c.key[..], &c.id[..]])?;
-                for r in router.routes().iter().filter(|r| r.start <= c.id[0] && c.id[0] <= r.end) {
+                for r in router
+                    .routes()
+                    .iter()
+                    .filter(|r| r.start <= c.id[0] && c.id[0] <= r.end)
+                {
                     insert.execute(params![r.store.public_url(), &c.id[..]])?;
                 }
             }
@@ -167,7 +174,8 @@ pub fn pack(
                 if let Some(&id) = known.encoded.get(&key).filter(|id| known.all_have(router, id)) {
                     skipped.fetch_add(1, Ordering::Relaxed);
                     let mut r = results.lock().unwrap();
-                    r.get_mut(&inode).expect("registered before its pieces")[index] = Some(ChunkRef { id, key });
+                    r.get_mut(&inode).expect("registered before its pieces")[index] =
+                        Some(ChunkRef { id, key });
                     continue;
                 }
                 let (chunk, blob) = codec::encode(&piece);

@@ -8,6 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::fixtures::rules_layers;
 use common::fstree::{assert_same_tree, describe, Ignore};
 use common::tarball::{tar, E};
 use common::*;
@@ -23,19 +24,8 @@ struct Fixture {
 fn fixture(name: &str, layers: Vec<(Compression, Vec<u8>)>) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let layout = tmp.path().join("layout");
-    let mut l = Layout::new(&layout);
-    let w = l.image(&ImageSpec::new(name, layers));
-    l.tag_image("t", &w);
     let reg = Registry::start();
-    let blobs: Vec<Vec<u8>> = w.layers.iter().chain([&w.config]).map(|d| l.blob(d)).collect();
-    reg.push_raw(
-        &format!("fx/{name}"),
-        "t",
-        &blobs,
-        &l.blob(&w.manifest),
-        "application/vnd.oci.image.manifest.v1+json",
-    );
-    let image = format!("{}/fx/{name}:t", reg.addr());
+    let image = reg.push_layers(&format!("fx/{name}"), layers, &layout);
     Fixture {
         _tmp: tmp,
         layout,
@@ -70,81 +60,6 @@ fn root_or_skip(test: &str) -> bool {
 fn nix_is_root() -> bool {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() == 0 }
-}
-
-/// Every rule of the issue in three layers.
-fn rules_layers() -> Vec<Vec<E>> {
-    let busybox = std::fs::read("/bin/busybox").unwrap();
-    let long_dir = "l".repeat(120);
-    vec![
-        vec![
-            E::dir("./").mode(0o755),
-            E::dir("bin"),
-            E::file("bin/busybox", &busybox).mode(0o755),
-            E::symlink("bin/sh", "busybox"),
-            E::hardlink("bin/ls", "bin/busybox"),
-            E::file("bin/su", b"setuid\n").mode(0o4755).owner(0, 0),
-            E::file("bin/wall", b"setgid\n").mode(0o2755).owner(0, 5),
-            E::dir("etc").mode(0o755),
-            E::file("etc/passwd", b"root:x:0:0::/root:/bin/sh\n"),
-            E::file("etc/shadow", b"root:*:1::::::\n")
-                .mode(0o640)
-                .owner(0, 42),
-            E::file("etc/owned", b"user file\n").owner(1000, 1001),
-            E::dir("tmp").mode(0o1777),
-            E::dir("usr"),
-            E::dir("usr/bin"),
-            E::file("usr/bin/ping", b"ping binary\n")
-                .mode(0o755)
-                .xattr(
-                    "security.capability",
-                    b"\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
-                )
-                .xattr("user.flmount", b"kept"),
-            E::dir("dev"),
-            E::chr("dev/null", 1, 3),
-            E::blk("dev/sda", 8, 0),
-            E::fifo("dev/initctl").mode(0o600),
-            E::dir("var"),
-            E::dir("var/cache"),
-            E::file("var/cache/old1", b"1"),
-            E::dir("var/cache/sub"),
-            E::file("var/cache/sub/old2", b"2"),
-            E::dir("becomes-file"),
-            E::file("becomes-file/child", b"c"),
-            E::file("becomes-dir", b"f"),
-            E::symlink("becomes-other", "etc"),
-            E::file("empty", b""),
-            E::file("big", pseudo_random(3 << 20, 3)),
-            E::dir(&long_dir),
-            E::file(format!("{long_dir}/{}", "n".repeat(150)), b"long name\n"),
-            E::file(b"non-utf8-\xff\xfe".as_slice(), b"raw bytes name\n"),
-            E::file("subsecond", b"t").pax("mtime", "1700000000.123456789"),
-            E::file("victim", b"original content\n"),
-            E::dir("keepdir").mode(0o750),
-            E::file("keepdir/child", b"kept across a metadata change\n"),
-        ],
-        vec![
-            E::file("etc/.wh.shadow", b""),
-            E::file("var/cache/.wh..wh..opq", b""),
-            E::file("var/cache/new", b"new"),
-            E::file("becomes-file", b"now a file"),
-            E::dir("becomes-dir").mode(0o700),
-            E::file("becomes-dir/inside", b"i"),
-            E::file("becomes-other", b"was a symlink"),
-            E::hardlink("etc/passwd-link", "etc/passwd"),
-            E::hardlink("victim-link", "victim"),
-            E::file("dup", b"first"),
-            E::file("dup", b"second, the winner"),
-            E::dir("keepdir").mode(0o700).owner(3, 4).mtime(1_600_000_000),
-            E::file("etc/motd", b"layer two\n"),
-        ],
-        vec![
-            E::file(".wh.victim", b""),
-            E::file("etc/.wh.motd", b""),
-            E::file("etc/shadow", b"recreated after a whiteout\n").mode(0o600),
-        ],
-    ]
 }
 
 fn rules_fixture(name: &str, compression: Compression) -> Fixture {

@@ -20,20 +20,8 @@ fn root_or_skip(test: &str) -> bool {
 
 fn push(reg: &Registry, name: &str, layers: Vec<Vec<E>>) -> String {
     let tmp = tempfile::tempdir().unwrap();
-    let mut l = Layout::new(tmp.path());
-    let w = l.image(&ImageSpec::new(
-        name,
-        layers.iter().map(|e| (Compression::Gzip, tar(e))).collect(),
-    ));
-    let blobs: Vec<Vec<u8>> = w.layers.iter().chain([&w.config]).map(|d| l.blob(d)).collect();
-    reg.push_raw(
-        &format!("ov/{name}"),
-        "t",
-        &blobs,
-        &l.blob(&w.manifest),
-        "application/vnd.oci.image.manifest.v1+json",
-    );
-    format!("{}/ov/{name}:t", reg.addr())
+    let layers = layers.iter().map(|e| (Compression::Gzip, tar(e))).collect();
+    reg.push_layers(&format!("ov/{name}"), layers, tmp.path())
 }
 
 /// Unmounts on drop, so a failing test does not leave mounts behind.

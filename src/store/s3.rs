@@ -54,10 +54,11 @@ impl S3Store {
             .with_region(url.query_value("region").unwrap_or("us-east-1"))
             .with_access_key_id(key)
             .with_secret_access_key(secret)
-            .with_allow_http(!tls)
             .with_virtual_hosted_style_request(false)
+            // Client options carry allow_http too: set it there, not before.
             .with_client_options(
                 ClientOptions::new()
+                    .with_allow_http(!tls)
                     .with_timeout(timeout)
                     .with_connect_timeout(timeout),
             )
@@ -80,7 +81,16 @@ impl S3Store {
             object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
                 StoreError::refused(&self.url, e)
             }
-            other => StoreError::unavailable(&self.url, other),
+            other => {
+                // The innermost causes say what went wrong ("connection refused").
+                let mut text = other.to_string();
+                let mut source = std::error::Error::source(&other);
+                while let Some(s) = source {
+                    text.push_str(&format!(": {s}"));
+                    source = s.source();
+                }
+                StoreError::unavailable(&self.url, text)
+            }
         }
     }
 }

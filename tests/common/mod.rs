@@ -7,6 +7,7 @@
 
 #![allow(dead_code)]
 
+pub mod fixtures;
 pub mod fstree;
 pub mod tarball;
 pub mod token;
@@ -259,6 +260,25 @@ impl Registry {
                 put.text().await.unwrap()
             );
         });
+    }
+}
+
+impl Registry {
+    /// Pushes an image made of `layers` (each a tar with its compression)
+    /// as `repo:t`, without conversion; returns its reference and layout.
+    pub fn push_layers(&self, repo: &str, layers: Vec<(Compression, Vec<u8>)>, layout_dir: &Path) -> String {
+        let mut l = Layout::new(layout_dir);
+        let w = l.image(&ImageSpec::new(repo, layers));
+        l.tag_image("t", &w);
+        let blobs: Vec<Vec<u8>> = w.layers.iter().chain([&w.config]).map(|d| l.blob(d)).collect();
+        self.push_raw(
+            repo,
+            "t",
+            &blobs,
+            &l.blob(&w.manifest),
+            "application/vnd.oci.image.manifest.v1+json",
+        );
+        format!("{}/{repo}:t", self.addr())
     }
 }
 

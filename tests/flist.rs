@@ -1,0 +1,456 @@
+//! flists: pack an image into an flist and chunk stores (dir, zdb via a real
+//! redis-server, S3 via moto, HTTP), unpack it, and compare with
+//! `-extractto`; sharding, replication and lost replicas; deduplication;
+//! secrets kept out of flists; and interop with an independent Python
+//! implementation of the rfs format.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::fixtures::rules_layers;
+use common::fstree::{assert_same_tree, Ignore};
+use common::tarball::tar;
+use common::*;
+
+fn root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    eprintln!("SKIPPED {test}: the fixture has device nodes and owners, which need root to restore");
+    false
+}
+
+fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var("FLMOUNT_TESTBED_VENV").unwrap_or_else(|_| "/opt/flmount-testbed/venv".into());
+    let p = Path::new(&venv).join("bin").join(name);
+    assert!(
+        p.exists(),
+        "the test bed needs {}: run scripts/install-testbed.sh (as root)",
+        p.display()
+    );
+    p
+}
+
+/// A server child process, killed and reaped on drop.
+struct Server(Child, u16);
+
+impl Server {
+    fn spawn(cmd: &mut Command, port: u16, what: &str) -> Server {
+        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        wait_for_port(port, &mut child, what);
+        Server(child, port)
+    }
+    fn redis() -> Server {
+        need("redis-server");
+        let port = free_port();
+        Server::spawn(
+            Command::new("redis-server").args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--bind",
+                "127.0.0.1",
+            ]),
+            port,
+            "redis-server",
+        )
+    }
+    fn http(dir: &Path) -> Server {
+        let port = free_port();
+        Server::spawn(
+            Command::new("python3")
+                .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
+                .current_dir(dir),
+            port,
+            "python3 -m http.server",
+        )
+    }
+    fn moto() -> Server {
+        let port = free_port();
+        Server::spawn(
+            Command::new(venv_bin("moto_server")).args(["-H", "127.0.0.1", "-p", &port.to_string()]),
+            port,
+            "moto_server",
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The rules image in a registry, its `-extractto` result as the reference.
+struct Setup {
+    _reg: Registry,
+    tmp: tempfile::TempDir,
+    image: String,
+    fl: Flmount,
+    flat: PathBuf,
+}
+
+fn setup() -> Setup {
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let layers = rules_layers()
+        .iter()
+        .map(|e| (Compression::Gzip, tar(e)))
+        .collect();
+    let image = reg.push_layers("fl/rules", layers, &tmp.path().join("layout"));
+    let fl = Flmount::new();
+    let flat = tmp.path().join("flat");
+    fl.ok(&["-image", &image, "-extractto", flat.to_str().unwrap()]);
+    Setup {
+        _reg: reg,
+        tmp,
+        image,
+        fl,
+        flat,
+    }
+}
+
+impl Setup {
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+    /// Packs with the given stores; returns the flist path and flmount's log.
+    fn pack(&self, name: &str, stores: &[String]) -> (PathBuf, String) {
+        let out = self.path(name);
+        let mut args = vec![
+            "-image".to_owned(),
+            self.image.clone(),
+            "-flist".into(),
+            out.to_str().unwrap().into(),
+        ];
+        for s in stores {
+            args.push("-store".into());
+            args.push(s.clone());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let log = self.fl.ok(&args);
+        (out, log)
+    }
+    /// Unpacks and compares with the flat extraction.
+    fn unpack_equals(&self, flist: &Path, stores: &[String], dest: &str) {
+        let target = self.path(dest);
+        let mut args = vec![
+            "unpack".to_owned(),
+            "-flist".into(),
+            flist.to_str().unwrap().into(),
+        ];
+        for s in stores {
+            args.push("-store".into());
+            args.push(s.clone());
+        }
+        args.push(target.to_str().unwrap().into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.fl.ok(&args);
+        assert_same_tree(&self.flat, &target, &Ignore::default());
+    }
+}
+
+fn counts(log: &str) -> (u64, u64) {
+    let at = log
+        .find(" chunks, ")
+        .unwrap_or_else(|| panic!("no pack summary:\n{log}"));
+    let rest: Vec<&str> = log[at + 9..].split_whitespace().collect();
+    (rest[0].parse().unwrap(), rest[2].parse().unwrap())
+}
+
+#[test]
+fn dir_store_round_trip_equals_extraction_and_repack_uploads_nothing() {
+    if !root_or_skip("dir_store_round_trip_equals_extraction_and_repack_uploads_nothing") {
+        return;
+    }
+    let s = setup();
+    let store = format!("dir://{}", s.path("chunks").display());
+    let (flist, log) = s.pack("a.fl", std::slice::from_ref(&store));
+    let (uploaded, _) = counts(&log);
+    assert!(uploaded > 5, "{log}");
+    s.unpack_equals(&flist, &[], "from-routes");
+    let (_, log) = s.pack("b.fl", std::slice::from_ref(&store));
+    assert_eq!(counts(&log).0, 0, "a re-pack uploaded chunks:\n{log}");
+    // A fresh workdir has no local index: the store is asked, still nothing uploaded.
+    let fresh = Flmount::new();
+    let log = fresh.ok(&[
+        "-image",
+        &s.image,
+        "-flist",
+        s.path("c.fl").to_str().unwrap(),
+        "-store",
+        &store,
+    ]);
+    assert_eq!(counts(&log).0, 0, "{log}");
+
+    // ls and inspect read it back.
+    let out =
+        s.fl.command()
+            .args(["flist", "ls", flist.to_str().unwrap()])
+            .output()
+            .unwrap();
+    let ls = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        ls.contains(" /bin/busybox") && ls.contains("-> busybox") && ls.contains(" /dev/sda (8,0)"),
+        "{ls}"
+    );
+    let out =
+        s.fl.command()
+            .args(["flist", "tag", flist.to_str().unwrap(), "description=rules"])
+            .output()
+            .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("description=rules"));
+}
+
+#[test]
+fn sharded_and_replicated_stores_survive_a_lost_replica() {
+    if !root_or_skip("sharded_and_replicated_stores_survive_a_lost_replica") {
+        return;
+    }
+    let s = setup();
+    let (a, b, c) = (s.path("low"), s.path("high"), s.path("replica"));
+    let stores = vec![
+        format!("00-7f=dir://{}", a.display()),
+        format!("80-ff=dir://{}", b.display()),
+        format!("00-ff=dir://{}", c.display()),
+    ];
+    let (flist, _) = s.pack("sharded.fl", &stores);
+    let shard_of = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert!(
+        shard_of(&a).iter().all(|p| p.as_str() < "80"),
+        "low shard holds high ids"
+    );
+    assert!(
+        shard_of(&b).iter().all(|p| p.as_str() >= "80"),
+        "high shard holds low ids"
+    );
+    std::fs::remove_dir_all(&a).unwrap();
+    s.unpack_equals(&flist, &[], "one-replica-lost");
+    std::fs::remove_dir_all(&c).unwrap();
+    let err = s.fl.fails(
+        &[
+            "unpack",
+            "-flist",
+            flist.to_str().unwrap(),
+            s.path("all-lost").to_str().unwrap(),
+        ],
+        1,
+    );
+    assert!(err.contains("could not be read from any store"), "{err}");
+    assert!(!s.path("all-lost").exists());
+    // Ranges that leave ids uncovered are refused before anything is stored.
+    let err = s.fl.fails(
+        &[
+            "-image",
+            &s.image,
+            "-flist",
+            s.path("x.fl").to_str().unwrap(),
+            "-store",
+            &format!("00-7f=dir://{}", a.display()),
+        ],
+        1,
+    );
+    assert!(err.contains("must cover 00-ff"), "{err}");
+}
+
+#[test]
+fn zdb_store_on_redis_and_secrets_stay_out() {
+    if !root_or_skip("zdb_store_on_redis_and_secrets_stay_out") {
+        return;
+    }
+    let s = setup();
+    let redis = Server::redis();
+    let store = format!("zdb://flmuser:zdb-Secret-77@127.0.0.1:{}", redis.1);
+    let (flist, _) = s.pack("zdb.fl", std::slice::from_ref(&store));
+    let raw = std::fs::read(&flist).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&raw).contains("zdb-Secret-77"),
+        "the password was written into the flist"
+    );
+    let out =
+        s.fl.command()
+            .args(["flist", "store", flist.to_str().unwrap()])
+            .output()
+            .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("zdb://flmuser@127.0.0.1:{}", redis.1)));
+    s.unpack_equals(&flist, &[], "from-zdb");
+    // The store goes down: a clear error naming it, and no flist.
+    drop(redis);
+    let err = s.fl.fails(
+        &[
+            "unpack",
+            "-flist",
+            flist.to_str().unwrap(),
+            s.path("down").to_str().unwrap(),
+        ],
+        1,
+    );
+    assert!(err.contains("zdb://flmuser@127.0.0.1"), "{err}");
+    assert!(!err.contains("zdb-Secret-77"), "{err}");
+    let fresh = Flmount::new();
+    let out = s.path("never.fl");
+    let err = fresh.fails(
+        &[
+            "-image",
+            &s.image,
+            "-flist",
+            out.to_str().unwrap(),
+            "-store",
+            &store,
+        ],
+        1,
+    );
+    assert!(
+        err.contains("unavailable") && !err.contains("zdb-Secret-77"),
+        "{err}"
+    );
+    assert!(
+        !out.exists(),
+        "an flist was written though its chunks were not stored"
+    );
+}
+
+#[test]
+fn http_and_s3_stores() {
+    if !root_or_skip("http_and_s3_stores") {
+        return;
+    }
+    let s = setup();
+    // HTTP: a dir store served by any web server, read-only.
+    let chunks = s.path("served");
+    let (flist, _) = s.pack("http.fl", &[format!("dir://{}", chunks.display())]);
+    let http = Server::http(&chunks);
+    s.unpack_equals(&flist, &[format!("http://127.0.0.1:{}", http.1)], "from-http");
+
+    // S3 (moto): credentials from the URL, bucket made beforehand.
+    let moto = Server::moto();
+    run_ok(Command::new("curl").args([
+        "-sf",
+        "-X",
+        "PUT",
+        &format!("http://127.0.0.1:{}/flchunks", moto.1),
+    ]));
+    let store = format!(
+        "s3://AKIDTEST:s3-Secret-99@127.0.0.1:{}/flchunks?region=us-east-1",
+        moto.1
+    );
+    let (flist, _) = s.pack("s3.fl", std::slice::from_ref(&store));
+    assert!(!String::from_utf8_lossy(&std::fs::read(&flist).unwrap()).contains("s3-Secret-99"));
+    // Reading needs the secret again: give it with -store.
+    s.unpack_equals(&flist, &[store], "from-s3");
+}
+
+#[test]
+fn interop_with_an_independent_rfs_implementation() {
+    let python = venv_bin("python");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/rfs_format.py");
+    let tmp = tempfile::tempdir().unwrap();
+    // Their flist, our unpack.
+    let (theirs, chunks) = (tmp.path().join("theirs.fl"), tmp.path().join("chunks"));
+    run_ok(
+        Command::new(&python)
+            .arg(&script)
+            .arg("make")
+            .arg(&theirs)
+            .arg(&chunks),
+    );
+    let fl = Flmount::new();
+    let target = tmp.path().join("unpacked");
+    fl.ok(&[
+        "unpack",
+        "-flist",
+        theirs.to_str().unwrap(),
+        target.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(target.join("etc/hostname")).unwrap(),
+        b"made-by-python\n"
+    );
+    assert_eq!(
+        std::fs::read(target.join("big")).unwrap().len(),
+        3 * 512 * 1024 + 123
+    );
+    assert_eq!(
+        std::fs::read_link(target.join("link")).unwrap(),
+        Path::new("etc/hostname")
+    );
+    // Our flist, their decoder, checked against our extraction.
+    let reg = Registry::start();
+    let layers = vec![(Compression::Gzip, tar(&rules_layers()[0]))];
+    let image = reg.push_layers("fl/interop", layers, &tmp.path().join("layout"));
+    let flat = tmp.path().join("flat");
+    fl.ok(&["-image", &image, "-extractto", flat.to_str().unwrap()]);
+    let ours = tmp.path().join("ours.fl");
+    let our_chunks = tmp.path().join("our-chunks");
+    fl.ok(&[
+        "-image",
+        &image,
+        "-flist",
+        ours.to_str().unwrap(),
+        "-store",
+        &format!("dir://{}", our_chunks.display()),
+    ]);
+    let out = run_ok(
+        Command::new(&python)
+            .arg(&script)
+            .arg("check")
+            .arg(&ours)
+            .arg(&our_chunks)
+            .arg(&flat),
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("checked") && !said.contains("checked 0 "), "{said}");
+}
+
+#[test]
+fn a_corrupt_chunk_is_an_error_never_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::start();
+    let layers = vec![(
+        Compression::Gzip,
+        tar(&[common::tarball::E::file("f", pseudo_random(100_000, 9))]),
+    )];
+    let image = reg.push_layers("fl/corrupt", layers, &tmp.path().join("layout"));
+    let fl = Flmount::new();
+    let chunks = tmp.path().join("chunks");
+    let flist = tmp.path().join("c.fl");
+    fl.ok(&[
+        "-image",
+        &image,
+        "-flist",
+        flist.to_str().unwrap(),
+        "-store",
+        &format!("dir://{}", chunks.display()),
+    ]);
+    for shard in std::fs::read_dir(&chunks).unwrap() {
+        for blob in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let p = blob.unwrap().path();
+            let mut data = std::fs::read(&p).unwrap();
+            data[20] ^= 0x40;
+            std::fs::write(&p, data).unwrap();
+        }
+    }
+    let err = fl.fails(
+        &[
+            "unpack",
+            "-flist",
+            flist.to_str().unwrap(),
+            tmp.path().join("out").to_str().unwrap(),
+        ],
+        1,
+    );
+    assert!(err.contains("does not match its id"), "{err}");
+    assert!(!tmp.path().join("out").exists());
+}
