@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+#
+# scripts/bench-pack.sh - the flist benchmark on the realistic image from
+# scripts/bench-image.sh, warm blob cache, chunks in a local dir store:
+#
+#   1. pack:    flmount -image REF -flist F -store dir://STORE  (empty store
+#               and an empty local chunk index): content MB/s, chunks/s,
+#   2. re-pack: the same again (everything deduplicated; goal >= 5x faster),
+#   3. unpack:  flmount unpack -flist F TARGET vs flmount -extractto TARGET2
+#               (goal: unpack at least as fast), and the two trees compared
+#               with `diff -r --no-dereference` plus a metadata check.
+#
+# Run (as root):   scripts/bench-pack.sh
+# Environment:  FLMOUNT (binary; default target/release/flmount, built if
+#               missing), TMPDIR (default /var/tmp), FLMOUNT_BENCH_CACHE.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=bench-image.sh
+source "$here/bench-image.sh"
+testbed_trap
+
+flmount=${FLMOUNT:-$repo/target/release/flmount}
+if [[ ! -x "$flmount" ]]; then
+	log "building flmount (cargo build --release)"
+	(cd "$repo" && cargo build --release)
+fi
+
+bench_image_ensure
+export TMPDIR=${TMPDIR:-/var/tmp}
+testbed_mktemp tmp flmount-bench-pack
+start_registry "$tmp/registry"
+ref="$REGISTRY_ADDR/bench:latest"
+skopeo copy --quiet --dest-tls-verify=false "oci:$BENCH_IMAGE" "docker://$ref"
+workdir="$tmp/workdir"
+"$flmount" -q -image "$ref" -workdir "$workdir"
+
+timed() { # timed LOG CMD...: run, print seconds
+	local start end
+	sync
+	start=$(now)
+	"$@" >"$1.out" 2>&1 || { cat "$1.out" >&2; return 1; }
+	end=$(now)
+	elapsed "$start" "$end"
+}
+
+pack1=$(timed "$tmp/pack1" "$flmount" -image "$ref" -workdir "$workdir" -flist "$tmp/a.fl" -store "dir://$tmp/store")
+pack2=$(timed "$tmp/pack2" "$flmount" -image "$ref" -workdir "$workdir" -flist "$tmp/b.fl" -store "dir://$tmp/store")
+unpack=$(timed "$tmp/unpack" "$flmount" unpack -workdir "$workdir" -flist "$tmp/a.fl" "$tmp/unpacked")
+extract=$(timed "$tmp/extract" "$flmount" -image "$ref" -workdir "$workdir" -extractto "$tmp/extracted")
+
+summary=$(grep -o 'packed .*' "$tmp/pack1.out" | tail -1)
+bytes=$(grep -o '([0-9.]* MiB)' <<<"$summary" | head -1 | tr -d '()' | awk '{print $1}')
+chunks=$(grep -o '[0-9]* chunks' <<<"$summary" | awk '{print $1}')
+differences=$(diff -r --no-dereference "$tmp/unpacked" "$tmp/extracted" 2>&1 | grep -cv 'character special file\|block special file\|fifo' || true)
+
+printf '\npack benchmark: %s (%s MiB of file content, %s chunks), dir store on %s\n' \
+	"$ref" "$bytes" "$chunks" "$(findmnt -n -o FSTYPE --target "$tmp")"
+printf '| measure | seconds | figure | goal |\n| --- | --- | --- | --- |\n'
+printf '| pack | %s | %s MB/s, %s chunks/s | >= 150 MB/s |\n' "$pack1" \
+	"$(awk -v b="$bytes" -v s="$pack1" 'BEGIN{printf "%.0f", b*1.048576/s}')" \
+	"$(awk -v c="$chunks" -v s="$pack1" 'BEGIN{printf "%.0f", c/s}')"
+printf '| re-pack | %s | %sx faster | >= 5x |\n' "$pack2" "$(awk -v a="$pack1" -v b="$pack2" 'BEGIN{printf "%.1f", a/b}')"
+printf '| unpack vs -extractto | %s vs %s | %s | <= 1.0 |\n' "$unpack" "$extract" \
+	"$(awk -v a="$unpack" -v b="$extract" 'BEGIN{printf "%.2f", a/b}')"
+printf '| diff -r unpacked vs extracted (content, links) | | %s differences | 0 |\n' "$differences"
