@@ -350,16 +350,23 @@ impl ContentSource for LayerContent<'_> {
                     })
                 })
                 .collect();
-            let mut first = Ok(());
-            for h in handles {
-                let r = h.join().expect("layer reader panicked");
-                if first.is_ok() {
-                    first = r;
-                }
-            }
-            first
+            join_all(handles)
         })
     }
+}
+
+/// Waits for every thread; the first error wins.
+pub(crate) fn join_all(handles: Vec<std::thread::ScopedJoinHandle<'_, Result<()>>>) -> Result<()> {
+    let mut first = Ok(());
+    for h in handles {
+        let r = h
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("a worker thread panicked")));
+        if first.is_ok() {
+            first = r;
+        }
+    }
+    first
 }
 
 /// A file to create: the plan's inode index and its content, if small.

@@ -308,14 +308,7 @@ impl ContentSource for ChunkContent<'_> {
                     })
                 })
                 .collect();
-            let mut first = Ok(());
-            for h in handles {
-                let r = h.join().expect("chunk reader panicked");
-                if first.is_ok() {
-                    first = r;
-                }
-            }
-            first
+            crate::extract::join_all(handles)
         })
     }
 }

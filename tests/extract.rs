@@ -46,22 +46,6 @@ fn umoci_unpack(layout: &Path, dest: &Path) -> PathBuf {
     bundle.join("rootfs")
 }
 
-/// True when running as root; otherwise says loudly why the test skips.
-fn root_or_skip(test: &str) -> bool {
-    if nix_is_root() {
-        return true;
-    }
-    eprintln!(
-        "SKIPPED {test}: needs root (device nodes, owners, trusted xattrs, umoci unpack without --rootless)"
-    );
-    false
-}
-
-fn nix_is_root() -> bool {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn rules_fixture(name: &str, compression: Compression) -> Fixture {
     fixture(
         name,
@@ -74,7 +58,10 @@ fn rules_fixture(name: &str, compression: Compression) -> Fixture {
 
 #[test]
 fn extraction_equals_umoci_on_every_rule() {
-    if !root_or_skip("extraction_equals_umoci_on_every_rule") {
+    if !root_or_skip(
+        "extraction_equals_umoci_on_every_rule",
+        "device nodes, owners, trusted xattrs, umoci unpack without --rootless",
+    ) {
         return;
     }
     let fx = rules_fixture("rules", Compression::Gzip);
@@ -105,7 +92,10 @@ fn extraction_equals_umoci_on_every_rule() {
 
 #[test]
 fn zstd_and_plain_layers_give_the_same_tree() {
-    if !root_or_skip("zstd_and_plain_layers_give_the_same_tree") {
+    if !root_or_skip(
+        "zstd_and_plain_layers_give_the_same_tree",
+        "device nodes, owners, trusted xattrs, umoci unpack without --rootless",
+    ) {
         return;
     }
     let out = tempfile::tempdir().unwrap();
@@ -126,7 +116,10 @@ fn zstd_and_plain_layers_give_the_same_tree() {
 
 #[test]
 fn a_busybox_rootfs_runs_in_a_chroot() {
-    if !root_or_skip("a_busybox_rootfs_runs_in_a_chroot") {
+    if !root_or_skip(
+        "a_busybox_rootfs_runs_in_a_chroot",
+        "device nodes, owners, trusted xattrs, umoci unpack without --rootless",
+    ) {
         return;
     }
     let fx = rules_fixture("chroot", Compression::Gzip);
@@ -387,7 +380,10 @@ fn the_root_cannot_be_replaced_by_a_symlink() {
 
 #[test]
 fn the_tar_export_unpacks_to_the_same_tree() {
-    if !root_or_skip("the_tar_export_unpacks_to_the_same_tree") {
+    if !root_or_skip(
+        "the_tar_export_unpacks_to_the_same_tree",
+        "device nodes, owners, trusted xattrs, umoci unpack without --rootless",
+    ) {
         return;
     }
     let fx = rules_fixture("export", Compression::Gzip);
@@ -422,7 +418,10 @@ fn the_tar_export_unpacks_to_the_same_tree() {
 
 #[test]
 fn without_root_devices_are_skipped_with_a_warning() {
-    if !root_or_skip("without_root_devices_are_skipped_with_a_warning (it drops to nobody itself)") {
+    if !root_or_skip(
+        "without_root_devices_are_skipped_with_a_warning (it drops to nobody itself)",
+        "device nodes, owners, trusted xattrs, umoci unpack without --rootless",
+    ) {
         return;
     }
     need("setpriv");

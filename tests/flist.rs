@@ -14,15 +14,6 @@ use common::fstree::{assert_same_tree, Ignore};
 use common::tarball::tar;
 use common::*;
 
-fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    eprintln!("SKIPPED {test}: the fixture has device nodes and owners, which need root to restore");
-    false
-}
-
 fn venv_bin(name: &str) -> PathBuf {
     let venv = std::env::var("FLMOUNT_TESTBED_VENV").unwrap_or_else(|_| "/opt/flmount-testbed/venv".into());
     let p = Path::new(&venv).join("bin").join(name);
@@ -167,7 +158,10 @@ fn counts(log: &str) -> (u64, u64) {
 
 #[test]
 fn dir_store_round_trip_equals_extraction_and_repack_uploads_nothing() {
-    if !root_or_skip("dir_store_round_trip_equals_extraction_and_repack_uploads_nothing") {
+    if !root_or_skip(
+        "dir_store_round_trip_equals_extraction_and_repack_uploads_nothing",
+        "the fixture has device nodes and owners",
+    ) {
         return;
     }
     let s = setup();
@@ -211,7 +205,10 @@ fn dir_store_round_trip_equals_extraction_and_repack_uploads_nothing() {
 
 #[test]
 fn sharded_and_replicated_stores_survive_a_lost_replica() {
-    if !root_or_skip("sharded_and_replicated_stores_survive_a_lost_replica") {
+    if !root_or_skip(
+        "sharded_and_replicated_stores_survive_a_lost_replica",
+        "the fixture has device nodes and owners",
+    ) {
         return;
     }
     let s = setup();
@@ -267,7 +264,10 @@ fn sharded_and_replicated_stores_survive_a_lost_replica() {
 
 #[test]
 fn zdb_store_on_redis_and_secrets_stay_out() {
-    if !root_or_skip("zdb_store_on_redis_and_secrets_stay_out") {
+    if !root_or_skip(
+        "zdb_store_on_redis_and_secrets_stay_out",
+        "the fixture has device nodes and owners",
+    ) {
         return;
     }
     let s = setup();
@@ -324,7 +324,7 @@ fn zdb_store_on_redis_and_secrets_stay_out() {
 
 #[test]
 fn http_and_s3_stores() {
-    if !root_or_skip("http_and_s3_stores") {
+    if !root_or_skip("http_and_s3_stores", "the fixture has device nodes and owners") {
         return;
     }
     let s = setup();

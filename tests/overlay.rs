@@ -9,15 +9,6 @@ use common::fstree::{assert_same_tree, Ignore};
 use common::tarball::{tar, E};
 use common::*;
 
-fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    eprintln!("SKIPPED {test}: mounting overlayfs and creating whiteout devices need root");
-    false
-}
-
 fn push(reg: &Registry, name: &str, layers: Vec<Vec<E>>) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let layers = layers.iter().map(|e| (Compression::Gzip, tar(e))).collect();
@@ -104,7 +95,10 @@ fn rules() -> Vec<Vec<E>> {
 
 #[test]
 fn the_mount_equals_the_extracted_tree() {
-    if !root_or_skip("the_mount_equals_the_extracted_tree") {
+    if !root_or_skip(
+        "the_mount_equals_the_extracted_tree",
+        "mounting overlayfs and creating whiteout devices",
+    ) {
         return;
     }
     let reg = Registry::start();
@@ -144,7 +138,10 @@ fn the_mount_equals_the_extracted_tree() {
 
 #[test]
 fn images_sharing_layers_share_their_directories() {
-    if !root_or_skip("images_sharing_layers_share_their_directories") {
+    if !root_or_skip(
+        "images_sharing_layers_share_their_directories",
+        "mounting overlayfs and creating whiteout devices",
+    ) {
         return;
     }
     let reg = Registry::start();
@@ -176,7 +173,10 @@ fn images_sharing_layers_share_their_directories() {
 
 #[test]
 fn more_than_a_hundred_layers_fit_in_one_mount() {
-    if !root_or_skip("more_than_a_hundred_layers_fit_in_one_mount") {
+    if !root_or_skip(
+        "more_than_a_hundred_layers_fit_in_one_mount",
+        "mounting overlayfs and creating whiteout devices",
+    ) {
         return;
     }
     let reg = Registry::start();

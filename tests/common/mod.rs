@@ -32,6 +32,16 @@ pub fn need(tool: &str) {
     );
 }
 
+/// True when running as root; otherwise says loudly why the test skips.
+pub fn root_or_skip(test: &str, why: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    eprintln!("SKIPPED {test}: needs root ({why})");
+    false
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
