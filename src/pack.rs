@@ -237,6 +237,7 @@ pub fn pack(
     if let Some(e) = failure.into_inner().unwrap() {
         return Err(e);
     }
+    rt.block_on(router.flush())?;
     known.save(router, &fresh.into_inner().unwrap())?;
     let mut out = HashMap::new();
     for (i, list) in results.into_inner().unwrap() {

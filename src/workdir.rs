@@ -350,6 +350,13 @@ fn lock_file(path: &Path, kind: Lock) -> Result<File> {
 /// Writes `data` to `path` atomically: a temp file in the same directory,
 /// fsynced, renamed over `path`. Parents are created.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    write_replacing(path, data, true)
+}
+
+/// [`write_atomic`] without the fsyncs, for many small files whose writer
+/// makes them durable together afterwards (`syncfs`): readers still never
+/// see a partial file under the final name.
+pub fn write_replacing(path: &Path, data: &[u8], durable: bool) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -360,11 +367,16 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     tmp.write_all(data)?;
-    tmp.as_file().sync_all()?;
+    if durable {
+        tmp.as_file().sync_all()?;
+    }
     tmp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("writing {}", path.display()))?;
-    sync_dir(dir)
+    if durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

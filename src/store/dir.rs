@@ -56,7 +56,8 @@ impl Store for DirStore {
             let path = self.path(id);
             let dir = path.parent().expect("a blob path has a parent").to_owned();
             let blob = blob.to_vec();
-            tokio::task::spawn_blocking(move || crate::workdir::write_atomic(&path, &blob))
+            // Durable together in `flush`, not one fsync per chunk.
+            tokio::task::spawn_blocking(move || crate::workdir::write_replacing(&path, &blob, false))
                 .await
                 .map_err(|e| StoreError::unavailable(&self.url, e))?
                 .map_err(|e| StoreError::unavailable(&self.url, format!("{e:#} (in {})", dir.display())))
@@ -77,5 +78,19 @@ impl Store for DirStore {
 
     fn public_url(&self) -> &str {
         &self.url
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            let root = self.root.clone();
+            tokio::task::spawn_blocking(move || {
+                let dir = std::fs::File::open(&root)?;
+                nix::unistd::syncfs(&dir).map_err(std::io::Error::from)
+            })
+            .await
+            .map_err(|e| StoreError::unavailable(&self.url, e))?
+            .map_err(|e| self.io_error(e))
+        }
+        .boxed()
     }
 }

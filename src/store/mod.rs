@@ -67,6 +67,10 @@ pub trait Store: Send + Sync {
     fn exists<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// The URL without secrets: safe for flists and logs.
     fn public_url(&self) -> &str;
+    /// Makes every blob set so far durable (before an flist names them).
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// How long one store operation may take before it counts as unavailable.

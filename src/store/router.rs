@@ -93,6 +93,14 @@ impl Router {
         Ok(())
     }
 
+    /// Makes what was set durable in every store.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        for r in &self.routes {
+            r.store.flush().await?;
+        }
+        Ok(())
+    }
+
     /// Whether every store the id routes to has the blob.
     pub async fn exists(&self, id: &ChunkId) -> Result<bool, StoreError> {
         let mut any = false;
