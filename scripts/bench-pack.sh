@@ -36,11 +36,12 @@ skopeo copy --quiet --dest-tls-verify=false "oci:$BENCH_IMAGE" "docker://$ref"
 workdir="$tmp/workdir"
 "$flmount" -q -image "$ref" -workdir "$workdir"
 
-timed() { # timed LOG CMD...: run, print seconds
-	local start end
+timed() { # timed LOG CMD...: run CMD (output to LOG.out), print seconds
+	local start end logfile=$1
+	shift
 	sync
 	start=$(now)
-	"$@" >"$1.out" 2>&1 || { cat "$1.out" >&2; return 1; }
+	"$@" >"$logfile.out" 2>&1 || { cat "$logfile.out" >&2; return 1; }
 	end=$(now)
 	elapsed "$start" "$end"
 }
