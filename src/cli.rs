@@ -142,6 +142,17 @@ pub enum Command {
         /// Where to restore the tree
         target: PathBuf,
     },
+    /// Index a directory tree into an flist, its content into the stores
+    Pack {
+        /// The flist to write (e.g. -flist app.fl)
+        #[arg(long, value_name = "FILE")]
+        flist: PathBuf,
+        /// Chunk stores, [xx-yy=]URL (see -store above)
+        #[arg(long = "store", value_name = "URL", required = true)]
+        stores: Vec<String>,
+        /// The directory to pack
+        dir: PathBuf,
+    },
     /// Inspect or edit an flist: ls, inspect, tag, store
     Flist {
         #[command(subcommand)]
@@ -197,6 +208,11 @@ pub enum Action {
         force: bool,
     },
     Flist(FlistOp),
+    Pack {
+        flist: PathBuf,
+        stores: Vec<String>,
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug)]
@@ -236,6 +252,18 @@ impl Args {
                     stores,
                     target: absolute(target)?,
                     force,
+                };
+                return Ok(Settings {
+                    workdir,
+                    quiet: self.quiet,
+                    action,
+                });
+            }
+            Some(Command::Pack { flist, stores, dir }) => {
+                let action = Action::Pack {
+                    flist: absolute(flist)?,
+                    stores,
+                    dir: absolute(dir)?,
                 };
                 return Ok(Settings {
                     workdir,
@@ -431,6 +459,9 @@ async fn run(s: Settings) -> Result<()> {
             return tokio::task::block_in_place(|| commands::unpack(&flist, &stores, &target, force));
         }
         Action::Flist(op) => return commands::flist(op),
+        Action::Pack { flist, stores, dir } => {
+            return tokio::task::block_in_place(|| commands::pack_dir(&workdir, &dir, &flist, &stores));
+        }
     };
     let progress = Progress::new(s.quiet);
     let image = pull::pull(&workdir, &image, &pull_options, &progress).await?;

@@ -39,15 +39,35 @@ fn route_rows(router: &Router) -> Vec<RouteRow> {
 /// `-image REF -flist OUT -store URL...`: index the image's merged tree into
 /// an flist, its content into the stores.
 pub fn pack_image(workdir: &Workdir, layers: &[LayerBlob], out: &Path, stores: &[String]) -> Result<()> {
+    let changes = crate::layer::read_all(layers)?;
+    let plan = Tree::from_layers(&changes)?.plan();
+    pack_plan(workdir, &plan, &extract::LayerContent(layers), out, stores)
+}
+
+/// `flmount pack -flist OUT -store URL... DIR`: the same from a directory.
+pub fn pack_dir(workdir: &Workdir, dir: &Path, out: &Path, stores: &[String]) -> Result<()> {
+    let plan = crate::scan::scan(dir)?;
+    let content = crate::scan::DiskContent {
+        root: dir.to_owned(),
+        threads: chunk_threads(),
+    };
+    pack_plan(workdir, &plan, &content, out, stores).with_context(|| format!("packing {}", dir.display()))
+}
+
+fn pack_plan(
+    workdir: &Workdir,
+    plan: &crate::tree::Plan,
+    content: &dyn extract::ContentSource,
+    out: &Path,
+    stores: &[String],
+) -> Result<()> {
     let started = Instant::now();
     let router = Router::open(stores, store::DEFAULT_TIMEOUT)?;
     router.check_coverage()?;
-    let changes = crate::layer::read_all(layers)?;
-    let plan = Tree::from_layers(&changes)?.plan();
     let known = KnownChunks::load(workdir.root(), &router)?;
     let (blocks, stats) = pack::pack(
-        &plan,
-        &extract::LayerContent(layers),
+        plan,
+        content,
         &router,
         &known,
         &Handle::current(),
@@ -60,7 +80,7 @@ pub fn pack_image(workdir: &Workdir, layers: &[LayerBlob], out: &Path, stores: &
             concat!("flmount ", env!("CARGO_PKG_VERSION")).to_owned(),
         ),
     ];
-    flist::write(out, &plan, &blocks, &route_rows(&router), &tags)?;
+    flist::write(out, plan, &blocks, &route_rows(&router), &tags)?;
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
         "packed {} files ({}) into {}: {} chunks, {} uploaded, {} already stored; {:.2}s ({}/s)",

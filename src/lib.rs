@@ -20,6 +20,7 @@ pub mod progress;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod scan;
 pub mod store;
 pub mod tree;
 pub mod workdir;

@@ -37,6 +37,8 @@ pub enum Source {
     Layer { layer: usize, entry: u32 },
     /// The blocks of inode `ino` of an flist.
     Flist { ino: i64 },
+    /// The file at the inode's first path below a scanned directory.
+    Disk,
 }
 
 /// What an inode is.

@@ -454,3 +454,25 @@ fn a_corrupt_chunk_is_an_error_never_data() {
     assert!(err.contains("does not match its id"), "{err}");
     assert!(!tmp.path().join("out").exists());
 }
+
+#[test]
+fn packing_a_directory_round_trips_it() {
+    if !root_or_skip(
+        "packing_a_directory_round_trips_it",
+        "the fixture has device nodes and owners",
+    ) {
+        return;
+    }
+    let s = setup();
+    let store = format!("dir://{}", s.path("dir-chunks").display());
+    let flist = s.path("dir.fl");
+    s.fl.ok(&[
+        "pack",
+        "-flist",
+        flist.to_str().unwrap(),
+        "-store",
+        &store,
+        s.flat.to_str().unwrap(),
+    ]);
+    s.unpack_equals(&flist, &[], "dir-round-trip");
+}
