@@ -505,7 +505,8 @@ async fn run(s: Settings) -> Result<()> {
             );
         }
         Output::Flist { path, stores } => {
-            tokio::task::block_in_place(|| commands::pack_image(&workdir, &layers, &path, &stores))
+            let digests: Vec<_> = image.manifest.layers.iter().map(|l| l.digest.clone()).collect();
+            tokio::task::block_in_place(|| commands::pack_image(&workdir, &digests, &layers, &path, &stores))
                 .with_context(|| format!("packing {} into {}", image.reference, path.display()))?;
         }
         Output::Overlay { target, overlaydir } => {

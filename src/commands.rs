@@ -9,14 +9,17 @@ use anyhow::{bail, Context, Result};
 use tokio::runtime::Handle;
 
 use crate::cli::FlistOp;
+use crate::digest::Digest;
 use crate::extract::{self, WriteOptions};
 use crate::flist::{self, Flist, RouteRow};
 use crate::layer::LayerBlob;
 use crate::pack::{self, ChunkContent, KnownChunks};
 use crate::progress::human_bytes;
+use crate::store::ChunkRef;
 use crate::store::{self, Router};
-use crate::tree::{InodeKind, Tree};
+use crate::tree::{InodeKind, Source, Tree};
 use crate::workdir::Workdir;
+use std::collections::HashMap;
 
 /// Threads encoding or fetching chunks.
 fn chunk_threads() -> usize {
@@ -38,10 +41,23 @@ fn route_rows(router: &Router) -> Vec<RouteRow> {
 
 /// `-image REF -flist OUT -store URL...`: index the image's merged tree into
 /// an flist, its content into the stores.
-pub fn pack_image(workdir: &Workdir, layers: &[LayerBlob], out: &Path, stores: &[String]) -> Result<()> {
+pub fn pack_image(
+    workdir: &Workdir,
+    digests: &[Digest],
+    layers: &[LayerBlob],
+    out: &Path,
+    stores: &[String],
+) -> Result<()> {
     let changes = crate::layer::read_all(layers)?;
     let plan = Tree::from_layers(&changes)?.plan();
-    pack_plan(workdir, &plan, &extract::LayerContent(layers), out, stores)
+    pack_plan(
+        workdir,
+        &plan,
+        &extract::LayerContent(layers),
+        out,
+        stores,
+        Some(digests),
+    )
 }
 
 /// `flmount pack -flist OUT -store URL... DIR`: the same from a directory.
@@ -51,7 +67,8 @@ pub fn pack_dir(workdir: &Workdir, dir: &Path, out: &Path, stores: &[String]) ->
         root: dir.to_owned(),
         threads: chunk_threads(),
     };
-    pack_plan(workdir, &plan, &content, out, stores).with_context(|| format!("packing {}", dir.display()))
+    pack_plan(workdir, &plan, &content, out, stores, None)
+        .with_context(|| format!("packing {}", dir.display()))
 }
 
 fn pack_plan(
@@ -60,19 +77,71 @@ fn pack_plan(
     content: &dyn extract::ContentSource,
     out: &Path,
     stores: &[String],
+    layer_digests: Option<&[Digest]>,
 ) -> Result<()> {
     let started = Instant::now();
     let router = Router::open(stores, store::DEFAULT_TIMEOUT)?;
     router.check_coverage()?;
     let known = KnownChunks::load(workdir.root(), &router)?;
-    let (blocks, stats) = pack::pack(
-        plan,
+    // Layer entries packed before (same blob, same entry) whose chunks the
+    // stores still hold need no reading, hashing or uploading at all.
+    let mut reused: HashMap<usize, Vec<ChunkRef>> = HashMap::new();
+    let mut to_pack = plan.clone();
+    if let Some(digests) = layer_digests {
+        let mut cache: HashMap<usize, HashMap<u32, Vec<ChunkRef>>> = HashMap::new();
+        for (i, inode) in plan.inodes.iter().enumerate() {
+            let InodeKind::File {
+                size,
+                source: Some(Source::Layer { layer, entry }),
+            } = inode.kind
+            else {
+                continue;
+            };
+            let entries = match cache.entry(layer) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(known.layer_entries(&digests[layer].to_string())?)
+                }
+            };
+            if let Some(chunks) = entries
+                .get(&entry)
+                .filter(|c| c.iter().all(|c| known.all_have(&router, &c.id)))
+            {
+                reused.insert(i, chunks.clone());
+                to_pack.inodes[i].kind = InodeKind::File { size, source: None };
+            }
+        }
+    }
+    let (mut blocks, mut stats) = pack::pack(
+        &to_pack,
         content,
         &router,
         &known,
         &Handle::current(),
         chunk_threads(),
     )?;
+    if let Some(digests) = layer_digests {
+        let packed: Vec<(String, u32, Vec<ChunkRef>)> = blocks
+            .iter()
+            .filter_map(|(&i, chunks)| match plan.inodes[i].kind {
+                InodeKind::File {
+                    source: Some(Source::Layer { layer, entry }),
+                    ..
+                } => Some((digests[layer].to_string(), entry, chunks.clone())),
+                _ => None,
+            })
+            .collect();
+        known.save_layer_entries(&packed)?;
+    }
+    for (i, chunks) in reused {
+        stats.files += 1;
+        stats.chunks += chunks.len() as u64;
+        stats.skipped += chunks.len() as u64;
+        if let InodeKind::File { size, .. } = plan.inodes[i].kind {
+            stats.bytes += size;
+        }
+        blocks.insert(i, chunks);
+    }
     let tags = vec![
         ("version".to_owned(), "v2".to_owned()),
         (

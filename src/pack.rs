@@ -80,12 +80,52 @@ impl KnownChunks {
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS known (store TEXT, id BLOB, PRIMARY KEY (store, id)) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS encoded (key BLOB PRIMARY KEY, id BLOB) WITHOUT ROWID;",
+             CREATE TABLE IF NOT EXISTS encoded (key BLOB PRIMARY KEY, id BLOB) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS layer_entry (layer TEXT, entry INTEGER, chunks BLOB, PRIMARY KEY (layer, entry)) WITHOUT ROWID;",
         )?;
         Ok(conn)
     }
 
-    fn all_have(&self, router: &Router, id: &ChunkId) -> bool {
+    /// Chunk lists of the entries of `layer` (a blob digest) packed before.
+    pub fn layer_entries(&self, layer: &str) -> Result<HashMap<u32, Vec<ChunkRef>>> {
+        let conn = Self::connect(&self.path)?;
+        let mut stmt = conn.prepare("SELECT entry, chunks FROM layer_entry WHERE layer = ?1")?;
+        let mut out = HashMap::new();
+        for row in stmt.query_map([layer], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, Vec<u8>>(1)?)))? {
+            let (entry, raw) = row?;
+            let chunks = raw
+                .chunks_exact(64)
+                .map(|c| ChunkRef {
+                    id: c[..32].try_into().unwrap(),
+                    key: c[32..].try_into().unwrap(),
+                })
+                .collect();
+            out.insert(entry, chunks);
+        }
+        Ok(out)
+    }
+
+    /// Records the chunk lists of layer entries just packed.
+    pub fn save_layer_entries(&self, entries: &[(String, u32, Vec<ChunkRef>)]) -> Result<()> {
+        let mut conn = Self::connect(&self.path)?;
+        let tx = conn.transaction()?;
+        {
+            let mut insert =
+                tx.prepare("INSERT OR REPLACE INTO layer_entry (layer, entry, chunks) VALUES (?1, ?2, ?3)")?;
+            for (layer, entry, chunks) in entries {
+                let raw: Vec<u8> = chunks
+                    .iter()
+                    .flat_map(|c| c.id.iter().chain(c.key.iter()).copied())
+                    .collect();
+                insert.execute(params![layer, entry, raw])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether every store `id` routes to is known to hold it.
+    pub fn all_have(&self, router: &Router, id: &ChunkId) -> bool {
         let mut any = false;
         for r in router
             .routes()

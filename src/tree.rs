@@ -105,7 +105,7 @@ pub struct LayerDiff {
 
 /// A tree flattened for writing: directories parents-first, then every
 /// other inode once with all its names.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Plan {
     pub dirs: Vec<PlanDir>,
     pub inodes: Vec<PlanInode>,
@@ -113,7 +113,7 @@ pub struct Plan {
     pub whiteouts: Vec<Vec<u8>>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PlanDir {
     /// Relative path; empty for the root.
     pub path: Vec<u8>,
@@ -123,7 +123,7 @@ pub struct PlanDir {
     pub opaque: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct PlanInode {
     /// Every name of the inode, in tree order; the first gets created, the
     /// others are hard links to it.

@@ -170,8 +170,10 @@ fn dir_store_round_trip_equals_extraction_and_repack_uploads_nothing() {
     let (uploaded, _) = counts(&log);
     assert!(uploaded > 5, "{log}");
     s.unpack_equals(&flist, &[], "from-routes");
-    let (_, log) = s.pack("b.fl", std::slice::from_ref(&store));
+    let (repacked, log) = s.pack("b.fl", std::slice::from_ref(&store));
     assert_eq!(counts(&log).0, 0, "a re-pack uploaded chunks:\n{log}");
+    // The re-pack reused the chunk lists it remembered: its flist must be as good.
+    s.unpack_equals(&repacked, &[], "from-repack");
     // A fresh workdir has no local index: the store is asked, still nothing uploaded.
     let fresh = Flmount::new();
     let log = fresh.ok(&[
