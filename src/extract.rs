@@ -315,44 +315,58 @@ pub struct LayerContent<'a>(pub &'a [LayerBlob]);
 
 impl ContentSource for LayerContent<'_> {
     fn deliver(&self, plan: &Plan, sink: &(dyn Fn(usize, &mut dyn Read) -> Result<()> + Sync)) -> Result<()> {
-        let sources = plan.sources();
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = sources
-                .iter()
-                .map(|(&layer, wanted)| {
-                    let blob = &self.0[layer];
-                    scope.spawn(move || {
-                        let mut remaining = wanted.len();
-                        let result = blob.for_each(|change, reader| {
-                            let Change::Add(entry) = change else { return Ok(()) };
-                            let Some(&index) = wanted.get(&entry.index) else {
-                                return Ok(());
-                            };
-                            sink(index, reader)?;
-                            remaining -= 1;
-                            if remaining == 0 {
-                                bail!(Finished);
-                            }
-                            Ok(())
-                        });
-                        match result {
-                            Err(e) if e.is::<Finished>() && remaining == 0 => Ok(()),
-                            Err(e) if e.is::<Finished>() => Err(e),
-                            Err(e) => {
-                                Err(e.context(format!("extracting from layer {}", blob.path.display())))
-                            }
-                            Ok(()) if remaining > 0 => Err(anyhow!(
-                                "layer {} ended before {remaining} of its files were found",
-                                blob.path.display()
-                            )),
-                            Ok(()) => Ok(()),
-                        }
-                    })
-                })
-                .collect();
-            join_all(handles)
+        let sources: Vec<_> = plan.sources().into_iter().collect();
+        // One thread per layer: they are read concurrently.
+        for_each_parallel(&sources, sources.len(), |(layer, wanted)| {
+            let blob = &self.0[*layer];
+            let mut remaining = wanted.len();
+            let result = blob.for_each(|change, reader| {
+                let Change::Add(entry) = change else { return Ok(()) };
+                let Some(&index) = wanted.get(&entry.index) else {
+                    return Ok(());
+                };
+                sink(index, reader)?;
+                remaining -= 1;
+                if remaining == 0 {
+                    bail!(Finished);
+                }
+                Ok(())
+            });
+            match result {
+                Err(e) if e.is::<Finished>() && remaining == 0 => Ok(()),
+                Err(e) if e.is::<Finished>() => Err(e),
+                Err(e) => Err(e.context(format!("extracting from layer {}", blob.path.display()))),
+                Ok(()) if remaining > 0 => Err(anyhow!(
+                    "layer {} ended before {remaining} of its files were found",
+                    blob.path.display()
+                )),
+                Ok(()) => Ok(()),
+            }
         })
     }
+}
+
+/// Runs `work` on every item with `threads` threads taking items in turn;
+/// the first error stops each thread at its next item and is returned.
+pub(crate) fn for_each_parallel<T: Sync>(
+    items: &[T],
+    threads: usize,
+    work: impl Fn(&T) -> Result<()> + Sync,
+) -> Result<()> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                scope.spawn(|| -> Result<()> {
+                    while let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        work(item)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        join_all(handles)
+    })
 }
 
 /// Waits for every thread; the first error wins.

@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -316,40 +316,26 @@ impl ContentSource for ChunkContent<'_> {
                 _ => None,
             })
             .collect();
-        let next = AtomicUsize::new(0);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..self.threads.max(1))
-                .map(|_| {
-                    scope.spawn(|| -> Result<()> {
-                        loop {
-                            let n = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(&(i, ino, size)) = files.get(n) else {
-                                return Ok(());
-                            };
-                            let chunks = self.blocks.get(&ino).map(Vec::as_slice).unwrap_or(&[]);
-                            let expected = size.div_ceil(CHUNK_SIZE as u64) as usize;
-                            if chunks.len() != expected {
-                                bail!(
-                                    "{} has {} chunks for {size} bytes (expected {expected})",
-                                    crate::extract::show(&plan.inodes[i].paths[0]),
-                                    chunks.len()
-                                );
-                            }
-                            let mut reader = ChunkReader {
-                                chunks,
-                                next: 0,
-                                buf: Vec::new(),
-                                pos: 0,
-                                size,
-                                total: 0,
-                                content: self,
-                            };
-                            sink(i, &mut reader)?;
-                        }
-                    })
-                })
-                .collect();
-            crate::extract::join_all(handles)
+        crate::extract::for_each_parallel(&files, self.threads, |&(i, ino, size)| {
+            let chunks = self.blocks.get(&ino).map(Vec::as_slice).unwrap_or(&[]);
+            let expected = size.div_ceil(CHUNK_SIZE as u64) as usize;
+            if chunks.len() != expected {
+                bail!(
+                    "{} has {} chunks for {size} bytes (expected {expected})",
+                    crate::extract::show(&plan.inodes[i].paths[0]),
+                    chunks.len()
+                );
+            }
+            let mut reader = ChunkReader {
+                chunks,
+                next: 0,
+                buf: Vec::new(),
+                pos: 0,
+                size,
+                total: 0,
+                content: self,
+            };
+            sink(i, &mut reader)
         })
     }
 }

@@ -12,7 +12,6 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
@@ -143,33 +142,22 @@ impl ContentSource for DiskContent {
                 )
             })
             .collect();
-        let next = AtomicUsize::new(0);
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..self.threads.max(1))
-                .map(|_| {
-                    scope.spawn(|| -> Result<()> {
-                        while let Some(&i) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
-                            let inode = &plan.inodes[i];
-                            let InodeKind::File { size, .. } = inode.kind else {
-                                continue;
-                            };
-                            let rel = std::ffi::OsStr::from_bytes(&inode.paths[0]);
-                            let how = OpenHow::new()
-                                .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
-                                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-                            let fd = nix::fcntl::openat2(&root, rel, how)
-                                .with_context(|| format!("opening {}", Path::new(rel).display()))?;
-                            let file = std::fs::File::from(fd);
-                            if file.metadata()?.len() != size {
-                                bail!("{} changed while it was being packed", Path::new(rel).display());
-                            }
-                            sink(i, &mut file.take(size))?;
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            crate::extract::join_all(handles)
+        crate::extract::for_each_parallel(&files, self.threads, |&i| {
+            let inode = &plan.inodes[i];
+            let InodeKind::File { size, .. } = inode.kind else {
+                return Ok(());
+            };
+            let rel = std::ffi::OsStr::from_bytes(&inode.paths[0]);
+            let how = OpenHow::new()
+                .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+                .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+            let fd = nix::fcntl::openat2(&root, rel, how)
+                .with_context(|| format!("opening {}", Path::new(rel).display()))?;
+            let file = std::fs::File::from(fd);
+            if file.metadata()?.len() != size {
+                bail!("{} changed while it was being packed", Path::new(rel).display());
+            }
+            sink(i, &mut file.take(size))
         })
     }
 }
