@@ -65,11 +65,7 @@ repo=$(cd "$here/.." && pwd)
 source "$here/bench-image.sh"
 testbed_trap
 
-rounds=${ROUNDS:-3}
-if ! [[ "$rounds" =~ ^[1-9][0-9]*$ ]]; then
-	echo "bench-extract: ROUNDS must be a positive integer" >&2
-	exit 2
-fi
+rounds=$(rounds_setting)
 if [[ $(id -u) != 0 ]]; then
 	echo "bench-extract: run as root (owners, devices and xattrs of the image; umoci unpack as root)" >&2
 	exit 1
@@ -93,34 +89,24 @@ if [[ ! -x /usr/bin/time ]]; then
 		}
 fi
 
-flmount=${FLMOUNT:-$repo/target/release/flmount}
-if [[ ! -x "$flmount" ]]; then
-	if [[ -n "${FLMOUNT:-}" ]]; then
-		echo "bench-extract: FLMOUNT=$FLMOUNT is not executable" >&2
-		exit 1
-	fi
-	log "building flmount (cargo build --release)"
-	(cd "$repo" && cargo build --release)
-fi
+flmount=$(flmount_binary "$repo")
 # -q: no progress bars; RUST_LOG keeps flmount's one-line summaries in the log.
 export RUST_LOG=flmount=info
 
 bench_image_ensure
 
 # The layer blobs in order, from the layout's manifest (all gzip).
-mapfile -t layer_blobs < <(python3 - "$BENCH_LAYOUT" "$BENCH_TAG" <<'EOF'
+mapfile -t layer_blobs < <(python3 - "$BENCH_LAYOUT" "$BENCH_TAG" "$here/lib" <<'EOF'
 import json, os, sys
 
 layout, tag = sys.argv[1], sys.argv[2]
+sys.path.insert(0, sys.argv[3])
+import oci_layout
 
 def blob(digest):
-    algo, hexd = digest.split(":", 1)
-    return os.path.join(layout, "blobs", algo, hexd)
+    return oci_layout.blob(layout, digest)
 
-index = json.load(open(os.path.join(layout, "index.json")))
-desc = next(m for m in index["manifests"]
-            if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag)
-manifest = json.load(open(blob(desc["digest"])))
+desc, manifest = oci_layout.manifest(layout, tag)
 for layer in manifest["layers"]:
     if not layer["mediaType"].endswith("tar+gzip"):
         sys.exit(f"bench-extract: layer {layer['digest']} is {layer['mediaType']}, not gzip")

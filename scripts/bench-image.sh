@@ -181,19 +181,17 @@ bench_image_build() {
 
 # bench_image_report: the image's layers, sizes and entry counts.
 bench_image_report() {
-	python3 - "$BENCH_LAYOUT" "$BENCH_TAG" <<'EOF'
+	python3 - "$BENCH_LAYOUT" "$BENCH_TAG" "$_bench_image_here/lib" <<'EOF'
 import gzip, json, os, sys, tarfile
 
 layout, tag = sys.argv[1], sys.argv[2]
+sys.path.insert(0, sys.argv[3])
+import oci_layout
 
 def blob(digest):
-    algo, hexd = digest.split(":", 1)
-    return os.path.join(layout, "blobs", algo, hexd)
+    return oci_layout.blob(layout, digest)
 
-index = json.load(open(os.path.join(layout, "index.json")))
-desc = next(m for m in index["manifests"]
-            if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag)
-manifest = json.load(open(blob(desc["digest"])))
+desc, manifest = oci_layout.manifest(layout, tag)
 total_c = total_u = total_n = total_wh = 0
 print(f"image {layout}:{tag}  manifest {desc['digest']}")
 print(f"{'layer':<7} {'compressed':>12} {'uncompressed':>13} {'entries':>8} {'whiteouts':>10}  digest")

@@ -21,14 +21,11 @@ repo=$(cd "$here/.." && pwd)
 source "$here/bench-image.sh"
 testbed_trap
 
-flmount=${FLMOUNT:-$repo/target/release/flmount}
-if [[ ! -x "$flmount" ]]; then
-	log "building flmount (cargo build --release)"
-	(cd "$repo" && cargo build --release)
-fi
+flmount=$(flmount_binary "$repo")
 
 bench_image_ensure
 export TMPDIR=${TMPDIR:-/var/tmp}
+tmp=""
 testbed_mktemp tmp flmount-bench-pack
 start_registry "$tmp/registry"
 ref="$REGISTRY_ADDR/bench:latest"

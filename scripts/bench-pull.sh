@@ -40,11 +40,7 @@ repo=$(cd "$here/.." && pwd)
 source "$here/bench-image.sh"
 testbed_trap
 
-rounds=${ROUNDS:-3}
-if ! [[ "$rounds" =~ ^[1-9][0-9]*$ ]]; then
-	echo "bench-pull: ROUNDS must be a positive integer" >&2
-	exit 2
-fi
+rounds=$(rounds_setting)
 for tool in docker-registry skopeo curl umoci python3; do
 	command -v "$tool" >/dev/null || {
 		echo "bench-pull: $tool is missing" >&2
@@ -52,15 +48,7 @@ for tool in docker-registry skopeo curl umoci python3; do
 	}
 done
 
-flmount=${FLMOUNT:-$repo/target/release/flmount}
-if [[ ! -x "$flmount" ]]; then
-	if [[ -n "${FLMOUNT:-}" ]]; then
-		echo "bench-pull: FLMOUNT=$FLMOUNT is not executable" >&2
-		exit 1
-	fi
-	log "building flmount (cargo build --release)"
-	(cd "$repo" && cargo build --release)
-fi
+flmount=$(flmount_binary "$repo")
 # -q: no progress bars (skopeo runs with --quiet too); RUST_LOG keeps
 # flmount's one-line summary in the log.
 flmount_args=(-q)

@@ -39,15 +39,7 @@ if [[ ! -x "$busybox_bin" ]] ||
 	exit 1
 fi
 
-flmount=${FLMOUNT:-$repo/target/release/flmount}
-if [[ ! -x "$flmount" ]]; then
-	if [[ -n "${FLMOUNT:-}" ]]; then
-		echo "demo: FLMOUNT=$FLMOUNT is not executable" >&2
-		exit 1
-	fi
-	log "building flmount (cargo build --release)"
-	(cd "$repo" && cargo build --release)
-fi
+flmount=$(flmount_binary "$repo")
 
 if [[ "${KEEP:-0}" == 1 ]]; then
 	tmp=$(mktemp -d "${TMPDIR:-/tmp}/flmount-demo.XXXXXX")

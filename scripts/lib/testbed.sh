@@ -27,6 +27,10 @@
 #                         make a temp directory, removed at cleanup, and set
 #                         the variable VAR to its path (not via $(...): a
 #                         subshell could not register the cleanup)
+#   flmount_binary REPO   print the flmount binary to use: $FLMOUNT (which
+#                         must be executable), else REPO/target/release/flmount,
+#                         built with `cargo build --release` when missing
+#   rounds_setting        print $ROUNDS (default 3), checked to be a positive integer
 #   log MSG...            print "==> MSG" to stderr
 #   now                   print the time as seconds.nanoseconds
 #   elapsed START [END]   print END - START (default END: now) in seconds,
@@ -45,6 +49,29 @@ TESTBED_SH_LOADED=1
 TESTBED_PIDS=()
 # Deferred cleanup commands, each a shell-quoted string.
 TESTBED_DEFERRED=()
+
+flmount_binary() {
+	local repo=${1:?flmount_binary: REPO required}
+	if [[ -n "${FLMOUNT:-}" ]]; then
+		[[ -x "$FLMOUNT" ]] || { echo "FLMOUNT=$FLMOUNT is not executable" >&2; return 1; }
+		printf '%s\n' "$FLMOUNT"
+		return 0
+	fi
+	if [[ ! -x "$repo/target/release/flmount" ]]; then
+		log "building flmount (cargo build --release)"
+		(cd "$repo" && cargo build --release >&2)
+	fi
+	printf '%s\n' "$repo/target/release/flmount"
+}
+
+rounds_setting() {
+	local rounds=${ROUNDS:-3}
+	if ! [[ "$rounds" =~ ^[1-9][0-9]*$ ]]; then
+		echo "ROUNDS must be a positive integer, not '$rounds'" >&2
+		return 2
+	fi
+	printf '%s\n' "$rounds"
+}
 
 log() {
 	printf '==> %s\n' "$*" >&2
