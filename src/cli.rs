@@ -481,16 +481,7 @@ async fn run(s: Settings) -> Result<()> {
                     .with_context(|| format!("extracting {} into {}", image.reference, target.display()))
             })
             .await??;
-            tracing::info!(
-                "extracted {} directories, {} files ({}), {} symlinks, {} hard links, {} special files in {:.2}s",
-                stats.dirs,
-                stats.files,
-                crate::progress::human_bytes(stats.bytes),
-                stats.symlinks,
-                stats.hardlinks,
-                stats.specials,
-                started.elapsed().as_secs_f64()
-            );
+            tracing::info!("extracted {stats} in {:.2}s", started.elapsed().as_secs_f64());
         }
         Output::Export => {
             tokio::task::spawn_blocking(move || {

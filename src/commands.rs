@@ -198,16 +198,7 @@ pub fn unpack(flist_path: &Path, stores: &[String], target: &Path, force: bool) 
         extract::write_plan(&plan, &content, dir, &WriteOptions::default())
     })
     .with_context(|| format!("unpacking {} into {}", flist_path.display(), target.display()))?;
-    tracing::info!(
-        "unpacked {} directories, {} files ({}), {} symlinks, {} hard links, {} special files in {:.2}s",
-        stats.dirs,
-        stats.files,
-        human_bytes(stats.bytes),
-        stats.symlinks,
-        stats.hardlinks,
-        stats.specials,
-        started.elapsed().as_secs_f64()
-    );
+    tracing::info!("unpacked {stats} in {:.2}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 

@@ -74,6 +74,21 @@ pub struct WriteStats {
     pub skipped_devices: u64,
 }
 
+impl std::fmt::Display for WriteStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} directories, {} files ({}), {} symlinks, {} hard links, {} special files",
+            self.dirs,
+            self.files,
+            crate::progress::human_bytes(self.bytes),
+            self.symlinks,
+            self.hardlinks,
+            self.specials
+        )
+    }
+}
+
 #[derive(Default)]
 struct Counters {
     files: AtomicU64,
