@@ -5,17 +5,23 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser};
 
+use crate::chunkcache::CacheOptions;
+use crate::fuse::MountOptions;
 use crate::manifest::Platform;
 use crate::progress::Progress;
 use crate::pull::{self, PullOptions};
 use crate::reference::ImageRef;
 use crate::registry::{Credentials, ErrorKind, Transport};
 use crate::workdir::{self, Workdir};
-use crate::{commands, extract, overlay};
+use crate::{commands, extract, fuse, overlay};
+
+/// Decoded chunks a reader keeps in memory (512 KiB each).
+const MEMORY_CHUNKS: usize = 32;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -67,9 +73,33 @@ pub struct Args {
     #[arg(long)]
     pub force: bool,
 
-    /// Mount the image at DIR with overlayfs over cached layers (e.g. -mount /run/rootfs)
+    /// Mount the image at DIR with overlayfs over cached layers (e.g. -mount /run/rootfs); with -flist and no -image, serve that flist through FUSE
     #[arg(long, value_name = "DIR")]
     pub mount: Option<PathBuf>,
+
+    /// With -image and -mount: serve through FUSE instead of overlayfs, from an flist packed into the workdir's own store
+    #[arg(long)]
+    pub fuse: bool,
+
+    /// FUSE mounts and unpack: where fetched chunks are cached [default: WORKDIR/cache/chunks]
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+
+    /// Size limit of the chunk cache, least recently used chunks evicted first (e.g. 512M, 20G)
+    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_size)]
+    pub cache_size: u64,
+
+    /// FUSE mounts: fetch every chunk of the flist into the cache in the background
+    #[arg(long)]
+    pub prefetch: bool,
+
+    /// FUSE mounts: let other users use the mount (file modes still hold)
+    #[arg(long)]
+    pub allow_other: bool,
+
+    /// Seconds one chunk fetch may take, retries included, before a read fails (EIO on a FUSE mount)
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
 
     /// Where the overlay's writable upper and work dirs go [default: inside the workdir]
     #[arg(long, value_name = "DIR")]
@@ -139,6 +169,9 @@ pub enum Command {
         /// Write over a non-empty TARGET
         #[arg(long)]
         force: bool,
+        /// Cache fetched chunks in DIR (reused by later unpacks and mounts)
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
         /// Where to restore the tree
         target: PathBuf,
     },
@@ -206,6 +239,13 @@ pub enum Action {
         stores: Vec<String>,
         target: PathBuf,
         force: bool,
+        cache: CacheOptions,
+    },
+    /// Serve an flist through FUSE until unmounted.
+    Serve {
+        flist: PathBuf,
+        stores: Vec<String>,
+        mount: MountOptions,
     },
     Flist(FlistOp),
     Pack {
@@ -229,6 +269,10 @@ pub enum Output {
         target: PathBuf,
         overlaydir: Option<PathBuf>,
     },
+    /// Pack into the workdir's own store, then serve through FUSE.
+    Fuse {
+        mount: MountOptions,
+    },
     /// Index into an flist, content into the stores.
     Flist {
         path: PathBuf,
@@ -245,6 +289,7 @@ impl Args {
                 flist,
                 stores,
                 force,
+                cache,
                 target,
             }) => {
                 let action = Action::Unpack {
@@ -252,6 +297,12 @@ impl Args {
                     stores,
                     target: absolute(target)?,
                     force,
+                    cache: CacheOptions {
+                        dir: cache.map(absolute).transpose()?,
+                        size_limit: self.cache_size,
+                        memory_chunks: MEMORY_CHUNKS,
+                        timeout: Duration::from_secs(self.timeout),
+                    },
                 };
                 return Ok(Settings {
                     workdir,
@@ -292,8 +343,40 @@ impl Args {
                 },
             });
         }
+        let mount_options = |target: PathBuf| -> Result<MountOptions> {
+            Ok(MountOptions {
+                mountpoint: absolute(target)?,
+                allow_other: self.allow_other,
+                prefetch: self.prefetch,
+                cache: CacheOptions {
+                    dir: Some(absolute(
+                        self.cache.clone().unwrap_or_else(|| workdir.join("cache/chunks")),
+                    )?),
+                    size_limit: self.cache_size,
+                    memory_chunks: MEMORY_CHUNKS,
+                    timeout: Duration::from_secs(self.timeout),
+                },
+            })
+        };
+        let fuse_only = self.cache.is_some() || self.prefetch || self.allow_other;
+        if self.image.is_none() {
+            if let (Some(flist), Some(target)) = (&self.flist, &self.mount) {
+                if self.extractto.is_some() {
+                    bail!("-flist with -mount serves the flist: it takes no -extractto");
+                }
+                return Ok(Settings {
+                    workdir: workdir.clone(),
+                    quiet: self.quiet,
+                    action: Action::Serve {
+                        flist: absolute(flist.clone())?,
+                        stores: self.stores.clone(),
+                        mount: mount_options(target.clone())?,
+                    },
+                });
+            }
+        }
         let Some(image) = self.image.as_deref() else {
-            bail!("nothing to do: give -image REF, or -umount DIR (see flmount -h)");
+            bail!("nothing to do: give -image REF, -flist FILE -mount DIR, or -umount DIR (see flmount -h)");
         };
         let image = ImageRef::parse(image)?;
         let credentials = match (self.username, self.password) {
@@ -325,6 +408,9 @@ impl Args {
                 target: absolute(target)?,
                 force: self.force,
             },
+            (None, Some(target)) if self.fuse => Output::Fuse {
+                mount: mount_options(target)?,
+            },
             (None, Some(target)) => Output::Overlay {
                 target: absolute(target)?,
                 overlaydir: self.overlaydir.map(absolute).transpose()?,
@@ -333,6 +419,12 @@ impl Args {
         };
         if self.force && !matches!(output, Output::Extract { .. }) {
             bail!("-force goes with -extractto");
+        }
+        if self.fuse && !matches!(output, Output::Fuse { .. }) {
+            bail!("-fuse goes with -mount");
+        }
+        if fuse_only && !matches!(output, Output::Fuse { .. }) {
+            bail!("-cache, -prefetch and -allow-other go with FUSE mounts (-mount with -fuse or -flist)");
         }
         Ok(Settings {
             workdir,
@@ -355,6 +447,25 @@ impl Args {
             },
         })
     }
+}
+
+/// A size with an optional binary unit: 4096, 512K, 512M, 20G, 1T.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let shift = match unit.trim_end_matches(['i', 'B']).to_ascii_uppercase().as_str() {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{s:?}: expected a size like 512M or 20G")),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a size like 512M or 20G"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 fn absolute(p: PathBuf) -> Result<PathBuf> {
@@ -439,6 +550,11 @@ async fn run(s: Settings) -> Result<()> {
     let workdir =
         Workdir::open(&s.workdir).with_context(|| format!("opening workdir {}", s.workdir.display()))?;
     let (image, pull_options, saveconfig, output) = match s.action {
+        Action::Umount { target } if fuse::is_mounted_at(&target) => {
+            fuse::unmount(&target)?;
+            tracing::info!("unmounted {}", target.display());
+            return Ok(());
+        }
         Action::Umount { target } => {
             overlay::umount(&workdir, &target)?;
             tracing::info!("unmounted {}", target.display());
@@ -455,8 +571,12 @@ async fn run(s: Settings) -> Result<()> {
             stores,
             target,
             force,
+            cache,
         } => {
-            return tokio::task::block_in_place(|| commands::unpack(&flist, &stores, &target, force));
+            return tokio::task::block_in_place(|| commands::unpack(&flist, &stores, &cache, &target, force));
+        }
+        Action::Serve { flist, stores, mount } => {
+            return tokio::task::block_in_place(|| commands::serve(&flist, &stores, &mount));
         }
         Action::Flist(op) => return commands::flist(op),
         Action::Pack { flist, stores, dir } => {
@@ -499,6 +619,14 @@ async fn run(s: Settings) -> Result<()> {
             let digests: Vec<_> = image.manifest.layers.iter().map(|l| l.digest.clone()).collect();
             tokio::task::block_in_place(|| commands::pack_image(&workdir, &digests, &layers, &path, &stores))
                 .with_context(|| format!("packing {} into {}", image.reference, path.display()))?;
+        }
+        Output::Fuse { mount } => {
+            let digests: Vec<_> = image.manifest.layers.iter().map(|l| l.digest.clone()).collect();
+            tokio::task::block_in_place(|| {
+                let flist = commands::pack_into_workdir(&workdir, &image.manifest_digest, &digests, &layers)
+                    .with_context(|| format!("packing {}", image.reference))?;
+                commands::serve(&flist, &[], &mount)
+            })?;
         }
         Output::Overlay { target, overlaydir } => {
             let digests: Vec<_> = image.manifest.layers.iter().map(|l| l.digest.clone()).collect();

@@ -2,16 +2,18 @@
 //! flist, and `flmount flist ls | inspect | tag | store`. Each is plumbing
 //! between the modules that do the work (tree, pack, flist, extract, store).
 
-use std::path::Path;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use tokio::runtime::Handle;
 
+use crate::chunkcache::{CacheOptions, ChunkCache};
 use crate::cli::FlistOp;
 use crate::digest::Digest;
 use crate::extract::{self, WriteOptions};
 use crate::flist::{self, Flist, RouteRow};
+use crate::fuse::{self, MountOptions};
 use crate::layer::LayerBlob;
 use crate::pack::{self, ChunkContent, KnownChunks};
 use crate::progress::human_bytes;
@@ -165,32 +167,53 @@ fn pack_plan(
     Ok(())
 }
 
-/// The router for reading an flist: `-store` arguments if given, else the
-/// flist's own routes.
-fn reading_router(fl: &Flist, stores: &[String]) -> Result<Router> {
-    if !stores.is_empty() {
-        return Router::open(stores, store::DEFAULT_TIMEOUT);
-    }
+/// The router for reading an flist. Without `-store`, the flist's own
+/// routes. A `-store` URL that is one of those routes with credentials
+/// added keeps the route's range; any other `-store` set replaces the
+/// routes.
+fn reading_router(fl: &Flist, stores: &[String], timeout: Duration) -> Result<Router> {
     let routes = fl.routes()?;
-    if routes.is_empty() {
-        bail!("the flist names no stores: give -store URL");
-    }
-    let args: Vec<String> = routes
+    let mut args: Vec<String> = routes
         .iter()
         .map(|r| format!("{:02x}-{:02x}={}", r.start, r.end, r.url))
         .collect();
-    Router::open(&args, store::DEFAULT_TIMEOUT)
+    if !stores.is_empty() {
+        let public = |s: &str| store::StoreUrl::parse(s).map(|u| u.public()).ok();
+        let no_range = |s: &str| store::parse_range(s).is_ok_and(|(_, _, url)| url.len() == s.len());
+        let adds_credentials = stores
+            .iter()
+            .all(|s| no_range(s) && routes.iter().any(|r| Some(&r.url) == public(s).as_ref()));
+        if adds_credentials {
+            for (route, arg) in routes.iter().zip(args.iter_mut()) {
+                if let Some(s) = stores.iter().find(|s| public(s).as_ref() == Some(&route.url)) {
+                    *arg = format!("{:02x}-{:02x}={s}", route.start, route.end);
+                }
+            }
+        } else {
+            args = stores.to_vec();
+        }
+    }
+    if args.is_empty() {
+        bail!("the flist names no stores: give -store URL");
+    }
+    Router::open(&args, timeout)
 }
 
 /// `flmount unpack -flist F TARGET`: restore the whole tree.
-pub fn unpack(flist_path: &Path, stores: &[String], target: &Path, force: bool) -> Result<()> {
+pub fn unpack(
+    flist_path: &Path,
+    stores: &[String],
+    cache: &CacheOptions,
+    target: &Path,
+    force: bool,
+) -> Result<()> {
     let started = Instant::now();
     let fl = Flist::open(flist_path)?;
     let (plan, blocks) = fl.plan()?;
-    let router = reading_router(&fl, stores)?;
+    let cache = ChunkCache::new(reading_router(&fl, stores, cache.timeout)?, cache)?;
     let content = ChunkContent {
         blocks: &blocks,
-        router: &router,
+        cache: &cache,
         rt: Handle::current(),
         threads: chunk_threads(),
     };
@@ -200,6 +223,35 @@ pub fn unpack(flist_path: &Path, stores: &[String], target: &Path, force: bool) 
     .with_context(|| format!("unpacking {} into {}", flist_path.display(), target.display()))?;
     tracing::info!("unpacked {stats} in {:.2}s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// `-flist F -mount DIR`: serve an flist through FUSE until unmounted.
+pub fn serve(flist_path: &Path, stores: &[String], mount: &MountOptions) -> Result<()> {
+    let router = reading_router(&Flist::open(flist_path)?, stores, mount.cache.timeout)?;
+    fuse::serve(flist_path, router, mount, Handle::current())
+}
+
+/// `-image REF -mount DIR -fuse`: the image's flist in the workdir
+/// (`flists/<manifest digest>.fl`, its chunks in the workdir's own dir
+/// store), packed on first use.
+pub fn pack_into_workdir(
+    workdir: &Workdir,
+    manifest: &Digest,
+    digests: &[Digest],
+    layers: &[LayerBlob],
+) -> Result<PathBuf> {
+    let flist = workdir
+        .root()
+        .join("flists")
+        .join(format!("{}.fl", manifest.hex()));
+    if flist.exists() {
+        tracing::debug!("using {}", flist.display());
+        return Ok(flist);
+    }
+    std::fs::create_dir_all(flist.parent().unwrap())?;
+    let store = format!("dir://{}", workdir.root().join("store").display());
+    pack_image(workdir, digests, layers, &flist, &[store])?;
+    Ok(flist)
 }
 
 /// `flmount flist ...`

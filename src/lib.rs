@@ -6,12 +6,14 @@
 //! verified content, [`pull`] puts those together, and [`cli`] is the
 //! command line over all of it.
 
+pub mod chunkcache;
 pub mod cli;
 pub mod commands;
 pub mod digest;
 pub mod export;
 pub mod extract;
 pub mod flist;
+pub mod fuse;
 pub mod layer;
 pub mod manifest;
 pub mod overlay;

@@ -21,6 +21,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use rusqlite::{params, Connection};
 use tokio::runtime::Handle;
 
+use crate::chunkcache::{self, ChunkCache};
 use crate::extract::ContentSource;
 use crate::store::{codec, ChunkId, ChunkRef, Router, CHUNK_SIZE};
 use crate::tree::{InodeKind, Plan, Source};
@@ -297,7 +298,7 @@ pub fn pack(
 /// Content of an flist's files, read from the stores chunk by chunk.
 pub struct ChunkContent<'a> {
     pub blocks: &'a HashMap<i64, Vec<ChunkRef>>,
-    pub router: &'a Router,
+    pub cache: &'a ChunkCache,
     pub rt: Handle,
     pub threads: usize,
 }
@@ -329,7 +330,7 @@ impl ContentSource for ChunkContent<'_> {
             let mut reader = ChunkReader {
                 chunks,
                 next: 0,
-                buf: Vec::new(),
+                buf: chunkcache::Piece::default(),
                 pos: 0,
                 size,
                 total: 0,
@@ -344,7 +345,7 @@ impl ContentSource for ChunkContent<'_> {
 struct ChunkReader<'a, 'c> {
     chunks: &'a [ChunkRef],
     next: usize,
-    buf: Vec<u8>,
+    buf: chunkcache::Piece,
     pos: usize,
     /// The file's size, and what the chunks gave so far: they must agree.
     size: u64,
@@ -367,7 +368,7 @@ impl Read for ChunkReader<'_, '_> {
             self.buf = self
                 .content
                 .rt
-                .block_on(self.content.router.get_chunk(chunk))
+                .block_on(self.content.cache.get(chunk))
                 .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
             if self.next + 1 < self.chunks.len() && self.buf.len() != CHUNK_SIZE {
                 return Err(std::io::Error::other(format!(

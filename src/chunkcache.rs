@@ -1,0 +1,438 @@
+//! The local chunk cache between the readers of an flist (the FUSE
+//! filesystem, `unpack`) and its stores.
+//!
+//! A chunk is looked for in three places, in order:
+//! 1. a small in-memory LRU of decoded chunks (hot data of open files);
+//! 2. a directory on local disk (`<dir>/<hh>/<key hex>`, the decoded piece
+//!    named by its BLAKE2b-256 key), bounded by a size limit with
+//!    least-recently-used eviction. Files are written to a temporary name
+//!    and renamed, and every file read back is hashed against its name: a
+//!    torn or corrupted file (crash, disk fault, tampering) is deleted and
+//!    fetched again, never served;
+//! 3. the stores, through the router, which verifies the blob and the
+//!    decoded piece. Fetches are retried until a deadline, so a store that
+//!    is down or slow gives an error within a bounded time, never a hang.
+//!
+//! Concurrent requests for the same missing chunk share one fetch.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use lru::LruCache;
+use tokio::sync::{OnceCell, Semaphore};
+use tokio::time::Instant;
+
+use crate::store::{codec, ChunkRef, Router, CHUNK_SIZE};
+
+/// A decoded chunk, shared by every reader that needs it.
+pub type Piece = Arc<Vec<u8>>;
+
+/// Chunk ids and keys are 32 bytes; the cache is keyed by the piece's key.
+type Key = [u8; 32];
+
+/// How the cache behaves.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// Where decoded chunks are kept on disk; `None` keeps none.
+    pub dir: Option<PathBuf>,
+    /// Bytes the disk cache may hold before it evicts.
+    pub size_limit: u64,
+    /// Decoded chunks kept in memory.
+    pub memory_chunks: usize,
+    /// How long one chunk fetch may take, retries included.
+    pub timeout: Duration,
+}
+
+impl CacheOptions {
+    /// The default size limit of the disk cache (4 GiB).
+    pub const DEFAULT_SIZE: u64 = 4 << 30;
+}
+
+/// What the cache did, for logs and benchmarks.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub memory_hits: AtomicU64,
+    pub disk_hits: AtomicU64,
+    pub fetched: AtomicU64,
+    pub fetched_bytes: AtomicU64,
+    pub corrupt: AtomicU64,
+    pub evicted: AtomicU64,
+}
+
+type Flight = Arc<OnceCell<Result<Piece, String>>>;
+
+pub struct ChunkCache {
+    router: Router,
+    disk: Option<Arc<DiskCache>>,
+    memory: Mutex<LruCache<Key, Piece>>,
+    inflight: Mutex<HashMap<Key, Flight>>,
+    /// Bounds the disk writes in flight (each holds a piece in memory).
+    writes: Arc<Semaphore>,
+    timeout: Duration,
+    pub stats: Arc<CacheStats>,
+}
+
+impl ChunkCache {
+    pub fn new(router: Router, options: &CacheOptions) -> Result<Self> {
+        let stats = Arc::new(CacheStats::default());
+        let disk = match &options.dir {
+            Some(dir) => Some(Arc::new(DiskCache::open(dir, options.size_limit, stats.clone())?)),
+            None => None,
+        };
+        Ok(ChunkCache {
+            router,
+            disk,
+            memory: Mutex::new(LruCache::new(
+                std::num::NonZeroUsize::new(options.memory_chunks.max(1)).unwrap(),
+            )),
+            inflight: Mutex::new(HashMap::new()),
+            writes: Arc::new(Semaphore::new(4)),
+            timeout: options.timeout,
+            stats,
+        })
+    }
+
+    /// The chunk if it is in memory: no waiting, no I/O.
+    pub fn get_in_memory(&self, chunk: &ChunkRef) -> Option<Piece> {
+        let hit = self.memory.lock().unwrap().get(&chunk.key).cloned();
+        if hit.is_some() {
+            self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
+    }
+
+    /// The decoded chunk, from memory, disk or the stores.
+    pub async fn get(&self, chunk: &ChunkRef) -> Result<Piece> {
+        if let Some(piece) = self.get_in_memory(chunk) {
+            return Ok(piece);
+        }
+        let piece = self.load_once(chunk).await?;
+        self.memory.lock().unwrap().put(chunk.key, piece.clone());
+        Ok(piece)
+    }
+
+    /// Makes sure the chunk is in the disk cache (for prefetching), without
+    /// pushing hot chunks out of memory.
+    pub async fn fill(&self, chunk: &ChunkRef) -> Result<()> {
+        if self.memory.lock().unwrap().contains(&chunk.key) {
+            return Ok(());
+        }
+        if let Some(disk) = &self.disk {
+            if disk.contains(&chunk.key) {
+                return Ok(());
+            }
+        }
+        self.load_once(chunk).await.map(drop)
+    }
+
+    /// Whether a disk cache is in use, and its size limit.
+    pub fn disk_limit(&self) -> Option<u64> {
+        self.disk.as_ref().map(|d| d.limit)
+    }
+
+    /// Loads a chunk, sharing the work with every concurrent caller.
+    async fn load_once(&self, chunk: &ChunkRef) -> Result<Piece> {
+        let flight = self
+            .inflight
+            .lock()
+            .unwrap()
+            .entry(chunk.key)
+            .or_default()
+            .clone();
+        let result = flight.get_or_init(|| self.load(chunk)).await.clone();
+        {
+            let mut inflight = self.inflight.lock().unwrap();
+            if inflight.get(&chunk.key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+                inflight.remove(&chunk.key);
+            }
+        }
+        result.map_err(anyhow::Error::msg)
+    }
+
+    async fn load(&self, chunk: &ChunkRef) -> Result<Piece, String> {
+        if let Some(disk) = &self.disk {
+            let (disk, key) = (disk.clone(), chunk.key);
+            if let Ok(Some(piece)) = tokio::task::spawn_blocking(move || disk.read(&key)).await {
+                self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Arc::new(piece));
+            }
+        }
+        let piece = Arc::new(self.fetch(chunk).await?);
+        self.stats.fetched.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .fetched_bytes
+            .fetch_add(piece.len() as u64, Ordering::Relaxed);
+        if let Some(disk) = &self.disk {
+            // Wait for a write slot (back-pressure), not for the write.
+            if let Ok(permit) = self.writes.clone().acquire_owned().await {
+                let (disk, key, piece) = (disk.clone(), chunk.key, piece.clone());
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = disk.write(&key, &piece) {
+                        tracing::warn!("caching chunk {}: {e:#}", hex::encode(key));
+                    }
+                    drop(permit);
+                });
+            }
+        }
+        Ok(piece)
+    }
+
+    /// Fetches from the stores, retrying until the deadline.
+    async fn fetch(&self, chunk: &ChunkRef) -> Result<Vec<u8>, String> {
+        let deadline = Instant::now() + self.timeout;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let error = match tokio::time::timeout_at(deadline, self.router.get_chunk(chunk)).await {
+                Ok(Ok(piece)) => return Ok(piece),
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(_) => format!("chunk {}: no store answered", chunk.id_hex()),
+            };
+            if Instant::now() + delay >= deadline {
+                return Err(format!("{error} (gave up after {:?})", self.timeout));
+            }
+            tracing::debug!("{error}; retrying in {delay:?}");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Decoded chunks on local disk, with a size limit and LRU eviction.
+struct DiskCache {
+    dir: PathBuf,
+    limit: u64,
+    index: Mutex<DiskIndex>,
+    stats: Arc<CacheStats>,
+}
+
+struct DiskIndex {
+    /// Every cached chunk and its size, least recently used first.
+    lru: LruCache<Key, u64>,
+    bytes: u64,
+    /// Names for temporary files.
+    next_tmp: u64,
+}
+
+impl DiskCache {
+    fn open(dir: &Path, limit: u64, stats: Arc<CacheStats>) -> Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir.join("tmp"))
+            .with_context(|| format!("creating the chunk cache {}", dir.display()))?;
+        // Leftovers of an interrupted write are never trusted.
+        for entry in fs::read_dir(dir.join("tmp"))? {
+            let _ = fs::remove_file(entry?.path());
+        }
+        let mut found: Vec<(SystemTime, Key, u64)> = Vec::new();
+        for shard in fs::read_dir(dir)? {
+            let shard = shard?;
+            let name = shard.file_name();
+            if name.len() != 2 || !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(shard.path())? {
+                let entry = entry?;
+                let key = entry.file_name().to_str().and_then(parse_key);
+                let meta = entry.metadata()?;
+                match key {
+                    Some(key) if meta.is_file() && meta.len() <= CHUNK_SIZE as u64 => {
+                        found.push((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), key, meta.len()))
+                    }
+                    _ => {
+                        let _ = fs::remove_file(entry.path());
+                    }
+                }
+            }
+        }
+        found.sort();
+        let mut index = DiskIndex {
+            lru: LruCache::unbounded(),
+            bytes: 0,
+            next_tmp: 0,
+        };
+        for (_, key, size) in found {
+            index.lru.put(key, size);
+            index.bytes += size;
+        }
+        let cache = DiskCache {
+            dir: dir.to_owned(),
+            limit,
+            index: Mutex::new(index),
+            stats,
+        };
+        {
+            let mut index = cache.index.lock().unwrap();
+            cache.evict(&mut index);
+            tracing::debug!(
+                "chunk cache {}: {} chunks, {} bytes",
+                dir.display(),
+                index.lru.len(),
+                index.bytes
+            );
+        }
+        Ok(cache)
+    }
+
+    fn path(&self, key: &Key) -> PathBuf {
+        let hex = hex::encode(key);
+        self.dir.join(&hex[..2]).join(hex)
+    }
+
+    fn contains(&self, key: &Key) -> bool {
+        self.index.lock().unwrap().lru.contains(key)
+    }
+
+    /// The cached piece, if present and intact.
+    fn read(&self, key: &Key) -> Option<Vec<u8>> {
+        self.index.lock().unwrap().lru.get(key)?;
+        let path = self.path(key);
+        match fs::read(&path) {
+            Ok(piece) if codec::blake2b256(&piece) == *key => Some(piece),
+            Ok(_) => {
+                tracing::warn!(
+                    "cached chunk {} is corrupt: removing it and fetching it again",
+                    path.display()
+                );
+                self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
+                self.forget(key);
+                let _ = fs::remove_file(&path);
+                None
+            }
+            Err(e) => {
+                if e.kind() != ErrorKind::NotFound {
+                    tracing::warn!("reading cached chunk {}: {e}", path.display());
+                }
+                self.forget(key);
+                None
+            }
+        }
+    }
+
+    fn forget(&self, key: &Key) {
+        let mut index = self.index.lock().unwrap();
+        if let Some(size) = index.lru.pop(key) {
+            index.bytes -= size;
+        }
+    }
+
+    /// Stores a verified piece: a temporary file renamed into place.
+    fn write(&self, key: &Key, piece: &[u8]) -> Result<()> {
+        if piece.len() as u64 > self.limit {
+            return Ok(());
+        }
+        let tmp = {
+            let mut index = self.index.lock().unwrap();
+            if index.lru.contains(key) {
+                return Ok(());
+            }
+            index.next_tmp += 1;
+            self.dir
+                .join("tmp")
+                .join(format!("{}.{}", std::process::id(), index.next_tmp))
+        };
+        let path = self.path(key);
+        let result = (|| {
+            fs::write(&tmp, piece)?;
+            match fs::rename(&tmp, &path) {
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    fs::create_dir_all(path.parent().unwrap())?;
+                    fs::rename(&tmp, &path)
+                }
+                other => other,
+            }
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(e).with_context(|| format!("writing {}", path.display()));
+        }
+        let mut index = self.index.lock().unwrap();
+        if index.lru.put(*key, piece.len() as u64).is_none() {
+            index.bytes += piece.len() as u64;
+        }
+        self.evict(&mut index);
+        Ok(())
+    }
+
+    /// Removes least recently used chunks until the cache fits its limit.
+    fn evict(&self, index: &mut DiskIndex) {
+        while index.bytes > self.limit {
+            let Some((key, size)) = index.lru.pop_lru() else {
+                break;
+            };
+            index.bytes -= size;
+            self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+            let _ = fs::remove_file(self.path(&key));
+        }
+    }
+}
+
+fn parse_key(name: &str) -> Option<Key> {
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(name, &mut key).ok()?;
+    Some(key)
+}
+
+/// The length chunk `index` of `count` must have in a file of `size` bytes:
+/// every chunk but the last is exactly [`CHUNK_SIZE`].
+pub fn expected_len(size: u64, index: usize, count: usize) -> Option<usize> {
+    if count as u64 != size.div_ceil(CHUNK_SIZE as u64) || index >= count {
+        return None;
+    }
+    let start = index as u64 * CHUNK_SIZE as u64;
+    Some((size - start).min(CHUNK_SIZE as u64) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_lengths() {
+        let c = CHUNK_SIZE as u64;
+        assert_eq!(expected_len(0, 0, 0), None);
+        assert_eq!(expected_len(10, 0, 1), Some(10));
+        assert_eq!(expected_len(c, 0, 1), Some(CHUNK_SIZE));
+        assert_eq!(expected_len(c + 1, 1, 2), Some(1));
+        assert_eq!(expected_len(c + 1, 0, 2), Some(CHUNK_SIZE));
+        assert_eq!(expected_len(c + 1, 0, 1), None, "too few chunks");
+        assert_eq!(expected_len(c, 1, 1), None, "index out of range");
+    }
+
+    #[test]
+    fn disk_cache_verifies_and_evicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(CacheStats::default());
+        let cache = DiskCache::open(dir.path(), 250, stats.clone()).unwrap();
+        let pieces: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 100]).collect();
+        let keys: Vec<Key> = pieces.iter().map(|p| codec::blake2b256(p)).collect();
+        cache.write(&keys[0], &pieces[0]).unwrap();
+        cache.write(&keys[1], &pieces[1]).unwrap();
+        assert_eq!(cache.read(&keys[0]).as_deref(), Some(&pieces[0][..]));
+        // keys[1] is now the least recently used: the third write evicts it.
+        cache.write(&keys[2], &pieces[2]).unwrap();
+        assert!(cache.read(&keys[1]).is_none());
+        assert!(!cache.path(&keys[1]).exists());
+        assert_eq!(stats.evicted.load(Ordering::Relaxed), 1);
+
+        // A corrupted file is detected, removed and not served.
+        fs::write(cache.path(&keys[2]), vec![9u8; 100]).unwrap();
+        assert!(cache.read(&keys[2]).is_none());
+        assert!(!cache.path(&keys[2]).exists());
+        assert_eq!(stats.corrupt.load(Ordering::Relaxed), 1);
+
+        // Reopening finds what is left and drops temporary leftovers.
+        fs::write(dir.path().join("tmp/123.1"), b"partial").unwrap();
+        drop(cache);
+        let cache = DiskCache::open(dir.path(), 250, stats).unwrap();
+        assert_eq!(cache.read(&keys[0]).as_deref(), Some(&pieces[0][..]));
+        assert!(!dir.path().join("tmp/123.1").exists());
+    }
+}

@@ -1,0 +1,279 @@
+//! The tree of a mounted flist, held in memory: FUSE inode numbers,
+//! attributes, sorted directory entries, and each file's chunks. It is
+//! built once at mount time from the flist's validated plan
+//! (`flist::Flist::plan`), and read without locks by every request thread.
+//!
+//! Inode numbers are stable: the root is 1, then the directories and then
+//! the other inodes in plan order, which depends only on the flist. Every
+//! name of a hard-linked file maps to the one inode number.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use anyhow::{bail, Context, Result};
+
+use crate::layer::Meta;
+use crate::store::ChunkRef;
+use crate::tree::{InodeKind, Plan, Source};
+
+pub const ROOT: u64 = 1;
+
+/// A directory entry: name and inode number.
+pub type Entry = (Box<[u8]>, u64);
+
+#[derive(Debug)]
+pub enum NodeKind {
+    /// Entries sorted by name.
+    Dir {
+        entries: Box<[(Box<[u8]>, u64)]>,
+    },
+    /// `chunks` indexes [`Index::chunks`].
+    File {
+        size: u64,
+        chunks: Range<usize>,
+    },
+    Symlink {
+        target: Box<[u8]>,
+    },
+    CharDev {
+        rdev: u32,
+    },
+    BlockDev {
+        rdev: u32,
+    },
+    Fifo,
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub kind: NodeKind,
+    pub meta: Meta,
+    pub nlink: u32,
+    pub parent: u64,
+}
+
+#[derive(Debug)]
+pub struct Index {
+    nodes: Vec<Node>,
+    chunks: Vec<ChunkRef>,
+    /// Bytes of file content, each inode counted once.
+    pub content_bytes: u64,
+}
+
+impl Index {
+    /// Lays out `plan` (from an flist: file content as `Source::Flist`) with
+    /// `blocks`, the chunks of each flist inode.
+    pub fn build(plan: &Plan, blocks: &HashMap<i64, Vec<ChunkRef>>) -> Result<Self> {
+        let ndirs = plan.dirs.len();
+        if plan.dirs.first().is_none_or(|d| !d.path.is_empty()) {
+            bail!("the flist's tree has no root directory");
+        }
+        let mut dir_ino: HashMap<&[u8], u64> = HashMap::with_capacity(ndirs);
+        let mut entries: Vec<Vec<Entry>> = vec![Vec::new(); ndirs];
+        let mut nodes: Vec<Node> = Vec::with_capacity(ndirs + plan.inodes.len());
+        for (i, dir) in plan.dirs.iter().enumerate() {
+            let ino = i as u64 + 1;
+            let parent = if i == 0 {
+                ROOT
+            } else {
+                link(&dir_ino, &mut entries, &dir.path, ino)?
+            };
+            dir_ino.insert(&dir.path, ino);
+            nodes.push(Node {
+                kind: NodeKind::Dir {
+                    entries: Box::new([]),
+                },
+                meta: dir.meta.clone(),
+                nlink: 2,
+                parent,
+            });
+        }
+        let mut chunks = Vec::new();
+        let mut content_bytes = 0;
+        for (i, inode) in plan.inodes.iter().enumerate() {
+            let ino = (ndirs + i) as u64 + 1;
+            let mut parent = ROOT;
+            for path in &inode.paths {
+                parent = link(&dir_ino, &mut entries, path, ino)?;
+            }
+            let kind = match &inode.kind {
+                InodeKind::File { size, source } => {
+                    let refs = match source {
+                        Some(Source::Flist { ino }) => blocks.get(ino).map(Vec::as_slice).unwrap_or(&[]),
+                        _ => &[],
+                    };
+                    content_bytes += size;
+                    let start = chunks.len();
+                    chunks.extend_from_slice(refs);
+                    NodeKind::File {
+                        size: *size,
+                        chunks: start..chunks.len(),
+                    }
+                }
+                InodeKind::Dir => bail!("a directory among the flist's other inodes"),
+                InodeKind::Symlink { target } => NodeKind::Symlink {
+                    target: target.clone(),
+                },
+                InodeKind::CharDev { major, minor } => NodeKind::CharDev {
+                    rdev: encode_dev(*major, *minor),
+                },
+                InodeKind::BlockDev { major, minor } => NodeKind::BlockDev {
+                    rdev: encode_dev(*major, *minor),
+                },
+                InodeKind::Fifo => NodeKind::Fifo,
+            };
+            nodes.push(Node {
+                kind,
+                meta: inode.meta.clone(),
+                nlink: inode.paths.len() as u32,
+                parent,
+            });
+        }
+        for (i, mut list) in entries.into_iter().enumerate() {
+            list.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            list.dedup_by(|a, b| a.0 == b.0);
+            let subdirs = list.iter().filter(|(_, ino)| (*ino as usize) <= ndirs).count();
+            nodes[i].nlink = 2 + subdirs as u32;
+            nodes[i].kind = NodeKind::Dir {
+                entries: list.into_boxed_slice(),
+            };
+        }
+        Ok(Index {
+            nodes,
+            chunks,
+            content_bytes,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn node(&self, ino: u64) -> Option<&Node> {
+        self.nodes.get(usize::try_from(ino).ok()?.checked_sub(1)?)
+    }
+
+    /// The inode number of `name` in directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Option<u64> {
+        let NodeKind::Dir { entries } = &self.node(parent)?.kind else {
+            return None;
+        };
+        entries
+            .binary_search_by(|(n, _)| n.as_ref().cmp(name))
+            .ok()
+            .map(|i| entries[i].1)
+    }
+
+    pub fn chunks(&self, range: &Range<usize>) -> &[ChunkRef] {
+        &self.chunks[range.clone()]
+    }
+
+    /// Every file's chunks, each distinct chunk once, in tree order.
+    pub fn distinct_chunks(&self) -> Vec<&ChunkRef> {
+        let mut seen = std::collections::HashSet::new();
+        self.chunks.iter().filter(|c| seen.insert(c.key)).collect()
+    }
+}
+
+/// Adds `path` as a name of `ino` to its parent directory's entries, and
+/// returns the parent's inode number.
+fn link(dir_ino: &HashMap<&[u8], u64>, entries: &mut [Vec<Entry>], path: &[u8], ino: u64) -> Result<u64> {
+    let (parent, name) = match path.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (&path[..0], path),
+    };
+    let parent = *dir_ino
+        .get(parent)
+        .with_context(|| format!("{} has no parent directory", String::from_utf8_lossy(path)))?;
+    entries[(parent - 1) as usize].push((name.into(), ino));
+    Ok(parent)
+}
+
+/// A device number as the FUSE protocol carries it (the kernel's
+/// `new_encode_dev`: 12 bits of major, 20 of minor).
+fn encode_dev(major: u32, minor: u32) -> u32 {
+    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & 0xfff00) << 12)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tree::{PlanDir, PlanInode};
+
+    fn meta(mode: u32) -> Meta {
+        Meta {
+            mode,
+            ..Meta::default()
+        }
+    }
+
+    #[test]
+    fn layout_links_and_lookup() {
+        let plan = Plan {
+            dirs: vec![
+                PlanDir {
+                    path: vec![],
+                    meta: meta(0o755),
+                    implicit: false,
+                    opaque: false,
+                },
+                PlanDir {
+                    path: b"etc".to_vec(),
+                    meta: meta(0o755),
+                    implicit: false,
+                    opaque: false,
+                },
+            ],
+            inodes: vec![
+                PlanInode {
+                    paths: vec![b"etc/a".to_vec(), b"b".to_vec()],
+                    kind: InodeKind::File {
+                        size: 3,
+                        source: Some(Source::Flist { ino: 7 }),
+                    },
+                    meta: meta(0o600),
+                },
+                PlanInode {
+                    paths: vec![b"etc/null".to_vec()],
+                    kind: InodeKind::CharDev { major: 1, minor: 3 },
+                    meta: meta(0o666),
+                },
+            ],
+            whiteouts: vec![],
+        };
+        let chunk = ChunkRef {
+            id: [1; 32],
+            key: [2; 32],
+        };
+        let blocks = HashMap::from([(7, vec![chunk])]);
+        let index = Index::build(&plan, &blocks).unwrap();
+        assert_eq!(index.len(), 4);
+        let etc = index.lookup(ROOT, b"etc").unwrap();
+        let a = index.lookup(etc, b"a").unwrap();
+        assert_eq!(index.lookup(ROOT, b"b"), Some(a), "hard links share an inode");
+        assert_eq!(index.node(a).unwrap().nlink, 2);
+        assert_eq!(index.node(ROOT).unwrap().nlink, 3, "root holds one subdirectory");
+        assert_eq!(index.lookup(ROOT, b"missing"), None);
+        assert_eq!(index.lookup(a, b"x"), None, "a file has no entries");
+        assert!(index.node(0).is_none() && index.node(99).is_none());
+        let NodeKind::File { chunks, size } = &index.node(a).unwrap().kind else {
+            panic!()
+        };
+        assert_eq!((*size, index.chunks(chunks)), (3, &[chunk][..]));
+        let null = index.lookup(etc, b"null").unwrap();
+        assert!(matches!(
+            index.node(null).unwrap().kind,
+            NodeKind::CharDev { rdev: 0x103 }
+        ));
+        assert_eq!(index.content_bytes, 3);
+    }
+
+    #[test]
+    fn device_numbers_use_the_kernel_encoding() {
+        assert_eq!(encode_dev(8, 1), 0x801);
+        assert_eq!(
+            encode_dev(259, 0x12345),
+            0x12345 & 0xff | (259 << 8) | (0x12300 << 12)
+        );
+    }
+}
