@@ -14,6 +14,8 @@ packages=(
   curl            # readiness checks in scripts
   debootstrap     # the realistic benchmark image (scripts/bench-image.sh)
   redis-server    # a zdb-protocol chunk store peer
+  fuse3           # fusermount3 for FUSE mounts (auto_unmount)
+  util-linux      # setpriv: reading a FUSE mount as another user
   ca-certificates
 )
 

@@ -7,77 +7,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::fixtures::rules_layers;
 use common::fstree::{assert_same_tree, Ignore};
+use common::servers::{venv_bin, Server};
 use common::tarball::tar;
 use common::*;
-
-fn venv_bin(name: &str) -> PathBuf {
-    let venv = std::env::var("FLMOUNT_TESTBED_VENV").unwrap_or_else(|_| "/opt/flmount-testbed/venv".into());
-    let p = Path::new(&venv).join("bin").join(name);
-    assert!(
-        p.exists(),
-        "the test bed needs {}: run scripts/install-testbed.sh (as root)",
-        p.display()
-    );
-    p
-}
-
-/// A server child process, killed and reaped on drop.
-struct Server(Child, u16);
-
-impl Server {
-    fn spawn(cmd: &mut Command, port: u16, what: &str) -> Server {
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-        wait_for_port(port, &mut child, what);
-        Server(child, port)
-    }
-    fn redis() -> Server {
-        need("redis-server");
-        let port = free_port();
-        Server::spawn(
-            Command::new("redis-server").args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--bind",
-                "127.0.0.1",
-            ]),
-            port,
-            "redis-server",
-        )
-    }
-    fn http(dir: &Path) -> Server {
-        let port = free_port();
-        Server::spawn(
-            Command::new("python3")
-                .args(["-m", "http.server", "--bind", "127.0.0.1", &port.to_string()])
-                .current_dir(dir),
-            port,
-            "python3 -m http.server",
-        )
-    }
-    fn moto() -> Server {
-        let port = free_port();
-        Server::spawn(
-            Command::new(venv_bin("moto_server")).args(["-H", "127.0.0.1", "-p", &port.to_string()]),
-            port,
-            "moto_server",
-        )
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The rules image in a registry, its `-extractto` result as the reference.
 struct Setup {

@@ -9,6 +9,7 @@
 
 pub mod fixtures;
 pub mod fstree;
+pub mod servers;
 pub mod tarball;
 pub mod token;
 

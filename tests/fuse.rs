@@ -1,0 +1,648 @@
+//! FUSE mounts of flists, against the real kernel FUSE driver: the mounted
+//! view equals `-extractto` (from dir, zdb and S3 stores); a busybox image
+//! served lazily runs in a chroot; file modes hold for other users; the
+//! chunk cache evicts under a small limit and never serves a corrupted
+//! chunk; a store that is down or hung gives EIO within the timeout and
+//! reads recover when it is back; concurrent readers agree; SIGTERM and
+//! `-umount` unmount cleanly; readiness reaches systemd only once mounted.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::fixtures::rules_layers;
+use common::fstree::{assert_same_tree, Ignore};
+use common::servers::Server;
+use common::tarball::tar;
+use common::*;
+
+/// True when FUSE mounts can be made here; otherwise says why the test skips.
+fn fuse_or_skip(test: &str) -> bool {
+    if !root_or_skip(test, "FUSE mounts with device nodes, owners and allow_other") {
+        return false;
+    }
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("SKIPPED {test}: /dev/fuse is missing (no FUSE in this kernel or container)");
+        return false;
+    }
+    need("fusermount3");
+    true
+}
+
+fn is_mounted(dir: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let dir = dir.to_str().unwrap();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(dir) && l.split(' ').nth(2) == Some("fuse.flmount"))
+}
+
+/// A running `flmount ... -mount DIR` process, started with a NOTIFY_SOCKET
+/// as systemd would, and returned once it reported READY=1.
+struct Mounted {
+    child: Option<Child>,
+    dir: PathBuf,
+    log: PathBuf,
+    _notify: tempfile::TempDir,
+}
+
+impl Mounted {
+    fn start(fl: &Flmount, args: &[&str], dir: &Path) -> Mounted {
+        std::fs::create_dir_all(dir).unwrap();
+        let notify = tempfile::tempdir().unwrap();
+        let socket_path = notify.path().join("notify");
+        let socket = UnixDatagram::bind(&socket_path).unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let log = notify.path().join("log");
+        let child = fl
+            .command()
+            .args(args)
+            .args(["-mount", dir.to_str().unwrap()])
+            .env("NOTIFY_SOCKET", &socket_path)
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut m = Mounted {
+            child: Some(child),
+            dir: dir.to_owned(),
+            log,
+            _notify: notify,
+        };
+        let mut buf = [0u8; 512];
+        let n = match socket.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => panic!("no READY=1 from flmount ({e}):\n{}", m.log()),
+        };
+        let message = String::from_utf8_lossy(&buf[..n]);
+        assert!(message.contains("READY=1"), "unexpected notification {message:?}");
+        assert!(
+            is_mounted(dir),
+            "READY=1 came before the mount was up:\n{}",
+            m.log()
+        );
+        m.child_alive();
+        m
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn child_alive(&mut self) {
+        if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+            panic!("flmount exited with {status}:\n{}", self.log());
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Waits for the process to end by itself (after an unmount or a
+    /// signal); asserts a clean exit and that the mount is gone.
+    fn wait_exit(&mut self, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        let mut child = self.child.take().unwrap();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("flmount did not exit within {within:?}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let log = self.log();
+        assert!(status.success(), "flmount exited with {status}:\n{log}");
+        assert!(!is_mounted(&self.dir), "the mount outlived its process");
+        log
+    }
+
+    /// SIGTERM, as systemd stops a unit.
+    fn stop(mut self) -> String {
+        signal(self.pid(), libc::SIGTERM);
+        self.wait_exit(Duration::from_secs(20))
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if is_mounted(&self.dir) {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+}
+
+/// The rules image in a registry, and its `-extractto` result.
+struct Image {
+    _reg: Registry,
+    tmp: tempfile::TempDir,
+    image: String,
+    fl: Flmount,
+    flat: PathBuf,
+}
+
+fn rules_image() -> Image {
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let layers = rules_layers()
+        .iter()
+        .map(|e| (Compression::Gzip, tar(e)))
+        .collect();
+    let image = reg.push_layers("fuse/rules", layers, &tmp.path().join("layout"));
+    let fl = Flmount::new();
+    let flat = tmp.path().join("flat");
+    fl.ok(&["-image", &image, "-extractto", flat.to_str().unwrap()]);
+    Image {
+        _reg: reg,
+        tmp,
+        image,
+        fl,
+        flat,
+    }
+}
+
+impl Image {
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+    fn pack(&self, name: &str, store: &str) -> PathBuf {
+        let out = self.path(name);
+        self.fl.ok(&[
+            "-image",
+            &self.image,
+            "-flist",
+            out.to_str().unwrap(),
+            "-store",
+            store,
+        ]);
+        out
+    }
+}
+
+/// A directory of files of several chunks each (512 KiB chunks), and the
+/// flist of it in a dir store.
+struct Chunky {
+    tmp: tempfile::TempDir,
+    src: PathBuf,
+    flist: PathBuf,
+    chunks: PathBuf,
+    fl: Flmount,
+}
+
+fn chunky(files: usize) -> Chunky {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("data")).unwrap();
+    for i in 0..files {
+        let len = 1_200_000 + i * 77_777;
+        std::fs::write(
+            src.join(format!("data/f{i:02}")),
+            pseudo_random(len, i as u64 + 1),
+        )
+        .unwrap();
+    }
+    std::fs::write(src.join("small"), b"small file\n").unwrap();
+    let flist = tmp.path().join("chunky.fl");
+    let chunks = tmp.path().join("chunks");
+    let fl = Flmount::new();
+    fl.ok(&[
+        "pack",
+        "-flist",
+        flist.to_str().unwrap(),
+        "-store",
+        &format!("dir://{}", chunks.display()),
+        src.to_str().unwrap(),
+    ]);
+    Chunky {
+        tmp,
+        src,
+        flist,
+        chunks,
+        fl,
+    }
+}
+
+/// sha256 of every regular file below `root`, by relative path.
+fn contents(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let ft = entry.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(entry.path());
+            } else if ft.is_file() {
+                let data = std::fs::read(entry.path()).unwrap();
+                let rel = entry.path().strip_prefix(root).unwrap().display().to_string();
+                out.insert(rel, sha256_hex(&data));
+            }
+        }
+    }
+    out
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let md = entry.metadata().unwrap();
+        total += if md.is_dir() {
+            dir_bytes(&entry.path())
+        } else {
+            md.len()
+        };
+    }
+    total
+}
+
+#[test]
+fn mounted_flists_equal_extraction_from_dir_zdb_and_s3_stores() {
+    if !fuse_or_skip("mounted_flists_equal_extraction_from_dir_zdb_and_s3_stores") {
+        return;
+    }
+    let img = rules_image();
+    let redis = Server::redis();
+    let moto = Server::moto();
+    run_ok(Command::new("curl").args([
+        "-sf",
+        "-X",
+        "PUT",
+        &format!("http://127.0.0.1:{}/flchunks", moto.1),
+    ]));
+    let s3 = format!(
+        "s3://AKIDTEST:s3-Secret-99@127.0.0.1:{}/flchunks?region=us-east-1",
+        moto.1
+    );
+    let stores = [
+        ("dir", format!("dir://{}", img.path("chunks").display())),
+        ("zdb", format!("zdb://127.0.0.1:{}", redis.1)),
+        ("s3", s3.clone()),
+    ];
+    for (kind, store) in &stores {
+        let flist = img.pack(&format!("{kind}.fl"), store);
+        let mnt = img.path(&format!("mnt-{kind}"));
+        // The S3 secret is not in the flist: it comes back with -store.
+        let mut args = vec!["-flist", flist.to_str().unwrap()];
+        if *kind == "s3" {
+            args.extend(["-store", s3.as_str()]);
+        }
+        let cache = img.path(&format!("cache-{kind}"));
+        args.extend(["-cache", cache.to_str().unwrap()]);
+        let m = Mounted::start(&img.fl, &args, &mnt);
+        assert_same_tree(&img.flat, &mnt, &Ignore::default());
+
+        // Read-only, whoever asks.
+        let err = std::fs::write(mnt.join("etc/new"), b"x").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        let err = std::fs::OpenOptions::new()
+            .write(true)
+            .open(mnt.join("etc/passwd"))
+            .unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+        let log = m.stop();
+        assert!(log.contains("SIGTERM: unmounting"), "{log}");
+        assert!(!log.contains("s3-Secret-99"), "a secret reached the log:\n{log}");
+    }
+
+    // -umount works on FUSE mounts too, and the server exits by itself.
+    let flist = img.path("dir.fl");
+    let mnt = img.path("mnt-umount");
+    let mut m = Mounted::start(&img.fl, &["-flist", flist.to_str().unwrap()], &mnt);
+    img.fl.ok(&["-umount", mnt.to_str().unwrap()]);
+    m.wait_exit(Duration::from_secs(20));
+}
+
+#[test]
+fn a_busybox_image_served_lazily_runs_in_a_chroot() {
+    if !fuse_or_skip("a_busybox_image_served_lazily_runs_in_a_chroot") {
+        return;
+    }
+    let img = rules_image();
+    let mnt = img.path("rootfs");
+    let m = Mounted::start(&img.fl, &["-image", &img.image, "-fuse"], &mnt);
+    let out = run_ok(Command::new("chroot").arg(&mnt).args([
+        "/bin/sh",
+        "-c",
+        "/bin/busybox cat /etc/passwd-link; ls /var/cache; /bin/ls -l /dev/null",
+    ]));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("root:x:0:0") && stdout.contains("new") && stdout.contains("1,   3"),
+        "{stdout}"
+    );
+    assert_same_tree(&img.flat, &mnt, &Ignore::default());
+    m.stop();
+
+    // A second mount of the same image reuses its flist: nothing is packed.
+    let m = Mounted::start(&img.fl, &["-image", &img.image, "-fuse", "-v"], &mnt);
+    let log = m.stop();
+    assert!(!log.contains("packed"), "the image was packed again:\n{log}");
+}
+
+#[test]
+fn file_modes_hold_for_other_users() {
+    if !fuse_or_skip("file_modes_hold_for_other_users") {
+        return;
+    }
+    need("setpriv");
+    let img = rules_image();
+    let flist = img.pack("modes.fl", &format!("dir://{}", img.path("chunks").display()));
+    // The mount point's parents must be searchable by the other user.
+    let mnt = PathBuf::from(format!("/tmp/flmount-modes-{}", std::process::id()));
+    let m = Mounted::start(
+        &img.fl,
+        &["-flist", flist.to_str().unwrap(), "-allow-other"],
+        &mnt,
+    );
+    let as_nobody = |path: &str| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+            .arg(mnt.join(path))
+            .output()
+            .unwrap()
+    };
+    let shadow = as_nobody("etc/shadow"); // 0640 root:42
+    assert!(!shadow.status.success(), "nobody read a 0640 root file");
+    assert!(
+        String::from_utf8_lossy(&shadow.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&shadow.stderr)
+    );
+    let passwd = as_nobody("etc/passwd"); // 0644
+    assert!(passwd.status.success(), "{:?}", passwd);
+    assert_eq!(passwd.stdout, b"root:x:0:0::/root:/bin/sh\n");
+    m.stop();
+    let _ = std::fs::remove_dir(&mnt);
+}
+
+#[test]
+fn a_small_cache_evicts_and_a_corrupted_cached_chunk_is_fetched_again() {
+    if !fuse_or_skip("a_small_cache_evicts_and_a_corrupted_cached_chunk_is_fetched_again") {
+        return;
+    }
+    let c = chunky(8); // about 12 MiB in 24 chunks
+    let expected = contents(&c.src);
+    let mnt = c.tmp.path().join("mnt");
+    let cache = c.tmp.path().join("cache");
+    let flist = c.flist.to_str().unwrap();
+    let small = [
+        "-flist",
+        flist,
+        "-cache",
+        cache.to_str().unwrap(),
+        "-cache-size",
+        "2M",
+    ];
+    let m = Mounted::start(&c.fl, &small, &mnt);
+    for _ in 0..2 {
+        assert_eq!(contents(&mnt), expected);
+        // Drop the page cache so the second round reads through FUSE again.
+        std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+    }
+    m.stop();
+    let cached = dir_bytes(&cache);
+    assert!(
+        cached <= 2 << 20,
+        "the cache holds {cached} bytes, over its 2 MiB limit"
+    );
+    assert!(cached > 0, "nothing was cached");
+
+    // Fill the cache, then damage every cached chunk: each is detected when
+    // read back, removed, and fetched again from the store.
+    let big = ["-flist", flist, "-cache", cache.to_str().unwrap()];
+    let m = Mounted::start(&c.fl, &big, &mnt);
+    assert_eq!(contents(&mnt), expected);
+    m.stop();
+    let mut damaged = 0;
+    for shard in std::fs::read_dir(&cache).unwrap() {
+        let shard = shard.unwrap().path();
+        if shard.file_name().unwrap() == "tmp" {
+            continue;
+        }
+        for f in std::fs::read_dir(&shard).unwrap() {
+            let f = f.unwrap().path();
+            let mut data = std::fs::read(&f).unwrap();
+            data[0] ^= 0xff;
+            std::fs::write(&f, data).unwrap();
+            damaged += 1;
+        }
+    }
+    assert!(damaged >= 24, "only {damaged} chunks were cached");
+    let m = Mounted::start(&c.fl, &big, &mnt);
+    assert_eq!(contents(&mnt), expected);
+    let log = m.stop();
+    assert!(log.contains("is corrupt"), "{log}");
+    assert!(
+        log.contains(&format!("{damaged} chunks")),
+        "not every chunk was fetched again:\n{log}"
+    );
+}
+
+/// Reads a file through the mount, returning the error kind and how long it took.
+fn timed_read(path: &Path) -> (std::io::Result<Vec<u8>>, Duration) {
+    let started = Instant::now();
+    let r = std::fs::read(path);
+    (r, started.elapsed())
+}
+
+#[test]
+fn a_down_or_hung_store_gives_eio_within_the_timeout_and_reads_recover() {
+    if !fuse_or_skip("a_down_or_hung_store_gives_eio_within_the_timeout_and_reads_recover") {
+        return;
+    }
+    let c = chunky(4);
+    let expected = contents(&c.src);
+    let mnt = c.tmp.path().join("mnt");
+    let cache = c.tmp.path().join("cache");
+    // The dir store served over HTTP, which can be stopped and restarted.
+    let http = Server::http(&c.chunks);
+    let port = http.1;
+    let store = format!("http://127.0.0.1:{port}");
+    let args = [
+        "-flist",
+        c.flist.to_str().unwrap(),
+        "-store",
+        &store,
+        "-cache",
+        cache.to_str().unwrap(),
+        "-timeout",
+        "2",
+    ];
+    let m = Mounted::start(&c.fl, &args, &mnt);
+    assert_eq!(
+        std::fs::read(mnt.join("data/f00")).unwrap(),
+        std::fs::read(c.src.join("data/f00")).unwrap()
+    );
+
+    drop(http); // the store goes down
+    let (r, took) = timed_read(&mnt.join("data/f01"));
+    assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EIO));
+    assert!(
+        took < Duration::from_secs(10),
+        "EIO took {took:?} with -timeout 2"
+    );
+    // Cached data is still served.
+    assert_eq!(
+        std::fs::read(mnt.join("data/f00")).unwrap(),
+        std::fs::read(c.src.join("data/f00")).unwrap()
+    );
+
+    let http = Server::http_on(&c.chunks, port); // back again
+    assert_eq!(contents(&mnt), expected);
+    let log = m.stop();
+    assert!(
+        log.contains(&format!("127.0.0.1:{port}")),
+        "the failing store is not named:\n{log}"
+    );
+    drop(http);
+
+    // A store that hangs (accepts, never answers): EIO after the timeout too.
+    let redis = Server::redis();
+    let flist = c.tmp.path().join("zdb.fl");
+    c.fl.ok(&[
+        "pack",
+        "-flist",
+        flist.to_str().unwrap(),
+        "-store",
+        &format!("zdb://127.0.0.1:{}", redis.1),
+        c.src.to_str().unwrap(),
+    ]);
+    let m = Mounted::start(&c.fl, &["-flist", flist.to_str().unwrap(), "-timeout", "2"], &mnt);
+    assert_eq!(std::fs::read(mnt.join("small")).unwrap(), b"small file\n");
+    signal(redis.0.id() as i32, libc::SIGSTOP);
+    let (r, took) = timed_read(&mnt.join("data/f02"));
+    signal(redis.0.id() as i32, libc::SIGCONT);
+    assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EIO));
+    assert!(
+        took < Duration::from_secs(10),
+        "EIO took {took:?} with -timeout 2"
+    );
+    assert_eq!(contents(&mnt), expected, "reads did not recover");
+    m.stop();
+}
+
+#[test]
+fn concurrent_readers_agree_and_sigterm_during_reads_unmounts() {
+    if !fuse_or_skip("concurrent_readers_agree_and_sigterm_during_reads_unmounts") {
+        return;
+    }
+    let c = chunky(6);
+    let expected = contents(&c.src);
+    let mnt = c.tmp.path().join("mnt");
+    let cache = c.tmp.path().join("cache");
+    let args = [
+        "-flist",
+        c.flist.to_str().unwrap(),
+        "-cache",
+        cache.to_str().unwrap(),
+    ];
+    let m = Mounted::start(&c.fl, &args, &mnt);
+    for round in 0..3 {
+        let results: Vec<_> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8).map(|_| s.spawn(|| contents(&mnt))).collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for r in results {
+            assert_eq!(r, expected, "round {round}");
+        }
+        std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+    }
+    // Two readers of the same missing chunks: fetched once.
+    let log = m.stop();
+    let fetched: u64 = log
+        .split("unmounted")
+        .nth(1)
+        .and_then(|l| l.split(": ").nth(1))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no statistics in the log:\n{log}"));
+    let distinct_chunks: u64 = std::fs::read_dir(c.src.join("data"))
+        .unwrap()
+        .map(|f| f.unwrap().metadata().unwrap().len().div_ceil(512 << 10))
+        .sum::<u64>()
+        + 1;
+    assert!(
+        fetched <= distinct_chunks,
+        "{fetched} fetches for {distinct_chunks} chunks:\n{log}"
+    );
+
+    // SIGTERM while readers hold files open: the mount goes away, readers
+    // finish or fail, and the server exits cleanly.
+    std::fs::remove_dir_all(&cache).unwrap();
+    let mut m = Mounted::start(&c.fl, &args, &mnt);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for i in 0..4 {
+            let (mnt, stop) = (&mnt, &stop);
+            s.spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(mut f) = File::open(mnt.join(format!("data/f{i:02}"))) else {
+                        return;
+                    };
+                    while f.read(&mut buf).is_ok_and(|n| n > 0) {}
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        signal(m.pid(), libc::SIGTERM);
+        std::thread::sleep(Duration::from_millis(300));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    m.wait_exit(Duration::from_secs(20));
+}
+
+#[test]
+fn prefetch_fills_the_cache_so_reads_need_no_store() {
+    if !fuse_or_skip("prefetch_fills_the_cache_so_reads_need_no_store") {
+        return;
+    }
+    let c = chunky(4);
+    let expected = contents(&c.src);
+    let http = Server::http(&c.chunks);
+    let mnt = c.tmp.path().join("mnt");
+    let cache = c.tmp.path().join("cache");
+    let store = format!("http://127.0.0.1:{}", http.1);
+    let m = Mounted::start(
+        &c.fl,
+        &[
+            "-flist",
+            c.flist.to_str().unwrap(),
+            "-store",
+            &store,
+            "-cache",
+            cache.to_str().unwrap(),
+            "-prefetch",
+            "-timeout",
+            "2",
+        ],
+        &mnt,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !m.log().contains("prefetched") {
+        assert!(Instant::now() < deadline, "prefetch did not finish:\n{}", m.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(http);
+    assert_eq!(contents(&mnt), expected);
+    m.stop();
+}
