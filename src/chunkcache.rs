@@ -393,6 +393,85 @@ pub fn expected_len(size: u64, index: usize, count: usize) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{self, ChunkId, Route, Store, StoreError};
+    use futures_util::future::BoxFuture;
+
+    /// A real dir store that answers `get` after a delay, counting calls.
+    struct Slow {
+        inner: Box<dyn Store>,
+        delay: Duration,
+        gets: AtomicU64,
+    }
+
+    impl Store for Slow {
+        fn get<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Vec<u8>, StoreError>> {
+            Box::pin(async move {
+                self.gets.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(self.delay).await;
+                self.inner.get(id).await
+            })
+        }
+        fn set<'a>(&'a self, id: &'a ChunkId, blob: &'a [u8]) -> BoxFuture<'a, Result<(), StoreError>> {
+            self.inner.set(id, blob)
+        }
+        fn exists<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<bool, StoreError>> {
+            self.inner.exists(id)
+        }
+        fn public_url(&self) -> &str {
+            self.inner.public_url()
+        }
+    }
+
+    async fn slow_cache(dir: &Path, delay: Duration, timeout: Duration) -> (Arc<Slow>, ChunkCache, ChunkRef) {
+        let inner = store::open(&format!("dir://{}", dir.display()), timeout).unwrap();
+        let (chunk, blob) = codec::encode(&[7u8; 1000]);
+        inner.set(&chunk.id, &blob).await.unwrap();
+        let slow = Arc::new(Slow {
+            inner,
+            delay,
+            gets: AtomicU64::new(0),
+        });
+        let router = Router::from_routes(vec![Route {
+            start: 0,
+            end: 255,
+            store: slow.clone(),
+        }]);
+        let options = CacheOptions {
+            dir: None,
+            size_limit: 0,
+            memory_chunks: 4,
+            timeout,
+        };
+        (slow, ChunkCache::new(router, &options).unwrap(), chunk)
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_share_one_fetch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (slow, cache, chunk) =
+            slow_cache(dir.path(), Duration::from_millis(200), Duration::from_secs(10)).await;
+        let results = futures_util::future::join_all((0..8).map(|_| cache.get(&chunk))).await;
+        for r in results {
+            assert_eq!(r.unwrap().as_slice(), &[7u8; 1000][..]);
+        }
+        assert_eq!(slow.gets.load(Ordering::SeqCst), 1, "eight readers, one fetch");
+        assert_eq!(cache.stats.fetched.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_hung_store_fails_within_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, cache, chunk) =
+            slow_cache(dir.path(), Duration::from_secs(3600), Duration::from_millis(300)).await;
+        let started = std::time::Instant::now();
+        let err = cache.get(&chunk).await.unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(format!("{err:#}").contains("gave up after"), "{err:#}");
+    }
 
     #[test]
     fn chunk_lengths() {

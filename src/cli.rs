@@ -28,6 +28,10 @@ Examples:
   flmount -image alpine                                 pull alpine into the workdir cache
   flmount -image nginx:1.27 -extractto /srv/nginx       a flat rootfs for chroot / nspawn / lxc
   flmount -image alpine -mount /run/rootfs              overlayfs over cached layers
+  flmount -image alpine -mount /run/rootfs -fuse        FUSE, content fetched as it is read
+  flmount -image alpine -flist a.fl -store dir:///srv/chunks    index into an flist and a store
+  flmount -flist a.fl -mount /run/rootfs -cache-size 8G serve an flist through FUSE
+  flmount -umount /run/rootfs                           unmount (overlay or FUSE)
   flmount -image 127.0.0.1:5000/app:1 -saveconfig app.json
   flmount -image ghcr.io/org/app -username me -password \"$TOKEN\" -platform linux/arm64
 
@@ -41,8 +45,9 @@ Exit codes: 0 ok, 1 other error, 2 usage, 3 not found, 4 authentication,
 /// flmount: container images as live filesystems.
 ///
 /// Pulls an image from any OCI / Docker registry into a verified workdir
-/// cache (reused across runs and images), and extracts it to a directory or
-/// mounts it. Every flag works with one dash or two (`-image` = `--image`).
+/// cache (reused across runs and images), and extracts it to a directory,
+/// mounts it (overlayfs, or FUSE over an flist), or indexes it into an
+/// flist whose content goes to chunk stores. Every flag works with one dash or two (`-image` = `--image`).
 #[derive(Debug, Parser)]
 #[command(name = "flmount", version, about, long_about, after_help = EXAMPLES, max_term_width = 100)]
 pub struct Args {
@@ -731,6 +736,50 @@ mod tests {
         assert_eq!(pull.platform.unwrap().to_string(), "linux/arm64");
         assert!(err(&["flmount", "-image", "a", "-extractto", "x", "-mount", "y"]).contains("exclude"));
         assert!(err(&["flmount", "-umount", "x", "-image", "a"]).contains("-umount takes no"));
+    }
+
+    #[test]
+    fn fuse_settings() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("20GiB"), Ok(20 << 30));
+        assert!(parse_size("5X").is_err() && parse_size("G").is_err());
+        let s = parse(&[
+            "flmount",
+            "-flist",
+            "a.fl",
+            "-mount",
+            "/m",
+            "-cache-size",
+            "1G",
+            "-timeout",
+            "5",
+        ])
+        .settings()
+        .unwrap();
+        let Action::Serve { mount, .. } = s.action else {
+            panic!("{:?}", s.action)
+        };
+        assert_eq!(mount.mountpoint, PathBuf::from("/m"));
+        assert_eq!(mount.cache.size_limit, 1 << 30);
+        assert_eq!(mount.cache.timeout, Duration::from_secs(5));
+        assert!(mount.cache.dir.unwrap().ends_with("cache/chunks"));
+        let s = parse(&["flmount", "-image", "a", "-mount", "/m", "-fuse"])
+            .settings()
+            .unwrap();
+        assert!(matches!(
+            s.action,
+            Action::Image {
+                output: Output::Fuse { .. },
+                ..
+            }
+        ));
+        let err = |args: &[&str]| parse(args).settings().unwrap_err().to_string();
+        assert!(err(&["flmount", "-image", "a", "-fuse"]).contains("-fuse goes with -mount"));
+        assert!(err(&["flmount", "-image", "a", "-mount", "/m", "-prefetch"]).contains("FUSE"));
+        assert!(
+            err(&["flmount", "-flist", "a.fl", "-mount", "/m", "-extractto", "x"]).contains("no -extractto")
+        );
     }
 
     #[test]

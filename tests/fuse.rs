@@ -646,3 +646,28 @@ fn prefetch_fills_the_cache_so_reads_need_no_store() {
     assert_eq!(contents(&mnt), expected);
     m.stop();
 }
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("SKIPPED the_systemd_unit_verifies: systemd-analyze is not installed");
+        return;
+    };
+    assert!(out.status.success());
+    // The unit as installed, pointing at this build's binary.
+    let unit =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/flmount@.service"))
+            .unwrap()
+            .replace("/usr/local/bin/flmount", env!("CARGO_BIN_EXE_flmount"));
+    assert!(unit.contains("Type=notify") && unit.contains("Restart=on-failure"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flmount@web.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
+}
