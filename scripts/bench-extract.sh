@@ -66,20 +66,9 @@ source "$here/bench-image.sh"
 testbed_trap
 
 rounds=$(rounds_setting)
-if [[ $(id -u) != 0 ]]; then
-	echo "bench-extract: run as root (owners, devices and xattrs of the image; umoci unpack as root)" >&2
-	exit 1
-fi
-for tool in docker-registry skopeo curl umoci python3 gzip tar; do
-	command -v "$tool" >/dev/null || {
-		echo "bench-extract: $tool is missing" >&2
-		exit 1
-	}
-done
-if ! tar --version 2>/dev/null | grep -q 'GNU tar'; then
-	echo "bench-extract: tar is not GNU tar" >&2
-	exit 1
-fi
+require_root bench-extract "owners, devices and xattrs of the image; umoci unpack as root"
+require_tools bench-extract "" docker-registry skopeo curl umoci python3 gzip tar
+require_gnu_tar bench-extract
 if [[ ! -x /usr/bin/time ]]; then
 	log "installing /usr/bin/time (Debian package time)"
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends time >/dev/null ||

@@ -69,20 +69,9 @@ source "$here/bench-image.sh"
 testbed_trap
 
 rounds=$(rounds_setting)
-if [[ $(id -u) != 0 ]]; then
-	echo "bench-fuse: run as root (owners and devices of the image, drop_caches, chroot)" >&2
-	exit 1
-fi
-for tool in docker-registry skopeo curl umoci python3 tar chroot findmnt fusermount3; do
-	command -v "$tool" >/dev/null || {
-		echo "bench-fuse: $tool is missing" >&2
-		exit 1
-	}
-done
-if ! tar --version 2>/dev/null | grep -q 'GNU tar'; then
-	echo "bench-fuse: tar is not GNU tar" >&2
-	exit 1
-fi
+require_root bench-fuse "owners and devices of the image, drop_caches, chroot"
+require_tools bench-fuse "" docker-registry skopeo curl umoci python3 tar chroot findmnt fusermount3
+require_gnu_tar bench-fuse
 if [[ ! -c /dev/fuse ]]; then
 	echo "bench-fuse: /dev/fuse is missing (modprobe fuse)" >&2
 	exit 1

@@ -226,16 +226,8 @@ bench_image_ensure() {
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
 	testbed_trap
-	for tool in debootstrap umoci python3 chroot mountpoint; do
-		command -v "$tool" >/dev/null || {
-			echo "bench-image: $tool is missing (apt-get install debootstrap umoci python3)" >&2
-			exit 1
-		}
-	done
-	if [[ $(id -u) != 0 ]]; then
-		echo "bench-image: run as root (debootstrap, chroot, mount)" >&2
-		exit 1
-	fi
+	require_tools bench-image "apt-get install debootstrap umoci python3" debootstrap umoci python3 chroot mountpoint
+	require_root bench-image "debootstrap, chroot, mount"
 	bench_image_ensure
 	bench_image_report >&2
 	printf 'oci:%s\n' "$BENCH_IMAGE"

@@ -41,12 +41,7 @@ source "$here/bench-image.sh"
 testbed_trap
 
 rounds=$(rounds_setting)
-for tool in docker-registry skopeo curl umoci python3; do
-	command -v "$tool" >/dev/null || {
-		echo "bench-pull: $tool is missing" >&2
-		exit 1
-	}
-done
+require_tools bench-pull "" docker-registry skopeo curl umoci python3
 
 flmount=$(flmount_binary "$repo")
 # -q: no progress bars (skopeo runs with --quiet too); RUST_LOG keeps

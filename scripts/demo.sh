@@ -26,12 +26,7 @@ repo=$(cd "$here/.." && pwd)
 source "$here/lib/testbed.sh"
 testbed_trap
 
-for tool in docker-registry skopeo umoci curl; do
-	command -v "$tool" >/dev/null || {
-		echo "demo: $tool is missing (apt-get install docker-registry skopeo umoci busybox-static curl)" >&2
-		exit 1
-	}
-done
+require_tools demo "apt-get install docker-registry skopeo umoci busybox-static curl" docker-registry skopeo umoci curl
 busybox_bin=/bin/busybox
 if [[ ! -x "$busybox_bin" ]] ||
 	{ command -v file >/dev/null && ! file -L "$busybox_bin" | grep -q 'statically linked'; }; then

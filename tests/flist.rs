@@ -9,45 +9,19 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::fixtures::rules_layers;
+use common::fixtures::{rules_layers, RulesImage};
 use common::fstree::{assert_same_tree, Ignore};
 use common::servers::{venv_bin, Server};
 use common::tarball::tar;
 use common::*;
 
-/// The rules image in a registry, its `-extractto` result as the reference.
-struct Setup {
-    _reg: Registry,
-    tmp: tempfile::TempDir,
-    image: String,
-    fl: Flmount,
-    flat: PathBuf,
-}
+type Setup = RulesImage;
 
 fn setup() -> Setup {
-    let reg = Registry::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let layers = rules_layers()
-        .iter()
-        .map(|e| (Compression::Gzip, tar(e)))
-        .collect();
-    let image = reg.push_layers("fl/rules", layers, &tmp.path().join("layout"));
-    let fl = Flmount::new();
-    let flat = tmp.path().join("flat");
-    fl.ok(&["-image", &image, "-extractto", flat.to_str().unwrap()]);
-    Setup {
-        _reg: reg,
-        tmp,
-        image,
-        fl,
-        flat,
-    }
+    RulesImage::new("fl/rules")
 }
 
 impl Setup {
-    fn path(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
-    }
     /// Packs with the given stores; returns the flist path and flmount's log.
     fn pack(&self, name: &str, stores: &[String]) -> (PathBuf, String) {
         let out = self.path(name);

@@ -16,10 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fixtures::rules_layers;
+use common::fixtures::RulesImage;
 use common::fstree::{assert_same_tree, Ignore};
 use common::servers::Server;
-use common::tarball::tar;
 use common::*;
 
 /// True when FUSE mounts can be made here; otherwise says why the test skips.
@@ -150,40 +149,13 @@ fn signal(pid: i32, sig: i32) {
     assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
 }
 
-/// The rules image in a registry, and its `-extractto` result.
-struct Image {
-    _reg: Registry,
-    tmp: tempfile::TempDir,
-    image: String,
-    fl: Flmount,
-    flat: PathBuf,
+fn rules_image() -> RulesImage {
+    RulesImage::new("fuse/rules")
 }
 
-fn rules_image() -> Image {
-    let reg = Registry::start();
-    let tmp = tempfile::tempdir().unwrap();
-    let layers = rules_layers()
-        .iter()
-        .map(|e| (Compression::Gzip, tar(e)))
-        .collect();
-    let image = reg.push_layers("fuse/rules", layers, &tmp.path().join("layout"));
-    let fl = Flmount::new();
-    let flat = tmp.path().join("flat");
-    fl.ok(&["-image", &image, "-extractto", flat.to_str().unwrap()]);
-    Image {
-        _reg: reg,
-        tmp,
-        image,
-        fl,
-        flat,
-    }
-}
-
-impl Image {
-    fn path(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
-    }
-    fn pack(&self, name: &str, store: &str) -> PathBuf {
+impl RulesImage {
+    /// Packs into one store; returns the flist's path.
+    fn pack_into(&self, name: &str, store: &str) -> PathBuf {
         let out = self.path(name);
         self.fl.ok(&[
             "-image",
@@ -298,7 +270,7 @@ fn mounted_flists_equal_extraction_from_dir_zdb_and_s3_stores() {
         ("s3", s3.clone()),
     ];
     for (kind, store) in &stores {
-        let flist = img.pack(&format!("{kind}.fl"), store);
+        let flist = img.pack_into(&format!("{kind}.fl"), store);
         let mnt = img.path(&format!("mnt-{kind}"));
         // The S3 secret is not in the flist: it comes back with -store.
         let mut args = vec!["-flist", flist.to_str().unwrap()];
@@ -365,7 +337,7 @@ fn file_modes_hold_for_other_users() {
     }
     need("setpriv");
     let img = rules_image();
-    let flist = img.pack("modes.fl", &format!("dir://{}", img.path("chunks").display()));
+    let flist = img.pack_into("modes.fl", &format!("dir://{}", img.path("chunks").display()));
     // The mount point's parents must be searchable by the other user.
     let mnt = PathBuf::from(format!("/tmp/flmount-modes-{}", std::process::id()));
     let m = Mounted::start(

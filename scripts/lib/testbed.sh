@@ -73,6 +73,35 @@ rounds_setting() {
 	printf '%s\n' "$rounds"
 }
 
+# require_tools WHO HINT TOOL...: exits, naming WHO, the first missing TOOL
+# and the HINT (how to install; may be empty).
+require_tools() {
+	local who=$1 hint=$2 tool
+	shift 2
+	for tool in "$@"; do
+		command -v "$tool" >/dev/null || {
+			echo "$who: $tool is missing${hint:+ ($hint)}" >&2
+			exit 1
+		}
+	done
+}
+
+# require_root WHO WHY: exits unless run as root.
+require_root() {
+	if [[ $(id -u) != 0 ]]; then
+		echo "$1: run as root ($2)" >&2
+		exit 1
+	fi
+}
+
+# require_gnu_tar WHO: exits unless tar is GNU tar.
+require_gnu_tar() {
+	if ! tar --version 2>/dev/null | grep -q 'GNU tar'; then
+		echo "$1: tar is not GNU tar" >&2
+		exit 1
+	fi
+}
+
 log() {
 	printf '==> %s\n' "$*" >&2
 }

@@ -1,7 +1,47 @@
 //! Shared fixture images.
 
-use super::pseudo_random;
-use super::tarball::E;
+use std::path::PathBuf;
+
+use super::tarball::{tar, E};
+use super::{pseudo_random, Compression, Flmount, Registry};
+
+/// The rules image in a registry, and its `-extractto` result: the
+/// reference every other way of materialising it is compared with.
+pub struct RulesImage {
+    _reg: Registry,
+    pub tmp: tempfile::TempDir,
+    pub image: String,
+    pub fl: Flmount,
+    pub flat: PathBuf,
+}
+
+impl RulesImage {
+    /// Pushes the rules layers as `repo` and extracts them.
+    pub fn new(repo: &str) -> RulesImage {
+        let reg = Registry::start();
+        let tmp = tempfile::tempdir().unwrap();
+        let layers = rules_layers()
+            .iter()
+            .map(|e| (Compression::Gzip, tar(e)))
+            .collect();
+        let image = reg.push_layers(repo, layers, &tmp.path().join("layout"));
+        let fl = Flmount::new();
+        let flat = tmp.path().join("flat");
+        fl.ok(&["-image", &image, "-extractto", flat.to_str().unwrap()]);
+        RulesImage {
+            _reg: reg,
+            tmp,
+            image,
+            fl,
+            flat,
+        }
+    }
+
+    /// A path in the image's scratch directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+}
 
 /// Every rule of the issue in three layers.
 pub fn rules_layers() -> Vec<Vec<E>> {
