@@ -30,6 +30,10 @@ use tokio::time::Instant;
 
 use crate::store::{codec, ChunkRef, Router, CHUNK_SIZE};
 
+/// Store fetches at once: enough to hide a remote store's latency, few
+/// enough to bound memory (about 1 MiB each while decoding).
+const FETCHES_IN_FLIGHT: usize = 16;
+
 /// A decoded chunk, shared by every reader that needs it.
 pub type Piece = Arc<Vec<u8>>;
 
@@ -74,6 +78,9 @@ pub struct ChunkCache {
     inflight: Mutex<HashMap<Key, Flight>>,
     /// Bounds the disk writes in flight (each holds a piece in memory).
     writes: Arc<Semaphore>,
+    /// Bounds the store fetches in flight, and so the memory they hold
+    /// (a blob and its decoded piece each).
+    fetches: Semaphore,
     timeout: Duration,
     pub stats: Arc<CacheStats>,
 }
@@ -93,6 +100,7 @@ impl ChunkCache {
             )),
             inflight: Mutex::new(HashMap::new()),
             writes: Arc::new(Semaphore::new(4)),
+            fetches: Semaphore::new(FETCHES_IN_FLIGHT),
             timeout: options.timeout,
             stats,
         })
@@ -156,14 +164,17 @@ impl ChunkCache {
     }
 
     async fn load(&self, chunk: &ChunkRef) -> Result<Piece, String> {
-        if let Some(disk) = &self.disk {
+        if let Some(disk) = self.disk.as_ref().filter(|d| d.contains(&chunk.key)) {
             let (disk, key) = (disk.clone(), chunk.key);
             if let Ok(Some(piece)) = tokio::task::spawn_blocking(move || disk.read(&key)).await {
                 self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Arc::new(piece));
             }
         }
-        let piece = Arc::new(self.fetch(chunk).await?);
+        let piece = {
+            let _slot = self.fetches.acquire().await.map_err(|e| e.to_string())?;
+            Arc::new(self.fetch(chunk).await?)
+        };
         self.stats.fetched.fetch_add(1, Ordering::Relaxed);
         self.stats
             .fetched_bytes

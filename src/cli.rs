@@ -86,7 +86,7 @@ pub struct Args {
     #[arg(long)]
     pub fuse: bool,
 
-    /// FUSE mounts and unpack: where fetched chunks are cached [default: WORKDIR/cache/chunks]
+    /// FUSE mounts and unpack: where fetched chunks are cached [default for mounts: WORKDIR/cache/chunks, none when every store is a local dir://]
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
 
@@ -351,12 +351,11 @@ impl Args {
         let mount_options = |target: PathBuf| -> Result<MountOptions> {
             Ok(MountOptions {
                 mountpoint: absolute(target)?,
+                default_cache_dir: workdir.join("cache/chunks"),
                 allow_other: self.allow_other,
                 prefetch: self.prefetch,
                 cache: CacheOptions {
-                    dir: Some(absolute(
-                        self.cache.clone().unwrap_or_else(|| workdir.join("cache/chunks")),
-                    )?),
+                    dir: self.cache.clone().map(absolute).transpose()?,
                     size_limit: self.cache_size,
                     memory_chunks: MEMORY_CHUNKS,
                     timeout: Duration::from_secs(self.timeout),
@@ -763,7 +762,7 @@ mod tests {
         assert_eq!(mount.mountpoint, PathBuf::from("/m"));
         assert_eq!(mount.cache.size_limit, 1 << 30);
         assert_eq!(mount.cache.timeout, Duration::from_secs(5));
-        assert!(mount.cache.dir.unwrap().ends_with("cache/chunks"));
+        assert!(mount.cache.dir.is_none() && mount.default_cache_dir.ends_with("cache/chunks"));
         let s = parse(&["flmount", "-image", "a", "-mount", "/m", "-fuse"])
             .settings()
             .unwrap();

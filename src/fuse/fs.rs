@@ -203,8 +203,10 @@ impl Filesystem for FlistFs {
                 tracing::debug!("the kernel does not offer {flag:?}");
             }
         }
-        let _ = config.set_max_background(64);
-        let _ = config.set_congestion_threshold(48);
+        // Concurrent background reads (readahead): enough to keep the
+        // stores busy, bounded by the cache's own fetch limit anyway.
+        let _ = config.set_max_background(32);
+        let _ = config.set_congestion_threshold(24);
         Ok(())
     }
 

@@ -35,7 +35,11 @@ pub struct MountOptions {
     pub allow_other: bool,
     /// Fetch every chunk into the disk cache in the background.
     pub prefetch: bool,
+    /// `cache.dir` is where chunks are cached if the user named a place;
+    /// otherwise this, unless every store is a local directory (which is
+    /// a cache of its own: a second copy would only cost disk and time).
     pub cache: CacheOptions,
+    pub default_cache_dir: PathBuf,
 }
 
 /// Mounts `flist_path` at `options.mountpoint`, reading chunks through
@@ -50,7 +54,11 @@ pub fn serve(flist_path: &Path, router: Router, options: &MountOptions, rt: Hand
         let (plan, blocks) = Flist::open(flist_path)?.plan()?;
         Arc::new(Index::build(&plan, &blocks).with_context(|| format!("loading {}", flist_path.display()))?)
     };
-    let cache = Arc::new(ChunkCache::new(router, &options.cache)?);
+    let mut cache_options = options.cache.clone();
+    if cache_options.dir.is_none() && !router.is_local() {
+        cache_options.dir = Some(options.default_cache_dir.clone());
+    }
+    let cache = Arc::new(ChunkCache::new(router, &cache_options)?);
     let root = nix::unistd::geteuid().is_root();
     let mut config = Config::default();
     config.mount_options = vec![
@@ -138,15 +146,19 @@ async fn prefetch(index: Arc<Index>, cache: Arc<ChunkCache>) {
     let started = Instant::now();
     let chunks: Vec<_> = index.distinct_chunks().into_iter().cloned().collect();
     let total = chunks.len();
-    if let Some(limit) = cache.disk_limit() {
-        if index.content_bytes > limit {
-            tracing::warn!(
-                "-prefetch: the flist holds {} but the cache may keep {}: \
-                 early chunks will be evicted again",
-                human_bytes(index.content_bytes),
-                human_bytes(limit)
-            );
-        }
+    let Some(limit) = cache.disk_limit() else {
+        tracing::info!(
+            "-prefetch: the stores are local directories and no -cache was given: nothing to fetch"
+        );
+        return;
+    };
+    if index.content_bytes > limit {
+        tracing::warn!(
+            "-prefetch: the flist holds {} but the cache may keep {}: \
+             early chunks will be evicted again",
+            human_bytes(index.content_bytes),
+            human_bytes(limit)
+        );
     }
     let failed = futures_util::stream::iter(chunks)
         .map(|chunk| {

@@ -50,6 +50,13 @@ impl Router {
         &self.routes
     }
 
+    /// Whether every store is a local directory.
+    pub fn is_local(&self) -> bool {
+        self.routes
+            .iter()
+            .all(|r| r.store.public_url().starts_with("dir://"))
+    }
+
     /// Fails unless every id prefix 00..ff has at least one store.
     pub fn check_coverage(&self) -> Result<()> {
         for b in 0..=255u8 {
