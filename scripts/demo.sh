@@ -8,7 +8,11 @@
 #   4. pull it with flmount into a fresh workdir (-saveconfig), show the
 #      summary, the saved config and the workdir layout,
 #   5. pull again: the warm re-pull fetches nothing,
-#   6. clean up (registry stopped by PID, temp dir removed).
+#   6. as root: extract it (-extractto) and run it in a chroot; mount it
+#      with overlayfs (-mount) and read it; index it into an flist with a
+#      dir store (-flist -store), serve that through FUSE (-flist -mount)
+#      and run it in a chroot from the lazy mount; unmount each (-umount),
+#   7. clean up (registry stopped by PID, mounts undone, temp dir removed).
 #
 # Run (as root, from anywhere):   scripts/demo.sh
 # Environment:
@@ -101,6 +105,51 @@ if grep -q 'fetched 0 layers' "$warm_log"; then
 else
 	log "WARNING: the warm re-pull's summary does not say 'fetched 0 layers'"
 	exit 1
+fi
+
+# quiet CMD...: for clean-ups of what may already be gone.
+quiet() { "$@" 2>/dev/null || true; }
+
+if [[ $(id -u) == 0 ]]; then
+	rootfs_dir="$tmp/rootfs"
+	log "extract: $flmount -image $ref -extractto $rootfs_dir"
+	"$flmount" -image "$ref" -workdir "$workdir" -extractto "$rootfs_dir"
+	log "chroot $rootfs_dir /bin/sh -c 'cat /etc/motd'"
+	chroot "$rootfs_dir" /bin/sh -c 'cat /etc/motd'
+
+	overlay_dir="$tmp/overlay"
+	mkdir -p "$overlay_dir"
+	log "overlay: $flmount -image $ref -mount $overlay_dir"
+	"$flmount" -image "$ref" -workdir "$workdir" -mount "$overlay_dir"
+	testbed_defer quiet umount -l "$overlay_dir"
+	findmnt -n -o FSTYPE,OPTIONS "$overlay_dir" | cut -c1-100
+	cat "$overlay_dir/etc/motd"
+	"$flmount" -workdir "$workdir" -umount "$overlay_dir"
+
+	flist="$tmp/busybox.fl"
+	log "flist: $flmount -image $ref -flist $flist -store dir://$tmp/chunks"
+	"$flmount" -image "$ref" -workdir "$workdir" -flist "$flist" -store "dir://$tmp/chunks"
+	"$flmount" flist inspect "$flist"
+
+	fuse_dir="$tmp/fuse"
+	mkdir -p "$fuse_dir"
+	log "FUSE: $flmount -flist $flist -mount $fuse_dir (in the background)"
+	"$flmount" -workdir "$workdir" -flist "$flist" -mount "$fuse_dir" &
+	fuse_pid=$!
+	testbed_defer quiet kill "$fuse_pid"
+	testbed_defer quiet umount -l "$fuse_dir"
+	for _ in $(seq 200); do
+		findmnt -n "$fuse_dir" >/dev/null && break
+		sleep 0.05
+	done
+	findmnt -n -o FSTYPE,OPTIONS "$fuse_dir" | cut -c1-100
+	log "chroot $fuse_dir /bin/sh -c 'cat /etc/motd' (content fetched as it is read)"
+	chroot "$fuse_dir" /bin/sh -c 'cat /etc/motd'
+	"$flmount" -workdir "$workdir" -umount "$fuse_dir"
+	wait "$fuse_pid"
+	log "FUSE server exited after -umount"
+else
+	log "not root: skipping extraction, mounts and chroot"
 fi
 
 stop_registry
