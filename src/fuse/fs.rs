@@ -5,8 +5,9 @@
 //! never holds up requests for others.
 //!
 //! The tree is immutable, so the kernel is told to cache everything: long
-//! entry and attribute timeouts, `open`/`opendir` declined (the kernel then
-//! keeps the page cache and directory cache across opens without asking),
+//! entry and attribute timeouts, `open`/`opendir`/`flush` declined (the
+//! kernel then keeps the page cache and directory cache across opens
+//! without asking, and closes without a round trip),
 //! symlink caching, and readdirplus so a walk needs no separate lookups.
 
 use std::collections::HashMap;
@@ -248,7 +249,9 @@ impl Filesystem for FlistFs {
         _owner: LockOwner,
         reply: fuser::ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to flush in a read-only tree; declined, the kernel stops
+        // sending one on every close.
+        reply.error(Errno::ENOSYS);
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

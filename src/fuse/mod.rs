@@ -46,6 +46,7 @@ pub struct MountOptions {
 /// `router`, and serves it until it is unmounted.
 pub fn serve(flist_path: &Path, router: Router, options: &MountOptions, rt: Handle) -> Result<()> {
     let started = Instant::now();
+    limit_malloc_arenas();
     let mountpoint = &options.mountpoint;
     if !mountpoint.is_dir() {
         bail!("the mount point {} is not a directory", mountpoint.display());
@@ -269,6 +270,17 @@ fn unescape_mount_path(s: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Chunks are allocated on one thread and freed on another; glibc's
+/// per-thread arenas then hold on to memory a long-running server does not
+/// need. Two arenas keep the peak low at no measurable cost here.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator tuning.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
 }
 
 /// Whether a fusermount3 (or fusermount) binary is on the PATH.
