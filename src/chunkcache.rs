@@ -34,6 +34,9 @@ use crate::store::{codec, ChunkRef, Router, CHUNK_SIZE};
 /// enough to bound memory (about 1 MiB each while decoding).
 const FETCHES_IN_FLIGHT: usize = 16;
 
+/// Disk cache writes at once (each holds its piece until written).
+const DISK_WRITES_IN_FLIGHT: usize = 4;
+
 /// A decoded chunk, shared by every reader that needs it.
 pub type Piece = Arc<Vec<u8>>;
 
@@ -99,7 +102,7 @@ impl ChunkCache {
                 std::num::NonZeroUsize::new(options.memory_chunks.max(1)).unwrap(),
             )),
             inflight: Mutex::new(HashMap::new()),
-            writes: Arc::new(Semaphore::new(4)),
+            writes: Arc::new(Semaphore::new(DISK_WRITES_IN_FLIGHT)),
             fetches: Semaphore::new(FETCHES_IN_FLIGHT),
             timeout: options.timeout,
             stats,
@@ -137,6 +140,11 @@ impl ChunkCache {
             }
         }
         self.load_once(chunk).await.map(drop)
+    }
+
+    /// Waits for the chunks being written to the disk cache.
+    pub async fn flush(&self) {
+        let _ = self.writes.acquire_many(DISK_WRITES_IN_FLIGHT as u32).await;
     }
 
     /// Whether a disk cache is in use, and its size limit.
@@ -201,7 +209,9 @@ impl ChunkCache {
         loop {
             let error = match tokio::time::timeout_at(deadline, self.router.get_chunk(chunk)).await {
                 Ok(Ok(piece)) => return Ok(piece),
-                Ok(Err(e)) => format!("{e:#}"),
+                // Missing or corrupt everywhere: asking again will not help.
+                Ok(Err(e)) if !e.transient => return Err(e.message),
+                Ok(Err(e)) => e.message,
                 Err(_) => format!("chunk {}: no store answered", chunk.id_hex()),
             };
             if Instant::now() + delay >= deadline {

@@ -91,7 +91,7 @@ pub struct Args {
     pub cache: Option<PathBuf>,
 
     /// Size limit of the chunk cache, least recently used chunks evicted first (e.g. 512M, 20G)
-    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_size, global = true)]
     pub cache_size: u64,
 
     /// FUSE mounts: fetch every chunk of the flist into the cache in the background
@@ -103,7 +103,7 @@ pub struct Args {
     pub allow_other: bool,
 
     /// Seconds one chunk fetch may take, retries included, before a read fails (EIO on a FUSE mount)
-    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), global = true)]
     pub timeout: u64,
 
     /// Where the overlay's writable upper and work dirs go [default: inside the workdir]

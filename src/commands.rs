@@ -221,6 +221,7 @@ pub fn unpack(
         extract::write_plan(&plan, &content, dir, &WriteOptions::default())
     })
     .with_context(|| format!("unpacking {} into {}", flist_path.display(), target.display()))?;
+    content.rt.block_on(cache.flush());
     tracing::info!("unpacked {stats} in {:.2}s", started.elapsed().as_secs_f64());
     Ok(())
 }

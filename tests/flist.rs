@@ -41,12 +41,16 @@ impl Setup {
     }
     /// Unpacks and compares with the flat extraction.
     fn unpack_equals(&self, flist: &Path, stores: &[String], dest: &str) {
+        self.unpack_equals_with(flist, stores, dest, &[]);
+    }
+    fn unpack_equals_with(&self, flist: &Path, stores: &[String], dest: &str, extra: &[&str]) {
         let target = self.path(dest);
         let mut args = vec![
             "unpack".to_owned(),
             "-flist".into(),
             flist.to_str().unwrap().into(),
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         for s in stores {
             args.push("-store".into());
             args.push(s.clone());
@@ -200,15 +204,19 @@ fn zdb_store_on_redis_and_secrets_stay_out() {
     s.unpack_equals(&flist, &[], "from-zdb");
     // The store goes down: a clear error naming it, and no flist.
     drop(redis);
+    let started = std::time::Instant::now();
     let err = s.fl.fails(
         &[
             "unpack",
             "-flist",
             flist.to_str().unwrap(),
+            "-timeout",
+            "2",
             s.path("down").to_str().unwrap(),
         ],
         1,
     );
+    assert!(started.elapsed().as_secs() < 20, "no bounded timeout");
     assert!(err.contains("zdb://flmuser@127.0.0.1"), "{err}");
     assert!(!err.contains("zdb-Secret-77"), "{err}");
     let fresh = Flmount::new();
@@ -235,6 +243,29 @@ fn zdb_store_on_redis_and_secrets_stay_out() {
 }
 
 #[test]
+fn zdb_namespaces_are_selected() {
+    if !root_or_skip(
+        "zdb_namespaces_are_selected",
+        "the fixture has device nodes and owners",
+    ) {
+        return;
+    }
+    need("redis-cli");
+    let s = setup();
+    let redis = Server::redis();
+    // Redis names its namespaces (databases) by number; 0-db by name.
+    let store = format!("zdb://127.0.0.1:{}/3", redis.1);
+    let (flist, _) = s.pack("ns.fl", std::slice::from_ref(&store));
+    let keys = |db: &str| -> u64 {
+        let out = run_ok(Command::new("redis-cli").args(["-p", &redis.1.to_string(), "-n", db, "dbsize"]));
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    assert!(keys("3") > 0, "no chunk in namespace 3");
+    assert_eq!(keys("0"), 0, "chunks went to the default namespace");
+    s.unpack_equals(&flist, &[], "from-ns");
+}
+
+#[test]
 fn http_and_s3_stores() {
     if !root_or_skip("http_and_s3_stores", "the fixture has device nodes and owners") {
         return;
@@ -244,7 +275,13 @@ fn http_and_s3_stores() {
     let chunks = s.path("served");
     let (flist, _) = s.pack("http.fl", &[format!("dir://{}", chunks.display())]);
     let http = Server::http(&chunks);
-    s.unpack_equals(&flist, &[format!("http://127.0.0.1:{}", http.1)], "from-http");
+    let from_http = [format!("http://127.0.0.1:{}", http.1)];
+    let cache = s.path("unpack-cache");
+    let with_cache = ["-cache", cache.to_str().unwrap(), "-timeout", "2"];
+    s.unpack_equals_with(&flist, &from_http, "from-http", &with_cache);
+    // With the store gone, a second unpack comes whole from the chunk cache.
+    drop(http);
+    s.unpack_equals_with(&flist, &from_http, "from-cache", &with_cache);
 
     // S3 (moto): credentials from the URL, bucket made beforehand.
     let moto = Server::moto();

@@ -129,6 +129,7 @@ pub fn serve(flist_path: &Path, router: Router, options: &MountOptions, rt: Hand
         rt.spawn(prefetch(index.clone(), cache.clone()));
     }
     session.run().context("serving the FUSE mount")?;
+    rt.block_on(cache.flush());
     let stats = &cache.stats;
     tracing::info!(
         "unmounted {}: {} chunks ({}) fetched, {} from the disk cache, {} from memory",

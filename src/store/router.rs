@@ -11,6 +11,16 @@ use anyhow::{bail, Result};
 use super::codec::{self, ChunkRef};
 use super::{ChunkId, Store, StoreError};
 
+/// A chunk no store gave. `transient` when some store could not be
+/// reached (trying again may help); otherwise every store answered that it
+/// lacks the chunk or gave a copy that failed verification.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ChunkError {
+    pub message: String,
+    pub transient: bool,
+}
+
 /// One route of the flist's `route` table.
 #[derive(Clone)]
 pub struct Route {
@@ -122,8 +132,9 @@ impl Router {
 
     /// Fetches and decodes a chunk, trying each replica until one gives a
     /// blob that verifies. A corrupt replica is skipped with a warning.
-    pub async fn get_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>> {
+    pub async fn get_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>, ChunkError> {
         let mut failures = Vec::new();
+        let mut transient = false;
         for store in self.stores_for(&chunk.id) {
             match store.get(&chunk.id).await {
                 Ok(blob) => match codec::decode(chunk, &blob) {
@@ -135,17 +146,24 @@ impl Router {
                 },
                 Err(e) => {
                     tracing::debug!(store = store.public_url(), "{e}");
+                    transient |= !matches!(e, StoreError::NotFound(_));
                     failures.push(e.to_string());
                 }
             }
         }
         if failures.is_empty() {
-            bail!("no store covers chunk {}", chunk.id_hex());
+            return Err(ChunkError {
+                message: format!("no store covers chunk {}", chunk.id_hex()),
+                transient: false,
+            });
         }
-        bail!(
-            "chunk {} could not be read from any store: {}",
-            chunk.id_hex(),
-            failures.join("; ")
-        )
+        Err(ChunkError {
+            message: format!(
+                "chunk {} could not be read from any store: {}",
+                chunk.id_hex(),
+                failures.join("; ")
+            ),
+            transient,
+        })
     }
 }
