@@ -11,10 +11,10 @@ use tokio::runtime::Handle;
 use crate::chunkcache::{CacheOptions, ChunkCache};
 use crate::cli::FlistOp;
 use crate::digest::Digest;
-use crate::extract::{self, WriteOptions};
+use crate::extract::{self, ContentSource, WriteOptions};
 use crate::flist::{self, Flist, RouteRow};
 use crate::fuse::{self, MountOptions};
-use crate::layer::LayerBlob;
+use crate::layer::{Change, Kind, LayerBlob};
 use crate::pack::{self, ChunkContent, KnownChunks};
 use crate::progress::human_bytes;
 use crate::store::ChunkRef;
@@ -43,6 +43,12 @@ fn route_rows(router: &Router) -> Vec<RouteRow> {
 
 /// `-image REF -flist OUT -store URL...`: index the image's merged tree into
 /// an flist, its content into the stores.
+///
+/// One pass over each layer: its headers become changes for the tree while
+/// its files' content is packed as it streams by (a layer is inflated
+/// once). Content a later layer deletes is stored too, a small price for
+/// not reading the layers twice. Layer entries packed before (same blob,
+/// same entry) whose chunks the stores still hold are not hashed again.
 pub fn pack_image(
     workdir: &Workdir,
     digests: &[Digest],
@@ -50,100 +56,121 @@ pub fn pack_image(
     out: &Path,
     stores: &[String],
 ) -> Result<()> {
-    let changes = crate::layer::read_all(layers)?;
-    let plan = Tree::from_layers(&changes)?.plan();
-    pack_plan(
-        workdir,
-        &plan,
-        &extract::LayerContent(layers),
-        out,
-        stores,
-        Some(digests),
-    )
-}
-
-/// `flmount pack -flist OUT -store URL... DIR`: the same from a directory.
-pub fn pack_dir(workdir: &Workdir, dir: &Path, out: &Path, stores: &[String]) -> Result<()> {
-    let plan = crate::scan::scan(dir)?;
-    let content = crate::scan::DiskContent {
-        root: dir.to_owned(),
-        threads: chunk_threads(),
-    };
-    pack_plan(workdir, &plan, &content, out, stores, None)
-        .with_context(|| format!("packing {}", dir.display()))
-}
-
-fn pack_plan(
-    workdir: &Workdir,
-    plan: &crate::tree::Plan,
-    content: &dyn extract::ContentSource,
-    out: &Path,
-    stores: &[String],
-    layer_digests: Option<&[Digest]>,
-) -> Result<()> {
     let started = Instant::now();
-    let router = Router::open(stores, store::DEFAULT_TIMEOUT)?;
-    router.check_coverage()?;
+    let router = open_writing_router(stores)?;
     let known = KnownChunks::load(workdir.root(), &router)?;
-    // Layer entries packed before (same blob, same entry) whose chunks the
-    // stores still hold need no reading, hashing or uploading at all.
-    let mut reused: HashMap<usize, Vec<ChunkRef>> = HashMap::new();
-    let mut to_pack = plan.clone();
-    if let Some(digests) = layer_digests {
-        let mut cache: HashMap<usize, HashMap<u32, Vec<ChunkRef>>> = HashMap::new();
-        for (i, inode) in plan.inodes.iter().enumerate() {
-            let InodeKind::File {
-                size,
-                source: Some(Source::Layer { layer, entry }),
-            } = inode.kind
-            else {
-                continue;
-            };
-            let entries = match cache.entry(layer) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(known.layer_entries(&digests[layer].to_string())?)
-                }
-            };
-            if let Some(chunks) = entries
-                .get(&entry)
-                .filter(|c| c.iter().all(|c| known.all_have(&router, &c.id)))
-            {
-                reused.insert(i, chunks.clone());
-                to_pack.inodes[i].kind = InodeKind::File { size, source: None };
-            }
-        }
+    let mut reused: Vec<HashMap<u32, Vec<ChunkRef>>> = Vec::with_capacity(layers.len());
+    for digest in digests {
+        let mut entries = known.layer_entries(&digest.to_string())?;
+        entries.retain(|_, chunks| chunks.iter().all(|c| known.all_have(&router, &c.id)));
+        reused.push(entries);
     }
-    let (mut blocks, mut stats) = pack::pack(
-        &to_pack,
-        content,
+    let changes: Vec<std::sync::Mutex<Vec<Change>>> = layers.iter().map(|_| Default::default()).collect();
+    let indices: Vec<usize> = (0..layers.len()).collect();
+    let (packed, mut stats) = pack::pack(
+        |sink| {
+            extract::for_each_parallel(&indices, layers.len(), |&layer| {
+                let mut list = Vec::new();
+                layers[layer]
+                    .for_each(|change, reader| {
+                        if let Change::Add(e) = &change {
+                            if let Kind::File { size } = e.kind {
+                                if size > 0 && !reused[layer].contains_key(&e.index) {
+                                    sink((layer, e.index), size, reader).with_context(|| {
+                                        format!("packing {}", String::from_utf8_lossy(&e.path))
+                                    })?;
+                                }
+                            }
+                        }
+                        list.push(change);
+                        Ok(())
+                    })
+                    .with_context(|| format!("reading layer {}", digests[layer]))?;
+                *changes[layer].lock().unwrap() = list;
+                Ok(())
+            })
+        },
         &router,
         &known,
         &Handle::current(),
         chunk_threads(),
     )?;
-    if let Some(digests) = layer_digests {
-        let packed: Vec<(String, u32, Vec<ChunkRef>)> = blocks
+    let changes: Vec<Vec<Change>> = changes.into_iter().map(|c| c.into_inner().unwrap()).collect();
+    let plan = Tree::from_layers(&changes)?.plan();
+    known.save_layer_entries(
+        &packed
             .iter()
-            .filter_map(|(&i, chunks)| match plan.inodes[i].kind {
-                InodeKind::File {
-                    source: Some(Source::Layer { layer, entry }),
-                    ..
-                } => Some((digests[layer].to_string(), entry, chunks.clone())),
-                _ => None,
-            })
-            .collect();
-        known.save_layer_entries(&packed)?;
-    }
-    for (i, chunks) in reused {
-        stats.files += 1;
-        stats.chunks += chunks.len() as u64;
-        stats.skipped += chunks.len() as u64;
-        if let InodeKind::File { size, .. } = plan.inodes[i].kind {
-            stats.bytes += size;
+            .map(|(&(layer, entry), chunks)| (digests[layer].to_string(), entry, chunks.clone()))
+            .collect::<Vec<_>>(),
+    )?;
+    let mut blocks = HashMap::new();
+    for (i, inode) in plan.inodes.iter().enumerate() {
+        if let InodeKind::File {
+            source: Some(Source::Layer { layer, entry }),
+            ..
+        } = inode.kind
+        {
+            let chunks = match packed.get(&(layer, entry)) {
+                Some(chunks) => chunks,
+                None => {
+                    let chunks = reused[layer]
+                        .get(&entry)
+                        .context("a file's content was not packed")?;
+                    stats.chunks += chunks.len() as u64;
+                    stats.skipped += chunks.len() as u64;
+                    chunks
+                }
+            };
+            blocks.insert(i, chunks.clone());
         }
-        blocks.insert(i, chunks);
     }
+    write_flist(out, &plan, &blocks, &router, stats, started)
+}
+
+/// `flmount pack -flist OUT -store URL... DIR`: the same from a directory.
+pub fn pack_dir(workdir: &Workdir, dir: &Path, out: &Path, stores: &[String]) -> Result<()> {
+    let started = Instant::now();
+    let plan = crate::scan::scan(dir)?;
+    let content = crate::scan::DiskContent {
+        root: dir.to_owned(),
+        threads: chunk_threads(),
+    };
+    let router = open_writing_router(stores)?;
+    let known = KnownChunks::load(workdir.root(), &router)?;
+    let (blocks, stats) = pack::pack(
+        |sink| {
+            content.deliver(&plan, &|i, reader| {
+                let InodeKind::File { size, .. } = plan.inodes[i].kind else {
+                    return Ok(());
+                };
+                sink(i, size, reader)
+                    .with_context(|| format!("packing {}", extract::show(&plan.inodes[i].paths[0])))
+            })
+        },
+        &router,
+        &known,
+        &Handle::current(),
+        chunk_threads(),
+    )
+    .with_context(|| format!("packing {}", dir.display()))?;
+    write_flist(out, &plan, &blocks, &router, stats, started)
+}
+
+fn open_writing_router(stores: &[String]) -> Result<Router> {
+    let router = Router::open(stores, store::DEFAULT_TIMEOUT)?;
+    router.check_coverage()?;
+    Ok(router)
+}
+
+/// Writes the flist of `plan` (its files' chunks in `blocks`) and reports.
+fn write_flist(
+    out: &Path,
+    plan: &crate::tree::Plan,
+    blocks: &HashMap<usize, Vec<ChunkRef>>,
+    router: &Router,
+    stats: pack::PackStats,
+    started: Instant,
+) -> Result<()> {
     let tags = vec![
         ("version".to_owned(), "v2".to_owned()),
         (
@@ -151,18 +178,22 @@ fn pack_plan(
             concat!("flmount ", env!("CARGO_PKG_VERSION")).to_owned(),
         ),
     ];
-    flist::write(out, plan, &blocks, &route_rows(&router), &tags)?;
+    flist::write(out, plan, blocks, &route_rows(router), &tags)?;
+    // What the flist holds: each file once, however much was packed.
+    let (files, bytes) = plan.inodes.iter().fold((0, 0), |(n, b), inode| match inode.kind {
+        InodeKind::File { size, .. } => (n + 1, b + size),
+        _ => (n, b),
+    });
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(
-        "packed {} files ({}) into {}: {} chunks, {} uploaded, {} already stored; {:.2}s ({}/s)",
-        stats.files,
-        human_bytes(stats.bytes),
+        "packed {files} files ({}) into {}: {} chunks, {} uploaded, {} already stored; {:.2}s ({}/s)",
+        human_bytes(bytes),
         out.display(),
         stats.chunks,
         stats.uploaded,
         stats.skipped,
         secs,
-        human_bytes((stats.bytes as f64 / secs.max(1e-3)) as u64)
+        human_bytes((bytes as f64 / secs.max(1e-3)) as u64)
     );
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Moving file content between plans and stores.
 //!
-//! [`pack`]: every regular file of a plan is cut into 512 KiB pieces,
+//! [`pack`]: every file handed to its sink is cut into 512 KiB pieces,
 //! encoded (see `store::codec`) on a pool of threads and stored through
 //! the router, skipping chunks already stored: first by a local index in
 //! the workdir of chunks known to be in each store (no network at all for a
@@ -168,20 +168,23 @@ impl KnownChunks {
     }
 }
 
-/// A piece to encode and store: (plan inode, piece number, bytes).
-type Piece = (usize, usize, Vec<u8>);
+/// Where a packer hands over a file's content: `(file, size, reader)`,
+/// `file` being the caller's key for the file.
+pub type Sink<'s, K> = dyn Fn(K, u64, &mut dyn Read) -> Result<()> + Sync + 's;
 
-/// Stores the content of every regular file of `plan`; returns each
-/// inode's chunks.
-pub fn pack(
-    plan: &Plan,
-    content: &dyn ContentSource,
+/// Stores the content of every file `deliver` hands to its sink, cutting
+/// it into pieces encoded on `threads` threads; returns each file's chunks.
+pub fn pack<K>(
+    deliver: impl FnOnce(&Sink<'_, K>) -> Result<()>,
     router: &Router,
     known: &KnownChunks,
     rt: &Handle,
     threads: usize,
-) -> Result<(HashMap<usize, Vec<ChunkRef>>, PackStats)> {
-    let results: Mutex<HashMap<usize, Vec<Option<ChunkRef>>>> = Mutex::new(HashMap::new());
+) -> Result<(HashMap<K, Vec<ChunkRef>>, PackStats)>
+where
+    K: Copy + Eq + std::hash::Hash + Send + std::fmt::Debug,
+{
+    let results: Mutex<HashMap<K, Vec<Option<ChunkRef>>>> = Mutex::new(HashMap::new());
     let seen: Mutex<HashSet<ChunkId>> = Mutex::new(HashSet::new());
     let fresh: Mutex<Vec<ChunkRef>> = Mutex::new(Vec::new());
     let (uploaded, skipped, chunks, bytes, files) = (
@@ -197,26 +200,29 @@ pub fn pack(
         stop.store(true, Ordering::SeqCst);
         failure.lock().unwrap().get_or_insert(e);
     };
-    let (tx, rx) = mpsc::sync_channel::<Piece>(threads * 2);
+    // A piece to encode and store: (file, piece number, bytes).
+    let (tx, rx) = mpsc::sync_channel::<(K, usize, Vec<u8>)>(threads * 2);
     let rx = Mutex::new(rx);
 
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
             scope.spawn(|| loop {
-                let Ok((inode, index, piece)) = rx.lock().unwrap().recv() else {
+                let Ok((file, index, piece)) = rx.lock().unwrap().recv() else {
                     break;
                 };
                 if stop.load(Ordering::Relaxed) {
                     continue;
                 }
                 chunks.fetch_add(1, Ordering::Relaxed);
+                let record = |chunk: ChunkRef| {
+                    let mut r = results.lock().unwrap();
+                    r.get_mut(&file).expect("registered before its pieces")[index] = Some(chunk);
+                };
                 // Known content: hash only, no compression or encryption.
                 let key = codec::blake2b256(&piece);
                 if let Some(&id) = known.encoded.get(&key).filter(|id| known.all_have(router, id)) {
                     skipped.fetch_add(1, Ordering::Relaxed);
-                    let mut r = results.lock().unwrap();
-                    r.get_mut(&inode).expect("registered before its pieces")[index] =
-                        Some(ChunkRef { id, key });
+                    record(ChunkRef { id, key });
                     continue;
                 }
                 let (chunk, blob) = codec::encode(&piece);
@@ -236,20 +242,16 @@ pub fn pack(
                     Ok(())
                 };
                 match store() {
-                    Ok(()) => {
-                        let mut r = results.lock().unwrap();
-                        r.get_mut(&inode).expect("registered before its pieces")[index] = Some(chunk);
-                    }
+                    Ok(()) => record(chunk),
                     Err(e) => fail(e.context(format!("storing chunk {}", chunk.id_hex()))),
                 }
             });
         }
-        let sink = |i: usize, reader: &mut dyn Read| -> Result<()> {
-            let InodeKind::File { size, .. } = plan.inodes[i].kind else {
-                return Ok(());
-            };
+        let sink = |file: K, size: u64, reader: &mut dyn Read| -> Result<()> {
             let pieces = size.div_ceil(CHUNK_SIZE as u64) as usize;
-            results.lock().unwrap().insert(i, vec![None; pieces]);
+            if results.lock().unwrap().insert(file, vec![None; pieces]).is_some() {
+                bail!("{file:?} delivered twice");
+            }
             files.fetch_add(1, Ordering::Relaxed);
             let mut reader = reader.take(size);
             for index in 0..pieces {
@@ -259,18 +261,15 @@ pub fn pack(
                 let mut piece = Vec::with_capacity(CHUNK_SIZE);
                 (&mut reader).take(CHUNK_SIZE as u64).read_to_end(&mut piece)?;
                 if piece.is_empty() {
-                    bail!(
-                        "content of {} ended early",
-                        crate::extract::show(&plan.inodes[i].paths[0])
-                    );
+                    bail!("the content of {file:?} ended early");
                 }
                 bytes.fetch_add(piece.len() as u64, Ordering::Relaxed);
-                tx.send((i, index, piece))
+                tx.send((file, index, piece))
                     .map_err(|_| anyhow!("encoders stopped"))?;
             }
             Ok(())
         };
-        if let Err(e) = content.deliver(plan, &sink) {
+        if let Err(e) = deliver(&sink) {
             fail(e);
         }
         drop(tx);
@@ -281,9 +280,9 @@ pub fn pack(
     rt.block_on(router.flush())?;
     known.save(router, &fresh.into_inner().unwrap())?;
     let mut out = HashMap::new();
-    for (i, list) in results.into_inner().unwrap() {
+    for (file, list) in results.into_inner().unwrap() {
         let list: Option<Vec<ChunkRef>> = list.into_iter().collect();
-        out.insert(i, list.context("a piece was not stored")?);
+        out.insert(file, list.context("a piece was not stored")?);
     }
     let stats = PackStats {
         files: files.into_inner(),
