@@ -196,6 +196,13 @@ pub enum Command {
         #[command(subcommand)]
         op: FlistOp,
     },
+    /// Print shell completions (e.g. flmount completions bash > /etc/bash_completion.d/flmount)
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (e.g. flmount man | man -l -)
+    Man,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -215,6 +222,24 @@ pub enum FlistOp {
     },
     /// Show the store routes, or replace them with [xx-yy=]URL routes (secrets are not written)
     Store { flist: PathBuf, routes: Vec<String> },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Document {
+    Completions(clap_complete::Shell),
+    Man,
+}
+
+impl Document {
+    /// Writes the completion script or man page, generated from the flags.
+    pub fn write(self, out: &mut dyn std::io::Write) -> Result<()> {
+        let mut cmd = Args::command();
+        match self {
+            Document::Completions(shell) => clap_complete::generate(shell, &mut cmd, "flmount", out),
+            Document::Man => clap_mangen::Man::new(cmd).render(out)?,
+        }
+        Ok(())
+    }
 }
 
 /// What to do, validated.
@@ -253,6 +278,8 @@ pub enum Action {
         mount: MountOptions,
     },
     Flist(FlistOp),
+    /// Print shell completions or the man page (no workdir needed).
+    Document(Document),
     Pack {
         flist: PathBuf,
         stores: Vec<String>,
@@ -325,6 +352,20 @@ impl Args {
                     workdir,
                     quiet: self.quiet,
                     action,
+                });
+            }
+            Some(Command::Completions { shell }) => {
+                return Ok(Settings {
+                    workdir,
+                    quiet: self.quiet,
+                    action: Action::Document(Document::Completions(shell)),
+                });
+            }
+            Some(Command::Man) => {
+                return Ok(Settings {
+                    workdir,
+                    quiet: self.quiet,
+                    action: Action::Document(Document::Man),
                 });
             }
             Some(Command::Flist { op }) => {
@@ -551,6 +592,9 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(s: Settings) -> Result<()> {
+    if let Action::Document(doc) = s.action {
+        return doc.write(&mut std::io::stdout().lock());
+    }
     let workdir =
         Workdir::open(&s.workdir).with_context(|| format!("opening workdir {}", s.workdir.display()))?;
     let (image, pull_options, saveconfig, output) = match s.action {
@@ -583,6 +627,7 @@ async fn run(s: Settings) -> Result<()> {
             return tokio::task::block_in_place(|| commands::serve(&flist, &stores, &mount));
         }
         Action::Flist(op) => return commands::flist(op),
+        Action::Document(_) => unreachable!("documents need no workdir"),
         Action::Pack { flist, stores, dir } => {
             return tokio::task::block_in_place(|| commands::pack_dir(&workdir, &dir, &flist, &stores));
         }
@@ -795,6 +840,25 @@ mod tests {
         .settings()
         .unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn completions_and_man_page_come_from_the_flags() {
+        let mut bash = Vec::new();
+        Document::Completions(clap_complete::Shell::Bash)
+            .write(&mut bash)
+            .unwrap();
+        let bash = String::from_utf8(bash).unwrap();
+        assert!(bash.contains("--extractto") && bash.contains("unpack") && bash.contains("--cache-size"));
+        let mut man = Vec::new();
+        Document::Man.write(&mut man).unwrap();
+        let man = String::from_utf8(man).unwrap();
+        assert!(man.contains(".TH flmount") && man.contains("extractto"), "{man}");
+        let s = parse(&["flmount", "completions", "zsh"]).settings().unwrap();
+        assert!(matches!(
+            s.action,
+            Action::Document(Document::Completions(clap_complete::Shell::Zsh))
+        ));
     }
 
     #[test]
