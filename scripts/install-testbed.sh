@@ -16,6 +16,7 @@ packages=(
   redis-server    # a zdb-protocol chunk store peer
   fuse3           # fusermount3 for FUSE mounts (auto_unmount)
   util-linux      # setpriv: reading a FUSE mount as another user
+  runc            # runs the OCI runtime bundles -bundle writes
   ca-certificates
 )
 

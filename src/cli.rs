@@ -18,7 +18,7 @@ use crate::pull::{self, PullOptions};
 use crate::reference::ImageRef;
 use crate::registry::{Credentials, ErrorKind, Transport};
 use crate::workdir::{self, Workdir};
-use crate::{commands, extract, fuse, overlay};
+use crate::{commands, extract, fuse, overlay, runtime};
 
 /// Decoded chunks a reader keeps in memory (512 KiB each).
 const MEMORY_CHUNKS: usize = 32;
@@ -134,6 +134,14 @@ pub struct Args {
     /// Write the image config JSON to FILE (e.g. -saveconfig image.json)
     #[arg(long, value_name = "FILE")]
     pub saveconfig: Option<PathBuf>,
+
+    /// Also write an LXC config for the image's process (lxc.init.cmd from entrypoint + cmd, cwd, uid, environment)
+    #[arg(long, value_name = "FILE")]
+    pub lxcconfig: Option<PathBuf>,
+
+    /// Write an OCI runtime bundle into DIR: the rootfs in DIR/rootfs and DIR/config.json, for runc / crun
+    #[arg(long, value_name = "DIR")]
+    pub bundle: Option<PathBuf>,
 
     /// Re-hash the image's cached blobs and re-fetch any that are corrupt
     #[arg(long)]
@@ -258,6 +266,7 @@ pub enum Action {
         image: ImageRef,
         pull: PullOptions,
         saveconfig: Option<PathBuf>,
+        lxcconfig: Option<PathBuf>,
         output: Output,
     },
     /// Unmount a mount made by flmount and clean up after it.
@@ -304,6 +313,11 @@ pub enum Output {
     /// Pack into the workdir's own store, then serve through FUSE.
     Fuse {
         mount: MountOptions,
+    },
+    /// An OCI runtime bundle: `dir/rootfs` and `dir/config.json`.
+    Bundle {
+        dir: PathBuf,
+        force: bool,
     },
     /// Index into an flist, content into the stores.
     Flist {
@@ -437,8 +451,16 @@ impl Args {
         if self.flist.is_some() && (self.extractto.is_some() || self.mount.is_some()) {
             bail!("-flist does not go with -extractto or -mount");
         }
+        if self.bundle.is_some() && (self.extractto.is_some() || self.mount.is_some() || self.flist.is_some())
+        {
+            bail!("-bundle does not go with -extractto, -mount or -flist");
+        }
         let output = match (self.extractto, self.mount) {
             (Some(_), Some(_)) => bail!("-extractto and -mount exclude each other"),
+            (None, None) if self.bundle.is_some() => Output::Bundle {
+                dir: absolute(self.bundle.clone().unwrap())?,
+                force: self.force,
+            },
             (None, None) if self.flist.is_some() => {
                 if self.stores.is_empty() {
                     bail!("-flist needs at least one -store for the content (e.g. -store dir:///srv/chunks)");
@@ -462,8 +484,8 @@ impl Args {
             },
             (None, None) => Output::Cache,
         };
-        if self.force && !matches!(output, Output::Extract { .. }) {
-            bail!("-force goes with -extractto");
+        if self.force && !matches!(output, Output::Extract { .. } | Output::Bundle { .. }) {
+            bail!("-force goes with -extractto or -bundle");
         }
         if self.fuse && !matches!(output, Output::Fuse { .. }) {
             bail!("-fuse goes with -mount");
@@ -488,6 +510,7 @@ impl Args {
                     validate_cache: self.validate_cache,
                 },
                 saveconfig: self.saveconfig,
+                lxcconfig: self.lxcconfig.map(absolute).transpose()?,
                 output,
             },
         })
@@ -597,7 +620,7 @@ async fn run(s: Settings) -> Result<()> {
     }
     let workdir =
         Workdir::open(&s.workdir).with_context(|| format!("opening workdir {}", s.workdir.display()))?;
-    let (image, pull_options, saveconfig, output) = match s.action {
+    let (image, pull_options, saveconfig, lxcconfig, output) = match s.action {
         Action::Umount { target } if fuse::is_mounted_at(&target) => {
             fuse::unmount(&target)?;
             tracing::info!("unmounted {}", target.display());
@@ -612,8 +635,9 @@ async fn run(s: Settings) -> Result<()> {
             image,
             pull,
             saveconfig,
+            lxcconfig,
             output,
-        } => (image, pull, saveconfig, output),
+        } => (image, pull, saveconfig, lxcconfig, output),
         Action::Unpack {
             flist,
             stores,
@@ -642,23 +666,63 @@ async fn run(s: Settings) -> Result<()> {
     }
     let layers = image.layer_blobs(&workdir)?;
     let started = std::time::Instant::now();
+    // The image's tree on disk, where the LXC config's user names resolve.
+    let rootfs = match &output {
+        Output::Extract { target, .. } | Output::Overlay { target, .. } => Some(target.clone()),
+        Output::Bundle { dir, .. } => Some(dir.join("rootfs")),
+        _ => None,
+    };
+    let write_lxc_config = |rootfs: Option<&std::path::Path>| -> Result<()> {
+        let Some(path) = &lxcconfig else { return Ok(()) };
+        let process = runtime::Process::from_image_config(&image.config, rootfs)?;
+        workdir::write_atomic(path, process.lxc_config(&image.reference.to_string()).as_bytes())
+            .with_context(|| format!("writing the LXC config {}", path.display()))?;
+        tracing::info!("wrote LXC config {}", path.display());
+        Ok(())
+    };
+    let served = matches!(output, Output::Fuse { .. });
+    if served {
+        // Serving lasts until unmounted: write it first.
+        write_lxc_config(None)?;
+    }
     match output {
         Output::Cache => {}
         Output::Extract { target, force } => {
-            let stats = tokio::task::spawn_blocking(move || {
+            let stats = tokio::task::block_in_place(|| {
                 extract::extract_layers(&layers, &target, force, &extract::WriteOptions::default())
-                    .with_context(|| format!("extracting {} into {}", image.reference, target.display()))
             })
-            .await??;
+            .with_context(|| format!("extracting {} into {}", image.reference, target.display()))?;
             tracing::info!("extracted {stats} in {:.2}s", started.elapsed().as_secs_f64());
         }
+        Output::Bundle { dir, force } => {
+            let rootfs = dir.join("rootfs");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let stats = tokio::task::block_in_place(|| {
+                extract::extract_layers(&layers, &rootfs, force, &extract::WriteOptions::default())
+            })
+            .with_context(|| format!("extracting {} into {}", image.reference, rootfs.display()))?;
+            let hostname = image
+                .reference
+                .repository()
+                .rsplit('/')
+                .next()
+                .unwrap_or("flmount")
+                .to_owned();
+            let spec =
+                runtime::Process::from_image_config(&image.config, Some(&rootfs))?.runtime_spec(&hostname);
+            workdir::write_atomic(&dir.join("config.json"), &serde_json::to_vec_pretty(&spec)?)?;
+            tracing::info!(
+                "wrote an OCI runtime bundle in {}: rootfs ({stats}) and config.json in {:.2}s",
+                dir.display(),
+                started.elapsed().as_secs_f64()
+            );
+        }
         Output::Export => {
-            tokio::task::spawn_blocking(move || {
+            tokio::task::block_in_place(|| {
                 let stdout = std::io::stdout().lock();
                 crate::export::export_layers(&layers, std::io::BufWriter::with_capacity(1 << 20, stdout))
-                    .with_context(|| format!("writing {} as a tar stream", image.reference))
             })
-            .await??;
+            .with_context(|| format!("writing {} as a tar stream", image.reference))?;
             tracing::info!(
                 "exported the root filesystem in {:.2}s",
                 started.elapsed().as_secs_f64()
@@ -698,6 +762,9 @@ async fn run(s: Settings) -> Result<()> {
                 started.elapsed().as_secs_f64()
             );
         }
+    }
+    if !served {
+        write_lxc_config(rootfs.as_deref())?;
     }
     Ok(())
 }

@@ -22,6 +22,7 @@ pub mod progress;
 pub mod pull;
 pub mod reference;
 pub mod registry;
+pub mod runtime;
 pub mod scan;
 pub mod store;
 pub mod tree;

@@ -278,8 +278,13 @@ impl Registry {
     /// Pushes an image made of `layers` (each a tar with its compression)
     /// as `repo:t`, without conversion; returns its reference and layout.
     pub fn push_layers(&self, repo: &str, layers: Vec<(Compression, Vec<u8>)>, layout_dir: &Path) -> String {
+        self.push_spec(repo, &ImageSpec::new(repo, layers), layout_dir)
+    }
+
+    /// Pushes one image described by `spec` as `repo:t`; returns its reference.
+    pub fn push_spec(&self, repo: &str, spec: &ImageSpec, layout_dir: &Path) -> String {
         let mut l = Layout::new(layout_dir);
-        let w = l.image(&ImageSpec::new(repo, layers));
+        let w = l.image(spec);
         l.tag_image("t", &w);
         let blobs: Vec<Vec<u8>> = w.layers.iter().chain([&w.config]).map(|d| l.blob(d)).collect();
         self.push_raw(
@@ -425,6 +430,9 @@ pub struct ImageSpec<'a> {
     pub variant: Option<&'a str>,
     /// Distinguishes otherwise identical configs.
     pub label: &'a str,
+    /// The config's `config` object (entrypoint, cmd, env, ...), if not
+    /// the default `/bin/sh` entrypoint.
+    pub process: Option<serde_json::Value>,
 }
 
 impl<'a> ImageSpec<'a> {
@@ -435,6 +443,7 @@ impl<'a> ImageSpec<'a> {
             arch: "amd64",
             variant: None,
             label,
+            process: None,
         }
     }
 }
@@ -497,8 +506,9 @@ impl Layout {
             platform["variant"] = json!(v);
         }
         let mut config = platform.clone();
-        config["config"] =
-            json!({"Entrypoint": ["/bin/sh"], "Env": ["PATH=/bin"], "Labels": {"test": spec.label}});
+        config["config"] = spec.process.clone().unwrap_or_else(
+            || json!({"Entrypoint": ["/bin/sh"], "Env": ["PATH=/bin"], "Labels": {"test": spec.label}}),
+        );
         let history: Vec<_> = diff_ids
             .iter()
             .map(|d| json!({"created": "2024-01-01T00:00:00Z", "created_by": format!("layer {d}")}))

@@ -1,0 +1,113 @@
+//! Hand-off to runtimes: `-bundle DIR` gives an OCI runtime bundle that the
+//! real `runc` runs (the image's entrypoint, cmd, environment, working
+//! directory and user), and `-lxcconfig FILE` an LXC config saying the same.
+
+mod common;
+
+use std::process::Command;
+
+use common::tarball::{tar, E};
+use common::*;
+use serde_json::json;
+
+/// A busybox image whose config runs a command as a named user.
+fn app_image(reg: &Registry, tmp: &std::path::Path) -> String {
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let layer = tar(&[
+        E::dir("bin"),
+        E::file("bin/busybox", &busybox).mode(0o755),
+        E::symlink("bin/sh", "busybox"),
+        E::symlink("bin/id", "busybox"),
+        E::dir("etc"),
+        E::file(
+            "etc/passwd",
+            b"root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n",
+        ),
+        E::file("etc/group", b"root:x:0:\napp:x:1001:\n"),
+        E::dir("home"),
+        E::dir("home/app").owner(1000, 1001),
+    ]);
+    let spec = ImageSpec {
+        process: Some(json!({
+            "Entrypoint": ["/bin/sh", "-c"],
+            "Cmd": ["echo \"hello from $GREETING as $(id -u):$(id -g) in $(pwd)\""],
+            "Env": ["PATH=/bin", "GREETING=the bundle"],
+            "WorkingDir": "/home/app",
+            "User": "app"
+        })),
+        ..ImageSpec::new("app", vec![(Compression::Gzip, layer)])
+    };
+    reg.push_spec("rt/app", &spec, &tmp.join("layout"))
+}
+
+#[test]
+fn a_bundle_runs_with_runc() {
+    if !root_or_skip("a_bundle_runs_with_runc", "runc runs containers as root") {
+        return;
+    }
+    need("runc");
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = app_image(&reg, tmp.path());
+    let bundle = tmp.path().join("bundle");
+    Flmount::new().ok(&["-image", &image, "-bundle", bundle.to_str().unwrap()]);
+    let spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    assert_eq!(spec["process"]["user"], json!({"uid": 1000, "gid": 1001}));
+    assert!(bundle.join("rootfs/bin/busybox").is_file());
+
+    let id = format!("flmount-test-{}", std::process::id());
+    let state = tmp.path().join("runc-state");
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(&state)
+        .args(["run", "--bundle"])
+        .arg(&bundle)
+        .arg(&id)
+        .output()
+        .unwrap();
+    let _ = Command::new("runc")
+        .arg("--root")
+        .arg(&state)
+        .args(["delete", "-f", &id])
+        .output();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "runc failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "hello from the bundle as 1000:1001 in /home/app");
+}
+
+#[test]
+fn an_lxc_config_names_the_process() {
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = app_image(&reg, tmp.path());
+    let rootfs = tmp.path().join("rootfs");
+    let lxc = tmp.path().join("lxc.conf");
+    Flmount::new().ok(&[
+        "-image",
+        &image,
+        "-extractto",
+        rootfs.to_str().unwrap(),
+        "-lxcconfig",
+        lxc.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&lxc).unwrap();
+    for line in [
+        "lxc.init.cmd = /bin/sh -c 'echo \"hello from $GREETING as $(id -u):$(id -g) in $(pwd)\"'",
+        "lxc.init.cwd = /home/app",
+        "lxc.init.uid = 1000",
+        "lxc.init.gid = 1001",
+        "lxc.environment = PATH=/bin",
+        "lxc.environment = GREETING=the bundle",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+    // A user name cannot be resolved without the image's tree.
+    let err = Flmount::new().fails(&["-image", &image, "-lxcconfig", lxc.to_str().unwrap()], 1);
+    assert!(err.contains("/etc/passwd"), "{err}");
+}
