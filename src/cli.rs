@@ -17,6 +17,7 @@ use crate::progress::Progress;
 use crate::pull::{self, PullOptions};
 use crate::reference::ImageRef;
 use crate::registry::{Credentials, ErrorKind, Transport};
+use crate::source::Source;
 use crate::workdir::{self, Workdir};
 use crate::{commands, extract, fuse, overlay, runtime};
 
@@ -51,7 +52,7 @@ Exit codes: 0 ok, 1 other error, 2 usage, 3 not found, 4 authentication,
 #[derive(Debug, Parser)]
 #[command(name = "flmount", version, about, long_about, after_help = EXAMPLES, max_term_width = 100)]
 pub struct Args {
-    /// Image to use, as Docker names it: alpine, nginx:1.27, host:5000/repo:tag, repo@sha256:<hex>
+    /// Image to use, as Docker names it (alpine, nginx:1.27, host:5000/repo:tag, repo@sha256:<hex>), or as skopeo does: docker://REF, oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:REF]
     #[arg(long, value_name = "REF")]
     pub image: Option<String>,
 
@@ -263,7 +264,7 @@ pub struct Settings {
 pub enum Action {
     /// Pull an image, then do `output` with it.
     Image {
-        image: ImageRef,
+        image: Source,
         pull: PullOptions,
         saveconfig: Option<PathBuf>,
         lxcconfig: Option<PathBuf>,
@@ -437,7 +438,10 @@ impl Args {
         let Some(image) = self.image.as_deref() else {
             bail!("nothing to do: give -image REF, -flist FILE -mount DIR, or -umount DIR (see flmount -h)");
         };
-        let image = ImageRef::parse(image)?;
+        let image = Source::parse(image);
+        if let Source::Registry(r) = &image {
+            ImageRef::parse(r)?;
+        }
         let credentials = match (self.username, self.password) {
             (Some(u), Some(p)) => Some(Credentials::new(u, p)),
             (None, None) => None,
@@ -657,6 +661,11 @@ async fn run(s: Settings) -> Result<()> {
         }
     };
     let progress = Progress::new(s.quiet);
+    let wanted = pull_options
+        .platform
+        .clone()
+        .unwrap_or_else(crate::manifest::Platform::host);
+    let image = tokio::task::block_in_place(|| image.resolve(&workdir, &wanted))?;
     let image = pull::pull(&workdir, &image, &pull_options, &progress).await?;
     tracing::info!("pulled {}", image.summary());
     if let Some(path) = &saveconfig {

@@ -24,6 +24,7 @@ pub mod reference;
 pub mod registry;
 pub mod runtime;
 pub mod scan;
+pub mod source;
 pub mod store;
 pub mod tree;
 pub mod workdir;
