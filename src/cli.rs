@@ -19,7 +19,7 @@ use crate::reference::ImageRef;
 use crate::registry::{Credentials, ErrorKind, Transport};
 use crate::source::Source;
 use crate::workdir::{self, Workdir};
-use crate::{commands, extract, fuse, overlay, runtime};
+use crate::{admin, commands, extract, fuse, overlay, runtime};
 
 /// Decoded chunks a reader keeps in memory (512 KiB each).
 const MEMORY_CHUNKS: usize = 32;
@@ -167,6 +167,10 @@ pub struct Args {
     /// Only warnings and errors; no progress bars
     #[arg(short, long, global = true)]
     pub quiet: bool,
+
+    /// images, content ls, gc, inspect: print JSON
+    #[arg(long, global = true)]
+    pub json: bool,
 }
 
 /// Commands beyond the tosi-style flags.
@@ -212,6 +216,49 @@ pub enum Command {
     },
     /// Print the man page (e.g. flmount man | man -l -)
     Man,
+    /// List the cached images (name, tag, digest, size, last pulled), or forget some: images rm REF...
+    Images {
+        #[command(subcommand)]
+        op: Option<ImagesOp>,
+    },
+    /// The workdir's blobs: ls, path DIGEST, rm DIGEST...
+    Content {
+        #[command(subcommand)]
+        op: ContentOp,
+    },
+    /// Remove what no cached image and no mount references (blobs, overlay layers, flists, chunks)
+    Gc {
+        /// Only say what would be removed
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Show an image's manifest, config and layers (fetches no layers), e.g. flmount inspect alpine
+    Inspect {
+        /// The image, as -image takes it
+        image: String,
+    },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ImagesOp {
+    /// Forget cached images (their refs); `gc` then removes what only they used
+    Rm {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ContentOp {
+    /// Every blob: digest, size, role (manifest, index, config, layer, unreferenced)
+    Ls,
+    /// Print the path of a blob
+    Path { digest: String },
+    /// Remove blobs (a cached image that needs one fetches it again)
+    Rm {
+        #[arg(required = true)]
+        digests: Vec<String>,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -256,6 +303,8 @@ impl Document {
 pub struct Settings {
     pub workdir: PathBuf,
     pub quiet: bool,
+    /// Machine-readable output where a command has it.
+    pub json: bool,
     pub action: Action,
 }
 
@@ -290,6 +339,12 @@ pub enum Action {
     Flist(FlistOp),
     /// Print shell completions or the man page (no workdir needed).
     Document(Document),
+    Images,
+    ForgetImages(Vec<ImageRef>),
+    Content(ContentOp),
+    Gc {
+        dry_run: bool,
+    },
     Pack {
         flist: PathBuf,
         stores: Vec<String>,
@@ -315,6 +370,8 @@ pub enum Output {
     Fuse {
         mount: MountOptions,
     },
+    /// Show the manifest, config and layers (`inspect`).
+    Inspect,
     /// An OCI runtime bundle: `dir/rootfs` and `dir/config.json`.
     Bundle {
         dir: PathBuf,
@@ -329,9 +386,36 @@ pub enum Output {
 
 impl Args {
     /// Turns raw flags into settings, or a usage error.
-    pub fn settings(self) -> Result<Settings> {
-        let workdir = absolute(self.workdir.unwrap_or_else(Workdir::default_path))?;
-        match self.command {
+    pub fn settings(mut self) -> Result<Settings> {
+        let workdir = absolute(self.workdir.clone().unwrap_or_else(Workdir::default_path))?;
+        let (quiet, json) = (self.quiet, self.json);
+        let simple = |action: Action| Settings {
+            workdir: workdir.clone(),
+            quiet,
+            json,
+            action,
+        };
+        let mut inspect = false;
+        match self.command.take() {
+            Some(Command::Images { op: None }) => return Ok(simple(Action::Images)),
+            Some(Command::Images {
+                op: Some(ImagesOp::Rm { images }),
+            }) => {
+                let refs = images
+                    .iter()
+                    .map(|i| ImageRef::parse(i))
+                    .collect::<Result<Vec<_>>>()?;
+                return Ok(simple(Action::ForgetImages(refs)));
+            }
+            Some(Command::Content { op }) => return Ok(simple(Action::Content(op))),
+            Some(Command::Gc { dry_run }) => return Ok(simple(Action::Gc { dry_run })),
+            Some(Command::Inspect { image }) => {
+                if self.image.is_some() {
+                    bail!("inspect takes the image as its argument, not -image");
+                }
+                self.image = Some(image);
+                inspect = true;
+            }
             Some(Command::Unpack {
                 flist,
                 stores,
@@ -351,11 +435,7 @@ impl Args {
                         timeout: Duration::from_secs(self.timeout),
                     },
                 };
-                return Ok(Settings {
-                    workdir,
-                    quiet: self.quiet,
-                    action,
-                });
+                return Ok(simple(action));
             }
             Some(Command::Pack { flist, stores, dir }) => {
                 let action = Action::Pack {
@@ -363,32 +443,16 @@ impl Args {
                     stores,
                     dir: absolute(dir)?,
                 };
-                return Ok(Settings {
-                    workdir,
-                    quiet: self.quiet,
-                    action,
-                });
+                return Ok(simple(action));
             }
             Some(Command::Completions { shell }) => {
-                return Ok(Settings {
-                    workdir,
-                    quiet: self.quiet,
-                    action: Action::Document(Document::Completions(shell)),
-                });
+                return Ok(simple(Action::Document(Document::Completions(shell))));
             }
             Some(Command::Man) => {
-                return Ok(Settings {
-                    workdir,
-                    quiet: self.quiet,
-                    action: Action::Document(Document::Man),
-                });
+                return Ok(simple(Action::Document(Document::Man)));
             }
             Some(Command::Flist { op }) => {
-                return Ok(Settings {
-                    workdir,
-                    quiet: self.quiet,
-                    action: Action::Flist(op),
-                });
+                return Ok(simple(Action::Flist(op)));
             }
             None => {}
         }
@@ -396,13 +460,9 @@ impl Args {
             if self.image.is_some() || self.extractto.is_some() || self.mount.is_some() {
                 bail!("-umount takes no -image, -extractto or -mount");
             }
-            return Ok(Settings {
-                workdir,
-                quiet: self.quiet,
-                action: Action::Umount {
-                    target: absolute(target)?,
-                },
-            });
+            return Ok(simple(Action::Umount {
+                target: absolute(target)?,
+            }));
         }
         let mount_options = |target: PathBuf| -> Result<MountOptions> {
             Ok(MountOptions {
@@ -424,15 +484,11 @@ impl Args {
                 if self.extractto.is_some() {
                     bail!("-flist with -mount serves the flist: it takes no -extractto");
                 }
-                return Ok(Settings {
-                    workdir: workdir.clone(),
-                    quiet: self.quiet,
-                    action: Action::Serve {
-                        flist: absolute(flist.clone())?,
-                        stores: self.stores.clone(),
-                        mount: mount_options(target.clone())?,
-                    },
-                });
+                return Ok(simple(Action::Serve {
+                    flist: absolute(flist.clone())?,
+                    stores: self.stores.clone(),
+                    mount: mount_options(target.clone())?,
+                }));
             }
         }
         let Some(image) = self.image.as_deref() else {
@@ -486,8 +542,12 @@ impl Args {
                 target: absolute(target)?,
                 overlaydir: self.overlaydir.map(absolute).transpose()?,
             },
+            (None, None) if inspect => Output::Inspect,
             (None, None) => Output::Cache,
         };
+        if inspect && !matches!(output, Output::Inspect) {
+            bail!("inspect only shows an image: no -extractto, -mount, -flist or -bundle");
+        }
         if self.force && !matches!(output, Output::Extract { .. } | Output::Bundle { .. }) {
             bail!("-force goes with -extractto or -bundle");
         }
@@ -500,6 +560,7 @@ impl Args {
         Ok(Settings {
             workdir,
             quiet: self.quiet,
+            json: self.json,
             action: Action::Image {
                 image,
                 pull: PullOptions {
@@ -512,6 +573,7 @@ impl Args {
                     platform,
                     parallel_downloads: self.parallel_downloads as usize,
                     validate_cache: self.validate_cache,
+                    config_only: inspect,
                 },
                 saveconfig: self.saveconfig,
                 lxcconfig: self.lxcconfig.map(absolute).transpose()?,
@@ -652,10 +714,23 @@ async fn run(s: Settings) -> Result<()> {
             return tokio::task::block_in_place(|| commands::unpack(&flist, &stores, &cache, &target, force));
         }
         Action::Serve { flist, stores, mount } => {
+            // A mount lives long: it must not keep `gc` waiting (gc spares
+            // what live FUSE mounts use).
+            drop(workdir);
             return tokio::task::block_in_place(|| commands::serve(&flist, &stores, &mount));
         }
         Action::Flist(op) => return commands::flist(op),
         Action::Document(_) => unreachable!("documents need no workdir"),
+        Action::Images => return admin::images(&workdir, s.json),
+        Action::ForgetImages(refs) => return admin::forget_images(&workdir, &refs),
+        Action::Content(ContentOp::Ls) => return admin::content_ls(&workdir, s.json),
+        Action::Content(ContentOp::Path { digest }) => return admin::content_path(&workdir, &digest),
+        Action::Content(ContentOp::Rm { digests }) => return admin::content_rm(&workdir, &digests),
+        Action::Gc { dry_run } => {
+            drop(workdir);
+            let workdir = Workdir::open_exclusive(&s.workdir)?;
+            return admin::gc(&workdir, dry_run, s.json);
+        }
         Action::Pack { flist, stores, dir } => {
             return tokio::task::block_in_place(|| commands::pack_dir(&workdir, &dir, &flist, &stores));
         }
@@ -696,6 +771,7 @@ async fn run(s: Settings) -> Result<()> {
     }
     match output {
         Output::Cache => {}
+        Output::Inspect => admin::inspect(&image, s.json)?,
         Output::Extract { target, force } => {
             let stats = tokio::task::block_in_place(|| {
                 extract::extract_layers(&layers, &target, force, &extract::WriteOptions::default())
@@ -747,6 +823,7 @@ async fn run(s: Settings) -> Result<()> {
             tokio::task::block_in_place(|| {
                 let flist = commands::pack_into_workdir(&workdir, &image.manifest_digest, &digests, &layers)
                     .with_context(|| format!("packing {}", image.reference))?;
+                drop(workdir);
                 commands::serve(&flist, &[], &mount)
             })?;
         }

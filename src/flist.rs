@@ -516,6 +516,19 @@ impl Flist {
         Ok((plan, blocks))
     }
 
+    /// The id of every chunk the flist references.
+    pub fn chunk_ids(&self) -> Result<std::collections::HashSet<[u8; 32]>> {
+        let mut out = std::collections::HashSet::new();
+        let mut stmt = self.conn.prepare("SELECT DISTINCT id FROM block")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            if let Ok(id) = <[u8; 32]>::try_from(value_bytes(r.get_ref(0)?)?.as_slice()) {
+                out.insert(id);
+            }
+        }
+        Ok(out)
+    }
+
     fn map_bytes(&self, sql: &str) -> Result<HashMap<i64, Vec<u8>>> {
         let mut out = HashMap::new();
         let mut stmt = self.conn.prepare(sql)?;

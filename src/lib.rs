@@ -6,6 +6,7 @@
 //! verified content, [`pull`] puts those together, and [`cli`] is the
 //! command line over all of it.
 
+pub mod admin;
 pub mod chunkcache;
 pub mod cli;
 pub mod commands;
@@ -14,6 +15,7 @@ pub mod export;
 pub mod extract;
 pub mod flist;
 pub mod fuse;
+pub mod inventory;
 pub mod layer;
 pub mod manifest;
 pub mod overlay;

@@ -145,6 +145,21 @@ impl KnownChunks {
         any
     }
 
+    /// Forgets chunks removed from the store `url` (by `gc`), so a later
+    /// pack uploads them again.
+    pub fn forget(workdir: &Path, url: &str, ids: &[ChunkId]) -> Result<()> {
+        let mut conn = Self::connect(&workdir.join("chunks.db"))?;
+        let tx = conn.transaction()?;
+        {
+            let mut delete = tx.prepare("DELETE FROM known WHERE store = ?1 AND id = ?2")?;
+            for id in ids {
+                delete.execute(params![url, &id[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Records chunks now in the stores of `router`.
     fn save(&self, router: &Router, chunks: &[ChunkRef]) -> Result<()> {
         let mut conn = Self::connect(&self.path)?;

@@ -29,6 +29,8 @@ pub struct PullOptions {
     pub parallel_downloads: usize,
     /// Re-hash cached blobs and re-fetch the bad ones.
     pub validate_cache: bool,
+    /// Fetch the manifest and config only, not the layers (`inspect`).
+    pub config_only: bool,
 }
 
 impl Default for PullOptions {
@@ -39,6 +41,7 @@ impl Default for PullOptions {
             platform: None,
             parallel_downloads: 4,
             validate_cache: false,
+            config_only: false,
         }
     }
 }
@@ -159,7 +162,9 @@ pub async fn pull(
         bail!("config of {image} claims {} bytes; refusing", config_desc.size);
     }
     let mut blobs: Vec<&Descriptor> = vec![config_desc];
-    blobs.extend(manifest.layers.iter());
+    if !opts.config_only {
+        blobs.extend(manifest.layers.iter());
+    }
     let fetched = stream::iter(blobs.iter().copied())
         .map(|desc| puller.ensure_blob(desc, progress))
         .buffered(opts.parallel_downloads.max(1))
@@ -168,8 +173,15 @@ pub async fn pull(
     let config = workdir.read_blob(&config_desc.digest, manifest::MAX_MANIFEST_BYTES)?;
     serde_json::from_slice::<serde_json::Value>(&config)
         .with_context(|| format!("the config of {image} is not valid JSON"))?;
-    if let Some(tag) = image.tag() {
-        tracing::trace!(tag, "pull complete");
+    // Every pulled image has a ref: what `images` lists and `gc` keeps.
+    let top_digest = match image.digest() {
+        Some(d) => d.clone(),
+        None => workdir
+            .read_ref(image)?
+            .unwrap_or_else(|| manifest_digest.clone()),
+    };
+    if !opts.config_only {
+        workdir.write_ref(image, &top_digest)?;
     }
     let stats = PullStats {
         layers: manifest.layers.len(),

@@ -42,14 +42,25 @@ pub struct Workdir {
 }
 
 impl Workdir {
-    /// Opens (creating if needed) the workdir at `root`.
+    /// Opens (creating if needed) the workdir at `root`, shared with other
+    /// flmount processes.
     pub fn open(root: &Path) -> Result<Self> {
+        Self::open_locked(root, Lock::Shared)
+    }
+
+    /// Opens the workdir for `gc`: no other flmount process may use it
+    /// meanwhile (waits for those that do).
+    pub fn open_exclusive(root: &Path) -> Result<Self> {
+        Self::open_locked(root, Lock::Exclusive)
+    }
+
+    fn open_locked(root: &Path, kind: Lock) -> Result<Self> {
         for sub in ["blobs/sha256", "blobs/sha512", "refs", "tmp", "locks"] {
             let dir = root.join(sub);
             fs::create_dir_all(&dir)
                 .with_context(|| format!("creating workdir directory {}", dir.display()))?;
         }
-        let lock = lock_file(&root.join("lock"), Lock::Shared)?;
+        let lock = lock_file(&root.join("lock"), kind)?;
         Ok(Workdir {
             root: root.to_owned(),
             _lock: lock,
@@ -211,11 +222,31 @@ impl Workdir {
         Ok(path)
     }
 
-    /// Records that `image`'s tag resolved to `digest`.
+    /// Records that `image`'s tag resolved to `digest`; a reference pinned
+    /// by digest is recorded as `@<algorithm>-<hex>`, so every cached image
+    /// has a ref (what `images` lists and `gc` keeps). The file's mtime is
+    /// the image's last use.
     pub fn write_ref(&self, image: &ImageRef, digest: &Digest) -> Result<()> {
-        let Some(tag) = image.tag() else { return Ok(()) };
-        let path = self.ref_path(image, tag)?;
+        let name = match image.tag() {
+            Some(tag) => tag.to_owned(),
+            None => format!("@{}-{}", digest.algorithm().name(), digest.hex()),
+        };
+        let path = self.ref_path(image, &name)?;
         write_atomic(&path, format!("{digest}\n").as_bytes())
+    }
+
+    /// Forgets `image` (its tag, or its pinned digest); false if it had no ref.
+    pub fn remove_ref(&self, image: &ImageRef) -> Result<bool> {
+        let name = match (image.tag(), image.digest()) {
+            (Some(tag), _) => tag.to_owned(),
+            (None, Some(d)) => format!("@{}-{}", d.algorithm().name(), d.hex()),
+            (None, None) => return Ok(false),
+        };
+        match fs::remove_file(self.ref_path(image, &name)?) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).context("removing the ref"),
+        }
     }
 
     /// The digest `image`'s tag last resolved to, if known.
@@ -339,11 +370,21 @@ fn lock_file(path: &Path, kind: Lock) -> Result<File> {
         .write(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    match kind {
-        Lock::Shared => file.lock_shared(),
-        Lock::Exclusive => file.lock(),
+    let free = match kind {
+        Lock::Shared => file.try_lock_shared(),
+        Lock::Exclusive => file.try_lock(),
+    };
+    if free.is_err() {
+        tracing::info!(
+            "waiting for other flmount processes to release {}",
+            path.display()
+        );
+        match kind {
+            Lock::Shared => file.lock_shared(),
+            Lock::Exclusive => file.lock(),
+        }
+        .with_context(|| format!("locking {}", path.display()))?;
     }
-    .with_context(|| format!("locking {}", path.display()))?;
     Ok(file)
 }
 

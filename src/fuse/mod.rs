@@ -252,12 +252,12 @@ pub fn is_mounted_at(mountpoint: &Path) -> bool {
         let (_, Some(dir), Some(fstype)) = (fields.next(), fields.next(), fields.next()) else {
             return false;
         };
-        fstype == "fuse.flmount" && unescape_mount_path(dir) == want
+        fstype == "fuse.flmount" && unescape_mount_field(dir) == want
     })
 }
 
 /// /proc/mounts writes space, tab, newline and backslash as `\ooo`.
-fn unescape_mount_path(s: &str) -> Vec<u8> {
+pub fn unescape_mount_field(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -295,8 +295,8 @@ fn which_fusermount() -> bool {
 mod tests {
     #[test]
     fn mount_paths_are_unescaped() {
-        assert_eq!(super::unescape_mount_path(r"/run/my\040root"), b"/run/my root");
-        assert_eq!(super::unescape_mount_path(r"/a\134b"), b"/a\\b");
-        assert_eq!(super::unescape_mount_path("/plain"), b"/plain");
+        assert_eq!(super::unescape_mount_field(r"/run/my\040root"), b"/run/my root");
+        assert_eq!(super::unescape_mount_field(r"/a\134b"), b"/a\\b");
+        assert_eq!(super::unescape_mount_field("/plain"), b"/plain");
     }
 }

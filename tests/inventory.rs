@@ -1,0 +1,223 @@
+//! What the workdir holds: `images` (and `images rm`), `content ls | path |
+//! rm`, `inspect` (no layers fetched), and `gc`, which removes what no
+//! cached image references but never what a live overlay or FUSE mount
+//! uses.
+
+mod common;
+
+use std::path::Path;
+
+use common::tarball::{tar, E};
+use common::*;
+use serde_json::Value;
+
+/// Two images sharing a base layer: `inv/a:t` and `inv/b:t`.
+fn two_images(reg: &Registry, tmp: &Path) -> (String, String) {
+    let base = tar(&[E::dir("etc"), E::file("etc/base", pseudo_random(300_000, 1))]);
+    let a = tar(&[E::file("etc/a", pseudo_random(200_000, 2))]);
+    let b = tar(&[E::file("etc/b", pseudo_random(200_000, 3))]);
+    let image = |name: &str, top: Vec<u8>| {
+        reg.push_layers(
+            name,
+            vec![(Compression::Gzip, base.clone()), (Compression::Gzip, top)],
+            &tmp.join(name.replace('/', "-")),
+        )
+    };
+    (image("inv/a", a), image("inv/b", b))
+}
+
+fn json(fl: &Flmount, args: &[&str]) -> Value {
+    let out = fl.run(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn roles(fl: &Flmount) -> Vec<(String, String)> {
+    json(fl, &["content", "ls", "-json"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["digest"].as_str().unwrap().to_owned(),
+                b["role"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn images_content_and_inspect() {
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = two_images(&reg, tmp.path());
+
+    // inspect fetches the manifest and config, not the layers.
+    let fl = Flmount::new();
+    let info = json(&fl, &["inspect", &a, "-json"]);
+    assert_eq!(info["layers"].as_array().unwrap().len(), 2);
+    assert_eq!(info["platform"], "linux/amd64");
+    assert_eq!(info["config"]["config"]["Entrypoint"][0], "/bin/sh");
+    let layer = info["layers"][1]["digest"].as_str().unwrap().to_owned();
+    assert!(
+        roles(&fl).iter().all(|(_, r)| r != "layer"),
+        "inspect fetched layers"
+    );
+    let text = fl.run(&["inspect", &a]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains(&layer));
+
+    fl.ok(&["-image", &a]);
+    fl.ok(&["-image", &b]);
+    let images = json(&fl, &["images", "-json"]);
+    let names: Vec<&str> = images
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.ends_with("inv/a")) && names.iter().any(|n| n.ends_with("inv/b")),
+        "{images}"
+    );
+    assert!(images[0]["size"].as_u64().unwrap() > 400_000);
+    let roles = roles(&fl);
+    assert_eq!(
+        roles.iter().filter(|(_, r)| r == "layer").count(),
+        3,
+        "one shared base layer: {roles:?}"
+    );
+    assert_eq!(roles.iter().filter(|(_, r)| r == "manifest").count(), 2);
+
+    let out = fl.run(&["content", "path", &layer]);
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(Path::new(&path).is_file(), "{path}");
+    fl.ok(&["content", "rm", &layer]);
+    assert!(!Path::new(&path).exists());
+    fl.fails(&["content", "path", &layer], 3);
+    // The next use fetches it again.
+    fl.ok(&["-image", &a]);
+    assert!(Path::new(&path).is_file());
+    fl.fails(&["images", "rm", "inv/never:t"], 3);
+}
+
+#[test]
+fn gc_keeps_what_images_and_live_mounts_use() {
+    if !root_or_skip("gc_keeps_what_images_and_live_mounts_use", "overlay mounts") {
+        return;
+    }
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = two_images(&reg, tmp.path());
+    let fl = Flmount::new();
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    fl.ok(&["-image", &a, "-mount", mnt.to_str().unwrap()]);
+    fl.ok(&["-image", &b]);
+    std::fs::write(fl.workdir.join("tmp/leftover.partial"), b"x").unwrap();
+
+    // b forgotten, a forgotten but mounted: only b's own blobs go.
+    fl.ok(&["images", "rm", &b]);
+    fl.ok(&["images", "rm", &a]);
+    let dry = json(&fl, &["gc", "-dry-run", "-json"]);
+    assert_eq!(dry["dry_run"], true);
+    let before = roles(&fl).len();
+    fl.ok(&["gc"]);
+    let after = roles(&fl);
+    assert_eq!(
+        before - after.len(),
+        dry["removed"]["blobs"].as_u64().unwrap() as usize
+    );
+    assert_eq!(
+        after.len(),
+        4,
+        "a's manifest, config and two layers stay: {after:?}"
+    );
+    assert!(after.iter().all(|(_, r)| r != "unreferenced"));
+    assert!(!fl.workdir.join("tmp/leftover.partial").exists());
+    assert_eq!(std::fs::read_dir(fl.workdir.join("overlays")).unwrap().count(), 2);
+    assert!(mnt.join("etc/a").is_file(), "the live overlay mount broke");
+
+    // Unmounted, nothing references a's content any more.
+    fl.ok(&["-umount", mnt.to_str().unwrap()]);
+    fl.ok(&["gc"]);
+    assert!(roles(&fl).is_empty());
+    assert_eq!(std::fs::read_dir(fl.workdir.join("overlays")).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(fl.workdir.join("l")).unwrap().count(), 0);
+}
+
+#[test]
+fn gc_spares_a_live_fuse_mount_and_forgets_removed_chunks() {
+    if !root_or_skip(
+        "gc_spares_a_live_fuse_mount_and_forgets_removed_chunks",
+        "FUSE mounts",
+    ) {
+        return;
+    }
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("SKIPPED gc_spares_a_live_fuse_mount_and_forgets_removed_chunks: no /dev/fuse");
+        return;
+    }
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, _) = two_images(&reg, tmp.path());
+    let fl = Flmount::new();
+    let mnt = tmp.path().join("fuse");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut server = fl
+        .command()
+        .args(["-image", &a, "-fuse", "-mount", mnt.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !mnt.join("etc/a").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the FUSE mount did not come up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let store = fl.workdir.join("store");
+    let chunks = |dir: &Path| walk_files(dir);
+    let stored = chunks(&store);
+    assert!(stored > 0);
+    fl.ok(&["images", "rm", &a]);
+    fl.ok(&["gc"]);
+    assert_eq!(chunks(&store), stored, "gc removed chunks a live mount serves");
+    assert_eq!(std::fs::read_dir(fl.workdir.join("flists")).unwrap().count(), 1);
+    std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+    assert_eq!(
+        std::fs::read(mnt.join("etc/a")).unwrap(),
+        pseudo_random(200_000, 2)
+    );
+
+    fl.ok(&["-umount", mnt.to_str().unwrap()]);
+    assert!(server.wait().unwrap().success());
+    fl.ok(&["gc"]);
+    assert_eq!(chunks(&store), 0);
+    assert_eq!(std::fs::read_dir(fl.workdir.join("flists")).unwrap().count(), 0);
+    // The chunk index forgot them: packing again stores them again.
+    let log = fl.ok(&[
+        "-image",
+        &a,
+        "-flist",
+        tmp.path().join("again.fl").to_str().unwrap(),
+        "-store",
+        &format!("dir://{}", store.display()),
+    ]);
+    assert!(log.contains(", 0 already stored"), "{log}");
+}
+
+fn walk_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .map(|e| e.unwrap().path())
+        .map(|p| if p.is_dir() { walk_files(&p) } else { 1 })
+        .sum()
+}
