@@ -41,7 +41,8 @@ else $DOCKER_CONFIG/config.json or ~/.docker/config.json (auths, credHelpers, cr
 Registries on localhost / 127.0.0.0/8 may use plain HTTP, as with Docker.
 
 Exit codes: 0 ok, 1 other error, 2 usage, 3 not found, 4 authentication,
-5 registry or network unavailable, 6 integrity (digest mismatch).";
+5 registry or network unavailable, 6 integrity (digest mismatch), 7 local I/O
+(disk full, permissions).";
 
 /// flmount: container images as live filesystems.
 ///
@@ -168,7 +169,7 @@ pub struct Args {
     #[arg(short, long, global = true)]
     pub quiet: bool,
 
-    /// images, content ls, gc, inspect: print JSON
+    /// Print JSON on standard output: the listing (images, content ls, inspect), or a summary of what was done
     #[arg(long, global = true)]
     pub json: bool,
 }
@@ -545,6 +546,9 @@ impl Args {
             (None, None) if inspect => Output::Inspect,
             (None, None) => Output::Cache,
         };
+        if self.json && matches!(output, Output::Export) {
+            bail!("-json does not go with -extractto -: standard output is the tar stream");
+        }
         if inspect && !matches!(output, Output::Inspect) {
             bail!("inspect only shows an image: no -extractto, -mount, -flist or -bundle");
         }
@@ -765,6 +769,16 @@ async fn run(s: Settings) -> Result<()> {
         Ok(())
     };
     let served = matches!(output, Output::Fuse { .. });
+    let (output_kind, output_target) = match &output {
+        Output::Cache => ("cache", None),
+        Output::Inspect => ("inspect", None),
+        Output::Extract { target, .. } => ("extract", Some(target.clone())),
+        Output::Export => ("export", None),
+        Output::Overlay { target, .. } => ("overlay", Some(target.clone())),
+        Output::Fuse { mount } => ("fuse", Some(mount.mountpoint.clone())),
+        Output::Bundle { dir, .. } => ("bundle", Some(dir.clone())),
+        Output::Flist { path, .. } => ("flist", Some(path.clone())),
+    };
     if served {
         // Serving lasts until unmounted: write it first.
         write_lxc_config(None)?;
@@ -852,6 +866,17 @@ async fn run(s: Settings) -> Result<()> {
     if !served {
         write_lxc_config(rootfs.as_deref())?;
     }
+    if s.json && output_kind != "inspect" {
+        let summary = serde_json::json!({
+            "image": image.reference.to_string(),
+            "digest": image.manifest_digest.to_string(),
+            "pull": image.stats,
+            "output": output_kind,
+            "target": output_target,
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        println!("{summary}");
+    }
     Ok(())
 }
 
@@ -861,7 +886,16 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         Some(ErrorKind::Auth) => 4,
         Some(ErrorKind::Unavailable) => 5,
         Some(ErrorKind::Integrity) => 6,
-        Some(ErrorKind::Protocol) | None => 1,
+        Some(ErrorKind::Protocol) => 1,
+        // A local file-system failure: disk full, permissions, I/O errors.
+        None if e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.raw_os_error().is_some())
+        }) =>
+        {
+            7
+        }
+        None => 1,
     }
 }
 

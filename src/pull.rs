@@ -75,7 +75,7 @@ impl PulledImage {
 }
 
 /// What a pull did, for the summary line.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct PullStats {
     pub layers: usize,
     pub layers_fetched: usize,

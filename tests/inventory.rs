@@ -70,8 +70,13 @@ fn images_content_and_inspect() {
     let text = fl.run(&["inspect", &a]);
     assert!(String::from_utf8_lossy(&text.stdout).contains(&layer));
 
-    fl.ok(&["-image", &a]);
+    let summary = json(&fl, &["-image", &a, "-json"]);
+    assert_eq!(summary["pull"]["layers"], 2);
+    assert_eq!(summary["output"], "cache");
+    assert_eq!(summary["digest"], info["digest"]);
     fl.ok(&["-image", &b]);
+    // A local I/O failure has its own exit code.
+    fl.fails(&["-image", &b, "-extractto", "/etc/hostname/rootfs"], 7);
     let images = json(&fl, &["images", "-json"]);
     let names: Vec<&str> = images
         .as_array()
