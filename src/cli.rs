@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser};
 
 use crate::chunkcache::CacheOptions;
+use crate::config::Config;
 use crate::fuse::MountOptions;
 use crate::manifest::Platform;
 use crate::progress::Progress;
@@ -92,9 +93,9 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
 
-    /// Size limit of the chunk cache, least recently used chunks evicted first (e.g. 512M, 20G)
-    #[arg(long, value_name = "SIZE", default_value = "4G", value_parser = parse_size, global = true)]
-    pub cache_size: u64,
+    /// Size limit of the chunk cache, least recently used chunks evicted first (e.g. 512M, 20G) [default: 4G]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, global = true)]
+    pub cache_size: Option<u64>,
 
     /// FUSE mounts: fetch every chunk of the flist into the cache in the background
     #[arg(long)]
@@ -199,8 +200,8 @@ pub enum Command {
         /// The flist to write (e.g. -flist app.fl)
         #[arg(long, value_name = "FILE")]
         flist: PathBuf,
-        /// Chunk stores, [xx-yy=]URL (see -store above)
-        #[arg(long = "store", value_name = "URL", required = true)]
+        /// Chunk stores, [xx-yy=]URL (see -store above) [default: the config file's stores]
+        #[arg(long = "store", value_name = "URL")]
         stores: Vec<String>,
         /// The directory to pack
         dir: PathBuf,
@@ -318,6 +319,8 @@ pub enum Action {
         pull: PullOptions,
         saveconfig: Option<PathBuf>,
         lxcconfig: Option<PathBuf>,
+        /// The same image on a configured mirror, tried first.
+        mirror: Option<ImageRef>,
         output: Output,
     },
     /// Unmount a mount made by flmount and clean up after it.
@@ -387,8 +390,23 @@ pub enum Output {
 
 impl Args {
     /// Turns raw flags into settings, or a usage error.
-    pub fn settings(mut self) -> Result<Settings> {
-        let workdir = absolute(self.workdir.clone().unwrap_or_else(Workdir::default_path))?;
+    pub fn settings(mut self, config: &Config) -> Result<Settings> {
+        let workdir = absolute(
+            self.workdir
+                .clone()
+                .or_else(|| config.workdir.clone())
+                .unwrap_or_else(Workdir::default_path),
+        )?;
+        let cache_size = match (self.cache_size, &config.cache_size) {
+            (Some(size), _) => size,
+            (None, Some(text)) => {
+                parse_size(text).map_err(|e| anyhow::anyhow!("cache_size in the config file: {e}"))?
+            }
+            (None, None) => CacheOptions::DEFAULT_SIZE,
+        };
+        if self.stores.is_empty() {
+            self.stores = config.stores.clone();
+        }
         let (quiet, json) = (self.quiet, self.json);
         let simple = |action: Action| Settings {
             workdir: workdir.clone(),
@@ -431,7 +449,7 @@ impl Args {
                     force,
                     cache: CacheOptions {
                         dir: cache.map(absolute).transpose()?,
-                        size_limit: self.cache_size,
+                        size_limit: cache_size,
                         memory_chunks: MEMORY_CHUNKS,
                         timeout: Duration::from_secs(self.timeout),
                     },
@@ -439,6 +457,14 @@ impl Args {
                 return Ok(simple(action));
             }
             Some(Command::Pack { flist, stores, dir }) => {
+                let stores = if stores.is_empty() {
+                    config.stores.clone()
+                } else {
+                    stores
+                };
+                if stores.is_empty() {
+                    bail!("pack needs at least one -store (or `stores` in the config file)");
+                }
                 let action = Action::Pack {
                     flist: absolute(flist)?,
                     stores,
@@ -473,7 +499,7 @@ impl Args {
                 prefetch: self.prefetch,
                 cache: CacheOptions {
                     dir: self.cache.clone().map(absolute).transpose()?,
-                    size_limit: self.cache_size,
+                    size_limit: cache_size,
                     memory_chunks: MEMORY_CHUNKS,
                     timeout: Duration::from_secs(self.timeout),
                 },
@@ -496,8 +522,14 @@ impl Args {
             bail!("nothing to do: give -image REF, -flist FILE -mount DIR, or -umount DIR (see flmount -h)");
         };
         let image = Source::parse(image);
+        let mut insecure = self.insecure;
+        let mut mirror = None;
         if let Source::Registry(r) = &image {
-            ImageRef::parse(r)?;
+            let parsed = ImageRef::parse(r)?;
+            insecure |= config.is_insecure(parsed.registry());
+            if let Some(host) = config.mirror(parsed.registry()) {
+                mirror = Some(parsed.on_registry(host)?);
+            }
         }
         let credentials = match (self.username, self.password) {
             (Some(u), Some(p)) => Some(Credentials::new(u, p)),
@@ -569,7 +601,7 @@ impl Args {
                 image,
                 pull: PullOptions {
                     transport: Transport {
-                        insecure: self.insecure,
+                        insecure,
                         plain_http: self.plain_http,
                         ..Transport::default()
                     },
@@ -581,6 +613,7 @@ impl Args {
                 },
                 saveconfig: self.saveconfig,
                 lxcconfig: self.lxcconfig.map(absolute).transpose()?,
+                mirror,
                 output,
             },
         })
@@ -661,7 +694,14 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(args.verbose, args.quiet);
-    let settings = match args.settings() {
+    let config = match Config::load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("flmount: error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let settings = match args.settings(&config) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("flmount: error: {e:#}");
@@ -690,7 +730,7 @@ async fn run(s: Settings) -> Result<()> {
     }
     let workdir =
         Workdir::open(&s.workdir).with_context(|| format!("opening workdir {}", s.workdir.display()))?;
-    let (image, pull_options, saveconfig, lxcconfig, output) = match s.action {
+    let (image, pull_options, saveconfig, lxcconfig, mirror, output) = match s.action {
         Action::Umount { target } if fuse::is_mounted_at(&target) => {
             fuse::unmount(&target)?;
             tracing::info!("unmounted {}", target.display());
@@ -706,8 +746,9 @@ async fn run(s: Settings) -> Result<()> {
             pull,
             saveconfig,
             lxcconfig,
+            mirror,
             output,
-        } => (image, pull, saveconfig, lxcconfig, output),
+        } => (image, pull, saveconfig, lxcconfig, mirror, output),
         Action::Unpack {
             flist,
             stores,
@@ -745,7 +786,24 @@ async fn run(s: Settings) -> Result<()> {
         .clone()
         .unwrap_or_else(crate::manifest::Platform::host);
     let image = tokio::task::block_in_place(|| image.resolve(&workdir, &wanted))?;
-    let image = pull::pull(&workdir, &image, &pull_options, &progress).await?;
+    let from_mirror = match &mirror {
+        Some(m) => match pull::pull(&workdir, m, &pull_options, &progress).await {
+            Ok(pulled) => Some(pulled),
+            Err(e) => {
+                tracing::warn!(
+                    "mirror {}: {e:#}; pulling from {}",
+                    m.registry(),
+                    image.registry()
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let image = match from_mirror {
+        Some(pulled) => pulled,
+        None => pull::pull(&workdir, &image, &pull_options, &progress).await?,
+    };
     tracing::info!("pulled {}", image.summary());
     if let Some(path) = &saveconfig {
         workdir::write_atomic(path, &image.config)
@@ -953,13 +1011,13 @@ mod tests {
 
     #[test]
     fn settings_validation() {
-        let err = |args: &[&str]| parse(args).settings().unwrap_err().to_string();
+        let err = |args: &[&str]| parse(args).settings(&Config::default()).unwrap_err().to_string();
         assert!(err(&["flmount"]).contains("nothing to do"));
         assert!(err(&["flmount", "-image", "a", "-username", "u"]).contains("needs -password"));
         assert!(err(&["flmount", "-image", "a", "-platform", "linux"]).contains("os/arch"));
         assert!(err(&["flmount", "-image", "a", "-insecure", "-plain-http"]).contains("exclude"));
         let s = parse(&["flmount", "-image", "a", "-platform", "linux/arm64"])
-            .settings()
+            .settings(&Config::default())
             .unwrap();
         let Action::Image { pull, .. } = s.action else {
             panic!()
@@ -986,7 +1044,7 @@ mod tests {
             "-timeout",
             "5",
         ])
-        .settings()
+        .settings(&Config::default())
         .unwrap();
         let Action::Serve { mount, .. } = s.action else {
             panic!("{:?}", s.action)
@@ -996,7 +1054,7 @@ mod tests {
         assert_eq!(mount.cache.timeout, Duration::from_secs(5));
         assert!(mount.cache.dir.is_none() && mount.default_cache_dir.ends_with("cache/chunks"));
         let s = parse(&["flmount", "-image", "a", "-mount", "/m", "-fuse"])
-            .settings()
+            .settings(&Config::default())
             .unwrap();
         assert!(matches!(
             s.action,
@@ -1005,7 +1063,7 @@ mod tests {
                 ..
             }
         ));
-        let err = |args: &[&str]| parse(args).settings().unwrap_err().to_string();
+        let err = |args: &[&str]| parse(args).settings(&Config::default()).unwrap_err().to_string();
         assert!(err(&["flmount", "-image", "a", "-fuse"]).contains("-fuse goes with -mount"));
         assert!(err(&["flmount", "-image", "a", "-mount", "/m", "-prefetch"]).contains("FUSE"));
         assert!(
@@ -1024,7 +1082,7 @@ mod tests {
             "-password",
             "hunter2-secret",
         ])
-        .settings()
+        .settings(&Config::default())
         .unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
     }
@@ -1041,7 +1099,9 @@ mod tests {
         Document::Man.write(&mut man).unwrap();
         let man = String::from_utf8(man).unwrap();
         assert!(man.contains(".TH flmount") && man.contains("extractto"), "{man}");
-        let s = parse(&["flmount", "completions", "zsh"]).settings().unwrap();
+        let s = parse(&["flmount", "completions", "zsh"])
+            .settings(&Config::default())
+            .unwrap();
         assert!(matches!(
             s.action,
             Action::Document(Document::Completions(clap_complete::Shell::Zsh))

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod chunkcache;
 pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod digest;
 pub mod export;
 pub mod extract;

@@ -75,6 +75,20 @@ impl ImageRef {
         )
     }
 
+    /// The same repository, tag and digest on another registry (a mirror).
+    pub fn on_registry(&self, registry: &str) -> Result<ImageRef> {
+        let mut s = format!("{registry}/{}", self.repository());
+        if let Some(tag) = self.tag() {
+            s.push(':');
+            s.push_str(tag);
+        }
+        if let Some(d) = &self.digest {
+            s.push('@');
+            s.push_str(&d.to_string());
+        }
+        ImageRef::parse(&s)
+    }
+
     /// Whether the registry host is this machine (`localhost`, 127.0.0.0/8, `::1`).
     pub fn is_loopback(&self) -> bool {
         host_is_loopback(self.registry())

@@ -226,3 +226,55 @@ fn walk_files(dir: &Path) -> usize {
         .map(|p| if p.is_dir() { walk_files(&p) } else { 1 })
         .sum()
 }
+
+#[test]
+fn the_config_file_gives_defaults_and_mirrors() {
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, _) = two_images(&reg, tmp.path());
+    let fl = Flmount::new();
+    let home = fl.home.path();
+    let work = home.join("from-config");
+    let chunks = tmp.path().join("chunks");
+    std::fs::create_dir_all(home.join(".config/flmount")).unwrap();
+    // A registry that does not exist, mirrored by the test registry.
+    let config = format!(
+        "workdir = \"{}\"\nstores = [\"dir://{}\"]\ncache_size = \"64M\"\n[mirrors]\n\"127.0.0.1:9\" = \"{}\"\n",
+        work.display(),
+        chunks.display(),
+        reg.addr()
+    );
+    std::fs::write(home.join(".config/flmount/config.toml"), config).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flmount"))
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", home)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let repo_tag = a.split_once('/').unwrap().1;
+    let flist = tmp.path().join("a.fl");
+    let out = run(&[
+        "-image",
+        &format!("127.0.0.1:9/{repo_tag}"),
+        "-flist",
+        flist.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        std::fs::read_dir(work.join("blobs/sha256")).unwrap().count() >= 4,
+        "not in the config's workdir"
+    );
+    assert!(
+        chunks.is_dir() && flist.is_file(),
+        "not packed into the config's store: {stderr}"
+    );
+
+    std::fs::write(home.join(".config/flmount/config.toml"), "wrokdir = \"/x\"\n").unwrap();
+    let out = run(&["images"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("config.toml"));
+}
