@@ -764,7 +764,7 @@ async fn run(s: Settings) -> Result<()> {
             drop(workdir);
             return tokio::task::block_in_place(|| commands::serve(&flist, &stores, &mount));
         }
-        Action::Flist(op) => return commands::flist(op),
+        Action::Flist(op) => return commands::flist(op, s.json),
         Action::Document(_) => unreachable!("documents need no workdir"),
         Action::Images => return admin::images(&workdir, s.json),
         Action::ForgetImages(refs) => return admin::forget_images(&workdir, &refs),

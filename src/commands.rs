@@ -287,7 +287,7 @@ pub fn pack_into_workdir(
 }
 
 /// `flmount flist ...`
-pub fn flist(op: FlistOp) -> Result<()> {
+pub fn flist(op: FlistOp, json: bool) -> Result<()> {
     match op {
         FlistOp::Ls { flist } => {
             let (plan, _) = Flist::open(&flist)?.plan()?;
@@ -354,6 +354,22 @@ pub fn flist(op: FlistOp) -> Result<()> {
                 })
                 .sum();
             let chunks: usize = blocks.values().map(Vec::len).sum();
+            if json {
+                let routes: Vec<_> = fl
+                    .routes()?
+                    .into_iter()
+                    .map(|r| serde_json::json!({"start": r.start, "end": r.end, "url": r.url}))
+                    .collect();
+                let tags: std::collections::BTreeMap<_, _> = fl.tags()?.into_iter().collect();
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "flist": flist, "directories": plan.dirs.len(), "files": files, "bytes": bytes,
+                        "other": plan.inodes.len() - files, "chunks": chunks, "routes": routes, "tags": tags,
+                    })
+                );
+                return Ok(());
+            }
             println!("flist:       {}", flist.display());
             println!("directories: {}", plan.dirs.len());
             println!("files:       {files} ({})", human_bytes(bytes));

@@ -424,4 +424,25 @@ fn packing_a_directory_round_trips_it() {
         s.flat.to_str().unwrap(),
     ]);
     s.unpack_equals(&flist, &[], "dir-round-trip");
+    let out = s.fl.run(&["flist", "inspect", "-json", flist.to_str().unwrap()]);
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files = walk(&s.flat)
+        .iter()
+        .filter(|p| p.symlink_metadata().unwrap().is_file())
+        .count();
+    // Hard-linked names are one file.
+    assert!(info["files"].as_u64().unwrap() as usize <= files && info["files"].as_u64().unwrap() > 10);
+    assert_eq!(info["routes"][0]["url"], store);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.symlink_metadata().unwrap().is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
 }
