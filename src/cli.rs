@@ -756,7 +756,15 @@ async fn run(s: Settings) -> Result<()> {
             force,
             cache,
         } => {
-            return tokio::task::block_in_place(|| commands::unpack(&flist, &stores, &cache, &target, force));
+            let stats =
+                tokio::task::block_in_place(|| commands::unpack(&flist, &stores, &cache, &target, force))?;
+            if s.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "flist": flist, "target": target, "written": stats })
+                );
+            }
+            return Ok(());
         }
         Action::Serve { flist, stores, mount } => {
             // A mount lives long: it must not keep `gc` waiting (gc spares
@@ -777,7 +785,14 @@ async fn run(s: Settings) -> Result<()> {
             return admin::gc(&workdir, dry_run, s.json);
         }
         Action::Pack { flist, stores, dir } => {
-            return tokio::task::block_in_place(|| commands::pack_dir(&workdir, &dir, &flist, &stores));
+            let stats = tokio::task::block_in_place(|| commands::pack_dir(&workdir, &dir, &flist, &stores))?;
+            if s.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "flist": flist, "dir": dir, "packed": stats })
+                );
+            }
+            return Ok(());
         }
     };
     let progress = Progress::new(s.quiet);

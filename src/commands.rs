@@ -124,11 +124,11 @@ pub fn pack_image(
             blocks.insert(i, chunks.clone());
         }
     }
-    write_flist(out, &plan, &blocks, &router, stats, started)
+    write_flist(out, &plan, &blocks, &router, stats, started).map(drop)
 }
 
 /// `flmount pack -flist OUT -store URL... DIR`: the same from a directory.
-pub fn pack_dir(workdir: &Workdir, dir: &Path, out: &Path, stores: &[String]) -> Result<()> {
+pub fn pack_dir(workdir: &Workdir, dir: &Path, out: &Path, stores: &[String]) -> Result<pack::PackStats> {
     let started = Instant::now();
     let plan = crate::scan::scan(dir)?;
     let content = crate::scan::DiskContent {
@@ -168,9 +168,9 @@ fn write_flist(
     plan: &crate::tree::Plan,
     blocks: &HashMap<usize, Vec<ChunkRef>>,
     router: &Router,
-    stats: pack::PackStats,
+    mut stats: pack::PackStats,
     started: Instant,
-) -> Result<()> {
+) -> Result<pack::PackStats> {
     let tags = vec![
         ("version".to_owned(), "v2".to_owned()),
         (
@@ -195,7 +195,9 @@ fn write_flist(
         secs,
         human_bytes((bytes as f64 / secs.max(1e-3)) as u64)
     );
-    Ok(())
+    stats.files = files;
+    stats.bytes = bytes;
+    Ok(stats)
 }
 
 /// The router for reading an flist. Without `-store`, the flist's own
@@ -237,7 +239,7 @@ pub fn unpack(
     cache: &CacheOptions,
     target: &Path,
     force: bool,
-) -> Result<()> {
+) -> Result<extract::WriteStats> {
     let started = Instant::now();
     let fl = Flist::open(flist_path)?;
     let (plan, blocks) = fl.plan()?;
@@ -254,7 +256,7 @@ pub fn unpack(
     .with_context(|| format!("unpacking {} into {}", flist_path.display(), target.display()))?;
     content.rt.block_on(cache.flush());
     tracing::info!("unpacked {stats} in {:.2}s", started.elapsed().as_secs_f64());
-    Ok(())
+    Ok(stats)
 }
 
 /// `-flist F -mount DIR`: serve an flist through FUSE until unmounted.

@@ -63,7 +63,7 @@ impl Default for WriteOptions {
 }
 
 /// What was written.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct WriteStats {
     pub dirs: u64,
     pub files: u64,

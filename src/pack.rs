@@ -27,7 +27,7 @@ use crate::store::{codec, ChunkId, ChunkRef, Router, CHUNK_SIZE};
 use crate::tree::{InodeKind, Plan, Source};
 
 /// What packing did.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize)]
 pub struct PackStats {
     pub files: u64,
     pub bytes: u64,

@@ -433,6 +433,20 @@ fn packing_a_directory_round_trips_it() {
     // Hard-linked names are one file.
     assert!(info["files"].as_u64().unwrap() as usize <= files && info["files"].as_u64().unwrap() > 10);
     assert_eq!(info["routes"][0]["url"], store);
+    // Packed again, as JSON: nothing uploaded.
+    let again = s.path("dir-again.fl");
+    let out = s.fl.run(&[
+        "pack",
+        "-json",
+        "-flist",
+        again.to_str().unwrap(),
+        "-store",
+        &store,
+        s.flat.to_str().unwrap(),
+    ]);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["packed"]["uploaded"], 0, "{summary}");
+    assert_eq!(summary["packed"]["files"], info["files"]);
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
