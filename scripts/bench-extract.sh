@@ -85,23 +85,7 @@ export RUST_LOG=flmount=info
 bench_image_ensure
 
 # The layer blobs in order, from the layout's manifest (all gzip).
-mapfile -t layer_blobs < <(python3 - "$BENCH_LAYOUT" "$BENCH_TAG" "$here/lib" <<'EOF'
-import json, os, sys
-
-layout, tag = sys.argv[1], sys.argv[2]
-sys.path.insert(0, sys.argv[3])
-import oci_layout
-
-def blob(digest):
-    return oci_layout.blob(layout, digest)
-
-desc, manifest = oci_layout.manifest(layout, tag)
-for layer in manifest["layers"]:
-    if not layer["mediaType"].endswith("tar+gzip"):
-        sys.exit(f"bench-extract: layer {layer['digest']} is {layer['mediaType']}, not gzip")
-    print(blob(layer["digest"]))
-EOF
-)
+mapfile -t layer_blobs < <(python3 "$here/lib/oci_layout.py" layers "$BENCH_LAYOUT" "$BENCH_TAG" --gzip-only)
 if ((${#layer_blobs[@]} == 0)); then
 	echo "bench-extract: no layers found in $BENCH_IMAGE" >&2
 	exit 1

@@ -101,18 +101,7 @@ export RUST_LOG=flmount=info
 bench_image_ensure
 
 # The layer blobs in order (for the tree comparison: what the layers list).
-mapfile -t layer_blobs < <(python3 - "$BENCH_LAYOUT" "$BENCH_TAG" "$here/lib" <<'EOF'
-import sys
-
-layout, tag = sys.argv[1], sys.argv[2]
-sys.path.insert(0, sys.argv[3])
-import oci_layout
-
-desc, manifest = oci_layout.manifest(layout, tag)
-for layer in manifest["layers"]:
-    print(oci_layout.blob(layout, layer["digest"]))
-EOF
-)
+mapfile -t layer_blobs < <(python3 "$here/lib/oci_layout.py" layers "$BENCH_LAYOUT" "$BENCH_TAG")
 
 export TMPDIR=${TMPDIR:-/var/tmp}
 tmp= # set below

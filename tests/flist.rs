@@ -284,17 +284,7 @@ fn http_and_s3_stores() {
     s.unpack_equals_with(&flist, &from_http, "from-cache", &with_cache);
 
     // S3 (moto): credentials from the URL, bucket made beforehand.
-    let moto = Server::moto();
-    run_ok(Command::new("curl").args([
-        "-sf",
-        "-X",
-        "PUT",
-        &format!("http://127.0.0.1:{}/flchunks", moto.1),
-    ]));
-    let store = format!(
-        "s3://AKIDTEST:s3-Secret-99@127.0.0.1:{}/flchunks?region=us-east-1",
-        moto.1
-    );
+    let (_moto, store) = Server::moto_bucket("flchunks");
     let (flist, _) = s.pack("s3.fl", std::slice::from_ref(&store));
     assert!(!String::from_utf8_lossy(&std::fs::read(&flist).unwrap()).contains("s3-Secret-99"));
     // Reading needs the secret again: give it with -store.

@@ -253,17 +253,7 @@ fn mounted_flists_equal_extraction_from_dir_zdb_and_s3_stores() {
     }
     let img = rules_image();
     let redis = Server::redis();
-    let moto = Server::moto();
-    run_ok(Command::new("curl").args([
-        "-sf",
-        "-X",
-        "PUT",
-        &format!("http://127.0.0.1:{}/flchunks", moto.1),
-    ]));
-    let s3 = format!(
-        "s3://AKIDTEST:s3-Secret-99@127.0.0.1:{}/flchunks?region=us-east-1",
-        moto.1
-    );
+    let (_moto, s3) = Server::moto_bucket("flchunks");
     let stores = [
         ("dir", format!("dir://{}", img.path("chunks").display())),
         ("zdb", format!("zdb://127.0.0.1:{}", redis.1)),

@@ -68,6 +68,25 @@ impl Server {
     }
 }
 
+impl Server {
+    /// moto with an empty bucket; returns the server and the bucket's store
+    /// URL, credentials included.
+    pub fn moto_bucket(bucket: &str) -> (Server, String) {
+        let moto = Server::moto();
+        super::run_ok(std::process::Command::new("curl").args([
+            "-sf",
+            "-X",
+            "PUT",
+            &format!("http://127.0.0.1:{}/{bucket}", moto.1),
+        ]));
+        let url = format!(
+            "s3://AKIDTEST:s3-Secret-99@127.0.0.1:{}/{bucket}?region=us-east-1",
+            moto.1
+        );
+        (moto, url)
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
