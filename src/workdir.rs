@@ -296,7 +296,15 @@ impl BlobWriter {
             );
         }
         self.hasher.update(data);
-        self.file.write_all(data).await?;
+        if let Err(e) = self.file.write_all(data).await {
+            // A local failure (disk full): the partial file no longer
+            // matches the hash state, so it cannot be resumed.
+            self.discard().await;
+            return Err(anyhow::Error::new(e).context(format!(
+                "writing blob {} into the workdir",
+                self.digest.short()
+            )));
+        }
         Ok(())
     }
 

@@ -208,6 +208,8 @@ impl RegistryClient {
         };
         let resumed_from = writer.offset();
         let mut transferred = 0u64;
+        // A failure of the workdir itself (disk full), not of the registry.
+        let mut local_failure: Option<anyhow::Error> = None;
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -234,13 +236,26 @@ impl RegistryClient {
                 };
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk?;
-                    writer.write(&chunk).await.map_err(integrity_as_oci)?;
+                    if let Err(e) = writer.write(&chunk).await {
+                        let local = e.chain().any(|c| {
+                            c.downcast_ref::<std::io::Error>()
+                                .is_some_and(|io| io.raw_os_error().is_some())
+                        });
+                        if local {
+                            local_failure = Some(e);
+                            return Err(OciDistributionError::GenericError(None));
+                        }
+                        return Err(integrity_as_oci(e));
+                    }
                     transferred += chunk.len() as u64;
                     progress.inc(chunk.len() as u64);
                 }
                 Ok(())
             }
             .await;
+            if let Some(e) = local_failure.take() {
+                return Err(e.context(format!("downloading blob {}", desc.digest)));
+            }
             match result {
                 Ok(()) => break,
                 Err(e) => {
