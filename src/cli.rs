@@ -1,6 +1,7 @@
 //! The command line: tosi-compatible flags (each accepted with one dash or
-//! two), turned once into validated settings, then dispatched. Errors are
-//! printed with their context chain and mapped to documented exit codes.
+//! two), turned once into validated settings (with the config file's
+//! defaults), then handed to `app::run`. Errors are printed with their
+//! context chain and mapped to documented exit codes.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -14,13 +15,11 @@ use crate::chunkcache::CacheOptions;
 use crate::config::Config;
 use crate::fuse::MountOptions;
 use crate::manifest::Platform;
-use crate::progress::Progress;
-use crate::pull::{self, PullOptions};
+use crate::pull::PullOptions;
 use crate::reference::ImageRef;
 use crate::registry::{Credentials, ErrorKind, Transport};
 use crate::source::Source;
-use crate::workdir::{self, Workdir};
-use crate::{admin, commands, extract, fuse, overlay, runtime};
+use crate::workdir::Workdir;
 
 /// Decoded chunks a reader keeps in memory (512 KiB each).
 const MEMORY_CHUNKS: usize = 32;
@@ -310,19 +309,23 @@ pub struct Settings {
     pub action: Action,
 }
 
+/// Pull an image, then do `output` with it.
+#[derive(Debug)]
+pub struct ImageJob {
+    pub source: Source,
+    pub pull: PullOptions,
+    pub saveconfig: Option<PathBuf>,
+    pub lxcconfig: Option<PathBuf>,
+    /// The same image on a configured mirror, tried first.
+    pub mirror: Option<ImageRef>,
+    pub output: Output,
+}
+
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // one value per run
 pub enum Action {
     /// Pull an image, then do `output` with it.
-    Image {
-        image: Source,
-        pull: PullOptions,
-        saveconfig: Option<PathBuf>,
-        lxcconfig: Option<PathBuf>,
-        /// The same image on a configured mirror, tried first.
-        mirror: Option<ImageRef>,
-        output: Output,
-    },
+    Image(ImageJob),
     /// Unmount a mount made by flmount and clean up after it.
     Umount {
         target: PathBuf,
@@ -597,8 +600,8 @@ impl Args {
             workdir,
             quiet: self.quiet,
             json: self.json,
-            action: Action::Image {
-                image,
+            action: Action::Image(ImageJob {
+                source: image,
                 pull: PullOptions {
                     transport: Transport {
                         insecure,
@@ -615,7 +618,7 @@ impl Args {
                 lxcconfig: self.lxcconfig.map(absolute).transpose()?,
                 mirror,
                 output,
-            },
+            }),
         })
     }
 }
@@ -715,242 +718,13 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(settings)) {
+    match runtime.block_on(crate::app::run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flmount: error: {e:#}");
             ExitCode::from(exit_code(&e))
         }
     }
-}
-
-async fn run(s: Settings) -> Result<()> {
-    if let Action::Document(doc) = s.action {
-        return doc.write(&mut std::io::stdout().lock());
-    }
-    let workdir =
-        Workdir::open(&s.workdir).with_context(|| format!("opening workdir {}", s.workdir.display()))?;
-    let (image, pull_options, saveconfig, lxcconfig, mirror, output) = match s.action {
-        Action::Umount { target } if fuse::is_mounted_at(&target) => {
-            fuse::unmount(&target)?;
-            tracing::info!("unmounted {}", target.display());
-            return Ok(());
-        }
-        Action::Umount { target } => {
-            overlay::umount(&workdir, &target)?;
-            tracing::info!("unmounted {}", target.display());
-            return Ok(());
-        }
-        Action::Image {
-            image,
-            pull,
-            saveconfig,
-            lxcconfig,
-            mirror,
-            output,
-        } => (image, pull, saveconfig, lxcconfig, mirror, output),
-        Action::Unpack {
-            flist,
-            stores,
-            target,
-            force,
-            cache,
-        } => {
-            let stats =
-                tokio::task::block_in_place(|| commands::unpack(&flist, &stores, &cache, &target, force))?;
-            if s.json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "flist": flist, "target": target, "written": stats })
-                );
-            }
-            return Ok(());
-        }
-        Action::Serve { flist, stores, mount } => {
-            // A mount lives long: it must not keep `gc` waiting (gc spares
-            // what live FUSE mounts use).
-            drop(workdir);
-            return tokio::task::block_in_place(|| commands::serve(&flist, &stores, &mount));
-        }
-        Action::Flist(op) => return commands::flist(op, s.json),
-        Action::Document(_) => unreachable!("documents need no workdir"),
-        Action::Images => return admin::images(&workdir, s.json),
-        Action::ForgetImages(refs) => return admin::forget_images(&workdir, &refs),
-        Action::Content(ContentOp::Ls) => return admin::content_ls(&workdir, s.json),
-        Action::Content(ContentOp::Path { digest }) => return admin::content_path(&workdir, &digest),
-        Action::Content(ContentOp::Rm { digests }) => return admin::content_rm(&workdir, &digests),
-        Action::Gc { dry_run } => {
-            drop(workdir);
-            let workdir = Workdir::open_exclusive(&s.workdir)?;
-            return admin::gc(&workdir, dry_run, s.json);
-        }
-        Action::Pack { flist, stores, dir } => {
-            let stats = tokio::task::block_in_place(|| commands::pack_dir(&workdir, &dir, &flist, &stores))?;
-            if s.json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "flist": flist, "dir": dir, "packed": stats })
-                );
-            }
-            return Ok(());
-        }
-    };
-    let progress = Progress::new(s.quiet);
-    let wanted = pull_options
-        .platform
-        .clone()
-        .unwrap_or_else(crate::manifest::Platform::host);
-    let image = tokio::task::block_in_place(|| image.resolve(&workdir, &wanted))?;
-    let from_mirror = match &mirror {
-        Some(m) => match pull::pull(&workdir, m, &pull_options, &progress).await {
-            Ok(pulled) => Some(pulled),
-            Err(e) => {
-                tracing::warn!(
-                    "mirror {}: {e:#}; pulling from {}",
-                    m.registry(),
-                    image.registry()
-                );
-                None
-            }
-        },
-        None => None,
-    };
-    let image = match from_mirror {
-        Some(pulled) => pulled,
-        None => pull::pull(&workdir, &image, &pull_options, &progress).await?,
-    };
-    tracing::info!("pulled {}", image.summary());
-    if let Some(path) = &saveconfig {
-        workdir::write_atomic(path, &image.config)
-            .with_context(|| format!("saving the image config to {}", path.display()))?;
-        tracing::info!("saved image config to {}", path.display());
-    }
-    let layers = image.layer_blobs(&workdir)?;
-    let started = std::time::Instant::now();
-    // The image's tree on disk, where the LXC config's user names resolve.
-    let rootfs = match &output {
-        Output::Extract { target, .. } | Output::Overlay { target, .. } => Some(target.clone()),
-        Output::Bundle { dir, .. } => Some(dir.join("rootfs")),
-        _ => None,
-    };
-    let write_lxc_config = |rootfs: Option<&std::path::Path>| -> Result<()> {
-        let Some(path) = &lxcconfig else { return Ok(()) };
-        let process = runtime::Process::from_image_config(&image.config, rootfs)?;
-        workdir::write_atomic(path, process.lxc_config(&image.reference.to_string()).as_bytes())
-            .with_context(|| format!("writing the LXC config {}", path.display()))?;
-        tracing::info!("wrote LXC config {}", path.display());
-        Ok(())
-    };
-    let served = matches!(output, Output::Fuse { .. });
-    let (output_kind, output_target) = match &output {
-        Output::Cache => ("cache", None),
-        Output::Inspect => ("inspect", None),
-        Output::Extract { target, .. } => ("extract", Some(target.clone())),
-        Output::Export => ("export", None),
-        Output::Overlay { target, .. } => ("overlay", Some(target.clone())),
-        Output::Fuse { mount } => ("fuse", Some(mount.mountpoint.clone())),
-        Output::Bundle { dir, .. } => ("bundle", Some(dir.clone())),
-        Output::Flist { path, .. } => ("flist", Some(path.clone())),
-    };
-    if served {
-        // Serving lasts until unmounted: write it first.
-        write_lxc_config(None)?;
-    }
-    match output {
-        Output::Cache => {}
-        Output::Inspect => admin::inspect(&image, s.json)?,
-        Output::Extract { target, force } => {
-            let stats = tokio::task::block_in_place(|| {
-                extract::extract_layers(&layers, &target, force, &extract::WriteOptions::default())
-            })
-            .with_context(|| format!("extracting {} into {}", image.reference, target.display()))?;
-            tracing::info!("extracted {stats} in {:.2}s", started.elapsed().as_secs_f64());
-        }
-        Output::Bundle { dir, force } => {
-            let rootfs = dir.join("rootfs");
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let stats = tokio::task::block_in_place(|| {
-                extract::extract_layers(&layers, &rootfs, force, &extract::WriteOptions::default())
-            })
-            .with_context(|| format!("extracting {} into {}", image.reference, rootfs.display()))?;
-            let hostname = image
-                .reference
-                .repository()
-                .rsplit('/')
-                .next()
-                .unwrap_or("flmount")
-                .to_owned();
-            let spec =
-                runtime::Process::from_image_config(&image.config, Some(&rootfs))?.runtime_spec(&hostname);
-            workdir::write_atomic(&dir.join("config.json"), &serde_json::to_vec_pretty(&spec)?)?;
-            tracing::info!(
-                "wrote an OCI runtime bundle in {}: rootfs ({stats}) and config.json in {:.2}s",
-                dir.display(),
-                started.elapsed().as_secs_f64()
-            );
-        }
-        Output::Export => {
-            tokio::task::block_in_place(|| {
-                let stdout = std::io::stdout().lock();
-                crate::export::export_layers(&layers, std::io::BufWriter::with_capacity(1 << 20, stdout))
-            })
-            .with_context(|| format!("writing {} as a tar stream", image.reference))?;
-            tracing::info!(
-                "exported the root filesystem in {:.2}s",
-                started.elapsed().as_secs_f64()
-            );
-        }
-        Output::Flist { path, stores } => {
-            let digests: Vec<_> = image.manifest.layers.iter().map(|l| l.digest.clone()).collect();
-            tokio::task::block_in_place(|| commands::pack_image(&workdir, &digests, &layers, &path, &stores))
-                .with_context(|| format!("packing {} into {}", image.reference, path.display()))?;
-        }
-        Output::Fuse { mount } => {
-            let digests: Vec<_> = image.manifest.layers.iter().map(|l| l.digest.clone()).collect();
-            tokio::task::block_in_place(|| {
-                let flist = commands::pack_into_workdir(&workdir, &image.manifest_digest, &digests, &layers)
-                    .with_context(|| format!("packing {}", image.reference))?;
-                drop(workdir);
-                commands::serve(&flist, &[], &mount)
-            })?;
-        }
-        Output::Overlay { target, overlaydir } => {
-            let digests: Vec<_> = image.manifest.layers.iter().map(|l| l.digest.clone()).collect();
-            let (chains, stats) =
-                tokio::task::block_in_place(|| overlay::prepare_layers(&workdir, &digests, &layers))
-                    .with_context(|| format!("preparing the layers of {}", image.reference))?;
-            overlay::mount(
-                &workdir,
-                &chains,
-                &target,
-                overlaydir.as_deref(),
-                (&image.reference.to_string(), &image.manifest_digest.to_string()),
-            )?;
-            tracing::info!(
-                "mounted {} at {} ({} layers, {} extracted now) in {:.2}s",
-                image.reference,
-                target.display(),
-                stats.layers,
-                stats.layers_extracted,
-                started.elapsed().as_secs_f64()
-            );
-        }
-    }
-    if !served {
-        write_lxc_config(rootfs.as_deref())?;
-    }
-    if s.json && output_kind != "inspect" {
-        let summary = serde_json::json!({
-            "image": image.reference.to_string(),
-            "digest": image.manifest_digest.to_string(),
-            "pull": image.stats,
-            "output": output_kind,
-            "target": output_target,
-            "seconds": started.elapsed().as_secs_f64(),
-        });
-        println!("{summary}");
-    }
-    Ok(())
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
@@ -1034,7 +808,7 @@ mod tests {
         let s = parse(&["flmount", "-image", "a", "-platform", "linux/arm64"])
             .settings(&Config::default())
             .unwrap();
-        let Action::Image { pull, .. } = s.action else {
+        let Action::Image(ImageJob { pull, .. }) = s.action else {
             panic!()
         };
         assert_eq!(pull.platform.unwrap().to_string(), "linux/arm64");
@@ -1073,10 +847,10 @@ mod tests {
             .unwrap();
         assert!(matches!(
             s.action,
-            Action::Image {
+            Action::Image(ImageJob {
                 output: Output::Fuse { .. },
                 ..
-            }
+            })
         ));
         let err = |args: &[&str]| parse(args).settings(&Config::default()).unwrap_err().to_string();
         assert!(err(&["flmount", "-image", "a", "-fuse"]).contains("-fuse goes with -mount"));

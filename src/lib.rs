@@ -7,6 +7,7 @@
 //! command line over all of it.
 
 pub mod admin;
+pub mod app;
 pub mod chunkcache;
 pub mod cli;
 pub mod commands;

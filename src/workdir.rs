@@ -300,10 +300,8 @@ impl BlobWriter {
             // A local failure (disk full): the partial file no longer
             // matches the hash state, so it cannot be resumed.
             self.discard().await;
-            return Err(anyhow::Error::new(e).context(format!(
-                "writing blob {} into the workdir",
-                self.digest.short()
-            )));
+            return Err(anyhow::Error::new(e)
+                .context(format!("writing blob {} into the workdir", self.digest.short())));
         }
         Ok(())
     }
