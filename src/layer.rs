@@ -131,7 +131,7 @@ impl LayerBlob {
     /// Calls `f` for every change in the layer, in order, with a reader of
     /// the entry's content (empty for anything but regular files).
     pub fn for_each(&self, mut f: impl FnMut(Change, &mut dyn Read) -> Result<()>) -> Result<()> {
-        let mut archive = tar::Archive::new(self.open()?);
+        let mut archive = tar::Archive::new(crate::targuard::TarGuard::new(self.open()?));
         let entries = archive
             .entries()
             .with_context(|| format!("reading layer {}", self.path.display()))?;

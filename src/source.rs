@@ -402,7 +402,10 @@ fn with_unpacked<T>(workdir: &Workdir, file: &Path, f: impl FnOnce(&Path) -> Res
         .tempdir_in(workdir.root().join("tmp"))
         .context("creating a directory for the archive")?;
     let input = File::open(file).with_context(|| format!("opening {}", file.display()))?;
-    let mut archive = tar::Archive::new(std::io::BufReader::with_capacity(1 << 20, input));
+    let mut archive = tar::Archive::new(crate::targuard::TarGuard::new(std::io::BufReader::with_capacity(
+        1 << 20,
+        input,
+    )));
     for entry in archive.entries()? {
         let mut entry = entry?;
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();

@@ -468,3 +468,26 @@ fn without_root_devices_are_skipped_with_a_warning() {
     );
     assert_eq!(listing["/setuid"].mode, 0o4755);
 }
+
+/// A small gzip layer whose PAX header claims 64 MiB (the tar crate would
+/// read it whole into memory): refused at the header, with a clear error.
+#[test]
+fn a_huge_extension_header_is_refused_not_buffered() {
+    let mut pax = tar::Header::new_ustar();
+    pax.set_path("PaxHeaders/bomb").unwrap();
+    pax.set_size(64 << 20);
+    pax.set_entry_type(tar::EntryType::XHeader);
+    pax.set_cksum();
+    let mut layer = pax.as_bytes().to_vec();
+    layer.extend(std::iter::repeat_n(b'a', 64 << 20));
+    layer.extend_from_slice(&[0u8; 1024]);
+    let fx = fixture("pax-bomb", vec![(Compression::Gzip, layer)]);
+    let out = tempfile::tempdir().unwrap();
+    let target = out.path().join("rootfs");
+    let err = Flmount::new().fails(&["-image", &fx.image, "-extractto", target.to_str().unwrap()], 1);
+    assert!(
+        err.contains("extension header") && err.contains("67108864 bytes"),
+        "{err}"
+    );
+    assert!(!target.exists());
+}
