@@ -643,3 +643,78 @@ fn the_systemd_unit_verifies() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
 }
+
+/// Runs SQL on an flist with Python's sqlite3 (an independent writer).
+fn sql(flist: &Path, statements: &str) {
+    run_ok(Command::new("python3").args([
+        "-c",
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.executescript(sys.argv[2]); c.commit()",
+        flist.to_str().unwrap(),
+        statements,
+    ]));
+}
+
+#[test]
+fn hostile_flists_are_refused_or_served_safely() {
+    if !fuse_or_skip("hostile_flists_are_refused_or_served_safely") {
+        return;
+    }
+    let c = chunky(2);
+    let mnt = c.tmp.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let variant = |name: &str, statements: &str| {
+        let path = c.tmp.path().join(format!("{name}.fl"));
+        std::fs::copy(&c.flist, &path).unwrap();
+        sql(&path, statements);
+        path
+    };
+    let refused = |flist: &Path, expect: &str| {
+        let err = c.fl.fails(
+            &["-flist", flist.to_str().unwrap(), "-mount", mnt.to_str().unwrap()],
+            1,
+        );
+        assert!(err.contains(expect), "{err}");
+        assert!(!is_mounted(&mnt));
+    };
+    refused(
+        &variant("slash", "UPDATE inode SET name = 'a/b' WHERE name = 'small';"),
+        "invalid name",
+    );
+    refused(
+        &variant("dotdot", "UPDATE inode SET name = '..' WHERE name = 'small';"),
+        "invalid name",
+    );
+    refused(
+        &variant("huge", "UPDATE inode SET size = 1 << 50 WHERE name = 'small';"),
+        "claims",
+    );
+    let truncated = c.tmp.path().join("truncated.fl");
+    let bytes = std::fs::read(&c.flist).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    refused(&truncated, "truncated.fl");
+
+    // Served safely: rows in a parent loop are unreachable and not shown;
+    // a file whose size disagrees with its chunks reads as EIO, and the
+    // rest of the tree keeps working.
+    let odd = variant(
+        "odd",
+        "INSERT INTO inode (ino, parent, name, size, uid, gid, mode, rdev, ctime, mtime) \
+             VALUES (9001, 9002, 'loop-a', 0, 0, 0, 16877, 0, 0, 0), \
+                    (9002, 9001, 'loop-b', 0, 0, 0, 16877, 0, 0, 0); \
+         UPDATE inode SET size = size * 3 WHERE name = 'f00';",
+    );
+    let m = Mounted::start(&c.fl, &["-flist", odd.to_str().unwrap()], &mnt);
+    let names: Vec<String> = std::fs::read_dir(&mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with("loop")), "{names:?}");
+    let err = std::fs::read(mnt.join("data/f00")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(
+        std::fs::read(mnt.join("data/f01")).unwrap(),
+        std::fs::read(c.src.join("data/f01")).unwrap()
+    );
+    assert_eq!(std::fs::read(mnt.join("small")).unwrap(), b"small file\n");
+    m.stop();
+}
