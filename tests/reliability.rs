@@ -218,3 +218,86 @@ fn killed_at_random_points_the_next_run_equals_a_clean_run() {
     fl.ok(&["-umount", mnt.to_str().unwrap()]);
     assert!(leftovers(&img.path("out")).is_empty());
 }
+
+#[test]
+fn concurrent_runs_on_one_workdir_equal_serial_runs() {
+    if !root_or_skip(
+        "concurrent_runs_on_one_workdir_equal_serial_runs",
+        "the fixture has device nodes and owners",
+    ) {
+        return;
+    }
+    let img = RulesImage::new("rel/concurrent");
+    let fl = Flmount::new();
+    let store = format!("dir://{}", img.path("chunks").display());
+    // Six processes at once on one fresh workdir: two extractions, two
+    // packs of the same image into one store, an export and a plain pull.
+    let jobs: Vec<Vec<String>> = vec![
+        vec!["-extractto".into(), img.path("x1").display().to_string()],
+        vec!["-extractto".into(), img.path("x2").display().to_string()],
+        vec![
+            "-flist".into(),
+            img.path("a.fl").display().to_string(),
+            "-store".into(),
+            store.clone(),
+        ],
+        vec![
+            "-flist".into(),
+            img.path("b.fl").display().to_string(),
+            "-store".into(),
+            store.clone(),
+        ],
+        vec!["-extractto".into(), "-".into()],
+        vec![],
+    ];
+    let children: Vec<_> = jobs
+        .iter()
+        .map(|extra| {
+            fl.command()
+                .args(["-image", &img.image])
+                .args(extra)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for (job, out) in jobs.iter().zip(&outputs) {
+        assert!(
+            out.status.success(),
+            "{job:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for x in ["x1", "x2"] {
+        assert_same_tree(&img.flat, &img.path(x), &Ignore::default());
+    }
+    for fl_name in ["a.fl", "b.fl"] {
+        let dest = img.path(&format!("unpacked-{fl_name}"));
+        fl.ok(&[
+            "unpack",
+            "-flist",
+            img.path(fl_name).to_str().unwrap(),
+            dest.to_str().unwrap(),
+        ]);
+        assert_same_tree(&img.flat, &dest, &Ignore::default());
+    }
+    // The export, untarred, is the same tree too.
+    let tarball = img.path("rootfs.tar");
+    std::fs::write(&tarball, &outputs[4].stdout).unwrap();
+    let untarred = img.path("untarred");
+    std::fs::create_dir_all(&untarred).unwrap();
+    run_ok(
+        Command::new("tar")
+            .args(["-xpf"])
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&untarred)
+            .args(["--numeric-owner", "--xattrs", "--xattrs-include=*"]),
+    );
+    assert_same_tree(&img.flat, &untarred, &Ignore::default());
+}
