@@ -53,6 +53,12 @@
 #   STRICT=1             exit 1 if a goal is missed or the trees differ
 #   KEEP=1               keep the temp dir (trees, store, logs; mounts are
 #                        unmounted anyway)
+#   LOAD_SECONDS=N       also run the load test for N seconds: 16 readers
+#                        checksumming every file over and over through one
+#                        mount whose chunk cache (256 MiB) is smaller than
+#                        the image, page cache dropped every 10 s; reports
+#                        rounds, mismatches and the server's memory
+#                        [default 0: no load test]
 #   FLMOUNT_BENCH_CACHE  where the benchmark image is cached
 #   TMPDIR               where everything goes [default /var/tmp]; use a
 #                        disk, not tmpfs
@@ -132,16 +138,16 @@ drop_caches() {
 declare -A fuse_pid=()
 declare -A fuse_log=()
 
-# fuse_start MNT CACHE: serve the flist at MNT (a new empty dir) in the
-# background, chunks cached in CACHE; returns at once (see fuse_wait). Not in
-# $(...): the PID must be recorded in this shell.
+# fuse_start MNT CACHE [FLAG...]: serve the flist at MNT (a new empty dir) in
+# the background, chunks cached in CACHE; returns at once (see fuse_wait). Not
+# in $(...): the PID must be recorded in this shell.
 fuse_start() {
 	local mnt=$1 cache=$2
 	mkdir -p "$mnt"
 	fuse_log[$mnt]="$logs/$(basename "$mnt").log"
 	testbed_defer fuse_stop "$mnt"
 	"$flmount" -workdir "$workdir" -flist "$flist" -store "dir://$store" \
-		-mount "$mnt" -cache "$cache" 2>"${fuse_log[$mnt]}" &
+		-mount "$mnt" -cache "$cache" "${@:3}" 2>"${fuse_log[$mnt]}" &
 	fuse_pid[$mnt]=$!
 }
 
@@ -438,6 +444,57 @@ hwm_end_mib=$(awk -v k="$(vmhwm_kib "$hot_pid")" 'BEGIN { printf "%.1f\n", k / 1
 fuse_stop "$hot"
 hot_unmounted=$(grep -o 'unmounted .*' "${fuse_log[$hot]}" | tail -n 1)
 
+# --- 8. load (optional) ------------------------------------------------------
+
+# checksums DIR: one digest of every regular file's path and content.
+checksums() {
+	(cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+}
+
+load_report=""
+load_seconds=${LOAD_SECONDS:-0}
+if ((load_seconds > 0)); then
+	want=$(checksums "$native")
+	mnt="$tmp/mnt-load"
+	fuse_start "$mnt" "$tmp/cache-load" -cache-size 256M
+	fuse_wait "$mnt"
+	pid=${fuse_pid[$mnt]}
+	log "load: 16 readers for $load_seconds s through $mnt (chunk cache 256 MiB)"
+	deadline=$(($(date +%s) + load_seconds))
+	readers=()
+	for ((w = 0; w < 16; w++)); do
+		(
+			rounds_done=0 bad=0
+			while (($(date +%s) < deadline)); do
+				if [[ $(checksums "$mnt" 2>/dev/null) == "$want" ]]; then
+					rounds_done=$((rounds_done + 1))
+				else
+					bad=$((bad + 1))
+				fi
+			done
+			echo "$rounds_done $bad" >"$logs/load-$w"
+		) &
+		readers+=($!)
+	done
+	rss_max=0 cache_max=0
+	while (($(date +%s) < deadline)); do
+		rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status")
+		((rss > rss_max)) && rss_max=$rss
+		# (files come and go while du walks: its complaints do not matter)
+		cache=$({ du -sb "$tmp/cache-load" 2>/dev/null || true; } | cut -f1)
+		((cache > cache_max)) && cache_max=$cache
+		drop_caches
+		sleep 10
+	done
+	wait "${readers[@]}"
+	total=$(cat "$logs"/load-* | awk '{ s += $1 } END { print s }')
+	bad=$(cat "$logs"/load-* | awk '{ s += $2 } END { print s }')
+	hwm=$(vmhwm_kib "$pid")
+	fuse_stop "$mnt"
+	load_report=$(printf 'load: %s s, 16 readers: %s full-tree rounds verified, %s mismatched; server RSS max %s MiB (VmHWM %s MiB); chunk cache max %s MiB of 256\n' \
+		"$load_seconds" "$total" "$bad" "$((rss_max / 1024))" "$((hwm / 1024))" "$((cache_max / 1048576))")
+fi
+
 # --- the table -------------------------------------------------------------
 
 r_read=$(ratio "${med[read_all,fuse]}" "${med[read_all,native]}")
@@ -502,6 +559,9 @@ row() {
 	echo "hot mount: $hot_unmounted"
 	echo "time to first byte per round: ${ttfb[*]} ms (flmount's own mount times: ${mount_ms[*]} ms)"
 	echo "implicit directory mtimes (not counted): $implicit_dir_mtime"
+	if [[ -n $load_report ]]; then
+		echo "$load_report"
+	fi
 }
 
 if [[ "${KEEP:-0}" == 1 ]]; then
