@@ -301,3 +301,36 @@ fn concurrent_runs_on_one_workdir_equal_serial_runs() {
     );
     assert_same_tree(&img.flat, &untarred, &Ignore::default());
 }
+
+#[test]
+fn a_manifest_naming_a_missing_blob_is_a_clear_error() {
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let layers = vec![
+        (
+            Compression::Gzip,
+            common::tarball::tar(&[common::tarball::E::file("a", b"a")]),
+        ),
+        (
+            Compression::Gzip,
+            common::tarball::tar(&[common::tarball::E::file("b", b"b")]),
+        ),
+    ];
+    let image = reg.push_layers("rel/missing", layers, &tmp.path().join("layout"));
+    let fl = Flmount::new();
+    let info: serde_json::Value =
+        serde_json::from_slice(&fl.run(&["inspect", &image, "-json"]).stdout).unwrap();
+    let layer = info["layers"][1]["digest"].as_str().unwrap().to_owned();
+    // The registry lost a layer its manifest names.
+    std::fs::remove_file(reg.blob_data_path(layer.strip_prefix("sha256:").unwrap())).unwrap();
+    let fresh = Flmount::new();
+    let err = fresh.fails(&["-image", &image], 3);
+    assert!(err.contains("not found"), "{err}");
+    // Nothing of that blob is kept, and what was fetched is verified.
+    assert!(!fresh.blob(&layer).exists());
+    for blob in std::fs::read_dir(fresh.workdir.join("blobs/sha256")).unwrap() {
+        let path = blob.unwrap().path();
+        let hex = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(sha256_hex(&std::fs::read(&path).unwrap()), hex);
+    }
+}
