@@ -543,4 +543,11 @@ fn server_errors_are_retried_with_backoff_then_reported() {
         (5..=12).contains(&tries),
         "{tries} connections: retries not bounded as documented"
     );
+
+    // Rate limited (429): retried with backoff the same way.
+    let proxy = FaultProxy::start(reg.port, 3, "429 Too Many Requests");
+    let fl = Flmount::new();
+    let err = fl.ok(&["-image", &format!("{}/flaky/app:1", proxy.addr())]);
+    assert_eq!(proxy.failed.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert!(err.contains("answered HTTP 429"), "{err}");
 }
