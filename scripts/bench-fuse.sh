@@ -475,6 +475,7 @@ if ((load_seconds > 0)); then
 			echo "$rounds_done $bad" >"$logs/load-$w"
 		) &
 		readers+=($!)
+		testbed_defer kill "$!"
 	done
 	rss_max=0 cache_max=0
 	while (($(date +%s) < deadline)); do
