@@ -70,6 +70,21 @@ pub fn pack_image(
     let (packed, mut stats) = pack::pack(
         |sink| {
             extract::for_each_parallel(&indices, layers.len(), |&layer| {
+                // Every file of the layer packed before: its cached changes
+                // are all that is needed, and the layer is not read at all.
+                if let Some(cached) = layers[layer].cached_changes() {
+                    let all_reused = cached.iter().all(|c| match c {
+                        Change::Add(e) => match e.kind {
+                            Kind::File { size } if size > 0 => reused[layer].contains_key(&e.index),
+                            _ => true,
+                        },
+                        _ => true,
+                    });
+                    if all_reused {
+                        *changes[layer].lock().unwrap() = cached;
+                        return Ok(());
+                    }
+                }
                 let mut list = Vec::new();
                 layers[layer]
                     .for_each(|change, reader| {
@@ -86,6 +101,7 @@ pub fn pack_image(
                         Ok(())
                     })
                     .with_context(|| format!("reading layer {}", digests[layer]))?;
+                layers[layer].save_changes(&list);
                 *changes[layer].lock().unwrap() = list;
                 Ok(())
             })

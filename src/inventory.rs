@@ -190,6 +190,8 @@ pub struct GcStats {
     pub overlay_layers: usize,
     pub flists: usize,
     pub chunks: usize,
+    /// Change indexes of layers no longer cached.
+    pub indexes: usize,
     pub temporary: usize,
     pub bytes: u64,
 }
@@ -223,6 +225,21 @@ pub fn gc(workdir: &Workdir, dry_run: bool) -> Result<GcStats> {
     for (digest, path) in blob_files(workdir)? {
         if !roles.contains_key(&digest) {
             remove(&path, |s| &mut s.blobs, &mut stats)?;
+        }
+    }
+
+    // Change indexes of layers no longer cached.
+    if let Ok(entries) = fs::read_dir(workdir.root().join("index")) {
+        for e in entries {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let keep = name
+                .split_once('-')
+                .and_then(|(alg, hex)| Digest::parse(&format!("{alg}:{hex}")).ok())
+                .is_some_and(|d| roles.get(&d) == Some(&"layer"));
+            if !keep {
+                remove(&e.path(), |s| &mut s.indexes, &mut stats)?;
+            }
         }
     }
 

@@ -13,13 +13,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use serde::{Deserialize, Serialize};
+
 use crate::manifest::Compression;
 
 /// Longest path accepted (bytes): Linux's PATH_MAX.
 pub const MAX_PATH: usize = 4096;
 
 /// A timestamp with nanoseconds, as PAX headers carry it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Timestamp {
     pub sec: i64,
     pub nsec: u32,
@@ -29,7 +31,7 @@ pub struct Timestamp {
 pub type Xattr = (Box<[u8]>, Box<[u8]>);
 
 /// Ownership, permissions, times and extended attributes of an entry.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Meta {
     /// Permission bits including setuid, setgid and sticky (`0o7777`).
     pub mode: u32,
@@ -41,7 +43,7 @@ pub struct Meta {
 }
 
 /// What an entry creates.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
     File {
         size: u64,
@@ -66,7 +68,7 @@ pub enum Kind {
 }
 
 /// One tar entry that adds something to the tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// Position of the entry in the layer's tar stream (0-based, counting
     /// only real entries): how the writer finds the entry's content again.
@@ -79,7 +81,7 @@ pub struct Entry {
 }
 
 /// What an entry means for the tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Change {
     Add(Entry),
     /// `.wh.NAME`: delete `path` from lower layers.
@@ -100,13 +102,59 @@ const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 pub struct LayerBlob {
     pub path: PathBuf,
     pub compression: Compression,
+    /// Where the layer's changes are cached (see [`LayerBlob::changes`]).
+    pub index: Option<PathBuf>,
 }
+
+/// The change index's header: a format tag, then the SHA-256 of the
+/// payload (so a torn or damaged index is never used), then the payload.
+const INDEX_MAGIC: &[u8] = b"flmount-changes-1\n";
 
 impl LayerBlob {
     pub fn new(path: &Path, compression: Compression) -> Self {
         LayerBlob {
             path: path.to_owned(),
             compression,
+            index: None,
+        }
+    }
+
+    /// The same blob, with its changes cached at `index`.
+    pub fn with_index(mut self, index: PathBuf) -> Self {
+        self.index = Some(index);
+        self
+    }
+
+    /// The cached changes, if an intact index exists.
+    pub fn cached_changes(&self) -> Option<Vec<Change>> {
+        let bytes = std::fs::read(self.index.as_ref()?).ok()?;
+        let rest = bytes.strip_prefix(INDEX_MAGIC)?;
+        let (sum, payload) = rest.split_at_checked(32)?;
+        if crate::digest::Digest::sha256_of(payload).hex() != hex::encode(sum) {
+            tracing::warn!(
+                "ignoring the damaged change index {}",
+                self.index.as_ref()?.display()
+            );
+            return None;
+        }
+        bincode::deserialize(payload).ok()
+    }
+
+    /// Caches the layer's changes (read by a caller that also wanted the
+    /// content).
+    pub fn save_changes(&self, changes: &[Change]) {
+        let Some(index) = &self.index else { return };
+        let result = (|| -> Result<()> {
+            let payload = bincode::serialize(changes)?;
+            let sum = hex::decode(crate::digest::Digest::sha256_of(&payload).hex())?;
+            let mut bytes = Vec::with_capacity(INDEX_MAGIC.len() + 32 + payload.len());
+            bytes.extend_from_slice(INDEX_MAGIC);
+            bytes.extend_from_slice(&sum);
+            bytes.extend_from_slice(&payload);
+            crate::workdir::write_replacing(index, &bytes, false)
+        })();
+        if let Err(e) = result {
+            tracing::debug!("not caching the changes of {}: {e:#}", self.path.display());
         }
     }
 
@@ -148,13 +196,19 @@ impl LayerBlob {
         Ok(())
     }
 
-    /// All changes of the layer (headers only; content is skipped).
+    /// All changes of the layer: from the index when one is cached, else
+    /// read from the headers (content skipped) and cached. A layer is
+    /// immutable (named by its digest), so its changes never go stale.
     pub fn changes(&self) -> Result<Vec<Change>> {
+        if let Some(changes) = self.cached_changes() {
+            return Ok(changes);
+        }
         let mut out = Vec::new();
         self.for_each(|c, _| {
             out.push(c);
             Ok(())
         })?;
+        self.save_changes(&out);
         Ok(out)
     }
 }
@@ -337,6 +391,36 @@ fn parse_pax_time(v: &[u8]) -> Result<Timestamp> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn changes_are_cached_and_a_damaged_index_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(3);
+        h.set_mode(0o644);
+        h.set_mtime(1);
+        h.set_uid(0);
+        h.set_gid(0);
+        builder.append_data(&mut h, "etc/a", &b"abc"[..]).unwrap();
+        let blob_path = dir.path().join("blob");
+        std::fs::write(&blob_path, builder.into_inner().unwrap()).unwrap();
+        let index = dir.path().join("index/sha256-x");
+        let blob = LayerBlob::new(&blob_path, Compression::None).with_index(index.clone());
+        let first = blob.changes().unwrap();
+        assert_eq!(first.len(), 1);
+        assert!(index.is_file());
+        // The blob is no longer read: the index answers.
+        std::fs::write(&blob_path, b"not a tar").unwrap();
+        assert_eq!(blob.changes().unwrap(), first);
+        // A damaged index is not trusted.
+        let mut bytes = std::fs::read(&index).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&index, bytes).unwrap();
+        assert!(blob.cached_changes().is_none());
+    }
+
     use super::*;
 
     #[test]

@@ -65,10 +65,10 @@ impl PulledImage {
             .layers
             .iter()
             .map(|l| {
-                Ok(crate::layer::LayerBlob::new(
-                    &workdir.blob_path(&l.digest),
-                    l.layer_compression()?,
-                ))
+                Ok(
+                    crate::layer::LayerBlob::new(&workdir.blob_path(&l.digest), l.layer_compression()?)
+                        .with_index(workdir.index_path(&l.digest)),
+                )
             })
             .collect()
     }

@@ -93,6 +93,13 @@ impl Workdir {
             .join(digest.hex())
     }
 
+    /// Where the change index of layer `digest` is cached.
+    pub fn index_path(&self, digest: &Digest) -> PathBuf {
+        self.root
+            .join("index")
+            .join(format!("{}-{}", digest.algorithm().name(), digest.hex()))
+    }
+
     fn partial_path(&self, digest: &Digest) -> PathBuf {
         self.root
             .join("tmp")
