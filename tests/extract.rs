@@ -404,15 +404,7 @@ fn the_tar_export_unpacks_to_the_same_tree() {
     let tarball = out.path().join("rootfs.tar");
     std::fs::write(&tarball, &result.stdout).unwrap();
     let untarred = out.path().join("untarred");
-    std::fs::create_dir(&untarred).unwrap();
-    run_ok(
-        Command::new("tar")
-            .args(["-xpf"])
-            .arg(&tarball)
-            .arg("-C")
-            .arg(&untarred)
-            .args(["--numeric-owner", "--xattrs", "--xattrs-include=*"]),
-    );
+    untar(&tarball, &untarred);
     assert_same_tree(&flat, &untarred, &Ignore::default());
 }
 

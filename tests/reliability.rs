@@ -290,15 +290,7 @@ fn concurrent_runs_on_one_workdir_equal_serial_runs() {
     let tarball = img.path("rootfs.tar");
     std::fs::write(&tarball, &outputs[4].stdout).unwrap();
     let untarred = img.path("untarred");
-    std::fs::create_dir_all(&untarred).unwrap();
-    run_ok(
-        Command::new("tar")
-            .args(["-xpf"])
-            .arg(&tarball)
-            .arg("-C")
-            .arg(&untarred)
-            .args(["--numeric-owner", "--xattrs", "--xattrs-include=*"]),
-    );
+    untar(&tarball, &untarred);
     assert_same_tree(&img.flat, &untarred, &Ignore::default());
 }
 

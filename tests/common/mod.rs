@@ -329,6 +329,19 @@ pub fn self_signed_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// Unpacks a tar file with GNU tar, keeping owners, modes and xattrs.
+pub fn untar(tarball: &Path, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    run_ok(
+        Command::new("tar")
+            .args(["-xpf"])
+            .arg(tarball)
+            .arg("-C")
+            .arg(dest)
+            .args(["--numeric-owner", "--xattrs", "--xattrs-include=*"]),
+    );
+}
+
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
