@@ -237,11 +237,7 @@ impl RegistryClient {
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk?;
                     if let Err(e) = writer.write(&chunk).await {
-                        let local = e.chain().any(|c| {
-                            c.downcast_ref::<std::io::Error>()
-                                .is_some_and(|io| io.raw_os_error().is_some())
-                        });
-                        if local {
+                        if is_local_io(&e) {
                             local_failure = Some(e);
                             return Err(OciDistributionError::GenericError(None));
                         }
@@ -275,6 +271,10 @@ impl RegistryClient {
             }
         }
         if let Err(e) = writer.commit().await {
+            if is_local_io(&e) {
+                // The workdir failed (disk full while syncing), not the content.
+                return Err(e.context(format!("storing blob {}", desc.digest)));
+            }
             if resumed_from > 0 {
                 // The partial file left by an earlier run may hold bad bytes:
                 // it is gone now; download once more from the start.
@@ -439,6 +439,15 @@ fn protocol_error(message: String) -> anyhow::Error {
 
 fn io_error(e: anyhow::Error) -> OciDistributionError {
     OciDistributionError::IoError(std::io::Error::other(format!("{e:#}")))
+}
+
+/// Whether `e` is a failure of this machine (disk full, permissions): an
+/// operating-system error somewhere in its chain.
+fn is_local_io(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error().is_some())
+    })
 }
 
 /// A write refused by the workdir (oversize blob) is an integrity failure.
