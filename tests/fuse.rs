@@ -718,3 +718,44 @@ fn hostile_flists_are_refused_or_served_safely() {
     assert_eq!(std::fs::read(mnt.join("small")).unwrap(), b"small file\n");
     m.stop();
 }
+
+#[test]
+fn a_full_chunk_cache_disk_still_serves_correct_reads() {
+    if !fuse_or_skip("a_full_chunk_cache_disk_still_serves_correct_reads") {
+        return;
+    }
+    let c = chunky(3);
+    let expected = contents(&c.src);
+    // The cache's filesystem holds 1 MiB: most chunk writes fail with ENOSPC.
+    let cache = c.tmp.path().join("tiny-cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    run_ok(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&cache),
+    );
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&cache);
+    let mnt = c.tmp.path().join("mnt");
+    let m = Mounted::start(
+        &c.fl,
+        &[
+            "-flist",
+            c.flist.to_str().unwrap(),
+            "-cache",
+            cache.join("chunks").to_str().unwrap(),
+        ],
+        &mnt,
+    );
+    assert_eq!(contents(&mnt), expected);
+    let log = m.stop();
+    assert!(
+        log.contains("No space left on device"),
+        "the failed cache writes were not logged:\n{log}"
+    );
+}
