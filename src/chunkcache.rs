@@ -118,6 +118,11 @@ impl ChunkCache {
         hit
     }
 
+    /// Whether the chunk is in memory (not counted as a hit, not touched).
+    pub fn is_in_memory(&self, chunk: &ChunkRef) -> bool {
+        self.memory.lock().unwrap().contains(&chunk.key)
+    }
+
     /// The decoded chunk, from memory, disk or the stores.
     pub async fn get(&self, chunk: &ChunkRef) -> Result<Piece> {
         if let Some(piece) = self.get_in_memory(chunk) {
@@ -131,7 +136,7 @@ impl ChunkCache {
     /// Makes sure the chunk is in the disk cache (for prefetching), without
     /// pushing hot chunks out of memory.
     pub async fn fill(&self, chunk: &ChunkRef) -> Result<()> {
-        if self.memory.lock().unwrap().contains(&chunk.key) {
+        if self.is_in_memory(chunk) {
             return Ok(());
         }
         if let Some(disk) = &self.disk {

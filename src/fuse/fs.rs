@@ -23,7 +23,7 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use super::index::{Index, Node, NodeKind, ROOT};
+use super::index::{Index, Node, NodeKind};
 use crate::chunkcache::{self, ChunkCache, Piece};
 use crate::layer::Timestamp;
 use crate::store::{ChunkRef, CHUNK_SIZE};
@@ -82,24 +82,6 @@ impl FlistFs {
         }
     }
 
-    /// A path for log messages (hard-linked files: one of their names).
-    fn path_of(&self, mut ino: u64) -> String {
-        let mut parts: Vec<String> = Vec::new();
-        while ino != ROOT {
-            let Some(node) = self.index.node(ino) else { break };
-            let Some(NodeKind::Dir { entries }) = self.index.node(node.parent).map(|p| &p.kind) else {
-                break;
-            };
-            match entries.iter().find(|(_, i)| *i == ino) {
-                Some((name, _)) => parts.push(String::from_utf8_lossy(name).into_owned()),
-                None => break,
-            }
-            ino = node.parent;
-        }
-        parts.reverse();
-        format!("/{}", parts.join("/"))
-    }
-
     /// Starts fetching the chunks after `last` when the file is read
     /// sequentially, so they are ready when the reader gets there.
     fn read_ahead(&self, ino: u64, offset: u64, end: u64, last: usize, chunks: &[ChunkRef]) {
@@ -116,7 +98,7 @@ impl FlistFs {
             return;
         }
         for chunk in chunks.iter().skip(last + 1).take(READ_AHEAD_CHUNKS) {
-            if self.cache.get_in_memory(chunk).is_some() {
+            if self.cache.is_in_memory(chunk) {
                 continue;
             }
             let (cache, chunk) = (self.cache.clone(), *chunk);
@@ -286,7 +268,7 @@ impl Filesystem for FlistFs {
         if last >= chunks.len() {
             tracing::warn!(
                 "{}: the flist lists {} chunks for {file_size} bytes",
-                self.path_of(ino),
+                self.index.path_of(ino),
                 chunks.len()
             );
             return reply.error(Errno::EIO);
@@ -299,14 +281,13 @@ impl Filesystem for FlistFs {
             return match assemble(file_size, count, first, &pieces, offset, end) {
                 Ok(data) => reply.data(&data),
                 Err(e) => {
-                    tracing::warn!("reading {}: {e}", self.path_of(ino));
+                    tracing::warn!("reading {}: {e}", self.index.path_of(ino));
                     reply.error(Errno::EIO)
                 }
             };
         }
         let wanted = wanted.to_vec();
-        let cache = self.cache.clone();
-        let path = self.path_of(ino);
+        let (cache, index) = (self.cache.clone(), self.index.clone());
         self.rt.spawn(async move {
             let fetched = futures_util::future::join_all(wanted.iter().map(|c| cache.get(c))).await;
             let result = fetched
@@ -317,7 +298,7 @@ impl Filesystem for FlistFs {
             match result {
                 Ok(data) => reply.data(&data),
                 Err(e) => {
-                    tracing::warn!("reading {path}: {e}");
+                    tracing::warn!("reading {}: {e}", index.path_of(ino));
                     reply.error(Errno::EIO)
                 }
             }

@@ -164,6 +164,25 @@ impl Index {
             .map(|i| entries[i].1)
     }
 
+    /// A path for log messages (hard-linked files: one of their names);
+    /// walks up the tree, so it is for the rare paths, not every request.
+    pub fn path_of(&self, mut ino: u64) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        while ino != ROOT {
+            let Some(node) = self.node(ino) else { break };
+            let Some(NodeKind::Dir { entries }) = self.node(node.parent).map(|p| &p.kind) else {
+                break;
+            };
+            match entries.iter().find(|(_, i)| *i == ino) {
+                Some((name, _)) => parts.push(String::from_utf8_lossy(name).into_owned()),
+                None => break,
+            }
+            ino = node.parent;
+        }
+        parts.reverse();
+        format!("/{}", parts.join("/"))
+    }
+
     pub fn chunks(&self, range: &Range<usize>) -> &[ChunkRef] {
         &self.chunks[range.clone()]
     }
@@ -266,6 +285,8 @@ mod tests {
             NodeKind::CharDev { rdev: 0x103 }
         ));
         assert_eq!(index.content_bytes, 3);
+        assert_eq!(index.path_of(null), "/etc/null");
+        assert!(["/etc/a", "/b"].contains(&index.path_of(a).as_str()));
     }
 
     #[test]
