@@ -72,18 +72,20 @@ pub fn pack_image(
             extract::for_each_parallel(&indices, layers.len(), |&layer| {
                 // Every file of the layer packed before: its cached changes
                 // are all that is needed, and the layer is not read at all.
-                if let Some(cached) = layers[layer].cached_changes() {
-                    let all_reused = cached.iter().all(|c| match c {
+                let cached = layers[layer].cached_changes();
+                let indexed = cached.is_some();
+                let all_reused = |changes: &Vec<Change>| {
+                    changes.iter().all(|c| match c {
                         Change::Add(e) => match e.kind {
                             Kind::File { size } if size > 0 => reused[layer].contains_key(&e.index),
                             _ => true,
                         },
                         _ => true,
-                    });
-                    if all_reused {
-                        *changes[layer].lock().unwrap() = cached;
-                        return Ok(());
-                    }
+                    })
+                };
+                if let Some(cached) = cached.filter(all_reused) {
+                    *changes[layer].lock().unwrap() = cached;
+                    return Ok(());
                 }
                 let mut list = Vec::new();
                 layers[layer]
@@ -101,7 +103,9 @@ pub fn pack_image(
                         Ok(())
                     })
                     .with_context(|| format!("reading layer {}", digests[layer]))?;
-                layers[layer].save_changes(&list);
+                if !indexed {
+                    layers[layer].save_changes(&list);
+                }
                 *changes[layer].lock().unwrap() = list;
                 Ok(())
             })

@@ -26,7 +26,8 @@ use crate::extract::ContentSource;
 use crate::store::{codec, ChunkId, ChunkRef, Router, CHUNK_SIZE};
 use crate::tree::{InodeKind, Plan, Source};
 
-/// What packing did.
+/// What packing did. `files` and `bytes` describe the flist written (each
+/// file once, however much content was packed for it).
 #[derive(Debug, Default, serde::Serialize)]
 pub struct PackStats {
     pub files: u64,
@@ -202,13 +203,7 @@ where
     let results: Mutex<HashMap<K, Vec<Option<ChunkRef>>>> = Mutex::new(HashMap::new());
     let seen: Mutex<HashSet<ChunkId>> = Mutex::new(HashSet::new());
     let fresh: Mutex<Vec<ChunkRef>> = Mutex::new(Vec::new());
-    let (uploaded, skipped, chunks, bytes, files) = (
-        AtomicU64::new(0),
-        AtomicU64::new(0),
-        AtomicU64::new(0),
-        AtomicU64::new(0),
-        AtomicU64::new(0),
-    );
+    let (uploaded, skipped, chunks) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let stop = AtomicBool::new(false);
     let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     let fail = |e: anyhow::Error| {
@@ -267,7 +262,6 @@ where
             if results.lock().unwrap().insert(file, vec![None; pieces]).is_some() {
                 bail!("{file:?} delivered twice");
             }
-            files.fetch_add(1, Ordering::Relaxed);
             let mut reader = reader.take(size);
             for index in 0..pieces {
                 if stop.load(Ordering::Relaxed) {
@@ -278,7 +272,6 @@ where
                 if piece.is_empty() {
                     bail!("the content of {file:?} ended early");
                 }
-                bytes.fetch_add(piece.len() as u64, Ordering::Relaxed);
                 tx.send((file, index, piece))
                     .map_err(|_| anyhow!("encoders stopped"))?;
             }
@@ -300,8 +293,9 @@ where
         out.insert(file, list.context("a piece was not stored")?);
     }
     let stats = PackStats {
-        files: files.into_inner(),
-        bytes: bytes.into_inner(),
+        // What the flist holds is the caller's to count (write_flist).
+        files: 0,
+        bytes: 0,
         chunks: chunks.into_inner(),
         uploaded: uploaded.into_inner(),
         skipped: skipped.into_inner(),
