@@ -47,11 +47,18 @@ pub struct BlobEntry {
     pub role: &'static str,
 }
 
-/// Every ref in the workdir.
-pub fn images(workdir: &Workdir) -> Result<Vec<ImageEntry>> {
-    let refs_dir = workdir.root().join("refs");
+/// A ref file: `registry/repository`, tag, the digest it names, its path.
+struct Ref {
+    name: String,
+    tag: String,
+    digest: Digest,
+    path: PathBuf,
+}
+
+/// Every ref file in the workdir.
+fn refs(workdir: &Workdir) -> Result<Vec<Ref>> {
     let mut out = Vec::new();
-    for (rel, path) in files_below(&refs_dir)? {
+    for (rel, path) in files_below(&workdir.root().join("refs"))? {
         let Some((name, tag)) = rel.rsplit_once('/') else {
             continue;
         };
@@ -62,23 +69,37 @@ pub fn images(workdir: &Workdir) -> Result<Vec<ImageEntry>> {
             tracing::warn!("ignoring corrupt ref {}", path.display());
             continue;
         };
+        out.push(Ref {
+            name: name.to_owned(),
+            tag: tag.to_owned(),
+            digest,
+            path,
+        });
+    }
+    Ok(out)
+}
+
+/// Every ref in the workdir, with its image's size and last use.
+pub fn images(workdir: &Workdir) -> Result<Vec<ImageEntry>> {
+    let mut out = Vec::new();
+    for r in refs(workdir)? {
         let mut roles = BTreeMap::new();
-        mark(workdir, &digest, &mut roles);
+        mark(workdir, &r.digest, &mut roles);
         let size = roles
             .iter()
-            .filter(|(_, r)| **r == "layer")
+            .filter(|(_, role)| **role == "layer")
             .filter_map(|(d, _)| fs::metadata(workdir.blob_path(d)).ok())
             .map(|m| m.len())
             .sum();
-        let last_used = fs::metadata(&path)
+        let last_used = fs::metadata(&r.path)
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs());
         out.push(ImageEntry {
-            name: name.to_owned(),
-            tag: tag.to_owned(),
-            digest,
+            name: r.name,
+            tag: r.tag,
+            digest: r.digest,
             size,
             last_used,
         });
@@ -102,8 +123,8 @@ pub fn blobs(workdir: &Workdir) -> Result<Vec<BlobEntry>> {
 /// The blobs the cached images and recorded overlay mounts reference.
 fn referenced(workdir: &Workdir) -> Result<BTreeMap<Digest, &'static str>> {
     let mut roles = BTreeMap::new();
-    for image in images(workdir)? {
-        mark(workdir, &image.digest, &mut roles);
+    for r in refs(workdir)? {
+        mark(workdir, &r.digest, &mut roles);
     }
     for record in overlay_records(workdir) {
         if let Ok(d) = Digest::parse(&record.manifest) {
