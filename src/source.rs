@@ -117,10 +117,12 @@ fn pinned(kind: &str, path: &Path, digest: &Digest) -> Result<ImageRef> {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
-    /// The source is the user's: copy its blobs.
+    /// The source is the user's: copy its blobs, checking them on the way.
     Copy,
-    /// The source was unpacked by us: move its blobs.
+    /// The source was unpacked by us: check its blobs, then move them.
     Move,
+    /// Unpacked by us and named by the digest just computed from it: move.
+    Adopt,
 }
 
 #[derive(Deserialize)]
@@ -252,19 +254,26 @@ fn import_blob(workdir: &Workdir, src: &Path, digest: &Digest, size: Option<u64>
     if workdir.has_blob(digest) {
         return Ok(());
     }
-    let (actual, n) = hash_file(src, digest.algorithm())?;
-    if &actual != digest || size.is_some_and(|s| s != n) {
-        bail!(
+    let mismatch = || {
+        anyhow::anyhow!(
             "{} does not match its descriptor ({digest}, {size:?} bytes)",
             src.display()
-        );
-    }
+        )
+    };
     let dest = workdir.blob_path(digest);
     fs::create_dir_all(dest.parent().unwrap())?;
-    if mode == Mode::Move && fs::rename(src, &dest).is_ok() {
-        return Ok(());
+    if mode != Mode::Copy {
+        if mode == Mode::Move {
+            let (actual, n) = hash_file(src, digest.algorithm())?;
+            if &actual != digest || size.is_some_and(|s| s != n) {
+                return Err(mismatch());
+            }
+        }
+        if fs::rename(src, &dest).is_ok() {
+            return Ok(());
+        }
     }
-    // A copy is checked again as it is written: the source may change.
+    // A copy is checked as it is written (the user's source may change).
     let tmp = workdir
         .root()
         .join("tmp")
@@ -274,6 +283,7 @@ fn import_blob(workdir: &Workdir, src: &Path, digest: &Digest, size: Option<u64>
         let mut input = File::open(src)?;
         let mut out = File::create(&tmp)?;
         let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0u64;
         loop {
             let k = input.read(&mut buf)?;
             if k == 0 {
@@ -281,10 +291,11 @@ fn import_blob(workdir: &Workdir, src: &Path, digest: &Digest, size: Option<u64>
             }
             hasher.update(&buf[..k]);
             out.write_all(&buf[..k])?;
+            n += k as u64;
         }
         out.sync_all()?;
-        if hasher.finish() != *digest {
-            bail!("{} changed while it was imported", src.display());
+        if hasher.finish() != *digest || size.is_some_and(|s| s != n) {
+            return Err(mismatch());
         }
         fs::rename(&tmp, &dest)?;
         Ok(())
@@ -352,7 +363,7 @@ fn import_docker_save(workdir: &Workdir, dir: &Path, tag: Option<&str>) -> Resul
             manifest::Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
             manifest::Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
         };
-        import_blob(workdir, &path, &digest, Some(size), Mode::Move)?;
+        import_blob(workdir, &path, &digest, Some(size), Mode::Adopt)?;
         layers.push(json!({"mediaType": media_type, "digest": digest.to_string(), "size": size}));
     }
     let manifest = serde_json::to_vec(&json!({
