@@ -12,7 +12,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
-use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -307,7 +306,8 @@ pub fn gc(workdir: &Workdir, dry_run: bool) -> Result<GcStats> {
     }
 
     // Flists packed for -fuse mounts, and the chunks only they reference.
-    let live = live_fuse_flists();
+    // The flists FUSE mounts are serving right now.
+    let live: HashSet<PathBuf> = crate::fuse::live_mounts().into_iter().map(|m| m.flist).collect();
     let flists = workdir.root().join("flists");
     let mut kept_flists = Vec::new();
     if let Ok(entries) = fs::read_dir(&flists) {
@@ -355,24 +355,6 @@ pub fn gc(workdir: &Workdir, dry_run: bool) -> Result<GcStats> {
         }
     }
     Ok(stats)
-}
-
-/// The flists that FUSE mounts are serving right now (from their fsname,
-/// `flmount:<path>`, in /proc/self/mounts).
-fn live_fuse_flists() -> HashSet<PathBuf> {
-    let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else {
-        return HashSet::new();
-    };
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split(' ');
-            let (source, _, fstype) = (f.next()?, f.next()?, f.next()?);
-            (fstype == "fuse.flmount").then_some(())?;
-            let path = crate::fuse::unescape_mount_field(source.strip_prefix("flmount:")?);
-            Some(PathBuf::from(std::ffi::OsString::from_vec(path)))
-        })
-        .collect()
 }
 
 /// Bytes below a path (a file's size, or a tree's).

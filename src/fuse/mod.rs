@@ -242,22 +242,39 @@ pub fn unmount(mountpoint: &Path) -> Result<()> {
 /// Whether an flmount FUSE mount is at `mountpoint` (read from
 /// /proc/self/mounts, so a mount whose server died still counts).
 pub fn is_mounted_at(mountpoint: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
+    live_mounts().iter().any(|m| m.mountpoint == mountpoint)
+}
+
+/// An flmount FUSE mount that is up: where, and the flist it serves.
+pub struct LiveMount {
+    pub mountpoint: PathBuf,
+    pub flist: PathBuf,
+}
+
+/// The flmount FUSE mounts in /proc/self/mounts (their source is
+/// `flmount:<flist>`).
+pub fn live_mounts() -> Vec<LiveMount> {
+    use std::os::unix::ffi::OsStringExt;
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
-        return false;
+        return Vec::new();
     };
-    let want = mountpoint.as_os_str().as_bytes();
-    mounts.lines().any(|line| {
-        let mut fields = line.split(' ');
-        let (_, Some(dir), Some(fstype)) = (fields.next(), fields.next(), fields.next()) else {
-            return false;
-        };
-        fstype == "fuse.flmount" && unescape_mount_field(dir) == want
-    })
+    let path = |field: &str| PathBuf::from(std::ffi::OsString::from_vec(unescape_mount_field(field)));
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split(' ');
+            let (source, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "fuse.flmount").then_some(())?;
+            Some(LiveMount {
+                mountpoint: path(dir),
+                flist: path(source.strip_prefix("flmount:")?),
+            })
+        })
+        .collect()
 }
 
 /// /proc/mounts writes space, tab, newline and backslash as `\ooo`.
-pub fn unescape_mount_field(s: &str) -> Vec<u8> {
+fn unescape_mount_field(s: &str) -> Vec<u8> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
