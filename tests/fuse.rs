@@ -35,11 +35,7 @@ fn fuse_or_skip(test: &str) -> bool {
 }
 
 fn is_mounted(dir: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let dir = dir.to_str().unwrap();
-    mounts
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(dir) && l.split(' ').nth(2) == Some("fuse.flmount"))
+    mounted_at(dir, Some("fuse.flmount"))
 }
 
 /// A running `flmount ... -mount DIR` process, started with a NOTIFY_SOCKET

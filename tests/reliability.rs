@@ -34,11 +34,6 @@ impl Drop for SmallFs {
     }
 }
 
-fn is_mounted(dir: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    mounts.lines().any(|l| l.split(' ').nth(1) == dir.to_str())
-}
-
 /// Files below `dir` whose name says they are unfinished.
 fn leftovers(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -167,7 +162,7 @@ fn killed_at_random_points_the_next_run_equals_a_clean_run() {
                 kills += 1;
             }
             child.wait().unwrap();
-            if *what == "overlay" && is_mounted(&img.path("mnt")) {
+            if *what == "overlay" && mounted_at(&img.path("mnt"), None) {
                 fl.ok(&["-umount", img.path("mnt").to_str().unwrap()]);
             }
         }

@@ -329,6 +329,16 @@ pub fn self_signed_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// Whether something of type `fstype` (any type for `None`) is mounted at
+/// `dir`, from /proc/self/mounts (no stat of `dir`, which could hang).
+pub fn mounted_at(dir: &Path, fstype: Option<&str>) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts.lines().any(|l| {
+        let mut f = l.split(' ').skip(1);
+        f.next() == dir.to_str() && fstype.is_none_or(|t| f.next() == Some(t))
+    })
+}
+
 /// Unpacks a tar file with GNU tar, keeping owners, modes and xattrs.
 pub fn untar(tarball: &Path, dest: &Path) {
     std::fs::create_dir_all(dest).unwrap();
