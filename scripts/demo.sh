@@ -30,6 +30,10 @@ repo=$(cd "$here/.." && pwd)
 source "$here/lib/testbed.sh"
 testbed_trap
 
+# On a fresh machine, as root: the Debian packages this needs (idempotent).
+if [[ $(id -u) == 0 ]]; then
+	bash "$here/install-testbed.sh"
+fi
 require_tools demo "apt-get install docker-registry skopeo umoci busybox-static curl" docker-registry skopeo umoci curl
 busybox_bin=/bin/busybox
 if [[ ! -x "$busybox_bin" ]] ||
@@ -111,6 +115,7 @@ fi
 quiet() { "$@" 2>/dev/null || true; }
 
 if [[ $(id -u) == 0 ]]; then
+	require_tools demo "apt-get install fuse3 util-linux" chroot findmnt fusermount3
 	rootfs_dir="$tmp/rootfs"
 	log "extract: $flmount -image $ref -extractto $rootfs_dir"
 	"$flmount" -image "$ref" -workdir "$workdir" -extractto "$rootfs_dir"
