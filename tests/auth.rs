@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
-
 use base64::Engine;
 use common::*;
 
@@ -31,6 +29,22 @@ fn push_busybox(reg: &Registry, repo_tag: &str) {
     let w = layout.image(&ImageSpec::new("auth", layers));
     layout.tag_image("t", &w);
     reg.push_with_creds(&dir, "t", repo_tag, &[], Some(&format!("{USER}:{PASSWORD}")));
+}
+
+/// Writes an executable script from a child process: a file this process
+/// opened for writing could be inherited, still open, by a child that
+/// another test thread forks at that moment, and running the script would
+/// then fail with ETXTBSY.
+fn write_script(path: &std::path::Path, content: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "cat > \"$0\" && chmod 755 \"$0\""])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(content.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
 }
 
 /// Asserts no run output contains the password.
@@ -116,16 +130,13 @@ fn basic_auth_over_tls_with_flags_and_auth_files() {
     let mut fl5 = Flmount::new();
     let bin = fl5.home.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    let helper = bin.join("docker-credential-flmtest");
-    std::fs::write(
-        &helper,
-        format!(
+    write_script(
+        &bin.join("docker-credential-flmtest"),
+        &format!(
             "#!/bin/sh\nread server\n[ \"$1\" = get ] || exit 1\n\
              printf '{{\"ServerURL\":\"%s\",\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}' \"$server\"\n"
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let docker_dir = fl5.home.path().join(".docker");
     std::fs::create_dir_all(&docker_dir).unwrap();
     std::fs::write(
@@ -139,9 +150,10 @@ fn basic_auth_over_tls_with_flags_and_auth_files() {
 
     // credsStore, with a helper that fails: its message is shown.
     let mut fl6 = Flmount::new();
-    let failing = bin.join("docker-credential-broken");
-    std::fs::write(&failing, "#!/bin/sh\necho 'keyring locked' >&2\nexit 1\n").unwrap();
-    std::fs::set_permissions(&failing, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write_script(
+        &bin.join("docker-credential-broken"),
+        "#!/bin/sh\necho 'keyring locked' >&2\nexit 1\n",
+    );
     let docker_dir = fl6.home.path().join(".docker");
     std::fs::create_dir_all(&docker_dir).unwrap();
     std::fs::write(docker_dir.join("config.json"), r#"{"credsStore": "broken"}"#).unwrap();
