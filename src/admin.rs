@@ -224,8 +224,8 @@ fn age(secs: u64) -> String {
 }
 
 fn not_found(message: String) -> anyhow::Error {
-    anyhow::Error::new(crate::registry::RegistryError {
-        kind: crate::registry::ErrorKind::NotFound,
+    anyhow::Error::new(crate::registry::RegistryError::new(
+        crate::registry::ErrorKind::NotFound,
         message,
-    })
+    ))
 }

@@ -104,7 +104,7 @@ pub struct Args {
     #[arg(long)]
     pub allow_other: bool,
 
-    /// Seconds one chunk fetch may take, retries included, before a read fails (EIO on a FUSE mount)
+    /// Network patience in seconds: how long one chunk fetch may take, retries included, before a read fails (EIO on a FUSE mount); and how long a registry transfer may stall before it is retried (resuming where it stopped)
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), global = true)]
     pub timeout: u64,
 
@@ -606,6 +606,7 @@ impl Args {
                     transport: Transport {
                         insecure,
                         plain_http: self.plain_http,
+                        read_timeout: Duration::from_secs(self.timeout),
                         ..Transport::default()
                     },
                     credentials,

@@ -166,6 +166,19 @@ pub enum Manifest {
     Index(Vec<IndexEntry>),
 }
 
+/// Whether a manifest document is Docker schema 1 (unsupported): checked
+/// before a fetched document is trusted with anything, since a signed
+/// schema 1 manifest never matches the digest registries give for it.
+pub fn is_schema1(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<Envelope>(bytes).is_ok_and(|env| {
+        env.schema_version == Some(1)
+            || matches!(
+                env.media_type.as_deref(),
+                Some(DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED)
+            )
+    })
+}
+
 #[derive(Deserialize)]
 struct Envelope {
     #[serde(rename = "schemaVersion")]

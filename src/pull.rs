@@ -292,10 +292,10 @@ impl Puller<'_> {
 /// Stores a fetched manifest under the digest it was asked for.
 fn store_manifest(workdir: &Workdir, wanted: &Digest, actual: &Digest, bytes: &[u8]) -> Result<()> {
     if wanted != actual {
-        return Err(anyhow::Error::new(RegistryError {
-            kind: ErrorKind::Integrity,
-            message: format!("manifest content does not match its digest: expected {wanted}, got {actual}"),
-        }));
+        return Err(anyhow::Error::new(RegistryError::new(
+            ErrorKind::Integrity,
+            format!("manifest content does not match its digest: expected {wanted}, got {actual}"),
+        )));
     }
     workdir.put_blob(wanted, bytes)
 }

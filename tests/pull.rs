@@ -550,4 +550,74 @@ fn server_errors_are_retried_with_backoff_then_reported() {
     let err = fl.ok(&["-image", &format!("{}/flaky/app:1", proxy.addr())]);
     assert_eq!(proxy.failed.load(std::sync::atomic::Ordering::SeqCst), 3);
     assert!(err.contains("answered HTTP 429"), "{err}");
+
+    // 429 with Retry-After: the registry's wait is honoured (the backoff
+    // alone would retry after 250 ms).
+    let proxy = FaultProxy::with(
+        reg.port,
+        2,
+        Fault::Status("429 Too Many Requests", "Retry-After: 2\r\n"),
+    );
+    let fl = Flmount::new();
+    let err = fl.ok(&["-image", &format!("{}/flaky/app:1", proxy.addr())]);
+    assert!(
+        err.contains("Retry-After: 2 s") && err.contains("retrying in 2s"),
+        "{err}"
+    );
+    let connections = proxy.connections.lock().unwrap().clone();
+    let last_fault = connections.iter().rev().find(|c| c.1).unwrap().0;
+    let next = connections.iter().find(|c| !c.1 && c.0 > last_fault).unwrap().0;
+    assert!(
+        next - last_fault >= std::time::Duration::from_millis(1900),
+        "retried {:?} after a Retry-After of 2 s",
+        next - last_fault
+    );
+
+    // A registry asking for an hour: reported at once, saying so.
+    let proxy = FaultProxy::with(
+        reg.port,
+        usize::MAX,
+        Fault::Status("429 Too Many Requests", "Retry-After: 3600\r\n"),
+    );
+    let start = std::time::Instant::now();
+    let err = fl.fails(&["-image", &format!("{}/flaky/app:1", proxy.addr())], 5);
+    assert!(err.contains("asks to wait 3600 s"), "{err}");
+    assert!(start.elapsed().as_secs() < 20, "waited for a long Retry-After");
+}
+
+#[test]
+fn a_stalled_transfer_is_resumed_after_the_timeout() {
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let layers = vec![(
+        Compression::Gzip,
+        tar_of(&[Entry::File("big", pseudo_random(3 << 20, 11))]),
+    )];
+    let w = push_single(
+        &reg,
+        &tmp.path().join("l"),
+        "stall/app:1",
+        &ImageSpec::new("st", layers),
+        &[],
+    );
+    // The first answer longer than 1 MiB (the layer) stops after 1 MiB and
+    // the connection stays open, silent.
+    let proxy = FaultProxy::with(reg.port, 1, Fault::StallAfter(1 << 20));
+    let fl = Flmount::new();
+    let start = std::time::Instant::now();
+    let err = fl.ok(&[
+        "-image",
+        &format!("{}/stall/app:1", proxy.addr()),
+        "-timeout",
+        "2",
+    ]);
+    let took = start.elapsed();
+    assert_eq!(proxy.failed.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(err.contains("timed out") && err.contains("resuming"), "{err}");
+    assert!(
+        proxy.ranged.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the download was not resumed with a range request"
+    );
+    assert!(took.as_secs() < 20, "a 2 s stall timeout took {took:?}");
+    assert_blob(&fl, &w.layers[0]);
 }

@@ -1,25 +1,33 @@
 //! Talking to an OCI / Docker registry: transport choice (HTTPS, HTTPS
 //! without verification, plain HTTP), authentication (anonymous, basic,
-//! bearer-token challenge, through `oci-client`), bounded retries with
-//! backoff, and verified, resumable blob downloads into the workdir.
+//! bearer-token challenge, negotiated by `oci-client`), bounded retries
+//! with backoff that honour `Retry-After`, and verified, resumable blob
+//! downloads into the workdir.
+//!
+//! Manifests and blobs are fetched with flmount's own HTTP client (see
+//! [`api`]), authorized with what `oci-client` negotiated, so that every
+//! answer's headers are seen: `Retry-After`, `Content-Range`,
+//! `Docker-Content-Digest`.
 //!
 //! Transport rule, as Docker's: a registry on loopback, or named with
 //! `-insecure`, is "insecure": HTTPS is tried first with certificate checks
 //! off, and plain HTTP used when the registry does not speak TLS.
 //! `-plain-http` forces HTTP. Every other registry gets verified HTTPS.
 
+mod api;
 pub mod auth;
 
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use futures_util::StreamExt;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
-use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::RegistryOperation;
+use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, RANGE};
+use reqwest::StatusCode;
 
 use crate::digest::Digest;
 use crate::manifest::{self, Descriptor};
@@ -56,11 +64,14 @@ impl Default for Transport {
 }
 
 /// Bounded retries with exponential backoff, for transient failures only.
+/// A `Retry-After` from the registry lengthens the wait, up to
+/// `max_retry_after`; a registry asking for more is reported at once.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     pub attempts: u32,
     pub first_delay: Duration,
     pub max_delay: Duration,
+    pub max_retry_after: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -69,6 +80,7 @@ impl Default for RetryPolicy {
             attempts: 5,
             first_delay: Duration::from_millis(250),
             max_delay: Duration::from_secs(8),
+            max_retry_after: Duration::from_secs(120),
         }
     }
 }
@@ -92,17 +104,34 @@ pub enum ErrorKind {
 pub struct RegistryError {
     pub kind: ErrorKind,
     pub message: String,
+    /// How long the registry asked us to wait before trying again.
+    pub retry_after: Option<Duration>,
+}
+
+impl RegistryError {
+    pub fn new(kind: ErrorKind, message: String) -> Self {
+        RegistryError {
+            kind,
+            message,
+            retry_after: None,
+        }
+    }
 }
 
 /// A connection to one image's repository on its registry.
 pub struct RegistryClient {
+    /// Negotiates authorization (the bearer-token dance).
     client: oci_client::Client,
+    /// Fetches manifests and blobs.
+    http: reqwest::Client,
     auth: RegistryAuth,
     credentials: Option<Credentials>,
+    /// The `Authorization` header for API requests, renewed on a 401.
+    authorization: Mutex<Option<HeaderValue>>,
     image: ImageRef,
     retry: RetryPolicy,
-    scheme: &'static str,
-    insecure: bool,
+    /// `{scheme}://{host}/v2/{repository}`
+    base: String,
 }
 
 impl RegistryClient {
@@ -132,60 +161,159 @@ impl RegistryClient {
             ..Default::default()
         };
         let client = oci_client::Client::try_from(config).context("creating the registry client")?;
+        let http = reqwest::Client::builder()
+            .danger_accept_invalid_certs(insecure)
+            .connect_timeout(transport.connect_timeout)
+            .read_timeout(transport.read_timeout)
+            .user_agent(concat!("flmount/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("creating the HTTP client")?;
         let (credentials, source) = auth::lookup(image.registry(), flags)?;
         tracing::debug!(registry = %host, ?source, user = credentials.as_ref().map(|c| c.username.as_str()), "credentials");
         let auth = credentials
             .as_ref()
             .map_or(RegistryAuth::Anonymous, |c| c.to_auth());
+        let scheme = if protocol_is_http { "http" } else { "https" };
         let this = RegistryClient {
             client,
+            http,
             auth,
             credentials,
+            authorization: Mutex::new(None),
+            base: format!("{scheme}://{host}/v2/{}", image.repository()),
             image: image.clone(),
             retry: transport.retry,
-            scheme: if protocol_is_http { "http" } else { "https" },
-            insecure,
         };
-        this.with_retry("authenticating", || async {
-            this.client
-                .auth(this.image.oci(), &this.auth, RegistryOperation::Pull)
-                .await
-                .map(|_| ())
-        })
-        .await?;
+        this.with_retry("authenticating", || this.authorize()).await?;
         Ok(this)
     }
 
-    /// Fetches the manifest named by `reference` (a tag or digest of this
-    /// image's repository). Returns its bytes and digest; when the
-    /// reference is a digest the content has been checked against it.
-    pub async fn fetch_manifest(&self, reference: &oci_client::Reference) -> Result<(Vec<u8>, Digest)> {
-        let fetched = self
-            .with_retry("fetching the manifest", || async {
-                self.client
-                    .pull_manifest_raw(reference, &self.auth, manifest::ACCEPTED)
-                    .await
-            })
-            .await;
-        let (bytes, digest) = match fetched {
-            Err(e) if error_kind(&e) == Some(ErrorKind::Integrity) && self.is_schema1(reference).await => {
-                return Err(protocol_error(manifest::SCHEMA1_UNSUPPORTED.to_owned()));
-            }
-            other => other?,
+    /// Negotiates the `Authorization` header: a bearer token when the
+    /// registry challenges for one, else basic credentials when there are
+    /// any.
+    async fn authorize(&self) -> Result<(), RegistryError> {
+        let token = self
+            .client
+            .auth(self.image.oci(), &self.auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| classify(&e, &self.image))?;
+        let header = match token {
+            Some(token) => Some(format!("Bearer {token}")),
+            None => self.credentials.as_ref().map(Credentials::basic_header),
         };
-        if bytes.len() as u64 > manifest::MAX_MANIFEST_BYTES {
-            return Err(protocol_error(format!(
-                "manifest of {reference} is {} bytes, more than the {} allowed",
-                bytes.len(),
-                manifest::MAX_MANIFEST_BYTES
-            )));
+        let value = match header {
+            Some(h) => {
+                let mut v = HeaderValue::from_str(&h).map_err(|_| {
+                    RegistryError::new(
+                        ErrorKind::Auth,
+                        format!(
+                            "{} gave a token that is not a valid header",
+                            self.image.registry()
+                        ),
+                    )
+                })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        *self.authorization.lock().unwrap() = value;
+        Ok(())
+    }
+
+    /// GETs `{base}/{path}` (a manifest or blob), from byte `offset`,
+    /// authorized; on a 401 the authorization is negotiated once more (a
+    /// token may expire). Any answer but 2xx is a classified error.
+    async fn get(
+        &self,
+        path: &str,
+        accept: Option<&str>,
+        offset: u64,
+        what: &str,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let url = format!("{}/{path}", self.base);
+        let mut renewed = false;
+        loop {
+            let mut request = self.http.get(&url);
+            if let Some(a) = accept {
+                request = request.header(ACCEPT, a);
+            }
+            if offset > 0 {
+                request = request.header(RANGE, format!("bytes={offset}-"));
+            }
+            let authorization = self.authorization.lock().unwrap().clone();
+            if let Some(a) = authorization {
+                request = request.header(AUTHORIZATION, a);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| api::request_error(&e, self.image.registry()))?;
+            if response.status().is_success() {
+                return Ok(response);
+            }
+            if response.status() == StatusCode::UNAUTHORIZED && !renewed {
+                tracing::debug!(registry = %self.image.registry(), "401: negotiating authorization again");
+                renewed = true;
+                self.authorize().await?;
+                continue;
+            }
+            return Err(api::status_error(response, what, self.image.registry()).await);
         }
-        // oci-client checked the body against the requested digest and the
-        // Docker-Content-Digest header; recompute so the cache key is ours.
-        let algorithm = Digest::parse(&digest)
-            .map(|d| d.algorithm())
-            .unwrap_or(crate::digest::Algorithm::Sha256);
-        Ok((bytes.to_vec(), Digest::of(algorithm, &bytes)))
+    }
+
+    /// Fetches the manifest named by `reference` (a tag or digest of this
+    /// image's repository). Returns its bytes and digest, in the algorithm
+    /// of the digest asked for (or else of the registry's
+    /// `Docker-Content-Digest`), checked against the registry's
+    /// `Docker-Content-Digest` when it sends one.
+    pub async fn fetch_manifest(&self, reference: &oci_client::Reference) -> Result<(Vec<u8>, Digest)> {
+        let (target, what) = match (reference.digest(), reference.tag()) {
+            (Some(d), _) => (
+                d,
+                format!("{}/{}@{d}", self.image.registry(), reference.repository()),
+            ),
+            (None, tag) => {
+                let tag = tag.unwrap_or("latest");
+                (
+                    tag,
+                    format!("{}/{}:{tag}", self.image.registry(), reference.repository()),
+                )
+            }
+        };
+        let accept = manifest::ACCEPTED.join(", ");
+        let (bytes, claimed) = self
+            .with_retry("fetching the manifest", || async {
+                let response = self
+                    .get(&format!("manifests/{target}"), Some(&accept), 0, &what)
+                    .await?;
+                let claimed = response
+                    .headers()
+                    .get("docker-content-digest")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| Digest::parse(v.trim()).ok());
+                let bytes = api::read_limited(response, manifest::MAX_MANIFEST_BYTES, &what).await?;
+                Ok((bytes, claimed))
+            })
+            .await?;
+        if manifest::is_schema1(&bytes) {
+            return Err(protocol_error(manifest::SCHEMA1_UNSUPPORTED.to_owned()));
+        }
+        let asked = reference.digest().and_then(|d| Digest::parse(d).ok());
+        let algorithm = asked
+            .as_ref()
+            .or(claimed.as_ref())
+            .map_or(crate::digest::Algorithm::Sha256, Digest::algorithm);
+        let digest = Digest::of(algorithm, &bytes);
+        if let Some(claimed) = claimed.filter(|c| c.algorithm() == algorithm) {
+            if claimed != digest {
+                return Err(anyhow::Error::new(RegistryError::new(
+                    ErrorKind::Integrity,
+                    format!("the manifest {what} does not match the digest the registry gives for it: {claimed} announced, {digest} received"),
+                )));
+            }
+        }
+        Ok((bytes, digest))
     }
 
     /// Downloads the blob `desc` into the workdir, verified, resuming a
@@ -200,71 +328,58 @@ impl RegistryClient {
         let Some(mut writer) = workdir.begin_blob(&desc.digest, desc.size).await? else {
             return Ok(0);
         };
-        let oci_desc = OciDescriptor {
-            media_type: desc.media_type.clone(),
-            digest: desc.digest.to_string(),
-            size: desc.size as i64,
-            ..Default::default()
-        };
+        let what = format!("blob {} of {}", desc.digest, self.image);
+        let path = format!("blobs/{}", desc.digest);
         let resumed_from = writer.offset();
         let mut transferred = 0u64;
-        // A failure of the workdir itself (disk full), not of the registry.
-        let mut local_failure: Option<anyhow::Error> = None;
         let mut attempt = 0u32;
         loop {
             attempt += 1;
             let offset = writer.offset();
             progress.set_position(offset);
-            let result: Result<(), OciDistributionError> = async {
+            let result: Result<(), Failure> = async {
                 if offset == desc.size {
                     return Ok(());
                 }
-                let response = self
-                    .client
-                    .pull_blob_stream_partial(self.image.oci(), &oci_desc, offset, None)
-                    .await?;
-                let mut stream = match response {
-                    oci_client::client::BlobResponse::Partial(s) => s,
-                    oci_client::client::BlobResponse::Full(s) => {
-                        if offset > 0 {
-                            tracing::debug!(blob = %desc.digest.short(), "registry ignored the range request; restarting");
-                            writer.restart().await.map_err(io_error)?;
-                            progress.set_position(0);
-                        }
-                        s
-                    }
-                };
-                while let Some(chunk) = stream.next().await {
-                    let chunk = chunk?;
-                    if let Err(e) = writer.write(&chunk).await {
+                let mut response = self.get(&path, None, offset, &what).await?;
+                if offset > 0 && !api::resumes_at(&response, offset) {
+                    tracing::debug!(blob = %desc.digest.short(), "registry ignored the range request; restarting");
+                    writer.restart().await.map_err(Failure::Local)?;
+                    progress.set_position(0);
+                }
+                while let Some(chunk) = response
+                    .chunk()
+                    .await
+                    .map_err(|e| api::request_error(&e, self.image.registry()))?
+                {
+                    writer.write(&chunk).await.map_err(|e| {
                         if is_local_io(&e) {
-                            local_failure = Some(e);
-                            return Err(OciDistributionError::GenericError(None));
+                            Failure::Local(e)
+                        } else {
+                            Failure::Registry(RegistryError::new(ErrorKind::Integrity, format!("{e:#}")))
                         }
-                        return Err(integrity_as_oci(e));
-                    }
+                    })?;
                     transferred += chunk.len() as u64;
                     progress.inc(chunk.len() as u64);
                 }
                 Ok(())
             }
             .await;
-            if let Some(e) = local_failure.take() {
-                return Err(e.context(format!("downloading blob {}", desc.digest)));
-            }
             match result {
                 Ok(()) => break,
-                Err(e) => {
-                    let err = classify(&e, &self.image);
-                    if err.kind != ErrorKind::Unavailable || attempt >= self.retry.attempts {
-                        let _ = writer.suspend().await;
-                        return Err(anyhow::Error::new(err).context(format!(
-                            "downloading blob {} from {}",
-                            desc.digest,
-                            self.image.registry()
-                        )));
-                    }
-                    let delay = self.retry.delay(attempt);
+                Err(Failure::Local(e)) => return Err(e.context(format!("downloading blob {}", desc.digest))),
+                Err(Failure::Registry(err)) => {
+                    let delay = match self.retry.next_delay(attempt, &err) {
+                        Ok(delay) => delay,
+                        Err(note) => {
+                            let _ = writer.suspend().await;
+                            return Err(anyhow::Error::new(err).context(format!(
+                                "downloading blob {} from {}{note}",
+                                desc.digest,
+                                self.image.registry()
+                            )));
+                        }
+                    };
                     tracing::warn!(blob = %desc.digest.short(), attempt, error = %err, "download interrupted; resuming in {delay:?}");
                     tokio::time::sleep(delay).await;
                 }
@@ -281,10 +396,10 @@ impl RegistryClient {
                 tracing::warn!(blob = %desc.digest.short(), "resumed download failed verification ({e:#}); downloading it again from the start");
                 return Box::pin(self.fetch_blob(workdir, desc, progress)).await;
             }
-            return Err(anyhow::Error::new(RegistryError {
-                kind: ErrorKind::Integrity,
-                message: format!("{e:#}"),
-            }));
+            return Err(anyhow::Error::new(RegistryError::new(
+                ErrorKind::Integrity,
+                format!("{e:#}"),
+            )));
         }
         Ok(transferred)
     }
@@ -293,26 +408,22 @@ impl RegistryClient {
     async fn with_retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T>
     where
         F: Fn() -> Fut,
-        Fut: Future<Output = Result<T, OciDistributionError>>,
+        Fut: Future<Output = Result<T, RegistryError>>,
     {
         let mut attempt = 0;
         loop {
             attempt += 1;
             match op().await {
                 Ok(v) => return Ok(v),
-                Err(e) => {
-                    let err = classify(&e, &self.image);
-                    if err.kind != ErrorKind::Unavailable || attempt >= self.retry.attempts {
-                        let tries = if attempt > 1 {
-                            format!(" (after {attempt} tries)")
-                        } else {
-                            String::new()
-                        };
-                        return Err(
-                            anyhow::Error::new(err).context(format!("{what} for {}{tries}", self.image))
-                        );
-                    }
-                    let delay = self.retry.delay(attempt);
+                Err(err) => {
+                    let delay = match self.retry.next_delay(attempt, &err) {
+                        Ok(delay) => delay,
+                        Err(note) => {
+                            return Err(
+                                anyhow::Error::new(err).context(format!("{what} for {}{note}", self.image))
+                            )
+                        }
+                    };
                     tracing::warn!(registry = %self.image.registry(), attempt, error = %err, "{what} failed; retrying in {delay:?}");
                     tokio::time::sleep(delay).await;
                 }
@@ -321,91 +432,52 @@ impl RegistryClient {
     }
 }
 
+/// Why a download attempt stopped.
+enum Failure {
+    /// The registry or the network: maybe worth another try.
+    Registry(RegistryError),
+    /// This machine (disk full): never retried.
+    Local(anyhow::Error),
+}
+
+impl From<RegistryError> for Failure {
+    fn from(e: RegistryError) -> Self {
+        Failure::Registry(e)
+    }
+}
+
 impl RetryPolicy {
     fn delay(&self, attempt: u32) -> Duration {
         let d = self.first_delay.saturating_mul(1u32 << (attempt - 1).min(16));
         d.min(self.max_delay)
     }
-}
 
-impl RegistryClient {
-    /// oci-client checks a manifest against its digest before returning it,
-    /// which a signed schema 1 manifest never passes (its digest leaves out
-    /// the signatures). When a manifest fails that check, fetch it once more,
-    /// raw, only to tell whether it is schema 1 and say so plainly.
-    async fn is_schema1(&self, reference: &oci_client::Reference) -> bool {
-        let Ok(http) = reqwest::Client::builder()
-            .danger_accept_invalid_certs(self.insecure)
-            .timeout(Duration::from_secs(30))
-            .build()
-        else {
-            return false;
-        };
-        let target = reference.digest().or(reference.tag()).unwrap_or("latest");
-        let url = format!(
-            "{}://{}/v2/{}/manifests/{target}",
-            self.scheme,
-            self.image.registry_host(),
-            reference.repository()
-        );
-        let get = |auth: Option<String>| {
-            let mut req = http.get(&url).header("accept", manifest::ACCEPTED.join(", "));
-            if let Some(a) = auth {
-                req = req.header("authorization", a);
+    /// How long to wait before attempt `attempt + 1` after `err`; or, to
+    /// give up, why, as a note for the error message: the error is
+    /// permanent, the tries are used up, or the registry asks for a longer
+    /// wait than we allow.
+    fn next_delay(&self, attempt: u32, err: &RegistryError) -> Result<Duration, String> {
+        let tries = || {
+            if attempt > 1 {
+                format!(" (after {attempt} tries)")
+            } else {
+                String::new()
             }
-            req.send()
         };
-        let basic = self.credentials.as_ref().map(|c| c.basic_header());
-        let Ok(mut resp) = get(basic.clone()).await else {
-            return false;
-        };
-        if resp.status() == reqwest::StatusCode::UNAUTHORIZED {
-            let challenge = resp
-                .headers()
-                .get("www-authenticate")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-                .unwrap_or_default();
-            let Some(token) = bearer_token(&http, &challenge, basic.as_deref()).await else {
-                return false;
-            };
-            let Ok(r) = get(Some(format!("Bearer {token}"))).await else {
-                return false;
-            };
-            resp = r;
+        if err.kind != ErrorKind::Unavailable || attempt >= self.attempts {
+            return Err(tries());
         }
-        match resp.bytes().await {
-            Ok(body) if body.len() as u64 <= manifest::MAX_MANIFEST_BYTES => {
-                serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v["schemaVersion"] == 1)
-            }
-            _ => false,
+        match err.retry_after {
+            Some(asked) if asked > self.max_retry_after => Err(format!(
+                "{}: the registry asks to wait {} s before trying again, longer than the {} s flmount waits",
+                tries(),
+                asked.as_secs(),
+                self.max_retry_after.as_secs()
+            )),
+            Some(asked) => Ok(asked.max(self.delay(attempt))),
+            None => Ok(self.delay(attempt)),
         }
     }
-}
-
-/// Answers a `Bearer realm=..,service=..,scope=..` challenge with a token.
-async fn bearer_token(http: &reqwest::Client, challenge: &str, basic: Option<&str>) -> Option<String> {
-    let params = challenge.strip_prefix("Bearer ")?;
-    let mut realm = None;
-    let mut query = Vec::new();
-    for part in params.split(',') {
-        let (k, v) = part.trim().split_once('=')?;
-        let v = v.trim_matches('"').to_owned();
-        match k {
-            "realm" => realm = Some(v),
-            "service" | "scope" => query.push((k.to_owned(), v)),
-            _ => {}
-        }
-    }
-    let mut req = http.get(realm?).query(&query);
-    if let Some(b) = basic {
-        req = req.header("authorization", b);
-    }
-    let body: serde_json::Value = req.send().await.ok()?.json().await.ok()?;
-    body["token"]
-        .as_str()
-        .or(body["access_token"].as_str())
-        .map(str::to_owned)
 }
 
 /// The kind of the first classified registry error in a chain.
@@ -431,14 +503,7 @@ async fn speaks_tls(host: &str, transport: &Transport) -> bool {
 }
 
 fn protocol_error(message: String) -> anyhow::Error {
-    anyhow::Error::new(RegistryError {
-        kind: ErrorKind::Protocol,
-        message,
-    })
-}
-
-fn io_error(e: anyhow::Error) -> OciDistributionError {
-    OciDistributionError::IoError(std::io::Error::other(format!("{e:#}")))
+    anyhow::Error::new(RegistryError::new(ErrorKind::Protocol, message))
 }
 
 /// Whether `e` is a failure of this machine (disk full, permissions): an
@@ -450,32 +515,13 @@ fn is_local_io(e: &anyhow::Error) -> bool {
     })
 }
 
-/// A write refused by the workdir (oversize blob) is an integrity failure.
-fn integrity_as_oci(e: anyhow::Error) -> OciDistributionError {
-    OciDistributionError::DigestError(oci_client::errors::DigestError::VerificationError {
-        expected: "content within its descriptor's size".into(),
-        actual: format!("{e:#}"),
-    })
-}
-
-/// Turns an oci-client error into a classified, readable one.
+/// Turns an oci-client error (from negotiating authorization) into a
+/// classified, readable one.
 fn classify(e: &OciDistributionError, image: &ImageRef) -> RegistryError {
     use OciDistributionError as E;
     let registry = image.registry();
     let (kind, message) = match e {
-        E::RequestError(re) => (
-            ErrorKind::Unavailable,
-            if re.is_connect() {
-                format!(
-                    "cannot connect to registry {registry}: {} (is it running and reachable?)",
-                    root_cause(re)
-                )
-            } else if re.is_timeout() {
-                format!("registry {registry} timed out: {}", root_cause(re))
-            } else {
-                format!("network error talking to {registry}: {}", root_cause(re))
-            },
-        ),
+        E::RequestError(re) => return api::request_error(re, registry),
         E::IoError(io) => (
             ErrorKind::Unavailable,
             format!("transfer from {registry} failed: {io}"),
@@ -533,22 +579,29 @@ fn classify(e: &OciDistributionError, image: &ImageRef) -> RegistryError {
         ),
         other => (ErrorKind::Protocol, format!("registry {registry}: {other}")),
     };
-    RegistryError { kind, message }
-}
-
-/// The innermost cause of a reqwest error ("connection refused"), which its
-/// own Display hides behind "error sending request".
-fn root_cause(e: &reqwest::Error) -> String {
-    let mut source: &dyn std::error::Error = e;
-    while let Some(s) = source.source() {
-        source = s;
-    }
-    source.to_string()
+    RegistryError::new(kind, message)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_lengthens_the_wait_within_a_limit() {
+        let p = RetryPolicy::default();
+        let mut err = RegistryError::new(ErrorKind::Unavailable, "429".into());
+        assert_eq!(p.next_delay(1, &err), Ok(Duration::from_millis(250)));
+        err.retry_after = Some(Duration::from_secs(3));
+        assert_eq!(p.next_delay(1, &err), Ok(Duration::from_secs(3)));
+        err.retry_after = Some(Duration::ZERO);
+        assert_eq!(p.next_delay(2, &err), Ok(Duration::from_millis(500)));
+        err.retry_after = Some(Duration::from_secs(3600));
+        assert!(p.next_delay(1, &err).unwrap_err().contains("wait 3600 s"));
+        err.retry_after = None;
+        assert_eq!(p.next_delay(5, &err), Err(" (after 5 tries)".into()));
+        err.kind = ErrorKind::NotFound;
+        assert_eq!(p.next_delay(1, &err), Err(String::new()));
+    }
 
     #[test]
     fn backoff_is_bounded() {

@@ -17,6 +17,8 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -682,23 +684,55 @@ impl Flmount {
 
 // ---------------------------------------------------------------- faults
 
-/// A TCP proxy in front of a server that answers the first `failures` HTTP
-/// connections with an HTTP error status (and `Connection: close`), then
-/// forwards every later connection untouched. TLS handshakes are refused.
+/// What a [`FaultProxy`] does to a connection it faults.
+#[derive(Clone, Copy)]
+pub enum Fault {
+    /// Answer the request with this status line (e.g. `503 Service
+    /// Unavailable`), these extra header lines (each ending in `\r\n`) and
+    /// `Connection: close`.
+    Status(&'static str, &'static str),
+    /// Forward the connection, but stop sending the server's answer after
+    /// this many bytes, keeping the connection open: a stalled transfer.
+    StallAfter(usize),
+}
+
+/// A TCP proxy in front of a server that faults the first `failures` HTTP
+/// connections, then forwards every later connection untouched. TLS
+/// handshakes are refused without counting. It records when each
+/// connection was faulted or forwarded, and how many requests asked for a
+/// byte range.
 pub struct FaultProxy {
     pub port: u16,
-    /// Connections answered with the error so far.
-    pub failed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections faulted so far.
+    pub failed: Arc<AtomicUsize>,
+    /// Requests with a `Range` header so far.
+    pub ranged: Arc<AtomicUsize>,
+    /// (when, faulted) for each HTTP connection, in order.
+    pub connections: Arc<Mutex<Vec<(Instant, bool)>>>,
 }
 
 impl FaultProxy {
+    /// Answers the first `failures` connections with `status`.
     pub fn start(target_port: u16, failures: usize, status: &'static str) -> FaultProxy {
+        FaultProxy::with(target_port, failures, Fault::Status(status, ""))
+    }
+
+    pub fn with(target_port: u16, failures: usize, fault: Fault) -> FaultProxy {
         use std::io::Read;
         use std::sync::atomic::Ordering::SeqCst;
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let failed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = failed.clone();
+        let proxy = FaultProxy {
+            port,
+            failed: Arc::default(),
+            ranged: Arc::default(),
+            connections: Arc::default(),
+        };
+        let (failed, ranged, connections) = (
+            proxy.failed.clone(),
+            proxy.ranged.clone(),
+            proxy.connections.clone(),
+        );
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(mut client) = client else { continue };
@@ -710,14 +744,29 @@ impl FaultProxy {
                     continue;
                 }
                 let _ = client.set_read_timeout(None);
-                if counter.load(SeqCst) < failures {
-                    counter.fetch_add(1, SeqCst);
+                // A status fault is claimed by the connection; a stall, by
+                // the first connections whose answers grow long enough.
+                let claim = {
+                    let failed = failed.clone();
+                    move || {
+                        failed
+                            .fetch_update(SeqCst, SeqCst, |n| (n < failures).then_some(n + 1))
+                            .is_ok()
+                    }
+                };
+                let stall_after = match fault {
+                    Fault::StallAfter(n) => n,
+                    Fault::Status(..) => usize::MAX,
+                };
+                let faulted = matches!(fault, Fault::Status(..)) && claim();
+                connections.lock().unwrap().push((Instant::now(), faulted));
+                if let (true, Fault::Status(status, headers)) = (faulted, fault) {
                     let mut buf = [0u8; 4096];
                     let _ = client.read(&mut buf);
                     let body = "injected fault";
                     let _ = write!(
                         client,
-                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
                     );
                     continue;
@@ -727,17 +776,42 @@ impl FaultProxy {
                 };
                 let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let (mut c1, mut s1) = (client, server);
+                let ranged = ranged.clone();
                 std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c1, &mut s1);
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n @ 1..) = c1.read(&mut buf) {
+                        let text = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+                        ranged.fetch_add(text.matches("\r\nrange: bytes=").count(), SeqCst);
+                        if s1.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
                     let _ = s1.shutdown(std::net::Shutdown::Write);
                 });
                 std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut s2, &mut c2);
+                    let mut buf = vec![0u8; 16 << 10];
+                    let mut sent = 0usize;
+                    let mut limit = stall_after;
+                    while let Ok(n @ 1..) = s2.read(&mut buf) {
+                        if sent + n >= limit {
+                            if claim() {
+                                // Stalled: nothing more is sent; the connection
+                                // stays open until the client gives up on it.
+                                let _ = c2.write_all(&buf[..limit - sent]);
+                                return;
+                            }
+                            limit = usize::MAX;
+                        }
+                        if c2.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                        sent += n;
+                    }
                     let _ = c2.shutdown(std::net::Shutdown::Write);
                 });
             }
         });
-        FaultProxy { port, failed }
+        proxy
     }
 
     pub fn addr(&self) -> String {
