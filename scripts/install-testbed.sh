@@ -17,6 +17,7 @@ packages=(
   fuse3           # fusermount3 for FUSE mounts (auto_unmount)
   util-linux      # setpriv: reading a FUSE mount as another user
   runc            # runs the OCI runtime bundles -bundle writes
+  time            # GNU time: peak memory of a run (reliability tests)
   ca-certificates
 )
 

@@ -180,11 +180,9 @@ impl LayerBlob {
     /// the entry's content (empty for anything but regular files).
     pub fn for_each(&self, mut f: impl FnMut(Change, &mut dyn Read) -> Result<()>) -> Result<()> {
         let mut archive = tar::Archive::new(crate::targuard::TarGuard::new(self.open()?));
-        let entries = archive
-            .entries()
-            .with_context(|| format!("reading layer {}", self.path.display()))?;
+        let entries = archive.entries().with_context(|| self.reading())?;
         for (index, entry) in entries.enumerate() {
-            let mut entry = entry.with_context(|| format!("reading layer {}", self.path.display()))?;
+            let mut entry = entry.with_context(|| self.reading())?;
             let this = u32::try_from(index).context("more than 2^32 entries in one layer")?;
             let Some(change) = classify(&mut entry, this)
                 .with_context(|| format!("entry {} of layer {}", this, self.path.display()))?
@@ -194,6 +192,18 @@ impl LayerBlob {
             f(change, &mut entry)?;
         }
         Ok(())
+    }
+
+    /// "reading the zstd layer PATH", for error messages: decompression
+    /// errors (e.g. zstd's "Frame requires too much memory") do not say
+    /// what they decompress.
+    fn reading(&self) -> String {
+        let kind = match self.compression {
+            Compression::None => "tar",
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        };
+        format!("reading the {kind} layer {}", self.path.display())
     }
 
     /// All changes of the layer: from the index when one is cached, else

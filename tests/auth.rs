@@ -166,7 +166,7 @@ fn basic_auth_over_tls_with_flags_and_auth_files() {
 
     assert_no_secret(&[&out2, &out3, &out4, &out5]);
     // The workdir holds no credentials either.
-    for entry in walk(&fl.workdir) {
+    for entry in files_under(&fl.workdir) {
         if entry.is_file() {
             let data = std::fs::read(&entry).unwrap();
             assert!(
@@ -218,19 +218,4 @@ fn bearer_token_challenge_flow() {
     let fresh = Flmount::new();
     let err = fresh.fails(&["-image", &image], 4);
     assert!(err.contains("authentication") || err.contains("denied"), "{err}");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }

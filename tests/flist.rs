@@ -416,7 +416,7 @@ fn packing_a_directory_round_trips_it() {
     s.unpack_equals(&flist, &[], "dir-round-trip");
     let out = s.fl.run(&["flist", "inspect", "-json", flist.to_str().unwrap()]);
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let files = walk(&s.flat)
+    let files = files_under(&s.flat)
         .iter()
         .filter(|p| p.symlink_metadata().unwrap().is_file())
         .count();
@@ -437,16 +437,4 @@ fn packing_a_directory_round_trips_it() {
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["packed"]["uploaded"], 0, "{summary}");
     assert_eq!(summary["packed"]["files"], info["files"]);
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.symlink_metadata().unwrap().is_dir() {
-            out.extend(walk(&p));
-        }
-        out.push(p);
-    }
-    out
 }

@@ -321,3 +321,193 @@ fn a_manifest_naming_a_missing_blob_is_a_clear_error() {
         assert_eq!(sha256_hex(&std::fs::read(&path).unwrap()), hex);
     }
 }
+
+/// Passes what is written on to `inner`, hashing it: the diff ID of a tar
+/// streamed into a compressor.
+struct HashingWriter<W> {
+    inner: W,
+    hash: sha2::Sha256,
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use sha2::Digest;
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Streams a tar holding `bomb` (`size` zero bytes) then `after` into
+/// `compressor`; returns the compressor and the tar's diff ID. The tar is
+/// never held whole.
+fn zero_bomb_tar<W: std::io::Write>(compressor: W, size: u64) -> (W, String) {
+    use sha2::Digest;
+    let mut tar = tar::Builder::new(HashingWriter {
+        inner: compressor,
+        hash: sha2::Sha256::new(),
+    });
+    for (name, size, data) in [
+        (
+            "bomb",
+            size,
+            &mut std::io::Read::take(std::io::repeat(0), size) as &mut dyn std::io::Read,
+        ),
+        ("after", 6, &mut &b"after\n"[..]),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_mtime(1_700_000_000);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, name, data).unwrap();
+    }
+    let w = tar.into_inner().unwrap();
+    (w.inner, format!("sha256:{}", hex::encode(w.hash.finalize())))
+}
+
+fn gzip_bomb(size: u64) -> PrebuiltLayer {
+    let (gz, diff_id) = zero_bomb_tar(
+        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best()),
+        size,
+    );
+    PrebuiltLayer {
+        media_type: Compression::Gzip.media_type(),
+        blob: gz.finish().unwrap(),
+        diff_id,
+    }
+}
+
+/// A zstd bomb; with `window_log`, its frame asks the decoder for a window
+/// of 2^window_log bytes.
+fn zstd_bomb(size: u64, window_log: Option<u32>) -> PrebuiltLayer {
+    let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).unwrap();
+    if let Some(log) = window_log {
+        encoder.long_distance_matching(true).unwrap();
+        encoder.window_log(log).unwrap();
+    }
+    let (zst, diff_id) = zero_bomb_tar(encoder, size);
+    PrebuiltLayer {
+        media_type: Compression::Zstd.media_type(),
+        blob: zst.finish().unwrap(),
+        diff_id,
+    }
+}
+
+#[test]
+fn compression_bombs_are_streamed_in_bounded_memory() {
+    if !root_or_skip(
+        "compression_bombs_are_streamed_in_bounded_memory",
+        "mounting small tmpfs targets",
+    ) {
+        return;
+    }
+    const GIB: u64 = 1 << 30;
+    // The memory goal of extraction (issue 3), for any layer.
+    const MAX_RSS_KIB: u64 = 100 << 10;
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let bombs = [("gzip", gzip_bomb(GIB)), ("zstd", zstd_bomb(GIB, None))];
+    for (name, bomb) in bombs {
+        assert!(
+            bomb.blob.len() < 2 << 20,
+            "{name}: a {} byte blob is no bomb",
+            bomb.blob.len()
+        );
+        let spec = ImageSpec {
+            prebuilt: vec![bomb],
+            ..ImageSpec::new(name, Vec::new())
+        };
+        let image = reg.push_spec(&format!("bomb/{name}"), &spec, &tmp.path().join(name));
+        let fl = Flmount::new();
+        let measured = |args: &[&str]| {
+            let (out, rss) = run_measuring_memory(fl.command().args(args));
+            eprintln!("{name}: flmount {args:?}: peak {} MiB", rss >> 10);
+            assert!(
+                rss < MAX_RSS_KIB,
+                "{name}: flmount {args:?} peaked at {} MiB",
+                rss >> 10
+            );
+            out
+        };
+
+        // A target too small for it: exit 7, nothing left behind.
+        let small = SmallFs::mount(&tmp.path().join(format!("{name}-small")), "64m");
+        let target = small.0.join("rootfs");
+        let out = measured(&["-image", &image, "-extractto", target.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(7), "{name}: {err}");
+        assert!(err.contains("No space left on device"), "{err}");
+        assert_eq!(
+            std::fs::read_dir(&small.0).unwrap().count(),
+            0,
+            "{name}: staging left behind"
+        );
+        drop(small);
+
+        // Room enough: the whole GiB is written, in bounded memory.
+        let roomy = SmallFs::mount(&tmp.path().join(format!("{name}-roomy")), "1100m");
+        let target = roomy.0.join("rootfs");
+        let out = measured(&["-image", &image, "-extractto", target.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(std::fs::metadata(target.join("bomb")).unwrap().len(), GIB);
+        assert_eq!(std::fs::read(target.join("after")).unwrap(), b"after\n");
+        drop(roomy);
+
+        // Packed into an flist: the zeros are stored once, in bounded memory.
+        let store = tmp.path().join(format!("{name}-store"));
+        let flist = tmp.path().join(format!("{name}.fl"));
+        let out = measured(&[
+            "-image",
+            &image,
+            "-flist",
+            flist.to_str().unwrap(),
+            "-store",
+            &format!("dir://{}", store.display()),
+        ]);
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stored: u64 = files_under(&store)
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum();
+        assert!(
+            stored < 1 << 20,
+            "{name}: {stored} bytes stored for a GiB of zeros"
+        );
+        let out = fl.run(&["flist", "inspect", "-json", flist.to_str().unwrap()]);
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(info["bytes"].as_u64(), Some(GIB + 6), "{name}: {info}");
+    }
+
+    // A zstd frame that asks for a 2 GiB window is refused, not allocated.
+    let wide = zstd_bomb(64 << 20, Some(31));
+    let spec = ImageSpec {
+        prebuilt: vec![wide],
+        ..ImageSpec::new("wide", Vec::new())
+    };
+    let image = reg.push_spec("bomb/wide", &spec, &tmp.path().join("wide"));
+    let fl = Flmount::new();
+    let target = tmp.path().join("wide-rootfs");
+    let (out, rss) =
+        run_measuring_memory(
+            fl.command()
+                .args(["-image", &image, "-extractto", target.to_str().unwrap()]),
+        );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("zstd"), "{err}");
+    assert!(!target.exists());
+    assert!(rss < MAX_RSS_KIB, "peaked at {} MiB", rss >> 10);
+}

@@ -354,6 +354,60 @@ pub fn untar(tarball: &Path, dest: &Path) {
     );
 }
 
+/// Every non-directory entry below `dir` (symlinks not followed); none
+/// when `dir` is missing.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// Runs `cmd` to its end; returns its output and its peak resident memory
+/// in KiB. GNU time runs it and reports: the kernel counts in a child's
+/// peak the memory of the process it was forked from, so the peak must be
+/// taken from a small parent, not from this (large) test process.
+pub fn run_measuring_memory(cmd: &Command) -> (Output, u64) {
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let mut timed = Command::new("/usr/bin/time");
+    timed
+        .args(["-f", "%M", "-o"])
+        .arg(report.path())
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => timed.env(key, v),
+            None => timed.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        timed.current_dir(dir);
+    }
+    let output = timed
+        .output()
+        .expect("running /usr/bin/time (Debian package time)");
+    let text = std::fs::read_to_string(report.path()).unwrap();
+    // On failure GNU time writes "Command exited with non-zero status N" first.
+    let kib = text
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .next_back()
+        .unwrap_or_else(|| panic!("no peak memory in GNU time's report: {text:?}"));
+    (output, kib)
+}
+
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(
@@ -415,7 +469,7 @@ pub enum Compression {
 }
 
 impl Compression {
-    fn media_type(self) -> &'static str {
+    pub fn media_type(self) -> &'static str {
         match self {
             Compression::None => "application/vnd.oci.image.layer.v1.tar",
             Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
@@ -458,6 +512,16 @@ pub struct ImageSpec<'a> {
     /// The config's `config` object (entrypoint, cmd, env, ...), if not
     /// the default `/bin/sh` entrypoint.
     pub process: Option<serde_json::Value>,
+    /// Layers built elsewhere (e.g. streamed, too big to hold as a tar),
+    /// stacked above `layers`.
+    pub prebuilt: Vec<PrebuiltLayer>,
+}
+
+/// A compressed layer blob with the digest of its uncompressed tar.
+pub struct PrebuiltLayer {
+    pub media_type: &'static str,
+    pub blob: Vec<u8>,
+    pub diff_id: String,
 }
 
 impl<'a> ImageSpec<'a> {
@@ -469,6 +533,7 @@ impl<'a> ImageSpec<'a> {
             variant: None,
             label,
             process: None,
+            prebuilt: Vec::new(),
         }
     }
 }
@@ -519,11 +584,20 @@ impl Layout {
         let mut layer_descs = Vec::new();
         let mut diff_ids = Vec::new();
         let mut layers = Vec::new();
-        for (c, tar) in &spec.layers {
-            let blob = c.compress(tar);
-            let digest = self.put(&blob);
-            diff_ids.push(format!("sha256:{}", sha256_hex(tar)));
-            layer_descs.push(json!({"mediaType": c.media_type(), "digest": digest, "size": blob.len()}));
+        let built: Vec<PrebuiltLayer> = spec
+            .layers
+            .iter()
+            .map(|(c, tar)| PrebuiltLayer {
+                media_type: c.media_type(),
+                blob: c.compress(tar),
+                diff_id: format!("sha256:{}", sha256_hex(tar)),
+            })
+            .collect();
+        for layer in built.iter().chain(&spec.prebuilt) {
+            let digest = self.put(&layer.blob);
+            diff_ids.push(layer.diff_id.clone());
+            layer_descs
+                .push(json!({"mediaType": layer.media_type, "digest": digest, "size": layer.blob.len()}));
             layers.push(digest);
         }
         let mut platform = json!({"os": spec.os, "architecture": spec.arch});
