@@ -1,14 +1,19 @@
-//! Randomized hostile input on stable Rust (cargo-fuzz needs a nightly
-//! toolchain this machine cannot fetch): thousands of mutations of valid
-//! layers, manifests, references and flists go through the parsers, which
-//! must return errors, never panic or hang.
+//! Hostile input on stable Rust: the checks of the fuzz targets
+//! (`fuzz/checks.rs`, fuzzed coverage-guided by `scripts/fuzz.sh` on a
+//! nightly toolchain) run here over thousands of seeded mutations of valid
+//! layers, manifests, references and flists, and over every input the
+//! fuzzers ever crashed on (`fuzz/regressions/<target>/`). They must give
+//! errors, never panics, hangs or writes outside the target.
+
+#[path = "../fuzz/checks.rs"]
+mod checks;
+#[allow(dead_code)]
+#[path = "common/tarball.rs"]
+mod tarball;
 
 use std::path::Path;
 
-use flmount::layer::LayerBlob;
-use flmount::manifest::{Compression, Manifest};
-use flmount::reference::ImageRef;
-use flmount::tree::Tree;
+use tarball::{tar, E};
 
 /// A small deterministic generator (xorshift64*).
 struct Rng(u64);
@@ -48,60 +53,59 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
 }
 
 fn sample_layer() -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    let mut add = |path: &str, kind: tar::EntryType, data: &[u8], link: Option<&str>| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(1_700_000_000);
-        h.set_size(data.len() as u64);
-        if let Some(l) = link {
-            h.set_link_name(l).unwrap();
-        }
-        b.append_data(&mut h, path, data).unwrap();
-    };
-    add("etc", tar::EntryType::Directory, b"", None);
-    add(
-        "etc/passwd",
-        tar::EntryType::Regular,
-        b"root:x:0:0::/root:/bin/sh\n",
-        None,
-    );
-    add("etc/link", tar::EntryType::Symlink, b"", Some("passwd"));
-    add("etc/hard", tar::EntryType::Link, b"", Some("etc/passwd"));
-    add("etc/.wh.gone", tar::EntryType::Regular, b"", None);
-    add("var/.wh..wh..opq", tar::EntryType::Regular, b"", None);
-    add(&"long/".repeat(40), tar::EntryType::Directory, b"", None);
-    b.into_inner().unwrap()
+    tar(&[
+        E::dir("etc"),
+        E::file("etc/passwd", "root:x:0:0::/root:/bin/sh\n"),
+        E::symlink("etc/link", "passwd"),
+        E::hardlink("etc/hard", "etc/passwd"),
+        E::file("etc/.wh.gone", ""),
+        E::file("var/.wh..wh..opq", ""),
+        E::dir("long/".repeat(40)),
+        E::file("bin/su", "x").mode(0o4755),
+        E::fifo("dev/fifo"),
+        E::file("usr/bin/ping", "p").xattr("security.capability", [1, 0, 0, 2]),
+    ])
+}
+
+/// Entries that try to leave the target, for the extraction check.
+fn hostile_layer() -> Vec<u8> {
+    tar(&[
+        E::file("../outside", "x"),
+        E::file("/abs", "x"),
+        E::symlink("up", "../../.."),
+        E::file("up/escaped", "x"),
+        E::symlink("abs", "/tmp"),
+        E::file("abs/escaped", "x"),
+        E::hardlink("hl", "../host/secret"),
+        E::symlink("swap1", "swap2"),
+        E::symlink("swap2", "swap1"),
+        E::file("swap1/x", "x"),
+        E::symlink(".", "/"),
+    ])
 }
 
 #[test]
 fn mutated_layers_are_errors_or_trees_never_panics() {
-    let dir = tempfile::tempdir().unwrap();
     let good = sample_layer();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let path = dir.path().join("layer");
-    let (mut parsed, mut refused) = (0, 0);
-    for _ in 0..3000 {
-        let data = mutate(&mut rng, &good);
-        std::fs::write(&path, &data).unwrap();
-        let blob = LayerBlob::new(Path::new(&path), Compression::None);
-        match blob.changes() {
-            Ok(changes) => {
-                parsed += 1;
-                // Applied over a base layer and on its own.
-                let _ = Tree::from_layers(std::slice::from_ref(&changes)).map(|t| t.plan());
-                let _ = Tree::from_layers(&[changes.clone(), changes]).map(|t| t.plan());
-            }
-            Err(_) => refused += 1,
+    let parsed = (0..3000)
+        .filter(|_| checks::layer(&mutate(&mut rng, &good)))
+        .count();
+    assert!(
+        (100..2900).contains(&parsed),
+        "{parsed} of 3000 parsed: mutations too weak or too strong"
+    );
+}
+
+#[test]
+fn mutated_hostile_layers_never_write_outside_the_target() {
+    let mut rng = Rng(0x51ed_270b_27a4_6c1f);
+    for good in [hostile_layer(), sample_layer()] {
+        checks::extract(&good);
+        for _ in 0..150 {
+            checks::extract(&mutate(&mut rng, &good));
         }
     }
-    assert!(
-        parsed > 100 && refused > 100,
-        "parsed {parsed}, refused {refused}: mutations too weak or too strong"
-    );
 }
 
 #[test]
@@ -112,20 +116,16 @@ fn mutated_manifests_and_references_never_panic() {
     let index = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
         {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:2222222222222222222222222222222222222222222222222222222222222222","size":5,
          "platform":{"os":"linux","architecture":"amd64"}}]}"#;
-    assert!(Manifest::parse(manifest, None).is_ok() && Manifest::parse(index, None).is_ok());
     let mut rng = Rng(42);
-    for _ in 0..5000 {
-        let _ = Manifest::parse(&mutate(&mut rng, manifest), None);
-        let _ = Manifest::parse(&mutate(&mut rng, index), Some("application/json"));
-    }
     for base in [
-        "alpine",
-        "registry.example.com:5000/team/app:1.0",
-        "repo@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        &manifest[..],
+        &index[..],
+        b"alpine",
+        b"registry.example.com:5000/team/app:1.0",
+        b"repo@sha256:0000000000000000000000000000000000000000000000000000000000000000",
     ] {
-        for _ in 0..2000 {
-            let bytes = mutate(&mut rng, base.as_bytes());
-            let _ = ImageRef::parse(&String::from_utf8_lossy(&bytes));
+        for _ in 0..1500 {
+            checks::manifest(&mutate(&mut rng, base));
         }
     }
 }
@@ -151,14 +151,39 @@ fn mutated_flists_are_refused_never_panic() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let good = std::fs::read(&flist).unwrap();
+    assert!(checks::flist(&good), "the packed flist was not served");
     let mut rng = Rng(7);
-    let path = dir.path().join("mutated.fl");
     for _ in 0..300 {
-        std::fs::write(&path, mutate(&mut rng, &good)).unwrap();
-        if let Ok(fl) = flmount::flist::Flist::open(&path) {
-            let _ = fl.plan();
-            let _ = fl.routes();
-            let _ = fl.tags();
+        checks::flist(&mutate(&mut rng, &good));
+    }
+}
+
+#[test]
+fn inputs_the_fuzzers_crashed_on_stay_fixed() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    let mut ran = 0;
+    for (target, check) in [
+        (
+            "layer",
+            (|d: &[u8]| {
+                checks::layer(d);
+            }) as fn(&[u8]),
+        ),
+        ("extract", checks::extract),
+        ("manifest", checks::manifest),
+        ("flist", |d: &[u8]| {
+            checks::flist(d);
+        }),
+    ] {
+        let Ok(cases) = std::fs::read_dir(root.join(target)) else {
+            continue;
+        };
+        for case in cases {
+            let path = case.unwrap().path();
+            eprintln!("{target}: {}", path.display());
+            check(&std::fs::read(&path).unwrap());
+            ran += 1;
         }
     }
+    eprintln!("{ran} saved fuzz inputs checked");
 }

@@ -359,7 +359,7 @@ impl Filesystem for FlistFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let blocks = self.index.content_bytes.div_ceil(4096);
-        reply.statfs(blocks, 0, 0, self.index.len() as u64, 0, 4096, 255, 4096);
+        reply.statfs(blocks, 0, 0, self.index.node_count() as u64, 0, 4096, 255, 4096);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

@@ -145,7 +145,8 @@ impl Index {
         })
     }
 
-    pub fn len(&self) -> usize {
+    /// How many inodes (the root included).
+    pub fn node_count(&self) -> usize {
         self.nodes.len()
     }
 
@@ -266,7 +267,7 @@ mod tests {
         };
         let blocks = HashMap::from([(7, vec![chunk])]);
         let index = Index::build(&plan, &blocks).unwrap();
-        assert_eq!(index.len(), 4);
+        assert_eq!(index.node_count(), 4);
         let etc = index.lookup(ROOT, b"etc").unwrap();
         let a = index.lookup(etc, b"a").unwrap();
         assert_eq!(index.lookup(ROOT, b"b"), Some(a), "hard links share an inode");

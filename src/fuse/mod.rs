@@ -9,7 +9,7 @@
 //! overlay mount does: the tree is the image's root filesystem.
 
 mod fs;
-mod index;
+pub mod index;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -107,7 +107,7 @@ pub fn serve(flist_path: &Path, router: Router, options: &MountOptions, rt: Hand
         "mounted {} at {} ({} entries, {} of content) in {} ms",
         flist_path.display(),
         mountpoint.display(),
-        index.len(),
+        index.node_count(),
         human_bytes(index.content_bytes),
         started.elapsed().as_millis()
     );
