@@ -111,11 +111,21 @@ impl ChunkCache {
 
     /// The chunk if it is in memory: no waiting, no I/O.
     pub fn get_in_memory(&self, chunk: &ChunkRef) -> Option<Piece> {
-        let hit = self.memory.lock().unwrap().get(&chunk.key).cloned();
-        if hit.is_some() {
-            self.stats.memory_hits.fetch_add(1, Ordering::Relaxed);
+        self.get_all_in_memory(std::slice::from_ref(chunk))
+            .and_then(|mut v| v.pop())
+    }
+
+    /// Every one of `chunks` if all are in memory (counted as hits only
+    /// then, since a caller that gets `None` fetches them all).
+    pub fn get_all_in_memory(&self, chunks: &[ChunkRef]) -> Option<Vec<Piece>> {
+        let mut memory = self.memory.lock().unwrap();
+        let pieces: Option<Vec<Piece>> = chunks.iter().map(|c| memory.get(&c.key).cloned()).collect();
+        if pieces.is_some() {
+            self.stats
+                .memory_hits
+                .fetch_add(chunks.len() as u64, Ordering::Relaxed);
         }
-        hit
+        pieces
     }
 
     /// Whether the chunk is in memory (not counted as a hit, not touched).

@@ -275,9 +275,8 @@ impl Filesystem for FlistFs {
         }
         self.read_ahead(ino, offset, end, last, chunks);
         let wanted = &chunks[first..=last];
-        let in_memory: Option<Vec<Piece>> = wanted.iter().map(|c| self.cache.get_in_memory(c)).collect();
         let count = chunks.len();
-        if let Some(pieces) = in_memory {
+        if let Some(pieces) = self.cache.get_all_in_memory(wanted) {
             return match assemble(file_size, count, first, &pieces, offset, end) {
                 Ok(data) => reply.data(&data),
                 Err(e) => {
