@@ -152,7 +152,7 @@ fn basic_auth_over_tls_with_flags_and_auth_files() {
     let mut fl6 = Flmount::new();
     write_script(
         &bin.join("docker-credential-broken"),
-        "#!/bin/sh\necho 'keyring locked' >&2\nexit 1\n",
+        "#!/bin/sh\nread server\necho 'keyring locked' >&2\nexit 1\n",
     );
     let docker_dir = fl6.home.path().join(".docker");
     std::fs::create_dir_all(&docker_dir).unwrap();

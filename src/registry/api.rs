@@ -38,19 +38,42 @@ pub(super) fn root_cause(e: &reqwest::Error) -> String {
 }
 
 /// A non-2xx answer about `what` (a manifest or blob), classified by its
-/// status and, for 4xx, by the registry's error codes.
-pub(super) async fn status_error(response: Response, what: &str, registry: &str) -> RegistryError {
+/// status and, for 4xx, by the registry's error codes. `storage` names the
+/// host that answered when the registry redirected elsewhere (blob
+/// storage): its refusals (an expired signed URL) are worth a new try
+/// through the registry, never a credentials problem.
+pub(super) async fn status_error(
+    response: Response,
+    what: &str,
+    registry: &str,
+    storage: Option<&str>,
+) -> RegistryError {
     let status = response.status();
     let retry_after = retry_after(response.headers(), SystemTime::now());
     // The body only explains; a hostile registry may send a huge one.
     let body = read_limited(response, 16 << 10, what).await.unwrap_or_default();
     let (codes, text) = error_envelope(&body);
+    if let Some(host) = storage {
+        return RegistryError {
+            kind: ErrorKind::Unavailable,
+            message: format!(
+                "{host} (where {registry} redirected) answered HTTP {} for {what}: {text}",
+                status.as_u16()
+            ),
+            retry_after,
+        };
+    }
     let kind = match status {
         StatusCode::NOT_FOUND => ErrorKind::NotFound,
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => ErrorKind::Auth,
         StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => ErrorKind::Unavailable,
         s if s.is_server_error() => ErrorKind::Unavailable,
-        _ if codes.iter().any(|c| c.ends_with("UNKNOWN")) => ErrorKind::NotFound,
+        _ if codes
+            .iter()
+            .any(|c| matches!(c.as_str(), "BLOB_UNKNOWN" | "MANIFEST_UNKNOWN" | "NAME_UNKNOWN")) =>
+        {
+            ErrorKind::NotFound
+        }
         _ if codes.iter().any(|c| c == "UNAUTHORIZED" || c == "DENIED") => ErrorKind::Auth,
         _ if codes.iter().any(|c| c == "TOOMANYREQUESTS") => ErrorKind::Unavailable,
         _ => ErrorKind::Protocol,

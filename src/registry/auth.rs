@@ -111,7 +111,7 @@ fn describe(e: &CredentialRetrievalError) -> String {
             }
         ),
         CredentialRetrievalError::HelperCommunicationError => {
-            "could not run the credential helper (is docker-credential-<name> on PATH?)".into()
+            "could not run or talk to the credential helper (is docker-credential-<name> on PATH?)".into()
         }
         other => format!("{other:?}"),
     }

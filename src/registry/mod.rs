@@ -26,7 +26,7 @@ use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::RegistryOperation;
-use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, RANGE};
+use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, RANGE, WWW_AUTHENTICATE};
 use reqwest::StatusCode;
 
 use crate::digest::Digest;
@@ -132,6 +132,7 @@ pub struct RegistryClient {
     retry: RetryPolicy,
     /// `{scheme}://{host}/v2/{repository}`
     base: String,
+    base_url: reqwest::Url,
 }
 
 impl RegistryClient {
@@ -174,13 +175,16 @@ impl RegistryClient {
             .as_ref()
             .map_or(RegistryAuth::Anonymous, |c| c.to_auth());
         let scheme = if protocol_is_http { "http" } else { "https" };
+        let base = format!("{scheme}://{host}/v2/{}", image.repository());
+        let base_url = reqwest::Url::parse(&base).with_context(|| format!("registry address {base}"))?;
         let this = RegistryClient {
             client,
             http,
             auth,
             credentials,
             authorization: Mutex::new(None),
-            base: format!("{scheme}://{host}/v2/{}", image.repository()),
+            base,
+            base_url,
             image: image.clone(),
             retry: transport.retry,
         };
@@ -189,41 +193,60 @@ impl RegistryClient {
     }
 
     /// Negotiates the `Authorization` header: a bearer token when the
-    /// registry challenges for one, else basic credentials when there are
-    /// any.
+    /// registry challenges for one. Basic credentials are sent only once a
+    /// 401 asks for them (see [`RegistryClient::get`]).
     async fn authorize(&self) -> Result<(), RegistryError> {
         let token = self
             .client
             .auth(self.image.oci(), &self.auth, RegistryOperation::Pull)
             .await
             .map_err(|e| classify(&e, &self.image))?;
-        let header = match token {
-            Some(token) => Some(format!("Bearer {token}")),
-            None => self.credentials.as_ref().map(Credentials::basic_header),
-        };
-        let value = match header {
-            Some(h) => {
-                let mut v = HeaderValue::from_str(&h).map_err(|_| {
-                    RegistryError::new(
-                        ErrorKind::Auth,
-                        format!(
-                            "{} gave a token that is not a valid header",
-                            self.image.registry()
-                        ),
-                    )
-                })?;
-                v.set_sensitive(true);
-                Some(v)
-            }
-            None => None,
-        };
+        let value = token.map(|t| self.header(&format!("Bearer {t}"))).transpose()?;
         *self.authorization.lock().unwrap() = value;
         Ok(())
     }
 
+    /// An `Authorization` value, marked sensitive so it is never logged.
+    fn header(&self, value: &str) -> Result<HeaderValue, RegistryError> {
+        let mut v = HeaderValue::from_str(value).map_err(|_| {
+            RegistryError::new(
+                ErrorKind::Auth,
+                format!(
+                    "{} gave a token that is not a valid header",
+                    self.image.registry()
+                ),
+            )
+        })?;
+        v.set_sensitive(true);
+        Ok(v)
+    }
+
+    /// Answers a 401: basic credentials when the challenge asks for them
+    /// and we have some; else a new token (the old one may have expired).
+    /// A token that cannot be renewed, after one was given, is taken as a
+    /// passing failure of the token service.
+    async fn reauthorize(&self, challenge: &str) -> Result<(), RegistryError> {
+        if let Some(c) = &self.credentials {
+            if challenge.trim_start().to_ascii_lowercase().starts_with("basic") {
+                let basic = self.header(&c.basic_header())?;
+                *self.authorization.lock().unwrap() = Some(basic);
+                return Ok(());
+            }
+        }
+        let had_token = self.authorization.lock().unwrap().is_some();
+        self.authorize().await.map_err(|mut e| {
+            if had_token && e.kind == ErrorKind::Auth {
+                e.kind = ErrorKind::Unavailable;
+                e.message = format!("renewing the token for {}: {}", self.image.registry(), e.message);
+            }
+            e
+        })
+    }
+
     /// GETs `{base}/{path}` (a manifest or blob), from byte `offset`,
-    /// authorized; on a 401 the authorization is negotiated once more (a
-    /// token may expire). Any answer but 2xx is a classified error.
+    /// authorized; a 401 is answered once (see [`Self::reauthorize`]); a
+    /// range the registry cannot serve (416) is asked for whole. Any answer
+    /// but 2xx is a classified error.
     async fn get(
         &self,
         path: &str,
@@ -232,7 +255,8 @@ impl RegistryClient {
         what: &str,
     ) -> Result<reqwest::Response, RegistryError> {
         let url = format!("{}/{path}", self.base);
-        let mut renewed = false;
+        let mut offset = offset;
+        let mut answered_401 = false;
         loop {
             let mut request = self.http.get(&url);
             if let Some(a) = accept {
@@ -249,16 +273,33 @@ impl RegistryClient {
                 .send()
                 .await
                 .map_err(|e| api::request_error(&e, self.image.registry()))?;
-            if response.status().is_success() {
+            let status = response.status();
+            if status.is_success() {
                 return Ok(response);
             }
-            if response.status() == StatusCode::UNAUTHORIZED && !renewed {
-                tracing::debug!(registry = %self.image.registry(), "401: negotiating authorization again");
-                renewed = true;
-                self.authorize().await?;
+            // Blobs are often redirected to storage elsewhere (S3, a CDN),
+            // whose refusals are not about our credentials.
+            let elsewhere = (response.url().host_str(), response.url().port_or_known_default())
+                != (self.base_url.host_str(), self.base_url.port_or_known_default());
+            if status == StatusCode::UNAUTHORIZED && !answered_401 && !elsewhere {
+                tracing::debug!(registry = %self.image.registry(), "401: authorizing again");
+                answered_401 = true;
+                let challenge = response
+                    .headers()
+                    .get(WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                self.reauthorize(&challenge).await?;
                 continue;
             }
-            return Err(api::status_error(response, what, self.image.registry()).await);
+            if status == StatusCode::RANGE_NOT_SATISFIABLE && offset > 0 {
+                tracing::debug!(registry = %self.image.registry(), "416 for a range from byte {offset}: asking for it whole");
+                offset = 0;
+                continue;
+            }
+            let storage = elsewhere.then(|| response.url().host_str().unwrap_or_default().to_owned());
+            return Err(api::status_error(response, what, self.image.registry(), storage.as_deref()).await);
         }
     }
 
@@ -343,9 +384,17 @@ impl RegistryClient {
                 }
                 let mut response = self.get(&path, None, offset, &what).await?;
                 if offset > 0 && !api::resumes_at(&response, offset) {
-                    tracing::debug!(blob = %desc.digest.short(), "registry ignored the range request; restarting");
                     writer.restart().await.map_err(Failure::Local)?;
                     progress.set_position(0);
+                    if response.status() != StatusCode::OK {
+                        // Part of the blob, but not from where we asked.
+                        return Err(RegistryError::new(
+                            ErrorKind::Unavailable,
+                            format!("the registry answered a request for {what} from byte {offset} with other bytes; downloading it again whole"),
+                        )
+                        .into());
+                    }
+                    tracing::debug!(blob = %desc.digest.short(), "registry ignored the range request; restarting");
                 }
                 while let Some(chunk) = response
                     .chunk()
@@ -362,6 +411,13 @@ impl RegistryClient {
                     transferred += chunk.len() as u64;
                     progress.inc(chunk.len() as u64);
                 }
+                if writer.offset() < desc.size {
+                    return Err(RegistryError::new(
+                        ErrorKind::Unavailable,
+                        format!("the transfer of {what} ended at byte {} of {}", writer.offset(), desc.size),
+                    )
+                    .into());
+                }
                 Ok(())
             }
             .await;
@@ -369,6 +425,10 @@ impl RegistryClient {
                 Ok(()) => break,
                 Err(Failure::Local(e)) => return Err(e.context(format!("downloading blob {}", desc.digest))),
                 Err(Failure::Registry(err)) => {
+                    if writer.offset() > offset {
+                        // It moved forward: only tries without progress count.
+                        attempt = 1;
+                    }
                     let delay = match self.retry.next_delay(attempt, &err) {
                         Ok(delay) => delay,
                         Err(note) => {
