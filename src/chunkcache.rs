@@ -29,6 +29,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use tokio::time::Instant;
 
 use crate::store::{codec, ChunkRef, Router, CHUNK_SIZE};
+use crate::store::{ChunkError, ChunkFailure};
 
 /// Store fetches at once: enough to hide a remote store's latency, few
 /// enough to bound memory (about 1 MiB each while decoding).
@@ -72,7 +73,7 @@ pub struct CacheStats {
     pub evicted: AtomicU64,
 }
 
-type Flight = Arc<OnceCell<Result<Piece, String>>>;
+type Flight = Arc<OnceCell<Result<Piece, ChunkError>>>;
 
 pub struct ChunkCache {
     router: Router,
@@ -183,10 +184,10 @@ impl ChunkCache {
                 inflight.remove(&chunk.key);
             }
         }
-        result.map_err(anyhow::Error::msg)
+        result.map_err(anyhow::Error::new)
     }
 
-    async fn load(&self, chunk: &ChunkRef) -> Result<Piece, String> {
+    async fn load(&self, chunk: &ChunkRef) -> Result<Piece, ChunkError> {
         if let Some(disk) = self.disk.as_ref().filter(|d| d.contains(&chunk.key)) {
             let (disk, key) = (disk.clone(), chunk.key);
             if let Ok(Some(piece)) = tokio::task::spawn_blocking(move || disk.read(&key)).await {
@@ -195,7 +196,10 @@ impl ChunkCache {
             }
         }
         let piece = {
-            let _slot = self.fetches.acquire().await.map_err(|e| e.to_string())?;
+            let _slot = self.fetches.acquire().await.map_err(|e| ChunkError {
+                message: e.to_string(),
+                failure: ChunkFailure::Unreachable,
+            })?;
             Arc::new(self.fetch(chunk).await?)
         };
         self.stats.fetched.fetch_add(1, Ordering::Relaxed);
@@ -218,19 +222,22 @@ impl ChunkCache {
     }
 
     /// Fetches from the stores, retrying until the deadline.
-    async fn fetch(&self, chunk: &ChunkRef) -> Result<Vec<u8>, String> {
+    async fn fetch(&self, chunk: &ChunkRef) -> Result<Vec<u8>, ChunkError> {
         let deadline = Instant::now() + self.timeout;
         let mut delay = Duration::from_millis(100);
         loop {
             let error = match tokio::time::timeout_at(deadline, self.router.get_chunk(chunk)).await {
                 Ok(Ok(piece)) => return Ok(piece),
                 // Missing or corrupt everywhere: asking again will not help.
-                Ok(Err(e)) if !e.transient => return Err(e.message),
+                Ok(Err(e)) if !e.is_transient() => return Err(e),
                 Ok(Err(e)) => e.message,
                 Err(_) => format!("chunk {}: no store answered", chunk.id_hex()),
             };
             if Instant::now() + delay >= deadline {
-                return Err(format!("{error} (gave up after {:?})", self.timeout));
+                return Err(ChunkError {
+                    message: format!("{error} (gave up after {:?})", self.timeout),
+                    failure: ChunkFailure::Unreachable,
+                });
             }
             tracing::debug!("{error}; retrying in {delay:?}");
             tokio::time::sleep(delay).await;

@@ -19,6 +19,7 @@ use crate::pull::PullOptions;
 use crate::reference::ImageRef;
 use crate::registry::{Credentials, ErrorKind, Transport};
 use crate::source::Source;
+use crate::store::{ChunkError, ChunkFailure};
 use crate::workdir::Workdir;
 
 /// Decoded chunks a reader keeps in memory (512 KiB each).
@@ -40,9 +41,9 @@ Credentials: -username/-password (or FLMOUNT_PASSWORD), else REGISTRY_AUTH_FILE,
 else $DOCKER_CONFIG/config.json or ~/.docker/config.json (auths, credHelpers, credsStore).
 Registries on localhost / 127.0.0.0/8 may use plain HTTP, as with Docker.
 
-Exit codes: 0 ok, 1 other error, 2 usage, 3 not found, 4 authentication,
-5 registry or network unavailable, 6 integrity (digest mismatch), 7 local I/O
-(disk full, permissions).";
+Exit codes: 0 ok, 1 other error, 2 usage, 3 not found (image, blob, chunk),
+4 authentication, 5 registry, store or network unavailable, 6 integrity
+(digest mismatch), 7 local I/O (disk full, permissions).";
 
 /// flmount: container images as live filesystems.
 ///
@@ -729,6 +730,14 @@ pub fn main() -> ExitCode {
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
+    // A chunk from a store, like a blob from a registry: missing (3),
+    // unreachable (5), corrupt (6).
+    match chunk_failure(e) {
+        Some(ChunkFailure::Missing) => return 3,
+        Some(ChunkFailure::Unreachable) => return 5,
+        Some(ChunkFailure::Corrupt) => return 6,
+        None => {}
+    }
     match crate::registry::error_kind(e) {
         Some(ErrorKind::NotFound) => 3,
         Some(ErrorKind::Auth) => 4,
@@ -745,6 +754,20 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
         None => 1,
     }
+}
+
+/// Why a chunk could not be read, if that is what failed: the error may be
+/// in the chain, or inside an I/O error of a reader of chunks.
+fn chunk_failure(e: &anyhow::Error) -> Option<ChunkFailure> {
+    e.chain()
+        .find_map(|c| {
+            c.downcast_ref::<ChunkError>().or_else(|| {
+                c.downcast_ref::<std::io::Error>()
+                    .and_then(|io| io.get_ref())
+                    .and_then(|inner| inner.downcast_ref::<ChunkError>())
+            })
+        })
+        .map(|c| c.failure)
 }
 
 fn init_logging(verbose: u8, quiet: bool) {

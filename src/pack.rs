@@ -23,6 +23,7 @@ use tokio::runtime::Handle;
 
 use crate::chunkcache::{self, ChunkCache};
 use crate::extract::ContentSource;
+use crate::store::ChunkError;
 use crate::store::{codec, ChunkId, ChunkRef, Router, CHUNK_SIZE};
 use crate::tree::{InodeKind, Plan, Source};
 
@@ -377,7 +378,11 @@ impl Read for ChunkReader<'_, '_> {
                 .content
                 .rt
                 .block_on(self.content.cache.get(chunk))
-                .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+                .map_err(|e| match e.downcast::<ChunkError>() {
+                    // Kept whole, so the exit code can tell why.
+                    Ok(chunk_error) => std::io::Error::other(chunk_error),
+                    Err(e) => std::io::Error::other(format!("{e:#}")),
+                })?;
             if self.next + 1 < self.chunks.len() && self.buf.len() != CHUNK_SIZE {
                 return Err(std::io::Error::other(format!(
                     "chunk {} is {} bytes; all but a file's last must be {CHUNK_SIZE}",

@@ -159,7 +159,7 @@ fn sharded_and_replicated_stores_survive_a_lost_replica() {
             flist.to_str().unwrap(),
             s.path("all-lost").to_str().unwrap(),
         ],
-        1,
+        3,
     );
     assert!(err.contains("could not be read from any store"), "{err}");
     assert!(!s.path("all-lost").exists());
@@ -214,7 +214,7 @@ fn zdb_store_on_redis_and_secrets_stay_out() {
             "2",
             s.path("down").to_str().unwrap(),
         ],
-        1,
+        5,
     );
     assert!(started.elapsed().as_secs() < 20, "no bounded timeout");
     assert!(err.contains("zdb://flmuser@127.0.0.1"), "{err}");
@@ -388,7 +388,7 @@ fn a_corrupt_chunk_is_an_error_never_data() {
             flist.to_str().unwrap(),
             tmp.path().join("out").to_str().unwrap(),
         ],
-        1,
+        6,
     );
     assert!(err.contains("does not match its id"), "{err}");
     assert!(!tmp.path().join("out").exists());

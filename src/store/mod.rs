@@ -29,7 +29,7 @@ use anyhow::{bail, Context, Result};
 use futures_util::future::BoxFuture;
 
 pub use codec::{ChunkRef, CHUNK_SIZE};
-pub use router::{Route, Router};
+pub use router::{ChunkError, ChunkFailure, Route, Router};
 
 /// A chunk id: BLAKE2b-256 of the stored blob.
 pub type ChunkId = [u8; 32];

@@ -11,14 +11,28 @@ use anyhow::{bail, Result};
 use super::codec::{self, ChunkRef};
 use super::{ChunkId, Store, StoreError};
 
-/// A chunk no store gave. `transient` when some store could not be
-/// reached (trying again may help); otherwise every store answered that it
-/// lacks the chunk or gave a copy that failed verification.
-#[derive(Debug, thiserror::Error)]
+/// A chunk no store gave, and why.
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
 pub struct ChunkError {
     pub message: String,
-    pub transient: bool,
+    pub failure: ChunkFailure,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkFailure {
+    /// Some store could not be reached: trying again may help.
+    Unreachable,
+    /// Every store answered; none has it.
+    Missing,
+    /// Every store answered; a copy failed verification.
+    Corrupt,
+}
+
+impl ChunkError {
+    pub fn is_transient(&self) -> bool {
+        self.failure == ChunkFailure::Unreachable
+    }
 }
 
 /// One route of the flist's `route` table.
@@ -134,19 +148,20 @@ impl Router {
     /// blob that verifies. A corrupt replica is skipped with a warning.
     pub async fn get_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>, ChunkError> {
         let mut failures = Vec::new();
-        let mut transient = false;
+        let (mut unreachable, mut corrupt) = (false, false);
         for store in self.stores_for(&chunk.id) {
             match store.get(&chunk.id).await {
                 Ok(blob) => match codec::decode(chunk, &blob) {
                     Ok(piece) => return Ok(piece),
                     Err(e) => {
                         tracing::warn!(store = store.public_url(), "{e}; trying another replica");
+                        corrupt = true;
                         failures.push(format!("{}: {e}", store.public_url()));
                     }
                 },
                 Err(e) => {
                     tracing::debug!(store = store.public_url(), "{e}");
-                    transient |= !matches!(e, StoreError::NotFound(_));
+                    unreachable |= !matches!(e, StoreError::NotFound(_));
                     failures.push(e.to_string());
                 }
             }
@@ -154,7 +169,7 @@ impl Router {
         if failures.is_empty() {
             return Err(ChunkError {
                 message: format!("no store covers chunk {}", chunk.id_hex()),
-                transient: false,
+                failure: ChunkFailure::Missing,
             });
         }
         Err(ChunkError {
@@ -163,7 +178,13 @@ impl Router {
                 chunk.id_hex(),
                 failures.join("; ")
             ),
-            transient,
+            failure: if unreachable {
+                ChunkFailure::Unreachable
+            } else if corrupt {
+                ChunkFailure::Corrupt
+            } else {
+                ChunkFailure::Missing
+            },
         })
     }
 }
