@@ -130,6 +130,7 @@ pub struct RegistryClient {
     authorization: Mutex<Option<HeaderValue>>,
     image: ImageRef,
     retry: RetryPolicy,
+    read_timeout: Duration,
     /// `{scheme}://{host}/v2/{repository}`
     base: String,
     base_url: reqwest::Url,
@@ -187,6 +188,7 @@ impl RegistryClient {
             base_url,
             image: image.clone(),
             retry: transport.retry,
+            read_timeout: transport.read_timeout,
         };
         this.with_retry("authenticating", || this.authorize()).await?;
         Ok(this)
@@ -325,16 +327,30 @@ impl RegistryClient {
         let accept = manifest::ACCEPTED.join(", ");
         let (bytes, claimed) = self
             .with_retry("fetching the manifest", || async {
-                let response = self
-                    .get(&format!("manifests/{target}"), Some(&accept), 0, &what)
-                    .await?;
-                let claimed = response
-                    .headers()
-                    .get("docker-content-digest")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| Digest::parse(v.trim()).ok());
-                let bytes = api::read_limited(response, manifest::MAX_MANIFEST_BYTES, &what).await?;
-                Ok((bytes, claimed))
+                let fetch = async {
+                    let response = self
+                        .get(&format!("manifests/{target}"), Some(&accept), 0, &what)
+                        .await?;
+                    let claimed = response
+                        .headers()
+                        .get("docker-content-digest")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| Digest::parse(v.trim()).ok());
+                    let bytes = api::read_limited(response, manifest::MAX_MANIFEST_BYTES, &what).await?;
+                    Ok((bytes, claimed))
+                };
+                // The read timeout bounds each pause, not a registry that
+                // sends a small document one byte at a time.
+                let deadline = self.read_timeout * 2;
+                tokio::time::timeout(deadline, fetch).await.unwrap_or_else(|_| {
+                    Err(RegistryError::new(
+                        ErrorKind::Unavailable,
+                        format!(
+                            "registry {} took over {deadline:?} to send {what}",
+                            self.image.registry()
+                        ),
+                    ))
+                })
             })
             .await?;
         if manifest::is_schema1(&bytes) {
