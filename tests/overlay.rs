@@ -5,6 +5,7 @@ mod common;
 
 use std::path::Path;
 
+use common::fixtures::{assert_modes_and_setuid_hold_for_nobody, permissions_layer};
 use common::fstree::{assert_same_tree, Ignore};
 use common::tarball::{tar, E};
 use common::*;
@@ -206,4 +207,24 @@ fn umount_of_something_flmount_did_not_mount_is_refused() {
     let out = tempfile::tempdir().unwrap();
     let err = fl.fails(&["-umount", out.path().to_str().unwrap()], 1);
     assert!(err.contains("not mounted by flmount"), "{err}");
+}
+
+#[test]
+fn file_modes_and_setuid_hold_for_other_users() {
+    if !root_or_skip(
+        "file_modes_and_setuid_hold_for_other_users",
+        "overlay mounts and setuid files owned by root",
+    ) {
+        return;
+    }
+    need("setpriv");
+    let reg = Registry::start();
+    let image = push(&reg, "perm", vec![permissions_layer()]);
+    let fl = Flmount::new();
+    // The mount point's parents must be searchable by the other user.
+    let mnt = std::path::PathBuf::from(format!("/tmp/flmount-ov-modes-{}", std::process::id()));
+    let (mounted, _) = mount(&fl, &image, &mnt);
+    assert_modes_and_setuid_hold_for_nobody(&mnt, true);
+    drop(mounted);
+    let _ = std::fs::remove_dir(&mnt);
 }

@@ -1,6 +1,7 @@
 //! Shared fixture images.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use super::tarball::{tar, E};
 use super::{pseudo_random, Compression, Flmount, Registry};
@@ -116,4 +117,58 @@ pub fn rules_layers() -> Vec<Vec<E>> {
             E::file("etc/shadow", b"recreated after a whiteout\n").mode(0o600),
         ],
     ]
+}
+
+/// A layer for permission checks: a file only root may read, one anyone
+/// may, and this machine's `id` as a setuid-root program and as a plain one
+/// (run from a mount, it finds its libraries on the host).
+pub fn permissions_layer() -> Vec<E> {
+    let id = std::fs::read("/usr/bin/id").expect("coreutils' /usr/bin/id");
+    vec![
+        E::dir("etc").mode(0o755),
+        E::file("etc/shadow", "root:secret\n").mode(0o640).owner(0, 42),
+        E::file("etc/passwd", "root:x:0:0::/root:/bin/sh\n").mode(0o644),
+        E::dir("bin").mode(0o755),
+        E::file("bin/suid-id", &id).mode(0o4755),
+        E::file("bin/id", &id).mode(0o755),
+    ]
+}
+
+/// As `nobody`, through a mount of [`permissions_layer`] at `mnt`: the
+/// root-only file is refused, the public one is read, and the setuid
+/// program runs as root exactly when `suid` (the mount allows it); then the
+/// same with the mount remounted `nosuid`, where it never does.
+pub fn assert_modes_and_setuid_hold_for_nobody(mnt: &Path, suid: bool) {
+    let as_nobody = |program: &str, args: &[&str]| {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", program])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let path = |p: &str| mnt.join(p).to_str().unwrap().to_owned();
+    let (ok, _, err) = as_nobody("cat", &[&path("etc/shadow")]);
+    assert!(
+        !ok && err.contains("Permission denied"),
+        "nobody read a 0640 root file: {err}"
+    );
+    let (ok, out, err) = as_nobody("cat", &[&path("etc/passwd")]);
+    assert!(ok && out == "root:x:0:0::/root:/bin/sh", "{out} {err}");
+    let (ok, out, err) = as_nobody(&path("bin/id"), &["-u"]);
+    assert!(ok && out == "65534", "{out} {err}");
+    let euid = |expected: &str| {
+        let (ok, out, err) = as_nobody(&path("bin/suid-id"), &["-u"]);
+        assert!(
+            ok && out == expected,
+            "setuid-root id as nobody gave {out:?} (want {expected}): {err}"
+        );
+    };
+    euid(if suid { "0" } else { "65534" });
+    super::run_ok(Command::new("mount").args(["-o", "remount,bind,nosuid"]).arg(mnt));
+    euid("65534");
 }
