@@ -134,8 +134,44 @@ fn killed_at_random_points_the_next_run_equals_a_clean_run() {
             "overlay",
             vec!["-mount".into(), img.path("mnt").display().to_string()],
         ),
+        // Packs into the workdir's store, then serves until killed.
+        (
+            "fuse",
+            vec![
+                "-fuse".into(),
+                "-mount".into(),
+                img.path("fmnt").display().to_string(),
+            ],
+        ),
     ];
     std::fs::create_dir_all(img.path("mnt")).unwrap();
+    std::fs::create_dir_all(img.path("fmnt")).unwrap();
+    let fuse_mounted = || mounted_at(&img.path("fmnt"), Some("fuse.flmount"));
+    let serve_fuse = || {
+        let server = fl
+            .command()
+            .args(["-image", &img.image, "-fuse", "-mount"])
+            .arg(img.path("fmnt"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let up = (0..1000).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            fuse_mounted()
+        });
+        assert!(up, "the FUSE mount did not come up");
+        server
+    };
+    // How long a FUSE mount takes to come up (packing first): kills land
+    // anywhere in twice that.
+    let started = std::time::Instant::now();
+    let mut server = serve_fuse();
+    let fuse_ms = started.elapsed().as_millis() as u64 * 2;
+    fl.ok(&["-umount", img.path("fmnt").to_str().unwrap()]);
+    server.wait().unwrap();
+    std::fs::remove_dir_all(fl.workdir.join("flists")).unwrap();
+    let mut fuse_served = 0;
     // Deterministic "random" kill delays: 0 to ~150 ms.
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut kills = 0;
@@ -147,7 +183,9 @@ fn killed_at_random_points_the_next_run_equals_a_clean_run() {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            let delay = Duration::from_millis(seed % 150);
+            // FUSE runs never end by themselves: kill some while packing,
+            // some while serving.
+            let delay = Duration::from_millis(seed % if *what == "fuse" { fuse_ms } else { 150 });
             let mut child = fl
                 .command()
                 .args(["-image", &img.image])
@@ -157,6 +195,7 @@ fn killed_at_random_points_the_next_run_equals_a_clean_run() {
                 .spawn()
                 .unwrap();
             std::thread::sleep(delay);
+            fuse_served += usize::from(*what == "fuse" && fuse_mounted());
             if child.try_wait().unwrap().is_none() {
                 child.kill().unwrap();
                 kills += 1;
@@ -165,13 +204,23 @@ fn killed_at_random_points_the_next_run_equals_a_clean_run() {
             if *what == "overlay" && mounted_at(&img.path("mnt"), None) {
                 fl.ok(&["-umount", img.path("mnt").to_str().unwrap()]);
             }
+            if *what == "fuse" {
+                // fusermount3's auto_unmount takes the mount down.
+                let gone = (0..100).any(|_| {
+                    std::thread::sleep(Duration::from_millis(20));
+                    !fuse_mounted()
+                });
+                assert!(gone, "a killed FUSE server left its mount behind");
+            }
         }
         let _ = round;
     }
     assert!(
-        kills >= 4,
+        kills >= 12,
         "only {kills} runs were killed mid-way: the fixture is too quick to test this"
     );
+    assert!(fuse_served >= 1, "no FUSE server was killed while serving");
+    eprintln!("{kills} runs killed, {fuse_served} of them FUSE servers while serving");
     // Nothing left half-written is trusted, and no stale lock blocks: each
     // run now finishes and equals a clean one.
     let out = img.path("out");
@@ -212,6 +261,12 @@ fn killed_at_random_points_the_next_run_equals_a_clean_run() {
     );
     fl.ok(&["-umount", mnt.to_str().unwrap()]);
     assert!(leftovers(&img.path("out")).is_empty());
+    // The same mount point serves the image through FUSE again.
+    let fmnt = img.path("fmnt");
+    let mut server = serve_fuse();
+    assert_same_tree(&img.flat, &fmnt, &Ignore::default());
+    fl.ok(&["-umount", fmnt.to_str().unwrap()]);
+    assert!(server.wait().unwrap().success());
 }
 
 #[test]
