@@ -19,10 +19,11 @@
 #           --numeric-owner (GNU tar, one dir, no whiteout handling: only a
 #           speed reference);
 #      each runs under /usr/bin/time -v (all three alike: peak RSS); the
-#      order of the three rotates between rounds; targets are removed
-#      between rounds outside the timing; before each timed run the blobs
-#      that tool reads are read once (back into the page cache) and `sync`
-#      runs,
+#      order of the three rotates between rounds; every tree is kept until
+#      the end (deleting trees makes the next file creations on ext4 slow,
+#      see below), after an untimed warm-up extraction; before each timed
+#      run the blobs that tool reads are read once (back into the page
+#      cache) and `sync` runs,
 #   3. after the last round, flmount's tree is compared with umoci's rootfs
 #      entry by entry (scripts/lib/tree_compare.py): type, mode (with setuid,
 #      setgid, sticky), uid, gid, size, sha256 of the content, symlink
@@ -156,10 +157,9 @@ peak_rss_kib() {
 	awk -F': ' '/Maximum resident set size/ { print $2 }' "$logs/$1.time"
 }
 
+# Each round's trees: $trees/ROUND/{flmount,umoci,tar}.
 trees="$tmp/trees"
-fl_target="$trees/flmount"
-um_bundle="$trees/umoci"
-tar_target="$trees/tar"
+fl_target='' um_bundle='' tar_target='' # set per round
 
 # warm FILE...: read FILEs (back) into the page cache.
 warm() {
@@ -191,12 +191,32 @@ run_tar() {
 			done' bash "$tar_target" "${layer_blobs[@]}"
 }
 
+# No tree is deleted until the end, and an untimed extraction goes first:
+# ext4 here (Linux 6.18) spends its CPU in recently_deleted() when inodes are
+# allocated soon after many were freed (the first tree written after a
+# 23k-entry tree is deleted costs ~12 s of system time instead of ~1 s,
+# whichever tool writes it; `perf record` shows ext4_create ->
+# recently_deleted -> find_get_block_common). Deleting between rounds would
+# measure that, landing on whichever tool runs first.
+need_kib=$(((rounds * 3 + 1) * 1024 * 1024 + 2 * 1024 * 1024))
+avail_kib=$(df -Pk "$tmp" | awk 'NR == 2 { print $4 }')
+if ((avail_kib < need_kib)); then
+	echo "bench-extract: $((need_kib / 1048576)) GiB free needed under $tmp (every tree is kept until the end), $((avail_kib / 1048576)) GiB free" >&2
+	exit 1
+fi
+log "warm-up extraction (untimed), absorbing the cost of earlier deletions"
+mkdir -p "$trees/warm-up"
+run_timed warm-up \
+	"$flmount" -image "$ref" -workdir "$workdir" -extractto "$trees/warm-up/rootfs" -q >/dev/null
+
 tools=(flmount umoci tar)
 declare -A secs=()
 fl_rss=()
 for ((r = 1; r <= rounds; r++)); do
-	rm -rf -- "$trees"
-	mkdir -p "$trees"
+	fl_target="$trees/$r/flmount"
+	um_bundle="$trees/$r/umoci"
+	tar_target="$trees/$r/tar"
+	mkdir -p "$trees/$r"
 	for ((i = 0; i < ${#tools[@]}; i++)); do
 		tool=${tools[(i + r - 1) % ${#tools[@]}]}
 		secs[$tool,$r]=$("run_$tool" "$r")
