@@ -10,8 +10,10 @@
 #      with skopeo to a local registry (docker-registry) as bench:latest, and
 #      pulled once with flmount into a workdir: every later flmount run finds
 #      all blobs cached (warm cache),
-#   2. ROUNDS rounds, each into fresh target dirs on one filesystem (under
-#      $TMPDIR, default /var/tmp: a disk, not tmpfs), timing the wall clock of
+#   2. ROUNDS rounds, each into fresh target dirs on one filesystem (a new
+#      ext4 made for the run on a loop device over a sparse file under
+#      $TMPDIR, default /var/tmp: the VM's disk; FRESH_EXT4=0 writes to
+#      $TMPDIR's own filesystem instead), timing the wall clock of
 #        a. flmount -image REF -workdir W -extractto T -q  (the manifest check
 #           against the registry, then the extraction),
 #        b. umoci unpack --image LAYOUT:bench BUNDLE       (as root),
@@ -23,7 +25,8 @@
 #      the end (deleting trees makes the next file creations on ext4 slow,
 #      see below), after an untimed warm-up extraction; before each timed
 #      run the blobs that tool reads are read once (back into the page
-#      cache) and `sync` runs,
+#      cache), `sync` runs, and 3 GiB of memory are touched and freed
+#      (scripts/lib/testbed.sh: warm_memory),
 #   3. after the last round, flmount's tree is compared with umoci's rootfs
 #      entry by entry (scripts/lib/tree_compare.py): type, mode (with setuid,
 #      setgid, sticky), uid, gid, size, sha256 of the content, symlink
@@ -51,6 +54,7 @@
 #                        built with `cargo build --release` if missing]
 #   STRICT=1             exit 1 if the trees differ or a goal is missed
 #   KEEP=1               keep the temp dir (the last round's trees, logs)
+#   FRESH_EXT4=0         targets on $TMPDIR's filesystem, not a new ext4
 #   FLMOUNT_BENCH_CACHE  where the benchmark image is cached
 #   TMPDIR               where the registry, workdir and targets go
 #                        [default /var/tmp]; use a disk, not tmpfs
@@ -101,9 +105,32 @@ if [[ "${KEEP:-0}" == 1 ]]; then
 else
 	testbed_mktemp tmp flmount-bench-extract
 fi
-fs_info=$(df -PT "$tmp" | awk 'NR == 2 { print $2 " (" $1 ", mounted on " $7 ")" }')
+# Each round's trees: $trees/ROUND/{flmount,umoci,tar}.
+trees="$tmp/trees"
+need_kib=$(((rounds * 3 + 3) * 1024 * 1024))
+avail_kib=$(df -Pk "$tmp" | awk 'NR == 2 { print $4 }')
+if ((avail_kib < need_kib)); then
+	echo "bench-extract: $((need_kib / 1048576)) GiB free needed under $tmp (every tree is kept until the end), $((avail_kib / 1048576)) GiB free" >&2
+	exit 1
+fi
+if [[ "${FRESH_EXT4:-1}" == 1 ]]; then
+	# A new ext4 on a loop device over a sparse file on the same disk: no
+	# history of deleted inodes, the same for every run of the benchmark.
+	require_tools bench-extract "" mkfs.ext4 losetup
+	truncate -s "$((need_kib / 1048576))G" "$tmp/ext4.img"
+	mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$tmp/ext4.img"
+	mkdir -p "$tmp/fs"
+	mount -o loop "$tmp/ext4.img" "$tmp/fs"
+	testbed_defer umount -- "$tmp/fs"
+	trees="$tmp/fs/trees"
+fi
+mkdir -p "$trees"
+fs_info=$(df -PT "$trees" | awk 'NR == 2 { print $2 " (" $1 ", mounted on " $7 ")" }')
 fs_type=${fs_info%% *}
-log "targets in $tmp on $fs_info"
+if [[ "${FRESH_EXT4:-1}" == 1 ]]; then
+	fs_info="a new $fs_info, on a file on $(df -P "$tmp" | awk 'NR == 2 { print $1 }')"
+fi
+log "targets in $trees on $fs_info"
 if [[ "$fs_type" == tmpfs ]]; then
 	log "WARNING: $tmp is on tmpfs; file creation costs there are not a disk's"
 fi
@@ -141,6 +168,7 @@ run_timed() {
 	local name=$1 start rc=0 secs
 	shift
 	sync
+	warm_memory
 	start=$(now)
 	/usr/bin/time -v -o "$logs/$name.time" "$@" >"$logs/$name.log" 2>&1 || rc=$?
 	secs=$(elapsed "$start")
@@ -157,8 +185,6 @@ peak_rss_kib() {
 	awk -F': ' '/Maximum resident set size/ { print $2 }' "$logs/$1.time"
 }
 
-# Each round's trees: $trees/ROUND/{flmount,umoci,tar}.
-trees="$tmp/trees"
 fl_target='' um_bundle='' tar_target='' # set per round
 
 # warm FILE...: read FILEs (back) into the page cache.
@@ -193,17 +219,12 @@ run_tar() {
 
 # No tree is deleted until the end, and an untimed extraction goes first:
 # ext4 here (Linux 6.18) spends its CPU in recently_deleted() when inodes are
-# allocated soon after many were freed (the first tree written after a
-# 23k-entry tree is deleted costs ~12 s of system time instead of ~1 s,
-# whichever tool writes it; `perf record` shows ext4_create ->
+# allocated after many were freed (a tree written after a 23k-entry tree was
+# deleted costs ~12 s of system time instead of ~1 s, whichever tool writes
+# it, until the freed inodes are used up; `perf record` shows ext4_create ->
 # recently_deleted -> find_get_block_common). Deleting between rounds would
-# measure that, landing on whichever tool runs first.
-need_kib=$(((rounds * 3 + 1) * 1024 * 1024 + 2 * 1024 * 1024))
-avail_kib=$(df -Pk "$tmp" | awk 'NR == 2 { print $4 }')
-if ((avail_kib < need_kib)); then
-	echo "bench-extract: $((need_kib / 1048576)) GiB free needed under $tmp (every tree is kept until the end), $((avail_kib / 1048576)) GiB free" >&2
-	exit 1
-fi
+# measure that, landing on whichever tool runs first. The new ext4 (default)
+# has no such history at all.
 log "warm-up extraction (untimed), absorbing the cost of earlier deletions"
 mkdir -p "$trees/warm-up"
 run_timed warm-up \

@@ -39,6 +39,7 @@ timed() { # timed LOG CMD...: run CMD (output to LOG.out), print seconds
 	local start end logfile=$1
 	shift
 	sync
+	warm_memory
 	start=$(now)
 	"$@" >"$logfile.out" 2>&1 || { cat "$logfile.out" >&2; return 1; }
 	end=$(now)
