@@ -115,13 +115,9 @@ if ((avail_kib < need_kib)); then
 fi
 if [[ "${FRESH_EXT4:-1}" == 1 ]]; then
 	# A new ext4 on a loop device over a sparse file on the same disk: no
-	# history of deleted inodes, the same for every run of the benchmark.
+	# history of deleted inodes (scripts/lib/testbed.sh).
 	require_tools bench-extract "" mkfs.ext4 losetup
-	truncate -s "$((need_kib / 1048576))G" "$tmp/ext4.img"
-	mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$tmp/ext4.img"
-	mkdir -p "$tmp/fs"
-	mount -o loop "$tmp/ext4.img" "$tmp/fs"
-	testbed_defer umount -- "$tmp/fs"
+	testbed_fresh_ext4 "$tmp/fs" "$((need_kib / 1048576))"
 	trees="$tmp/fs/trees"
 fi
 mkdir -p "$trees"

@@ -14,7 +14,10 @@
 #
 # Run (as root):   scripts/bench-pack.sh
 # Environment:  FLMOUNT (binary; default target/release/flmount, built if
-#               missing), TMPDIR (default /var/tmp), FLMOUNT_BENCH_CACHE.
+#               missing), TMPDIR (default /var/tmp), FLMOUNT_BENCH_CACHE,
+#               FRESH_EXT4=0 (store and trees on $TMPDIR's filesystem, not
+#               on a new ext4 on the same disk). Each timed run follows
+#               `sync` and warm_memory (scripts/lib/testbed.sh).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -34,6 +37,14 @@ ref="$REGISTRY_ADDR/bench:latest"
 skopeo copy --quiet --dest-tls-verify=false "oci:$BENCH_IMAGE" "docker://$ref"
 workdir="$tmp/workdir"
 "$flmount" -q -image "$ref" -workdir "$workdir"
+# The store and the trees on a new ext4 on the same disk (FRESH_EXT4=0: on
+# $TMPDIR's filesystem): see testbed_fresh_ext4 in scripts/lib/testbed.sh.
+out=$tmp
+if [[ "${FRESH_EXT4:-1}" == 1 ]]; then
+	require_tools bench-pack "" mkfs.ext4 losetup
+	testbed_fresh_ext4 "$tmp/fs" 8
+	out=$tmp/fs
+fi
 
 timed() { # timed LOG CMD...: run CMD (output to LOG.out), print seconds
 	local start end logfile=$1
@@ -49,24 +60,24 @@ timed() { # timed LOG CMD...: run CMD (output to LOG.out), print seconds
 # An untimed extraction first: file creation on this ext4 is slow right
 # after many files were deleted (see scripts/bench-extract.sh); this absorbs
 # that. Its layer index is dropped so that pack starts as after a pull.
-"$flmount" -q -image "$ref" -workdir "$workdir" -extractto "$tmp/warm-up"
+"$flmount" -q -image "$ref" -workdir "$workdir" -extractto "$out/warm-up"
 rm -rf "$workdir/index"
-pack1=$(timed "$tmp/pack1" "$flmount" -image "$ref" -workdir "$workdir" -flist "$tmp/a.fl" -store "dir://$tmp/store")
-pack2=$(timed "$tmp/pack2" "$flmount" -image "$ref" -workdir "$workdir" -flist "$tmp/b.fl" -store "dir://$tmp/store")
-unpack=$(timed "$tmp/unpack" "$flmount" unpack -workdir "$workdir" -flist "$tmp/a.fl" "$tmp/unpacked")
+pack1=$(timed "$tmp/pack1" "$flmount" -image "$ref" -workdir "$workdir" -flist "$out/a.fl" -store "dir://$out/store")
+pack2=$(timed "$tmp/pack2" "$flmount" -image "$ref" -workdir "$workdir" -flist "$out/b.fl" -store "dir://$out/store")
+unpack=$(timed "$tmp/unpack" "$flmount" unpack -workdir "$workdir" -flist "$out/a.fl" "$out/unpacked")
 # -extractto twice: first as after a pull (no layer index yet: the layers'
 # headers are read), then again (the workdir's layer index is used).
 rm -rf "$workdir/index"
-extract=$(timed "$tmp/extract" "$flmount" -image "$ref" -workdir "$workdir" -extractto "$tmp/extracted")
-extract2=$(timed "$tmp/extract2" "$flmount" -image "$ref" -workdir "$workdir" -extractto "$tmp/extracted2")
+extract=$(timed "$tmp/extract" "$flmount" -image "$ref" -workdir "$workdir" -extractto "$out/extracted")
+extract2=$(timed "$tmp/extract2" "$flmount" -image "$ref" -workdir "$workdir" -extractto "$out/extracted2")
 
 summary=$(grep -o 'packed .*' "$tmp/pack1.out" | tail -1)
 bytes=$(grep -o '([0-9.]* MiB)' <<<"$summary" | head -1 | tr -d '()' | awk '{print $1}')
 chunks=$(grep -o '[0-9]* chunks' <<<"$summary" | awk '{print $1}')
-differences=$(diff -r --no-dereference "$tmp/unpacked" "$tmp/extracted" 2>&1 | grep -cv 'character special file\|block special file\|fifo' || true)
+differences=$(diff -r --no-dereference "$out/unpacked" "$out/extracted" 2>&1 | grep -cv 'character special file\|block special file\|fifo' || true)
 
 printf '\npack benchmark: %s (%s MiB of file content, %s chunks), dir store on %s\n' \
-	"$ref" "$bytes" "$chunks" "$(findmnt -n -o FSTYPE --target "$tmp")"
+	"$ref" "$bytes" "$chunks" "$(findmnt -n -o FSTYPE,SOURCE --target "$out" | awk '{ print $1 " (" $2 ")" }')"
 printf '| measure | seconds | figure | goal |\n| --- | --- | --- | --- |\n'
 printf '| pack | %s | %s MB/s, %s chunks/s | >= 150 MB/s |\n' "$pack1" \
 	"$(awk -v b="$bytes" -v s="$pack1" 'BEGIN{printf "%.0f", b*1.048576/s}')" \

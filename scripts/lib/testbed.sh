@@ -32,6 +32,10 @@
 #                         built with `cargo build --release` when missing
 #   rounds_setting        print $ROUNDS (default 3), checked to be a positive integer
 #   log MSG...            print "==> MSG" to stderr
+#   testbed_fresh_ext4 DIR GIB
+#                         mount a new ext4 of GIB GiB at DIR (created), on a
+#                         loop device over a sparse file DIR.img beside it;
+#                         unmounted at cleanup (needs root, mkfs.ext4)
 #   warm_memory [GIB]     touch and free GIB (default 3) GiB of memory, so
 #                         that the next program gets pages the VM holds
 #                         (see the function)
@@ -111,6 +115,19 @@ log() {
 
 now() {
 	date +%s.%N
+}
+
+# A new filesystem has no history: on this VM's ext4 (Linux 6.18), creating
+# files after many were deleted costs up to 10x more system time (the inode
+# allocator's recently_deleted() check), until the freed inodes are used up.
+# Benchmarks write their trees to a new one, so every run starts alike.
+testbed_fresh_ext4() {
+	local dir=${1:?testbed_fresh_ext4: DIR required} gib=${2:?testbed_fresh_ext4: GIB required}
+	truncate -s "${gib}G" "$dir.img"
+	mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$dir.img"
+	mkdir -p "$dir"
+	mount -o loop "$dir.img" "$dir"
+	testbed_defer umount -- "$dir"
 }
 
 # This VM hands free memory back to the host (free page reporting); a page
