@@ -50,7 +50,9 @@ struct Mounted {
 
 impl Mounted {
     fn start(fl: &Flmount, args: &[&str], dir: &Path) -> Mounted {
-        std::fs::create_dir_all(dir).unwrap();
+        if !mounted_at(dir, None) {
+            std::fs::create_dir_all(dir).unwrap();
+        }
         let notify = tempfile::tempdir().unwrap();
         let socket_path = notify.path().join("notify");
         let socket = UnixDatagram::bind(&socket_path).unwrap();
@@ -298,6 +300,56 @@ fn mounted_flists_equal_extraction_from_dir_zdb_and_s3_stores() {
         assert!(Instant::now() < deadline, "the mount outlived its killed server");
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // A dead mount (its server and fusermount3's watcher both killed, as
+    // when the server dies while fusermount3 mounts): the next server at
+    // that mount point clears it, and a live mount there is refused.
+    let mut m = Mounted::start(&img.fl, &["-flist", flist.to_str().unwrap()], &mnt);
+    let watcher = processes_named("fusermount3")
+        .into_iter()
+        .find(|(_, args)| args.contains(mnt.to_str().unwrap()))
+        .expect("fusermount3's auto_unmount watcher");
+    signal(watcher.0, libc::SIGKILL);
+    signal(m.pid(), libc::SIGKILL);
+    let _ = m.child.take().unwrap().wait();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(is_mounted(&mnt), "no dead mount to test with");
+    let err = std::fs::metadata(&mnt).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    let m = Mounted::start(&img.fl, &["-flist", flist.to_str().unwrap()], &mnt);
+    assert!(
+        m.log().contains("killed flmount server left mounted"),
+        "{}",
+        m.log()
+    );
+    assert_same_tree(&img.flat, &mnt, &Ignore::default());
+    let err = img.fl.fails(
+        &["-flist", flist.to_str().unwrap(), "-mount", mnt.to_str().unwrap()],
+        1,
+    );
+    assert!(err.contains("already an flmount FUSE mount"), "{err}");
+    m.stop();
+    assert!(!mounted_at(&mnt, None), "a mount is left at {}", mnt.display());
+}
+
+/// (pid, command line) of the processes whose program is `name`.
+fn processes_named(name: &str) -> Vec<(i32, String)> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid: i32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let program = std::path::Path::new(args.first()?)
+                .file_name()?
+                .to_str()?
+                .to_owned();
+            (program == name).then(|| (pid, args.join(" ")))
+        })
+        .collect()
 }
 
 #[test]

@@ -147,6 +147,8 @@ fn killed_at_random_points_the_next_run_equals_a_clean_run() {
     std::fs::create_dir_all(img.path("mnt")).unwrap();
     std::fs::create_dir_all(img.path("fmnt")).unwrap();
     let fuse_mounted = || mounted_at(&img.path("fmnt"), Some("fuse.flmount"));
+    // Mounted and answering (a dead server's mount answers ENOTCONN).
+    let fuse_serving = || fuse_mounted() && std::fs::metadata(img.path("fmnt")).is_ok();
     let serve_fuse = || {
         let server = fl
             .command()
@@ -158,7 +160,7 @@ fn killed_at_random_points_the_next_run_equals_a_clean_run() {
             .unwrap();
         let up = (0..1000).any(|_| {
             std::thread::sleep(Duration::from_millis(10));
-            fuse_mounted()
+            fuse_serving()
         });
         assert!(up, "the FUSE mount did not come up");
         server
@@ -171,7 +173,7 @@ fn killed_at_random_points_the_next_run_equals_a_clean_run() {
     fl.ok(&["-umount", img.path("fmnt").to_str().unwrap()]);
     server.wait().unwrap();
     std::fs::remove_dir_all(fl.workdir.join("flists")).unwrap();
-    let mut fuse_served = 0;
+    let (mut fuse_served, mut left_stale) = (0, 0);
     // Deterministic "random" kill delays: 0 to ~150 ms.
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut kills = 0;
@@ -195,7 +197,7 @@ fn killed_at_random_points_the_next_run_equals_a_clean_run() {
                 .spawn()
                 .unwrap();
             std::thread::sleep(delay);
-            fuse_served += usize::from(*what == "fuse" && fuse_mounted());
+            fuse_served += usize::from(*what == "fuse" && fuse_serving());
             if child.try_wait().unwrap().is_none() {
                 child.kill().unwrap();
                 kills += 1;
@@ -205,12 +207,22 @@ fn killed_at_random_points_the_next_run_equals_a_clean_run() {
                 fl.ok(&["-umount", img.path("mnt").to_str().unwrap()]);
             }
             if *what == "fuse" {
-                // fusermount3's auto_unmount takes the mount down.
+                // fusermount3's auto_unmount takes the mount down; but a
+                // server killed while fusermount3 was mounting can leave a
+                // dead mount (ENOTCONN), which the next run must clear.
                 let gone = (0..100).any(|_| {
                     std::thread::sleep(Duration::from_millis(20));
                     !fuse_mounted()
                 });
-                assert!(gone, "a killed FUSE server left its mount behind");
+                if !gone {
+                    let err = std::fs::metadata(img.path("fmnt")).unwrap_err();
+                    assert_eq!(
+                        err.raw_os_error(),
+                        Some(libc::ENOTCONN),
+                        "a killed FUSE server left a mount that is not dead: {err}"
+                    );
+                    left_stale += 1;
+                }
             }
         }
         let _ = round;
@@ -220,7 +232,10 @@ fn killed_at_random_points_the_next_run_equals_a_clean_run() {
         "only {kills} runs were killed mid-way: the fixture is too quick to test this"
     );
     assert!(fuse_served >= 1, "no FUSE server was killed while serving");
-    eprintln!("{kills} runs killed, {fuse_served} of them FUSE servers while serving");
+    eprintln!(
+        "{kills} runs killed, {fuse_served} of them FUSE servers while serving; \
+         {left_stale} dead mounts left for the next run to clear"
+    );
     // Nothing left half-written is trusted, and no stale lock blocks: each
     // run now finishes and equals a clean one.
     let out = img.path("out");
@@ -261,12 +276,14 @@ fn killed_at_random_points_the_next_run_equals_a_clean_run() {
     );
     fl.ok(&["-umount", mnt.to_str().unwrap()]);
     assert!(leftovers(&img.path("out")).is_empty());
-    // The same mount point serves the image through FUSE again.
+    // The same mount point serves the image through FUSE again, and once
+    // unmounted nothing is left there (no dead mount stacked below).
     let fmnt = img.path("fmnt");
     let mut server = serve_fuse();
     assert_same_tree(&img.flat, &fmnt, &Ignore::default());
     fl.ok(&["-umount", fmnt.to_str().unwrap()]);
     assert!(server.wait().unwrap().success());
+    assert!(!fuse_mounted(), "a mount is left at {}", fmnt.display());
 }
 
 #[test]

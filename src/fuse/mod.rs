@@ -48,6 +48,7 @@ pub fn serve(flist_path: &Path, router: Router, options: &MountOptions, rt: Hand
     let started = Instant::now();
     limit_malloc_arenas();
     let mountpoint = &options.mountpoint;
+    clear_stale_mount(mountpoint)?;
     if !mountpoint.is_dir() {
         bail!("the mount point {} is not a directory", mountpoint.display());
     }
@@ -243,6 +244,29 @@ pub fn unmount(mountpoint: &Path) -> Result<()> {
 /// /proc/self/mounts, so a mount whose server died still counts).
 pub fn is_mounted_at(mountpoint: &Path) -> bool {
     live_mounts().iter().any(|m| m.mountpoint == mountpoint)
+}
+
+/// Clears the mount a killed server left at `mountpoint` (the kernel
+/// answers ENOTCONN for it: fusermount3's auto_unmount can miss it when the
+/// server dies while fusermount3 is mounting); refuses a live one.
+fn clear_stale_mount(mountpoint: &Path) -> Result<()> {
+    if !is_mounted_at(mountpoint) {
+        return Ok(());
+    }
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!(
+                "{}: unmounting what a killed flmount server left mounted there",
+                mountpoint.display()
+            );
+            unmount(mountpoint)
+        }
+        _ => bail!(
+            "{} is already an flmount FUSE mount; unmount it first (flmount -umount {})",
+            mountpoint.display(),
+            mountpoint.display()
+        ),
+    }
 }
 
 /// An flmount FUSE mount that is up: where, and the flist it serves.
