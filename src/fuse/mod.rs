@@ -246,15 +246,17 @@ pub fn is_mounted_at(mountpoint: &Path) -> bool {
     live_mounts().iter().any(|m| m.mountpoint == mountpoint)
 }
 
-/// Clears the mount a killed server left at `mountpoint` (the kernel
-/// answers ENOTCONN for it: fusermount3's auto_unmount can miss it when the
-/// server dies while fusermount3 is mounting); refuses a live one.
+/// Clears the mount a killed server left at `mountpoint` (fusermount3's
+/// auto_unmount can miss it when the server dies while fusermount3 is
+/// mounting); refuses a live one. `statfs` tells them apart: it always
+/// asks the server (attributes may be answered from the kernel's cache),
+/// and a dead mount answers ENOTCONN.
 fn clear_stale_mount(mountpoint: &Path) -> Result<()> {
     if !is_mounted_at(mountpoint) {
         return Ok(());
     }
-    match std::fs::metadata(mountpoint) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+    match nix::sys::statfs::statfs(mountpoint) {
+        Err(nix::errno::Errno::ENOTCONN) => {
             tracing::warn!(
                 "{}: unmounting what a killed flmount server left mounted there",
                 mountpoint.display()
