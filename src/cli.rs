@@ -19,7 +19,7 @@ use crate::pull::PullOptions;
 use crate::reference::ImageRef;
 use crate::registry::{Credentials, ErrorKind, Transport};
 use crate::source::Source;
-use crate::store::{ChunkError, ChunkFailure};
+use crate::store::{ChunkError, ChunkFailure, StoreError};
 use crate::workdir::Workdir;
 
 /// Decoded chunks a reader keeps in memory (512 KiB each).
@@ -737,6 +737,15 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         Some(ChunkFailure::Unreachable) => return 5,
         Some(ChunkFailure::Corrupt) => return 6,
         None => {}
+    }
+    // A store that cannot be reached while storing chunks.
+    if e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<StoreError>(),
+            Some(StoreError::Unavailable { .. })
+        )
+    }) {
+        return 5;
     }
     match crate::registry::error_kind(e) {
         Some(ErrorKind::NotFound) => 3,

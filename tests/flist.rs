@@ -230,7 +230,7 @@ fn zdb_store_on_redis_and_secrets_stay_out() {
             "-store",
             &store,
         ],
-        1,
+        5,
     );
     assert!(
         err.contains("unavailable") && !err.contains("zdb-Secret-77"),
