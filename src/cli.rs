@@ -731,21 +731,19 @@ pub fn main() -> ExitCode {
 
 fn exit_code(e: &anyhow::Error) -> u8 {
     // A chunk from a store, like a blob from a registry: missing (3),
-    // unreachable (5), corrupt (6).
+    // unreachable (5), corrupt (6); a local store's disk failing (7).
     match chunk_failure(e) {
         Some(ChunkFailure::Missing) => return 3,
         Some(ChunkFailure::Unreachable) => return 5,
         Some(ChunkFailure::Corrupt) => return 6,
+        Some(ChunkFailure::Local) => return 7,
         None => {}
     }
-    // A store that cannot be reached while storing chunks.
-    if e.chain().any(|c| {
-        matches!(
-            c.downcast_ref::<StoreError>(),
-            Some(StoreError::Unavailable { .. })
-        )
-    }) {
-        return 5;
+    // A store that failed while storing chunks.
+    match e.chain().find_map(|c| c.downcast_ref::<StoreError>()) {
+        Some(StoreError::Unavailable { .. }) => return 5,
+        Some(StoreError::Local { .. }) => return 7,
+        _ => {}
     }
     match crate::registry::error_kind(e) {
         Some(ErrorKind::NotFound) => 3,

@@ -75,6 +75,25 @@ fn a_full_disk_is_a_clear_error_and_leaves_nothing_half_done() {
         "staging was left behind"
     );
 
+    // A dir:// chunk store's filesystem fills up while packing: a local
+    // I/O error (exit 7), not a store to retry, and no flist.
+    let small_store = SmallFs::mount(&img.path("small-store"), "256k");
+    let flist = img.path("full.fl");
+    let err = img.fl.fails(
+        &[
+            "-image",
+            &img.image,
+            "-flist",
+            flist.to_str().unwrap(),
+            "-store",
+            &format!("dir://{}", small_store.0.join("chunks").display()),
+        ],
+        7,
+    );
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(!flist.exists(), "an flist was written over a failed store");
+    drop(small_store);
+
     // The workdir's filesystem fills up during a pull: a clear error, and
     // nothing unverified in the blob store. With room again, the same
     // workdir pulls and extracts exactly.

@@ -35,7 +35,7 @@ impl DirStore {
     }
 
     fn io_error(&self, e: std::io::Error) -> StoreError {
-        StoreError::unavailable(&self.url, e)
+        StoreError::local(&self.url, e)
     }
 }
 
@@ -60,7 +60,7 @@ impl Store for DirStore {
             tokio::task::spawn_blocking(move || crate::workdir::write_replacing(&path, &blob, false))
                 .await
                 .map_err(|e| StoreError::unavailable(&self.url, e))?
-                .map_err(|e| StoreError::unavailable(&self.url, format!("{e:#} (in {})", dir.display())))
+                .map_err(|e| StoreError::local(&self.url, format!("{e:#} (in {})", dir.display())))
         }
         .boxed()
     }

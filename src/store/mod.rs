@@ -43,11 +43,21 @@ pub enum StoreError {
     Unavailable { store: String, reason: String },
     #[error("store {store} refused the request: {reason}")]
     Refused { store: String, reason: String },
+    /// This machine failed (a `dir://` store's disk full, a permission):
+    /// not retried, and reported as a local I/O error.
+    #[error("store {store}: {reason}")]
+    Local { store: String, reason: String },
 }
 
 impl StoreError {
     fn unavailable(store: &str, reason: impl fmt::Display) -> Self {
         StoreError::Unavailable {
+            store: store.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+    fn local(store: &str, reason: impl fmt::Display) -> Self {
+        StoreError::Local {
             store: store.to_owned(),
             reason: reason.to_string(),
         }

@@ -27,6 +27,8 @@ pub enum ChunkFailure {
     Missing,
     /// Every store answered; a copy failed verification.
     Corrupt,
+    /// A local store could not be read (permissions, I/O errors).
+    Local,
 }
 
 impl ChunkError {
@@ -148,7 +150,7 @@ impl Router {
     /// blob that verifies. A corrupt replica is skipped with a warning.
     pub async fn get_chunk(&self, chunk: &ChunkRef) -> Result<Vec<u8>, ChunkError> {
         let mut failures = Vec::new();
-        let (mut unreachable, mut corrupt) = (false, false);
+        let (mut unreachable, mut corrupt, mut local) = (false, false, false);
         for store in self.stores_for(&chunk.id) {
             match store.get(&chunk.id).await {
                 Ok(blob) => match codec::decode(chunk, &blob) {
@@ -161,7 +163,8 @@ impl Router {
                 },
                 Err(e) => {
                     tracing::debug!(store = store.public_url(), "{e}");
-                    unreachable |= !matches!(e, StoreError::NotFound(_));
+                    unreachable |= matches!(e, StoreError::Unavailable { .. } | StoreError::Refused { .. });
+                    local |= matches!(e, StoreError::Local { .. });
                     failures.push(e.to_string());
                 }
             }
@@ -180,6 +183,8 @@ impl Router {
             ),
             failure: if unreachable {
                 ChunkFailure::Unreachable
+            } else if local {
+                ChunkFailure::Local
             } else if corrupt {
                 ChunkFailure::Corrupt
             } else {
