@@ -38,9 +38,14 @@ pub fn layer(data: &[u8]) -> bool {
 
 const SECRET: &[u8] = b"host data\n";
 
+/// Names that hostile seeds try to create through absolute or deep
+/// relative symlinks (`/tmp -> ...`, `../../..`): they must never appear.
+pub const ESCAPE_NAME: &str = "flmount-fuzz-escaped";
+
 /// Extraction: the bytes as a layer applied twice (lower and upper) are
 /// written into a target or refused, and nothing beside the target is
-/// created, changed or linked.
+/// created, changed or linked; nor is [`ESCAPE_NAME`] created in `/` or
+/// `/tmp`.
 pub fn extract(data: &[u8]) {
     let dir = tempfile::tempdir().unwrap();
     let host = dir.path().join("host");
@@ -78,6 +83,14 @@ pub fn extract(data: &[u8]) {
         "the host file was replaced or linked"
     );
     assert_eq!(std::fs::read(host.join("secret")).unwrap(), SECRET);
+    for dir in ["/", "/tmp"] {
+        let escaped = Path::new(dir).join(ESCAPE_NAME);
+        assert!(
+            !escaped.exists(),
+            "{} was created ({result:?})",
+            escaped.display()
+        );
+    }
     if result.is_ok() {
         assert_links_inside(&target);
     }

@@ -69,13 +69,21 @@ fn sample_layer() -> Vec<u8> {
 
 /// Entries that try to leave the target, for the extraction check.
 fn hostile_layer() -> Vec<u8> {
+    // The check extracts into TMP/rootfs beside TMP/host/secret, TMP being
+    // a directory in /tmp: each escape lands where the check looks.
+    let escape = checks::ESCAPE_NAME;
     tar(&[
-        E::file("../outside", "x"),
-        E::file("/abs", "x"),
-        E::symlink("up", "../../.."),
+        E::file(format!("../{escape}"), "x"),
+        E::file(format!("/{escape}"), "x"),
+        E::symlink("up", ".."),
         E::file("up/escaped", "x"),
+        E::file("up/host/escaped", "x"),
+        E::symlink("two", "../.."),
+        E::file(format!("two/{escape}"), "x"),
+        E::symlink("deep", "../../.."),
+        E::file(format!("deep/{escape}"), "x"),
         E::symlink("abs", "/tmp"),
-        E::file("abs/escaped", "x"),
+        E::file(format!("abs/{escape}"), "x"),
         E::hardlink("hl", "../host/secret"),
         E::symlink("swap1", "swap2"),
         E::symlink("swap2", "swap1"),
@@ -161,6 +169,7 @@ fn mutated_flists_are_refused_never_panic() {
 #[test]
 fn inputs_the_fuzzers_crashed_on_stay_fixed() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    assert!(root.is_dir(), "{} is missing", root.display());
     let mut ran = 0;
     for (target, check) in [
         (

@@ -36,6 +36,9 @@ def layer(entries, fmt=tarfile.PAX_FORMAT):
     return buf.getvalue()
 
 
+# fuzz/checks.rs: ESCAPE_NAME
+ESCAPE = "flmount-fuzz-escaped"
+
 LAYERS = {
     "rules": [
         entry("etc", tarfile.DIRTYPE, mode=0o755),
@@ -64,13 +67,20 @@ LAYERS = {
         entry("s", tarfile.SYMTYPE, link="/etc"),
         entry("s", tarfile.DIRTYPE),
     ],
+    # fuzz/checks.rs extracts into TMP/rootfs beside TMP/host/secret, TMP a
+    # directory in /tmp: each escape lands where the check looks.
     "escapes": [
-        entry("../outside", data=b"x"),
-        entry("/abs", data=b"x"),
-        entry("up", tarfile.SYMTYPE, link="../../.."),
+        entry("../" + ESCAPE, data=b"x"),
+        entry("/" + ESCAPE, data=b"x"),
+        entry("up", tarfile.SYMTYPE, link=".."),
         entry("up/escaped", data=b"x"),
+        entry("up/host/escaped", data=b"x"),
+        entry("two", tarfile.SYMTYPE, link="../.."),
+        entry("two/" + ESCAPE, data=b"x"),
+        entry("deep", tarfile.SYMTYPE, link="../../.."),
+        entry("deep/" + ESCAPE, data=b"x"),
         entry("abs", tarfile.SYMTYPE, link="/tmp"),
-        entry("abs/escaped", data=b"x"),
+        entry("abs/" + ESCAPE, data=b"x"),
         entry("hl", tarfile.LNKTYPE, link="../host/secret"),
         entry(".", tarfile.SYMTYPE, link="/"),
         entry("swap1", tarfile.SYMTYPE, link="swap2"),

@@ -377,11 +377,13 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// Runs `cmd` to its end; returns its output and its peak resident memory
 /// in KiB. GNU time runs it and reports: the kernel counts in a child's
 /// peak the memory of the process it was forked from, so the peak must be
-/// taken from a small parent, not from this (large) test process.
+/// taken from a small parent, not from this (large) test process. `cmd`
+/// runs with only the environment it sets (as [`Flmount::command`] does).
 pub fn run_measuring_memory(cmd: &Command) -> (Output, u64) {
     let report = tempfile::NamedTempFile::new().unwrap();
     let mut timed = Command::new("/usr/bin/time");
     timed
+        .env_clear()
         .args(["-f", "%M", "-o"])
         .arg(report.path())
         .arg(cmd.get_program())
