@@ -24,9 +24,9 @@
 #      order of the three rotates between rounds; every tree is kept until
 #      the end (deleting trees makes the next file creations on ext4 slow,
 #      see below), after an untimed warm-up extraction; before each timed
-#      run the blobs that tool reads are read once (back into the page
-#      cache), `sync` runs, and 3 GiB of memory are touched and freed
-#      (scripts/lib/testbed.sh: warm_memory),
+#      run 3 GiB of memory are touched and freed (scripts/lib/testbed.sh:
+#      warm_memory), the blobs that tool reads are read once (back into
+#      the page cache) and `sync` runs,
 #   3. after the last round, flmount's tree is compared with umoci's rootfs
 #      entry by entry (scripts/lib/tree_compare.py): type, mode (with setuid,
 #      setgid, sticky), uid, gid, size, sha256 of the content, symlink
@@ -105,25 +105,20 @@ if [[ "${KEEP:-0}" == 1 ]]; then
 else
 	testbed_mktemp tmp flmount-bench-extract
 fi
-# Each round's trees: $trees/ROUND/{flmount,umoci,tar}.
-trees="$tmp/trees"
 need_kib=$(((rounds * 3 + 3) * 1024 * 1024))
 avail_kib=$(df -Pk "$tmp" | awk 'NR == 2 { print $4 }')
 if ((avail_kib < need_kib)); then
 	echo "bench-extract: $((need_kib / 1048576)) GiB free needed under $tmp (every tree is kept until the end), $((avail_kib / 1048576)) GiB free" >&2
 	exit 1
 fi
-if [[ "${FRESH_EXT4:-1}" == 1 ]]; then
-	# A new ext4 on a loop device over a sparse file on the same disk: no
-	# history of deleted inodes (scripts/lib/testbed.sh).
-	require_tools bench-extract "" mkfs.ext4 losetup
-	testbed_fresh_ext4 "$tmp/fs" "$((need_kib / 1048576))"
-	trees="$tmp/fs/trees"
-fi
+# Each round's trees: $trees/ROUND/{flmount,umoci,tar}, on a new ext4 on
+# the same disk (no history of deleted inodes; scripts/lib/testbed.sh).
+bench_output_dir out "$tmp" "$((need_kib / 1048576))"
+trees="$out/trees"
 mkdir -p "$trees"
 fs_info=$(df -PT "$trees" | awk 'NR == 2 { print $2 " (" $1 ", mounted on " $7 ")" }')
 fs_type=${fs_info%% *}
-if [[ "${FRESH_EXT4:-1}" == 1 ]]; then
+if [[ "$out" != "$tmp" ]]; then
 	fs_info="a new $fs_info, on a file on $(df -P "$tmp" | awk 'NR == 2 { print $1 }')"
 fi
 log "targets in $trees on $fs_info"
@@ -164,7 +159,6 @@ run_timed() {
 	local name=$1 start rc=0 secs
 	shift
 	sync
-	warm_memory
 	start=$(now)
 	/usr/bin/time -v -o "$logs/$name.time" "$@" >"$logs/$name.log" 2>&1 || rc=$?
 	secs=$(elapsed "$start")
@@ -183,8 +177,10 @@ peak_rss_kib() {
 
 fl_target='' um_bundle='' tar_target='' # set per round
 
-# warm FILE...: read FILEs (back) into the page cache.
+# warm FILE...: touch and free memory (warm_memory in scripts/lib/testbed.sh),
+# then read FILEs (back) into the page cache.
 warm() {
+	warm_memory
 	cat -- "$@" >/dev/null
 }
 
@@ -316,7 +312,11 @@ fi
 }
 
 if [[ "${KEEP:-0}" == 1 ]]; then
-	log "kept $tmp (trees of round $rounds in $trees, logs in $logs)"
+	if [[ "$out" != "$tmp" ]]; then
+		log "kept $tmp (logs in $logs; the trees are in the ext4 image $out.img: mount -o loop $out.img DIR)"
+	else
+		log "kept $tmp (trees of every round in $trees, logs in $logs)"
+	fi
 fi
 if [[ "${STRICT:-0}" == 1 ]]; then
 	if [[ "$differing" != 0 ]]; then

@@ -39,12 +39,8 @@ workdir="$tmp/workdir"
 "$flmount" -q -image "$ref" -workdir "$workdir"
 # The store and the trees on a new ext4 on the same disk (FRESH_EXT4=0: on
 # $TMPDIR's filesystem): see testbed_fresh_ext4 in scripts/lib/testbed.sh.
-out=$tmp
-if [[ "${FRESH_EXT4:-1}" == 1 ]]; then
-	require_tools bench-pack "" mkfs.ext4 losetup
-	testbed_fresh_ext4 "$tmp/fs" 8
-	out=$tmp/fs
-fi
+out='' # set by bench_output_dir
+bench_output_dir out "$tmp" 8
 
 timed() { # timed LOG CMD...: run CMD (output to LOG.out), print seconds
 	local start end logfile=$1

@@ -54,9 +54,17 @@ corpus=$repo/fuzz/corpus
 testbed_mktemp seeds flmount-fuzz-seeds
 python3 "$here/lib/fuzz_seeds.py" "$seeds"
 mkdir -p "$corpus"/{layer,extract,manifest,flist}
-cp -n "$seeds"/layer/* "$corpus/layer/"
-cp -n "$seeds"/layer/* "$corpus/extract/"
-cp -n "$seeds"/manifest/* "$corpus/manifest/"
+# Seeds join the corpus (replacing older versions of themselves); what
+# earlier runs found stays.
+add_seeds() { # add_seeds FROM_DIR TO_DIR
+	local f
+	for f in "$1"/*; do
+		cmp -s -- "$f" "$2/$(basename "$f")" || cp -- "$f" "$2/"
+	done
+}
+add_seeds "$seeds/layer" "$corpus/layer"
+add_seeds "$seeds/layer" "$corpus/extract"
+add_seeds "$seeds/manifest" "$corpus/manifest"
 if [[ ! -e $corpus/flist/seed.fl ]]; then
 	log "packing a seed flist"
 	(cd "$repo" && cargo build --quiet)
@@ -71,6 +79,8 @@ log "building the fuzz targets"
 cargo +nightly fuzz build
 failed=0
 report=()
+started=$seeds/started # crash inputs newer than this are this run's
+touch "$started"
 for t in "${targets[@]}"; do
 	log "fuzzing $t for ${seconds}s"
 	out=$seeds/$t.log
@@ -82,7 +92,7 @@ for t in "${targets[@]}"; do
 	rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$out" | tail -1)
 	cov=$(grep -o 'cov: [0-9]*' "$out" | tail -1 | cut -d' ' -f2)
 	entries=$(find "$corpus/$t" -type f | wc -l)
-	crashes=$(find "$repo/fuzz/artifacts/$t" -type f 2>/dev/null | wc -l)
+	crashes=$(find "$repo/fuzz/artifacts/$t" -type f -newer "$started" 2>/dev/null | wc -l)
 	if [[ $rc -ne 0 ]]; then
 		failed=1
 		echo "---- $t failed (exit $rc); the end of its log:" >&2

@@ -492,12 +492,12 @@ impl Args {
                 bail!("-umount takes no -image, -extractto or -mount");
             }
             return Ok(simple(Action::Umount {
-                target: absolute(target)?,
+                target: mount_point(target)?,
             }));
         }
         let mount_options = |target: PathBuf| -> Result<MountOptions> {
             Ok(MountOptions {
-                mountpoint: absolute(target)?,
+                mountpoint: mount_point(target)?,
                 default_cache_dir: workdir.join("cache/chunks"),
                 allow_other: self.allow_other,
                 prefetch: self.prefetch,
@@ -576,7 +576,7 @@ impl Args {
                 mount: mount_options(target)?,
             },
             (None, Some(target)) => Output::Overlay {
-                target: absolute(target)?,
+                target: mount_point(target)?,
                 overlaydir: self.overlaydir.map(absolute).transpose()?,
             },
             (None, None) if inspect => Output::Inspect,
@@ -646,6 +646,17 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn absolute(p: PathBuf) -> Result<PathBuf> {
     std::path::absolute(&p).with_context(|| format!("resolving {}", p.display()))
+}
+
+/// A mount point as /proc/self/mounts will name it: absolute, its parent's
+/// `..` and symlinks resolved (the mount point itself is not followed: a
+/// dead FUSE mount there cannot be resolved).
+fn mount_point(p: PathBuf) -> Result<PathBuf> {
+    let p = absolute(p)?;
+    Ok(match (p.parent(), p.file_name()) {
+        (Some(parent), Some(name)) => std::fs::canonicalize(parent).map_or(p.clone(), |d| d.join(name)),
+        _ => p,
+    })
 }
 
 /// Accepts tosi's single-dash long flags: `-image x` becomes `--image x`.

@@ -36,6 +36,9 @@
 #                         mount a new ext4 of GIB GiB at DIR (created), on a
 #                         loop device over a sparse file DIR.img beside it;
 #                         unmounted at cleanup (needs root, mkfs.ext4)
+#   bench_output_dir VAR BASE GIB
+#                         set VAR to a new ext4 at BASE/fs, or to BASE when
+#                         FRESH_EXT4=0
 #   warm_memory [GIB]     touch and free GIB (default 3) GiB of memory, so
 #                         that the next program gets pages the VM holds
 #                         (see the function)
@@ -123,11 +126,26 @@ now() {
 # Benchmarks write their trees to a new one, so every run starts alike.
 testbed_fresh_ext4() {
 	local dir=${1:?testbed_fresh_ext4: DIR required} gib=${2:?testbed_fresh_ext4: GIB required}
+	require_tools testbed_fresh_ext4 "Debian packages e2fsprogs, mount" mkfs.ext4 losetup
 	truncate -s "${gib}G" "$dir.img"
 	mkfs.ext4 -q -F -E lazy_itable_init=0,lazy_journal_init=0 "$dir.img"
 	mkdir -p "$dir"
 	mount -o loop "$dir.img" "$dir"
-	testbed_defer umount -- "$dir"
+	# Lazily: a tool still running after Ctrl-C must not keep it mounted.
+	testbed_defer umount -l -- "$dir"
+}
+
+# bench_output_dir VAR BASE GIB: where a benchmark writes its trees: a new
+# ext4 of GIB GiB at BASE/fs (testbed_fresh_ext4), or BASE itself when
+# FRESH_EXT4=0. Sets the variable VAR.
+bench_output_dir() {
+	local _bo_var=${1:?bench_output_dir: VAR required} base=${2:?bench_output_dir: BASE required} gib=${3:?bench_output_dir: GIB required}
+	if [[ "${FRESH_EXT4:-1}" == 1 ]]; then
+		testbed_fresh_ext4 "$base/fs" "$gib"
+		printf -v "$_bo_var" '%s' "$base/fs"
+	else
+		printf -v "$_bo_var" '%s' "$base"
+	fi
 }
 
 # This VM hands free memory back to the host (free page reporting); a page

@@ -4,7 +4,9 @@
 //!
 //! The mount is `ro` with `default_permissions` (the kernel enforces the
 //! files' modes for every caller) and `auto_unmount` where fusermount3 can
-//! provide it, so the mount disappears even if the process is killed. A
+//! provide it, so the mount disappears even if the process is killed; a
+//! dead mount that still slips through (a server killed while fusermount3
+//! was mounting) is cleared by the next server at that mount point. A
 //! mount made by root allows setuid programs and device nodes, as the
 //! overlay mount does: the tree is the image's root filesystem.
 
@@ -255,15 +257,27 @@ fn clear_stale_mount(mountpoint: &Path) -> Result<()> {
     if !is_mounted_at(mountpoint) {
         return Ok(());
     }
-    match nix::sys::statfs::statfs(mountpoint) {
-        Err(nix::errno::Errno::ENOTCONN) => {
+    // A live server that hangs would hang statfs too: ask from a thread.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let probe = mountpoint.to_owned();
+    std::thread::spawn(move || {
+        let _ = tx.send(nix::sys::statfs::statfs(&probe).map(drop));
+    });
+    let answer = rx.recv_timeout(std::time::Duration::from_secs(5));
+    match answer {
+        Ok(Err(nix::errno::Errno::ENOTCONN)) => {
             tracing::warn!(
                 "{}: unmounting what a killed flmount server left mounted there",
                 mountpoint.display()
             );
             unmount(mountpoint)
         }
-        _ => bail!(
+        Err(_) => bail!(
+            "{} is an flmount FUSE mount whose server does not answer; unmount it first (flmount -umount {})",
+            mountpoint.display(),
+            mountpoint.display()
+        ),
+        Ok(_) => bail!(
             "{} is already an flmount FUSE mount; unmount it first (flmount -umount {})",
             mountpoint.display(),
             mountpoint.display()
