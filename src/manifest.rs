@@ -170,13 +170,13 @@ pub enum Manifest {
 /// before a fetched document is trusted with anything, since a signed
 /// schema 1 manifest never matches the digest registries give for it.
 pub fn is_schema1(bytes: &[u8]) -> bool {
-    serde_json::from_slice::<Envelope>(bytes).is_ok_and(|env| {
-        env.schema_version == Some(1)
-            || matches!(
-                env.media_type.as_deref(),
-                Some(DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED)
-            )
-    })
+    serde_json::from_slice::<Envelope>(bytes)
+        .is_ok_and(|env| schema1(env.schema_version, env.media_type.as_deref()))
+}
+
+/// Whether a schema version and media type say Docker schema 1.
+fn schema1(version: Option<i64>, media_type: Option<&str>) -> bool {
+    version == Some(1) || matches!(media_type, Some(DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED))
 }
 
 #[derive(Deserialize)]
@@ -203,12 +203,7 @@ impl Manifest {
             .media_type
             .clone()
             .or_else(|| content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_owned()));
-        if env.schema_version == Some(1)
-            || matches!(
-                media_type.as_deref(),
-                Some(DOCKER_SCHEMA1 | DOCKER_SCHEMA1_SIGNED)
-            )
-        {
+        if schema1(env.schema_version, media_type.as_deref()) {
             bail!(SCHEMA1_UNSUPPORTED);
         }
         if env.schema_version != Some(2) {

@@ -231,20 +231,6 @@ fn contents(root: &Path) -> BTreeMap<String, String> {
     out
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let entry = entry.unwrap();
-        let md = entry.metadata().unwrap();
-        total += if md.is_dir() {
-            dir_bytes(&entry.path())
-        } else {
-            md.len()
-        };
-    }
-    total
-}
-
 #[test]
 fn mounted_flists_equal_extraction_from_dir_zdb_and_s3_stores() {
     if !fuse_or_skip("mounted_flists_equal_extraction_from_dir_zdb_and_s3_stores") {
@@ -429,7 +415,7 @@ fn a_small_cache_evicts_and_a_corrupted_cached_chunk_is_fetched_again() {
         std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
     }
     m.stop();
-    let cached = dir_bytes(&cache);
+    let cached = bytes_under(&cache);
     assert!(
         cached <= 2 << 20,
         "the cache holds {cached} bytes, over its 2 MiB limit"

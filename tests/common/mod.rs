@@ -374,6 +374,16 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The bytes of the regular files below `dir`.
+pub fn bytes_under(dir: &Path) -> u64 {
+    files_under(dir)
+        .iter()
+        .filter_map(|p| std::fs::symlink_metadata(p).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// Runs `cmd` to its end; returns its output and its peak resident memory
 /// in KiB. GNU time runs it and reports: the kernel counts in a child's
 /// peak the memory of the process it was forked from, so the peak must be
