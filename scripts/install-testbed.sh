@@ -18,6 +18,8 @@ packages=(
   util-linux      # setpriv: reading a FUSE mount as another user
   runc            # runs the OCI runtime bundles -bundle writes
   time            # GNU time: peak memory of a run (reliability tests)
+  systemd         # systemd-analyze verify for the unit file
+  man-db          # ... which checks its Documentation=man: page
   ca-certificates
 )
 

@@ -10,9 +10,10 @@ use anyhow::{Context, Result};
 use tokio::task::block_in_place;
 
 use crate::cli::{Action, ContentOp, ImageJob, Output, Settings};
+use crate::owned::{output, signals};
 use crate::progress::Progress;
 use crate::pull::{self, PulledImage};
-use crate::workdir::{self, Workdir};
+use crate::workdir::Workdir;
 use crate::{admin, commands, extract, fuse, overlay, runtime};
 
 pub async fn run(s: Settings) -> Result<()> {
@@ -26,17 +27,12 @@ pub async fn run(s: Settings) -> Result<()> {
             println!("{value}");
         }
     };
+    // Interrupted work removes its temporaries; a FUSE server watches the
+    // signals itself (they unmount), so serving drops this first.
+    let watch = signals::watch();
     match s.action {
-        Action::Image(job) => run_image(workdir, job, s.quiet, s.json).await,
-        Action::Umount { target } => {
-            if fuse::is_mounted_at(&target) {
-                fuse::unmount(&target)?;
-            } else {
-                overlay::umount(&workdir, &target)?;
-            }
-            tracing::info!("unmounted {}", target.display());
-            Ok(())
-        }
+        Action::Image(job) => run_image(workdir, job, s.quiet, s.json, watch).await,
+        Action::Umount { target, stale_only } => umount(&workdir, &target, stale_only),
         Action::Unpack {
             flist,
             stores,
@@ -57,6 +53,7 @@ pub async fn run(s: Settings) -> Result<()> {
             // A mount lives long: it must not keep `gc` waiting (gc spares
             // what live FUSE mounts use).
             drop(workdir);
+            drop(watch);
             block_in_place(|| commands::serve(&flist, &stores, &mount))
         }
         Action::Flist(op) => commands::flist(op, s.json),
@@ -74,11 +71,43 @@ pub async fn run(s: Settings) -> Result<()> {
     }
 }
 
+/// `-umount DIR`: an flmount FUSE mount, or an overlay this workdir
+/// recorded; anything else is left mounted. With `stale_only`, only a FUSE
+/// mount whose server is gone.
+fn umount(workdir: &Workdir, target: &Path, stale_only: bool) -> Result<()> {
+    let mount = crate::owned::mounts::mount_at(target)?;
+    let fuse = mount
+        .as_ref()
+        .is_some_and(|m| m.fstype == crate::owned::mounts::FUSE_TYPE);
+    if stale_only {
+        if fuse && fuse::health(target) == fuse::Health::Dead {
+            fuse::unmount(target)?;
+            tracing::info!("cleared the dead mount at {}", target.display());
+        } else {
+            tracing::debug!("{}: no dead flmount mount to clear", target.display());
+        }
+        return Ok(());
+    }
+    if fuse {
+        fuse::unmount(target)?;
+    } else {
+        overlay::umount(workdir, target)?;
+    }
+    tracing::info!("unmounted {}", target.display());
+    Ok(())
+}
+
 /// `-image REF ...`: pull, then the output and the hand-off files.
-async fn run_image(workdir: Workdir, job: ImageJob, quiet: bool, json: bool) -> Result<()> {
+async fn run_image(
+    workdir: Workdir,
+    job: ImageJob,
+    quiet: bool,
+    json: bool,
+    watch: signals::Watch,
+) -> Result<()> {
     let image = pull_image(&workdir, &job, &Progress::new(quiet)).await?;
     if let Some(path) = &job.saveconfig {
-        workdir::write_atomic(path, &image.config)
+        output::write(path, &image.config)
             .with_context(|| format!("saving the image config to {}", path.display()))?;
         tracing::info!("saved image config to {}", path.display());
     }
@@ -94,7 +123,7 @@ async fn run_image(workdir: Workdir, job: ImageJob, quiet: bool, json: bool) -> 
         Output::Bundle { dir, .. } => Some(dir.join("rootfs")),
         _ => None,
     };
-    produce(workdir, &image, job.output, json, started)?;
+    produce(workdir, &image, job.output, json, started, watch)?;
     if !served {
         write_lxc_config(&image, job.lxcconfig.as_deref(), rootfs.as_deref())?;
     }
@@ -155,7 +184,7 @@ fn describe(output: &Output) -> (&'static str, Option<PathBuf>) {
 fn write_lxc_config(image: &PulledImage, path: Option<&Path>, rootfs: Option<&Path>) -> Result<()> {
     let Some(path) = path else { return Ok(()) };
     let process = runtime::Process::from_image_config(&image.config, rootfs)?;
-    workdir::write_atomic(path, process.lxc_config(&image.reference.to_string()).as_bytes())
+    output::write(path, process.lxc_config(&image.reference.to_string()).as_bytes())
         .with_context(|| format!("writing the LXC config {}", path.display()))?;
     tracing::info!("wrote LXC config {}", path.display());
     Ok(())
@@ -168,6 +197,7 @@ fn produce(
     output: Output,
     json: bool,
     started: Instant,
+    watch: signals::Watch,
 ) -> Result<()> {
     let layers = image.layer_blobs(&workdir)?;
     let digests: Vec<_> = image.manifest.layers.iter().map(|l| l.digest.clone()).collect();
@@ -195,7 +225,7 @@ fn produce(
                 .unwrap_or("flmount");
             let spec =
                 runtime::Process::from_image_config(&image.config, Some(&rootfs))?.runtime_spec(hostname);
-            workdir::write_atomic(&dir.join("config.json"), &serde_json::to_vec_pretty(&spec)?)?;
+            output::write(&dir.join("config.json"), &serde_json::to_vec_pretty(&spec)?)?;
             tracing::info!(
                 "wrote an OCI runtime bundle in {}: rootfs ({stats}) and config.json in {:.2}s",
                 dir.display(),
@@ -219,6 +249,7 @@ fn produce(
                 .with_context(|| format!("packing {}", image.reference))?;
             // Serving lasts: do not hold the workdir's lock meanwhile.
             drop(workdir);
+            drop(watch);
             commands::serve(&flist, &[], &mount)
         })?,
         Output::Overlay { target, overlaydir } => {

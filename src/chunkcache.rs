@@ -55,6 +55,9 @@ pub struct CacheOptions {
     pub memory_chunks: usize,
     /// How long one chunk fetch may take, retries included.
     pub timeout: Duration,
+    /// `dir` is flmount's own (in the workdir): claimed even if it holds
+    /// files from before caches were marked.
+    pub adopt_dir: bool,
 }
 
 impl CacheOptions {
@@ -93,7 +96,31 @@ impl ChunkCache {
     pub fn new(router: Router, options: &CacheOptions) -> Result<Self> {
         let stats = Arc::new(CacheStats::default());
         let disk = match &options.dir {
-            Some(dir) => Some(Arc::new(DiskCache::open(dir, options.size_limit, stats.clone())?)),
+            Some(dir) => {
+                for route in router.routes() {
+                    let Some(root) = route.store.local_root() else {
+                        continue;
+                    };
+                    let same = |a: &Path, b: &Path| {
+                        crate::owned::FileId::following(a).ok().is_some()
+                            && crate::owned::FileId::following(a).ok()
+                                == crate::owned::FileId::following(b).ok()
+                    };
+                    if same(dir, root) {
+                        crate::refuse!(
+                            "-cache {} is the store {}: a cache evicts what it holds; give another directory",
+                            dir.display(),
+                            route.store.public_url()
+                        );
+                    }
+                }
+                Some(Arc::new(DiskCache::open(
+                    dir,
+                    options.size_limit,
+                    options.adopt_dir,
+                    stats.clone(),
+                )?))
+            }
             None => None,
         };
         Ok(ChunkCache {
@@ -246,52 +273,50 @@ impl ChunkCache {
     }
 }
 
-/// Decoded chunks on local disk, with a size limit and LRU eviction.
+/// Decoded chunks on local disk, with a size limit and LRU eviction. The
+/// directory is claimed with a marker ([`MARKER`]); only files named by a
+/// key, in a directory named by the key's first two hex digits, are ever
+/// read, evicted or deleted.
 struct DiskCache {
     dir: PathBuf,
     limit: u64,
     index: Mutex<DiskIndex>,
     stats: Arc<CacheStats>,
+    _claim: crate::owned::claim::Claimed,
 }
+
+/// The marker file of a chunk cache directory.
+pub const MARKER: &str = ".flmount-chunk-cache";
 
 struct DiskIndex {
     /// Every cached chunk and its size, least recently used first.
     lru: LruCache<Key, u64>,
     bytes: u64,
-    /// Names for temporary files.
-    next_tmp: u64,
 }
 
 impl DiskCache {
-    fn open(dir: &Path, limit: u64, stats: Arc<CacheStats>) -> Result<Self> {
-        use std::os::unix::fs::DirBuilderExt;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir.join("tmp"))
-            .with_context(|| format!("creating the chunk cache {}", dir.display()))?;
-        // Leftovers of an interrupted write are never trusted.
-        for entry in fs::read_dir(dir.join("tmp"))? {
-            let _ = fs::remove_file(entry?.path());
-        }
+    fn open(dir: &Path, limit: u64, adopt: bool, stats: Arc<CacheStats>) -> Result<Self> {
+        let claim = crate::owned::claim::claim(dir, MARKER, "chunk cache", adopt)?;
         let mut found: Vec<(SystemTime, Key, u64)> = Vec::new();
         for shard in fs::read_dir(dir)? {
             let shard = shard?;
             let name = shard.file_name();
-            if name.len() != 2 || !shard.file_type()?.is_dir() {
+            let is_shard = name.len() == 2
+                && name
+                    .to_str()
+                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_hexdigit()));
+            if !is_shard || !shard.file_type()?.is_dir() {
                 continue;
             }
             for entry in fs::read_dir(shard.path())? {
                 let entry = entry?;
-                let key = entry.file_name().to_str().and_then(parse_key);
+                let Some(key) = entry.file_name().to_str().and_then(parse_key) else {
+                    continue;
+                };
                 let meta = entry.metadata()?;
-                match key {
-                    Some(key) if meta.is_file() && meta.len() <= CHUNK_SIZE as u64 => {
-                        found.push((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), key, meta.len()))
-                    }
-                    _ => {
-                        let _ = fs::remove_file(entry.path());
-                    }
+                if meta.is_file() && hex::encode(&key[..1]) == name.to_string_lossy() {
+                    // An oversized file is a corrupt chunk: read() removes it.
+                    found.push((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), key, meta.len()))
                 }
             }
         }
@@ -299,7 +324,6 @@ impl DiskCache {
         let mut index = DiskIndex {
             lru: LruCache::unbounded(),
             bytes: 0,
-            next_tmp: 0,
         };
         for (_, key, size) in found {
             index.lru.put(key, size);
@@ -310,6 +334,7 @@ impl DiskCache {
             limit,
             index: Mutex::new(index),
             stats,
+            _claim: claim,
         };
         {
             let mut index = cache.index.lock().unwrap();
@@ -366,36 +391,20 @@ impl DiskCache {
         }
     }
 
-    /// Stores a verified piece: a temporary file renamed into place.
+    /// Stores a verified piece: whole or not at all, even if killed.
     fn write(&self, key: &Key, piece: &[u8]) -> Result<()> {
-        if piece.len() as u64 > self.limit {
+        if piece.len() as u64 > self.limit || self.contains(key) {
             return Ok(());
         }
-        let tmp = {
-            let mut index = self.index.lock().unwrap();
-            if index.lru.contains(key) {
-                return Ok(());
-            }
-            index.next_tmp += 1;
-            self.dir
-                .join("tmp")
-                .join(format!("{}.{}", std::process::id(), index.next_tmp))
-        };
         let path = self.path(key);
-        let result = (|| {
-            fs::write(&tmp, piece)?;
-            match fs::rename(&tmp, &path) {
-                Err(e) if e.kind() == ErrorKind::NotFound => {
-                    fs::create_dir_all(path.parent().unwrap())?;
-                    fs::rename(&tmp, &path)
-                }
-                other => other,
-            }
-        })();
-        if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
-            return Err(e).with_context(|| format!("writing {}", path.display()));
-        }
+        let shard = path.parent().expect("a chunk path has a parent");
+        let name = hex::encode(key);
+        let result = match crate::owned::temp::write_new_file(shard, &name, piece) {
+            Err(e) if e.kind() == ErrorKind::NotFound => fs::create_dir_all(shard)
+                .and_then(|()| crate::owned::temp::write_new_file(shard, &name, piece)),
+            other => other,
+        };
+        result.with_context(|| format!("writing {}", path.display()))?;
         let mut index = self.index.lock().unwrap();
         if index.lru.put(*key, piece.len() as u64).is_none() {
             index.bytes += piece.len() as u64;
@@ -484,6 +493,7 @@ mod tests {
             size_limit: 0,
             memory_chunks: 4,
             timeout,
+            adopt_dir: false,
         };
         (slow, ChunkCache::new(router, &options).unwrap(), chunk)
     }
@@ -532,7 +542,7 @@ mod tests {
     fn disk_cache_verifies_and_evicts() {
         let dir = tempfile::tempdir().unwrap();
         let stats = Arc::new(CacheStats::default());
-        let cache = DiskCache::open(dir.path(), 250, stats.clone()).unwrap();
+        let cache = DiskCache::open(dir.path(), 250, false, stats.clone()).unwrap();
         let pieces: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 100]).collect();
         let keys: Vec<Key> = pieces.iter().map(|p| codec::blake2b256(p)).collect();
         cache.write(&keys[0], &pieces[0]).unwrap();
@@ -550,11 +560,16 @@ mod tests {
         assert!(!cache.path(&keys[2]).exists());
         assert_eq!(stats.corrupt.load(Ordering::Relaxed), 1);
 
-        // Reopening finds what is left and drops temporary leftovers.
-        fs::write(dir.path().join("tmp/123.1"), b"partial").unwrap();
+        // Reopening finds what is left, and never touches a name it does
+        // not write (even in a marked cache, even over the size limit).
+        let shard = cache.path(&keys[0]).parent().unwrap().to_owned();
+        fs::write(shard.join("notes.txt"), vec![1u8; 1000]).unwrap();
+        fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        fs::write(dir.path().join("tmp/123.1"), b"someone's").unwrap();
         drop(cache);
-        let cache = DiskCache::open(dir.path(), 250, stats).unwrap();
+        let cache = DiskCache::open(dir.path(), 250, false, stats).unwrap();
         assert_eq!(cache.read(&keys[0]).as_deref(), Some(&pieces[0][..]));
-        assert!(!dir.path().join("tmp/123.1").exists());
+        assert!(shard.join("notes.txt").exists());
+        assert!(dir.path().join("tmp/123.1").exists());
     }
 }

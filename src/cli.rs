@@ -117,6 +117,11 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub umount: Option<PathBuf>,
 
+    /// With -umount: only clear a dead flmount FUSE mount (its server gone), leaving a live one
+    /// mounted; nothing mounted is no error (e.g. ExecStopPost=flmount -umount DIR -stale)
+    #[arg(long, requires = "umount")]
+    pub stale: bool,
+
     /// How many blobs to download at once (e.g. -parallel-downloads 8)
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel_downloads: u16,
@@ -330,6 +335,8 @@ pub enum Action {
     /// Unmount a mount made by flmount and clean up after it.
     Umount {
         target: PathBuf,
+        /// Only a mount whose flmount server is gone (for a unit's stop).
+        stale_only: bool,
     },
     Unpack {
         flist: PathBuf,
@@ -456,6 +463,7 @@ impl Args {
                         size_limit: cache_size,
                         memory_chunks: MEMORY_CHUNKS,
                         timeout: Duration::from_secs(self.timeout),
+                        adopt_dir: false,
                     },
                 };
                 return Ok(simple(action));
@@ -493,6 +501,7 @@ impl Args {
             }
             return Ok(simple(Action::Umount {
                 target: mount_point(target)?,
+                stale_only: self.stale,
             }));
         }
         let mount_options = |target: PathBuf| -> Result<MountOptions> {
@@ -506,6 +515,7 @@ impl Args {
                     size_limit: cache_size,
                     memory_chunks: MEMORY_CHUNKS,
                     timeout: Duration::from_secs(self.timeout),
+                    adopt_dir: false,
                 },
             })
         };
@@ -653,10 +663,7 @@ fn absolute(p: PathBuf) -> Result<PathBuf> {
 /// dead FUSE mount there cannot be resolved).
 fn mount_point(p: PathBuf) -> Result<PathBuf> {
     let p = absolute(p)?;
-    Ok(match (p.parent(), p.file_name()) {
-        (Some(parent), Some(name)) => std::fs::canonicalize(parent).map_or(p.clone(), |d| d.join(name)),
-        _ => p,
-    })
+    Ok(crate::owned::mounts::canonical(&p).unwrap_or(p))
 }
 
 /// Accepts tosi's single-dash long flags: `-image x` becomes `--image x`.
@@ -698,6 +705,9 @@ pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString>
 
 /// The program: parse, run, report. `main.rs` calls only this.
 pub fn main() -> ExitCode {
+    if let Some(mountpoint) = std::env::var_os(crate::fuse::watcher::WATCH_ENV) {
+        return ExitCode::from(crate::fuse::watcher::run(mountpoint.into()));
+    }
     let args = match Args::try_parse_from(normalize_args(std::env::args_os())) {
         Ok(a) => a,
         Err(e) => {
@@ -741,6 +751,12 @@ pub fn main() -> ExitCode {
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| c.is::<crate::owned::signals::Interrupted>()) {
+        return crate::owned::signals::exit_code();
+    }
+    if e.chain().any(|c| c.is::<crate::owned::Refused>()) {
+        return 8;
+    }
     // A chunk from a store, like a blob from a registry: missing (3),
     // unreachable (5), corrupt (6); a local store's disk failing (7).
     match chunk_failure(e) {

@@ -58,7 +58,7 @@ pub fn pack_image(
 ) -> Result<()> {
     let started = Instant::now();
     let router = open_writing_router(stores)?;
-    let known = KnownChunks::load(workdir.root(), &router)?;
+    let known = KnownChunks::load(workdir.root(), &router, &Handle::current())?;
     let mut reused: Vec<HashMap<u32, Vec<ChunkRef>>> = Vec::with_capacity(layers.len());
     for digest in digests {
         let mut entries = known.layer_entries(&digest.to_string())?;
@@ -156,7 +156,7 @@ pub fn pack_dir(workdir: &Workdir, dir: &Path, out: &Path, stores: &[String]) ->
         threads: chunk_threads(),
     };
     let router = open_writing_router(stores)?;
-    let known = KnownChunks::load(workdir.root(), &router)?;
+    let known = KnownChunks::load(workdir.root(), &router, &Handle::current())?;
     let (blocks, stats) = pack::pack(
         |sink| {
             content.deliver(&plan, &|i, reader| {
@@ -298,12 +298,31 @@ pub fn pack_into_workdir(
         .root()
         .join("flists")
         .join(format!("{}.fl", manifest.hex()));
+    let store_dir = workdir.root().join("store");
     if flist.exists() {
-        tracing::debug!("using {}", flist.display());
-        return Ok(flist);
+        // The flist is only as good as the store: a chunk gone from it
+        // (removed by hand, a disk repaired) means packing again.
+        let missing = Flist::open(&flist)?
+            .chunk_ids()?
+            .iter()
+            .filter(|id| {
+                let hex = hex::encode(id);
+                !store_dir.join(&hex[..2]).join(&hex).is_file()
+            })
+            .count();
+        if missing == 0 {
+            tracing::debug!("using {}", flist.display());
+            return Ok(flist);
+        }
+        tracing::warn!(
+            "{} chunks of {} are missing from {}: packing the image again",
+            missing,
+            flist.display(),
+            store_dir.display()
+        );
     }
     std::fs::create_dir_all(flist.parent().unwrap())?;
-    let store = format!("dir://{}", workdir.root().join("store").display());
+    let store = format!("dir://{}", store_dir.display());
     pack_image(workdir, digests, layers, &flist, &[store])?;
     Ok(flist)
 }

@@ -188,6 +188,7 @@ pub fn write_plan(
     let mut dirs = Dirs::new(&root);
 
     for dir in plan.dirs.iter().filter(|d| !d.path.is_empty()) {
+        crate::owned::signals::check()?;
         let (parent, name) = dirs.parent(&dir.path)?;
         mkdir(parent, &name).with_context(|| format!("creating directory {}", show(&dir.path)))?;
     }
@@ -227,6 +228,10 @@ pub fn write_plan(
                     if stop.load(Ordering::Relaxed) {
                         continue;
                     }
+                    if let Err(e) = crate::owned::signals::check() {
+                        fail(e);
+                        continue;
+                    }
                     let content = data.as_deref().map(Content::Bytes);
                     if let Err(e) = create_inode(&mut dirs, &plan.inodes[index], content, opts, counters) {
                         fail(e);
@@ -251,6 +256,7 @@ pub fn write_plan(
             if stop.load(Ordering::Relaxed) {
                 bail!(Finished);
             }
+            crate::owned::signals::check()?;
             let inode = &plan.inodes[index];
             let InodeKind::File { size, .. } = inode.kind else {
                 return Ok(());
@@ -797,27 +803,19 @@ pub fn into_target<T>(target: &Path, force: bool, write: impl FnOnce(&Path) -> R
         .context("the target has no final name")?
         .to_string_lossy()
         .into_owned();
-    let staging = tempfile::Builder::new()
-        .prefix(&format!(".{name}.flmount-"))
-        .tempdir_in(&parent)
-        .with_context(|| format!("creating a staging directory in {}", parent.display()))?;
+    crate::owned::temp::remove_stale(&parent, &name);
+    let staging = crate::owned::temp::Staging::new_in(&parent, &name)?;
     let result = write(staging.path())?;
-    let staged = staging.keep();
-    if let Err(e) = std::fs::rename(&staged, target) {
-        let _ = std::fs::remove_dir_all(&staged);
-        return Err(e).with_context(|| format!("moving the extracted tree into {}", target.display()));
-    }
+    staging
+        .persist(target)
+        .with_context(|| format!("moving the extracted tree into {}", target.display()))?;
     Ok(result)
 }
 
-/// Whether `path` is a mount point (its device differs from its parent's).
+/// Whether `path` is a mount point (the mount table has a mount there).
 pub fn is_mount_point(path: &Path) -> Result<bool> {
-    use std::os::unix::fs::MetadataExt;
-    let here = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
-    };
-    let parent = std::fs::metadata(path.join(".."))?;
-    Ok(here.dev() != parent.dev() || here.ino() == parent.ino())
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(false);
+    }
+    Ok(crate::owned::mounts::mount_at(path)?.is_some())
 }

@@ -117,15 +117,18 @@ pub fn write(
     routes: &[RouteRow],
     tags: &[(String, String)],
 ) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".flist-")
-        .suffix(".fl")
-        .tempfile_in(dir)?;
+    // Built beside where it goes (or in the temporary directory when it
+    // goes to a device or a pipe), then published by the output rules.
+    let dir = match crate::owned::output::destination(path)? {
+        crate::owned::output::Destination::File { path, .. } => path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned(),
+        _ => std::env::temp_dir(),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = crate::owned::temp::TempFile::new_in(&dir)?;
     {
         let mut conn = Connection::open(tmp.path())?;
         conn.pragma_update(None, "journal_mode", "DELETE")?;
@@ -146,11 +149,7 @@ pub fn write(
         }
         tx.commit()?;
     }
-    tmp.as_file().sync_all()?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
+    crate::owned::output::publish(tmp.into_inner(), path)
 }
 
 fn write_rows(tx: &rusqlite::Transaction, plan: &Plan, blocks: &HashMap<usize, Vec<ChunkRef>>) -> Result<()> {
@@ -272,6 +271,13 @@ impl Flist {
 
     /// Opens an flist for editing tags and routes.
     pub fn open_rw(path: &Path) -> Result<Self> {
+        // Edited in place: only a regular file (a symlink to one is followed).
+        if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+            crate::refuse!(
+                "{} is not a regular file; flists are edited in place",
+                path.display()
+            );
+        }
         Flist::open(path)?;
         let conn = Connection::open(path)?;
         conn.execute_batch(SCHEMA)?;

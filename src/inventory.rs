@@ -307,7 +307,6 @@ pub fn gc(workdir: &Workdir, dry_run: bool) -> Result<GcStats> {
 
     // Flists packed for -fuse mounts, and the chunks only they reference.
     // The flists FUSE mounts are serving right now.
-    let live: HashSet<PathBuf> = crate::fuse::live_mounts().into_iter().map(|m| m.flist).collect();
     let flists = workdir.root().join("flists");
     let mut kept_flists = Vec::new();
     if let Ok(entries) = fs::read_dir(&flists) {
@@ -317,7 +316,8 @@ pub fn gc(workdir: &Workdir, dry_run: bool) -> Result<GcStats> {
             let manifest = path
                 .file_stem()
                 .and_then(|s| Digest::parse(&format!("sha256:{}", s.to_string_lossy())).ok());
-            let wanted = manifest.is_some_and(|d| roles.get(&d) == Some(&"manifest")) || live.contains(&path);
+            let wanted =
+                manifest.is_some_and(|d| roles.get(&d) == Some(&"manifest")) || crate::fuse::is_served(&path);
             if wanted {
                 kept_flists.push(path);
             } else {

@@ -21,6 +21,7 @@ pub mod inventory;
 pub mod layer;
 pub mod manifest;
 pub mod overlay;
+pub mod owned;
 pub mod pack;
 pub mod progress;
 pub mod pull;

@@ -34,13 +34,18 @@ use sha2::{Digest as _, Sha256};
 use crate::digest::Digest;
 use crate::extract::{self, WriteOptions};
 use crate::layer::LayerBlob;
+use crate::owned::mounts::{self, Proof};
+use crate::owned::temp::Staging;
+use crate::owned::FileId;
 use crate::tree::Tree;
 use crate::workdir::{write_atomic, Workdir};
 
 /// The most mount(2) accepts for its option string (one page).
 const MOUNT_OPTIONS_MAX: usize = 4096;
 
-/// What `mount.json` records about a mount.
+/// What `mount.json` records about a mount: written once the mount exists,
+/// it is the proof `-umount` asks for (the mount's device and its upper
+/// directory's identity), and it binds the upper directory to the image.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MountRecord {
     pub mountpoint: PathBuf,
@@ -50,7 +55,16 @@ pub struct MountRecord {
     pub work: PathBuf,
     /// Upper and work live in the workdir (not a user's -overlaydir).
     pub owned_upper: bool,
+    /// The overlay's device number, as `stat` shows it below the mount.
+    #[serde(default)]
+    pub mount_dev: Option<u64>,
+    /// The upper directory's identity.
+    #[serde(default)]
+    pub upper_id: Option<FileId>,
 }
+
+/// The image a user's `-overlaydir` holds the writable layer of.
+const OVERLAYDIR_MARKER: &str = ".flmount-overlay.json";
 
 /// What mounting did.
 #[derive(Debug, Default)]
@@ -112,24 +126,18 @@ pub fn prepare_layers(
                 continue;
             }
             let plan = tree.plan_diff(&diff);
-            let staging = tempfile::Builder::new()
-                .prefix(&format!(".{}.", &chains[i][..12]))
-                .tempdir_in(&overlays)?;
+            let staging = Staging::new_in(&overlays, &chains[i][..12])?;
             let diff_dir = staging.path().join("diff");
             std::fs::create_dir(&diff_dir)?;
             extract::write_plan(&plan, &extract::LayerContent(&blobs[..=i]), &diff_dir, &opts)
                 .with_context(|| format!("preparing the overlay directory of layer {}", digests[i]))?;
-            let staged = staging.keep();
-            match std::fs::rename(&staged, overlays.join(&chains[i])) {
+            let dest = overlays.join(&chains[i]);
+            match staging.persist(&dest) {
                 Ok(()) => stats.layers_extracted += 1,
-                // Another flmount made it meanwhile: theirs is as good as ours.
-                Err(_) if overlays.join(&chains[i]).is_dir() => {
-                    let _ = std::fs::remove_dir_all(&staged);
-                }
-                Err(e) => {
-                    let _ = std::fs::remove_dir_all(&staged);
-                    return Err(e).context("moving an overlay layer into place");
-                }
+                // Another flmount made it meanwhile: theirs is as good as ours
+                // (ours is removed as the staging directory drops).
+                Err(_) if dest.is_dir() => {}
+                Err(e) => return Err(e).context("moving an overlay layer into place"),
             }
         }
     }
@@ -147,16 +155,24 @@ pub fn prepare_layers(
     Ok((chains, stats))
 }
 
-/// Where a mount point's state lives in the workdir.
+/// Where a mount point's state lives in the workdir (keyed by the mount
+/// point's canonical path).
 pub fn state_dir(workdir: &Workdir, mountpoint: &Path) -> PathBuf {
     let id = hex::encode(&Sha256::digest(mountpoint.as_os_str().as_bytes())[..8]);
     workdir.root().join("mounts").join(id)
 }
 
+fn read_record(state: &Path) -> Option<MountRecord> {
+    std::fs::read(state.join("mount.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
 /// cwd is process-wide: only one mount(2) with relative paths at a time.
 static CWD: Mutex<()> = Mutex::new(());
 
-/// Mounts the overlay of `chains` (lowest first) at `mountpoint`.
+/// Mounts the overlay of `chains` (lowest first) at `mountpoint`, with
+/// the writable layer of `record` (image, manifest digest).
 pub fn mount(
     workdir: &Workdir,
     chains: &[String],
@@ -164,24 +180,29 @@ pub fn mount(
     overlaydir: Option<&Path>,
     record: (&str, &str),
 ) -> Result<()> {
-    if extract::is_mount_point(mountpoint)? {
+    let (image, manifest) = record;
+    std::fs::create_dir_all(mountpoint).with_context(|| format!("creating {}", mountpoint.display()))?;
+    let mountpoint = &mounts::canonical(mountpoint)?;
+    if let Some(m) = mounts::mount_at(mountpoint)? {
         bail!(
-            "{} is already a mount point; run flmount -umount {} first",
+            "{} is already a mount point ({}); unmount it first (flmount -umount {} if flmount mounted it)",
             mountpoint.display(),
+            m.fstype,
             mountpoint.display()
         );
     }
-    std::fs::create_dir_all(mountpoint).with_context(|| format!("creating {}", mountpoint.display()))?;
     let state = state_dir(workdir, mountpoint);
     let (base, owned) = match overlaydir {
-        Some(d) => (d.to_owned(), false),
+        Some(d) => (std::path::absolute(d)?, false),
         None => (state.clone(), true),
     };
     let upper = base.join("upper");
     let work = base.join("work");
     std::fs::create_dir_all(&upper).with_context(|| format!("creating {}", upper.display()))?;
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    if std::fs::read_dir(&upper)?.next().is_none() {
+    let upper_empty = std::fs::read_dir(&upper)?.next().is_none();
+    check_upper_is_for(manifest, mountpoint, &state, &base, owned, upper_empty)?;
+    if upper_empty {
         // The mount's root shows the upper directory's metadata: give it the
         // image root's, which the top layer's directory carries.
         let top = chains
@@ -194,12 +215,10 @@ pub fn mount(
         .rev()
         .map(|c| format!("l/{}", short_name(c)))
         .collect();
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lowers.join(":"),
-        upper.display(),
-        work.display()
-    );
+    let mut options = format!("lowerdir={},upperdir=", lowers.join(":")).into_bytes();
+    options.extend(mounts::escape_option(&upper));
+    options.extend(b",workdir=");
+    options.extend(mounts::escape_option(&work));
     if options.len() >= MOUNT_OPTIONS_MAX {
         bail!(
             "{} layers need {} bytes of mount options, more than the {MOUNT_OPTIONS_MAX} the kernel takes",
@@ -207,44 +226,99 @@ pub fn mount(
             options.len()
         );
     }
-    write_atomic(
-        &state.join("mount.json"),
-        &serde_json::to_vec_pretty(&MountRecord {
+    let target = CString::new(mountpoint.as_os_str().as_bytes())?;
+    let data = CString::new(options.clone())?;
+    {
+        let _guard = CWD.lock().unwrap();
+        let previous = std::env::current_dir()?;
+        std::env::set_current_dir(workdir.root())?;
+        // SAFETY: NUL-terminated strings; the data is the overlay option string.
+        let rc = unsafe {
+            libc::mount(
+                c"overlay".as_ptr(),
+                target.as_ptr(),
+                c"overlay".as_ptr(),
+                0,
+                data.as_ptr().cast(),
+            )
+        };
+        let err = std::io::Error::last_os_error();
+        std::env::set_current_dir(previous)?;
+        if rc != 0 {
+            let hint = if err.raw_os_error() == Some(libc::EPERM) {
+                " (mounting needs root)"
+            } else {
+                ""
+            };
+            bail!("mounting overlayfs at {}: {err}{hint}", mountpoint.display());
+        }
+    }
+    // The record exists only for a mount that exists.
+    let recorded = (|| -> Result<()> {
+        let record = MountRecord {
             mountpoint: mountpoint.to_owned(),
-            image: record.0.to_owned(),
-            manifest: record.1.to_owned(),
+            image: image.to_owned(),
+            manifest: manifest.to_owned(),
             upper: upper.clone(),
             work: work.clone(),
             owned_upper: owned,
-        })?,
-    )?;
-    let target = CString::new(mountpoint.as_os_str().as_bytes())?;
-    let data = CString::new(options.clone())?;
-    let _guard = CWD.lock().unwrap();
-    let previous = std::env::current_dir()?;
-    std::env::set_current_dir(workdir.root())?;
-    // SAFETY: NUL-terminated strings; the data is the overlay option string.
-    let rc = unsafe {
-        libc::mount(
-            c"overlay".as_ptr(),
-            target.as_ptr(),
-            c"overlay".as_ptr(),
-            0,
-            data.as_ptr().cast(),
-        )
-    };
-    let err = std::io::Error::last_os_error();
-    std::env::set_current_dir(previous)?;
-    if rc != 0 {
-        let hint = if err.raw_os_error() == Some(libc::EPERM) {
-            " (mounting needs root)"
-        } else {
-            ""
+            mount_dev: Some(FileId::following(mountpoint)?.dev),
+            upper_id: Some(FileId::following(&upper)?),
         };
-        bail!("mounting overlayfs at {}: {err}{hint}", mountpoint.display());
+        let json = serde_json::to_vec_pretty(&record)?;
+        if !owned {
+            write_atomic(&base.join(OVERLAYDIR_MARKER), &json)?;
+        }
+        write_atomic(&state.join("mount.json"), &json)
+    })();
+    if let Err(e) = recorded {
+        let _ = nix::mount::umount2(mountpoint, nix::mount::MntFlags::UMOUNT_NOFOLLOW);
+        return Err(e.context(format!("recording the mount at {}", mountpoint.display())));
     }
-    tracing::debug!(options, "mounted");
+    tracing::debug!(options = %String::from_utf8_lossy(&options), "mounted");
     Ok(())
+}
+
+/// A writable layer left by another image is not put over this one.
+fn check_upper_is_for(
+    manifest: &str,
+    mountpoint: &Path,
+    state: &Path,
+    base: &Path,
+    owned: bool,
+    upper_empty: bool,
+) -> Result<()> {
+    if upper_empty {
+        return Ok(());
+    }
+    let recorded: Option<MountRecord> = if owned {
+        read_record(state)
+    } else {
+        std::fs::read(base.join(OVERLAYDIR_MARKER))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    };
+    match recorded {
+        Some(r) if r.manifest == manifest => Ok(()),
+        Some(r) => crate::refuse!(
+            "{} holds the writable layer of another image ({}, {}); \
+             to discard it run flmount -umount {}, or give this image its own -overlaydir",
+            base.join("upper").display(),
+            r.image,
+            r.manifest,
+            mountpoint.display()
+        ),
+        None if owned => crate::refuse!(
+            "{} holds a writable layer flmount has no record of; \
+             to discard it run flmount -umount {}, or give -overlaydir",
+            base.join("upper").display(),
+            mountpoint.display()
+        ),
+        None => crate::refuse!(
+            "-overlaydir {}: its upper/ is not empty and flmount did not make it; give a new directory",
+            base.display()
+        ),
+    }
 }
 
 fn copy_dir_meta(from: &Path, to: &Path) -> Result<()> {
@@ -258,18 +332,37 @@ fn copy_dir_meta(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Unmounts `mountpoint` and removes its state (and its upper and work
-/// directories when they live in the workdir).
+/// Unmounts the overlay flmount mounted at `mountpoint` (its record in
+/// this workdir is the proof) and removes its state, with its upper and
+/// work directories when they live in the workdir. A record whose mount
+/// is already gone (a plain `umount`, a reboot) is cleaned up the same way.
+/// Anything else mounted there is left alone.
 pub fn umount(workdir: &Workdir, mountpoint: &Path) -> Result<()> {
+    let mountpoint = &mounts::canonical(mountpoint)?;
     let state = state_dir(workdir, mountpoint);
-    let record: Option<MountRecord> = std::fs::read(state.join("mount.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    if extract::is_mount_point(mountpoint)? {
-        nix::mount::umount2(mountpoint, nix::mount::MntFlags::empty())
-            .with_context(|| format!("unmounting {}", mountpoint.display()))?;
-    } else if record.is_none() {
-        bail!("{} is not mounted by flmount", mountpoint.display());
+    let record = read_record(&state);
+    match (mounts::mount_at(mountpoint)?, &record) {
+        (Some(m), None) => crate::refuse!(
+            "{} is a {} mount that flmount did not make (no record of it in {}); leaving it mounted",
+            mountpoint.display(),
+            m.fstype,
+            workdir.root().display()
+        ),
+        (Some(m), Some(r)) => {
+            let proof = Proof::Overlay {
+                dev: r.mount_dev.unwrap_or(m.dev),
+                upper: match r.upper_id {
+                    Some(id) => id,
+                    None => FileId::following(&r.upper)?,
+                },
+            };
+            mounts::unmount(mountpoint, &proof, false)?;
+        }
+        (None, Some(_)) => tracing::info!(
+            "{} was already unmounted: removing its state",
+            mountpoint.display()
+        ),
+        (None, None) => bail!("{} is not mounted by flmount", mountpoint.display()),
     }
     if let Some(r) = &record {
         if !r.owned_upper {

@@ -38,9 +38,17 @@ pub struct PackStats {
     pub skipped: u64,
 }
 
-/// The workdir's record of chunks known to be in each store.
+/// The workdir's record of chunks known to be in each store: a cache that
+/// saves uploads, never one that decides what a store holds. Each store is
+/// known by its URL and its identity (see `Store::identity`): a store that
+/// lost its content lost its identity too, and is then treated as empty.
+/// A local directory store is asked as well (a `stat`), as it costs
+/// nothing. A `chunks.db` that SQLite cannot read is set aside and rebuilt.
 pub struct KnownChunks {
     path: PathBuf,
+    /// The key of each route's store in the index (`url#identity`), in
+    /// the router's order.
+    keys: Vec<String>,
     known: HashMap<String, HashSet<ChunkId>>,
     /// Content key -> chunk id, so a re-pack hashes a piece once and skips
     /// compressing and encrypting it.
@@ -48,21 +56,34 @@ pub struct KnownChunks {
 }
 
 impl KnownChunks {
-    /// Loads the index for the stores of `router`.
-    pub fn load(workdir: &Path, router: &Router) -> Result<Self> {
+    /// Loads the index for the stores of `router`, giving each store an
+    /// identity if it has none yet.
+    pub fn load(workdir: &Path, router: &Router, rt: &Handle) -> Result<Self> {
         let path = workdir.join("chunks.db");
         let conn = Self::connect(&path)?;
         let mut known = HashMap::new();
+        let mut keys = Vec::new();
         for route in router.routes() {
-            let url = route.store.public_url().to_owned();
+            let store = &route.store;
+            let identity = match rt.block_on(store.identity())? {
+                Some(id) => id,
+                None => {
+                    let id = crate::store::new_identity();
+                    rt.block_on(store.set_identity(&id))?;
+                    tracing::debug!("store {} has no identity yet: {id}", store.public_url());
+                    id
+                }
+            };
+            let key = format!("{}#{identity}", store.public_url());
             let mut ids = HashSet::new();
             let mut stmt = conn.prepare("SELECT id FROM known WHERE store = ?1")?;
-            for id in stmt.query_map([&url], |r| r.get::<_, Vec<u8>>(0))? {
+            for id in stmt.query_map([&key], |r| r.get::<_, Vec<u8>>(0))? {
                 if let Ok(id) = <ChunkId>::try_from(id?.as_slice()) {
                     ids.insert(id);
                 }
             }
-            known.insert(url, ids);
+            known.insert(key.clone(), ids);
+            keys.push(key);
         }
         let mut encoded = HashMap::new();
         let mut stmt = conn.prepare("SELECT key, id FROM encoded")?;
@@ -75,18 +96,47 @@ impl KnownChunks {
                 encoded.insert(key, id);
             }
         }
-        Ok(KnownChunks { path, known, encoded })
+        Ok(KnownChunks {
+            path,
+            keys,
+            known,
+            encoded,
+        })
     }
 
     fn connect(path: &Path) -> Result<Connection> {
-        let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS known (store TEXT, id BLOB, PRIMARY KEY (store, id)) WITHOUT ROWID;
+        const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS known (store TEXT, id BLOB, PRIMARY KEY (store, id)) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS encoded (key BLOB PRIMARY KEY, id BLOB) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS layer_entry (layer TEXT, entry INTEGER, chunks BLOB, PRIMARY KEY (layer, entry)) WITHOUT ROWID;",
-        )?;
-        Ok(conn)
+             CREATE TABLE IF NOT EXISTS layer_entry (layer TEXT, entry INTEGER, chunks BLOB, PRIMARY KEY (layer, entry)) WITHOUT ROWID;";
+        let open = || -> rusqlite::Result<Connection> {
+            let conn = Connection::open(path)?;
+            conn.busy_timeout(std::time::Duration::from_secs(30))?;
+            conn.execute_batch(SCHEMA)?;
+            Ok(conn)
+        };
+        match open() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
+                ) =>
+            {
+                let aside = path.with_extension(format!(
+                    "db.corrupt-{}",
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs())
+                ));
+                tracing::warn!(
+                    "{} is corrupt ({e}); it is only a cache: moved to {} and rebuilt",
+                    path.display(),
+                    aside.display()
+                );
+                std::fs::rename(path, &aside).with_context(|| format!("moving {} aside", path.display()))?;
+                open().with_context(|| format!("opening {}", path.display()))
+            }
+            other => other.with_context(|| format!("opening {}", path.display())),
+        }
     }
 
     /// Chunk lists of the entries of `layer` (a blob digest) packed before.
@@ -130,32 +180,29 @@ impl KnownChunks {
     /// Whether every store `id` routes to is known to hold it.
     pub fn all_have(&self, router: &Router, id: &ChunkId) -> bool {
         let mut any = false;
-        for r in router
-            .routes()
-            .iter()
-            .filter(|r| r.start <= id[0] && id[0] <= r.end)
-        {
+        for (r, key) in router.routes().iter().zip(&self.keys) {
+            if !(r.start <= id[0] && id[0] <= r.end) {
+                continue;
+            }
             any = true;
-            if !self
-                .known
-                .get(r.store.public_url())
-                .is_some_and(|s| s.contains(id))
-            {
+            let remembered = self.known.get(key).is_some_and(|s| s.contains(id));
+            if !remembered || r.store.holds_locally(id) == Some(false) {
                 return false;
             }
         }
         any
     }
 
-    /// Forgets chunks removed from the store `url` (by `gc`), so a later
-    /// pack uploads them again.
+    /// Forgets chunks removed from the store `url` (by `gc`), whatever its
+    /// identity, so a later pack uploads them again.
     pub fn forget(workdir: &Path, url: &str, ids: &[ChunkId]) -> Result<()> {
         let mut conn = Self::connect(&workdir.join("chunks.db"))?;
         let tx = conn.transaction()?;
         {
-            let mut delete = tx.prepare("DELETE FROM known WHERE store = ?1 AND id = ?2")?;
+            let mut delete = tx.prepare("DELETE FROM known WHERE substr(store, 1, ?1) = ?2 AND id = ?3")?;
+            let prefix = format!("{url}#");
             for id in ids {
-                delete.execute(params![url, &id[..]])?;
+                delete.execute(params![prefix.len(), prefix, &id[..]])?;
             }
         }
         tx.commit()?;
@@ -171,12 +218,10 @@ impl KnownChunks {
             let mut encoded = tx.prepare("INSERT OR IGNORE INTO encoded (key, id) VALUES (?1, ?2)")?;
             for c in chunks {
                 encoded.execute(params![&c.key[..], &c.id[..]])?;
-                for r in router
-                    .routes()
-                    .iter()
-                    .filter(|r| r.start <= c.id[0] && c.id[0] <= r.end)
-                {
-                    insert.execute(params![r.store.public_url(), &c.id[..]])?;
+                for (r, key) in router.routes().iter().zip(&self.keys) {
+                    if r.start <= c.id[0] && c.id[0] <= r.end {
+                        insert.execute(params![key, &c.id[..]])?;
+                    }
                 }
             }
         }
@@ -268,6 +313,7 @@ where
                 if stop.load(Ordering::Relaxed) {
                     bail!("packing stopped");
                 }
+                crate::owned::signals::check()?;
                 let mut piece = Vec::with_capacity(CHUNK_SIZE);
                 (&mut reader).take(CHUNK_SIZE as u64).read_to_end(&mut piece)?;
                 if piece.is_empty() {

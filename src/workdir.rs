@@ -60,11 +60,11 @@ impl Workdir {
             fs::create_dir_all(&dir)
                 .with_context(|| format!("creating workdir directory {}", dir.display()))?;
         }
+        // One spelling of every path below it, whatever names the workdir
+        // (a symlink, `..`): records and the chunk index compare them.
+        let root = fs::canonicalize(root).with_context(|| format!("resolving {}", root.display()))?;
         let lock = lock_file(&root.join("lock"), kind)?;
-        Ok(Workdir {
-            root: root.to_owned(),
-            _lock: lock,
-        })
+        Ok(Workdir { root, _lock: lock })
     }
 
     /// The default location: `/var/lib/flmount` for root (mounts depend on

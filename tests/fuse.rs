@@ -287,17 +287,17 @@ fn mounted_flists_equal_extraction_from_dir_zdb_and_s3_stores() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    // A dead mount (its server and fusermount3's watcher both killed, as
+    // A dead mount (its server and its unmount watcher both killed, as
     // when the server dies while fusermount3 mounts): the next server at
     // that mount point clears it, and a live mount there is refused.
     let mut m = Mounted::start(&img.fl, &["-flist", flist.to_str().unwrap()], &mnt);
     // The root's attributes are now in the kernel's cache, where they
     // outlive the server: only asking the server tells a dead mount.
     std::fs::metadata(&mnt).unwrap();
-    let watcher = processes_named("fusermount3")
+    let watcher = processes_named("flmount-watch")
         .into_iter()
         .find(|(_, args)| args.contains(mnt.to_str().unwrap()))
-        .expect("fusermount3's auto_unmount watcher");
+        .expect("the mount's unmount watcher");
     signal(watcher.0, libc::SIGKILL);
     signal(m.pid(), libc::SIGKILL);
     let _ = m.child.take().unwrap().wait();
@@ -431,8 +431,8 @@ fn a_small_cache_evicts_and_a_corrupted_cached_chunk_is_fetched_again() {
     let mut damaged = 0;
     for shard in std::fs::read_dir(&cache).unwrap() {
         let shard = shard.unwrap().path();
-        if shard.file_name().unwrap() == "tmp" {
-            continue;
+        if !shard.is_dir() {
+            continue; // the cache's marker
         }
         for f in std::fs::read_dir(&shard).unwrap() {
             let f = f.unwrap().path();
@@ -659,7 +659,13 @@ fn the_systemd_unit_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("flmount@web.service");
     std::fs::write(&path, unit).unwrap();
+    // Documentation=man:flmount(1): the page as `flmount man` writes it.
+    let man1 = dir.path().join("man/man1");
+    std::fs::create_dir_all(&man1).unwrap();
+    let page = run_ok(Command::new(env!("CARGO_BIN_EXE_flmount")).arg("man")).stdout;
+    std::fs::write(man1.join("flmount.1"), page).unwrap();
     let out = Command::new("systemd-analyze")
+        .env("MANPATH", dir.path().join("man"))
         .arg("verify")
         .arg(&path)
         .output()

@@ -3,15 +3,19 @@
 //! -umount`, `umount`, or SIGTERM / SIGINT / SIGHUP), then report.
 //!
 //! The mount is `ro` with `default_permissions` (the kernel enforces the
-//! files' modes for every caller) and `auto_unmount` where fusermount3 can
-//! provide it, so the mount disappears even if the process is killed; a
-//! dead mount that still slips through (a server killed while fusermount3
-//! was mounting) is cleared by the next server at that mount point. A
+//! files' modes for every caller); only the user who mounted it may use it
+//! unless `-allow-other`. Root mounts it directly as type `fuse.flmount`
+//! (the proof `-umount` asks for); other users through fusermount3. It
+//! disappears even if the process is killed: flmount's own [`watcher`]
+//! takes it down (fusermount3's `auto_unmount` for a user's `allow_other`
+//! mount); a dead mount that still slips through (a server killed while
+//! mounting) is cleared by the next server at that mount point. A
 //! mount made by root allows setuid programs and device nodes, as the
 //! overlay mount does: the tree is the image's root filesystem.
 
 mod fs;
 pub mod index;
+pub mod watcher;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -24,6 +28,7 @@ use tokio::runtime::Handle;
 
 use crate::chunkcache::{CacheOptions, ChunkCache};
 use crate::flist::Flist;
+use crate::owned::mounts;
 use crate::progress::human_bytes;
 use crate::store::Router;
 use fs::FlistFs;
@@ -51,9 +56,12 @@ pub fn serve(flist_path: &Path, router: Router, options: &MountOptions, rt: Hand
     limit_malloc_arenas();
     let mountpoint = &options.mountpoint;
     clear_stale_mount(mountpoint)?;
+    std::fs::create_dir_all(mountpoint).with_context(|| format!("creating {}", mountpoint.display()))?;
     if !mountpoint.is_dir() {
         bail!("the mount point {} is not a directory", mountpoint.display());
     }
+    // Held while serving: `gc` keeps an flist that a live mount holds.
+    let _serving = hold_flist(flist_path)?;
     let index = {
         let (plan, blocks) = Flist::open(flist_path)?.plan()?;
         Arc::new(Index::build(&plan, &blocks).with_context(|| format!("loading {}", flist_path.display()))?)
@@ -61,37 +69,39 @@ pub fn serve(flist_path: &Path, router: Router, options: &MountOptions, rt: Hand
     let mut cache_options = options.cache.clone();
     if cache_options.dir.is_none() && !router.is_local() {
         cache_options.dir = Some(options.default_cache_dir.clone());
+        cache_options.adopt_dir = true;
     }
     let cache = Arc::new(ChunkCache::new(router, &cache_options)?);
     let root = nix::unistd::geteuid().is_root();
     let mut config = Config::default();
     config.mount_options = vec![
-        MountOption::FSName(format!("flmount:{}", flist_path.display())),
+        // The source names no path: a comma or backslash in one would be
+        // read as an option separator. The type is what proves the mount
+        // is flmount's (see owned::mounts).
+        MountOption::FSName("flmount".into()),
         MountOption::Subtype("flmount".into()),
         MountOption::RO,
         MountOption::DefaultPermissions,
         MountOption::NoAtime,
     ];
-    // auto_unmount goes through fusermount3, which needs allow_other (or,
-    // for root, fuser's own root-and-owner check on top of it).
     if root {
         // As with the overlay mount: the image's setuid programs and device
         // nodes work, as they would in its container.
         config.mount_options.extend([MountOption::Suid, MountOption::Dev]);
     }
-    config.acl = match (options.allow_other, root) {
-        (true, _) => SessionACL::All,
-        (false, true) => SessionACL::RootAndOwner,
-        (false, false) => SessionACL::Owner,
-    };
-    if config.acl != SessionACL::Owner && which_fusermount() {
-        config.mount_options.push(MountOption::AutoUnmount);
+    // Who may use the mount is the kernel's decision alone: `allow_other`
+    // only with -allow-other (file modes then decide), otherwise only the
+    // user who mounted it. flmount's own watcher takes the mount down if
+    // the server dies (fusermount3's auto_unmount where a user's mount has
+    // allow_other).
+    let auto_unmount = !root && options.allow_other && which_fusermount();
+    config.acl = if options.allow_other {
+        SessionACL::All
     } else {
-        tracing::warn!(
-            "no auto_unmount (needs fusermount3, and -allow-other when not root): \
-             if flmount is killed, run `flmount -umount {}`",
-            mountpoint.display()
-        );
+        SessionACL::Owner
+    };
+    if auto_unmount {
+        config.mount_options.push(MountOption::AutoUnmount);
     }
     config.n_threads = Some(2);
     config.clone_fd = true;
@@ -100,12 +110,30 @@ pub fn serve(flist_path: &Path, router: Router, options: &MountOptions, rt: Hand
         let _runtime = rt.enter();
         Signals::new()
     };
-    let session = Session::new(
-        FlistFs::new(index.clone(), cache.clone(), rt.clone()),
-        mountpoint,
-        &config,
-    )
+    let fs = FlistFs::new(index.clone(), cache.clone(), rt.clone());
+    let session = if root {
+        // Mounted by flmount itself, as type `fuse.flmount`: fuser's own
+        // mount(2) would drop the subtype, and fusermount3 is not needed.
+        let fd = mount_directly(mountpoint, flist_path, options.allow_other)?;
+        Session::from_fd(fs, fd, config.acl, config)
+    } else {
+        Session::new(fs, mountpoint, &config)
+    }
     .with_context(|| format!("mounting {} at {}", flist_path.display(), mountpoint.display()))?;
+    let _watcher = if auto_unmount {
+        None
+    } else {
+        match watcher::spawn(mountpoint) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(
+                    "{e:#}: if flmount is killed, run `flmount -umount {}`",
+                    mountpoint.display()
+                );
+                None
+            }
+        }
+    };
     tracing::info!(
         "mounted {} at {} ({} entries, {} of content) in {} ms",
         flist_path.display(),
@@ -215,69 +243,72 @@ impl Signals {
     }
 }
 
-/// Detaches the FUSE mount at `mountpoint`: the mount disappears at once,
-/// files still open keep working until closed, and the serving process
-/// exits when the last one is. Root unmounts directly; other users go
-/// through fusermount3, as the kernel allows only root to unmount.
+/// Detaches the flmount FUSE mount at `mountpoint`: the mount disappears
+/// at once, files still open keep working until closed, and the serving
+/// process exits when the last one is. Any other mount there is refused.
 pub fn unmount(mountpoint: &Path) -> Result<()> {
-    use nix::mount::{umount2, MntFlags};
-    match umount2(mountpoint, MntFlags::MNT_DETACH) {
-        Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EPERM) => {
-            let out = std::process::Command::new("fusermount3")
-                .args(["-u", "-z", "--"])
-                .arg(mountpoint)
-                .output()
-                .context("running fusermount3 -u")?;
-            if !out.status.success() {
-                bail!(
-                    "unmounting {}: {}",
-                    mountpoint.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-            Ok(())
-        }
-        Err(e) => Err(e).with_context(|| format!("unmounting {}", mountpoint.display())),
-    }
+    mounts::unmount(mountpoint, &mounts::Proof::Fuse, true)
 }
 
-/// Whether an flmount FUSE mount is at `mountpoint` (read from
-/// /proc/self/mounts, so a mount whose server died still counts).
+/// Whether an flmount FUSE mount is at `mountpoint` (live or dead).
 pub fn is_mounted_at(mountpoint: &Path) -> bool {
-    live_mounts().iter().any(|m| m.mountpoint == mountpoint)
+    matches!(mounts::mount_at(mountpoint), Ok(Some(m)) if m.fstype == mounts::FUSE_TYPE)
 }
 
-/// Clears the mount a killed server left at `mountpoint` (fusermount3's
-/// auto_unmount can miss it when the server dies while fusermount3 is
-/// mounting); refuses a live one. `statfs` tells them apart: it always
-/// asks the server (attributes may be answered from the kernel's cache),
-/// and a dead mount answers ENOTCONN.
-fn clear_stale_mount(mountpoint: &Path) -> Result<()> {
-    if !is_mounted_at(mountpoint) {
-        return Ok(());
-    }
+/// What asking the server of a FUSE mount tells.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Health {
+    Answers,
+    /// Its server is gone (ENOTCONN).
+    Dead,
+    /// No answer within 5 s.
+    Hung,
+}
+
+/// Asks the server of the FUSE mount at `mountpoint`: `statfs` always
+/// reaches it (attributes may be answered from the kernel's cache).
+pub fn health(mountpoint: &Path) -> Health {
     // A live server that hangs would hang statfs too: ask from a thread.
     let (tx, rx) = std::sync::mpsc::channel();
     let probe = mountpoint.to_owned();
     std::thread::spawn(move || {
         let _ = tx.send(nix::sys::statfs::statfs(&probe).map(drop));
     });
-    let answer = rx.recv_timeout(std::time::Duration::from_secs(5));
-    match answer {
-        Ok(Err(nix::errno::Errno::ENOTCONN)) => {
+    match rx.recv_timeout(std::time::Duration::from_secs(5)) {
+        Ok(Err(nix::errno::Errno::ENOTCONN)) => Health::Dead,
+        Err(_) => Health::Hung,
+        Ok(_) => Health::Answers,
+    }
+}
+
+/// Clears the mount a killed server left at `mountpoint` (fusermount3's
+/// auto_unmount can miss it when the server dies while fusermount3 is
+/// mounting); refuses a live one, and any mount that is not flmount's.
+fn clear_stale_mount(mountpoint: &Path) -> Result<()> {
+    let Some(m) = mounts::mount_at(mountpoint)? else {
+        return Ok(());
+    };
+    if m.fstype != mounts::FUSE_TYPE {
+        bail!(
+            "{} is already a mount point ({}); flmount mounts over nothing",
+            mountpoint.display(),
+            m.fstype
+        );
+    }
+    match health(mountpoint) {
+        Health::Dead => {
             tracing::warn!(
                 "{}: unmounting what a killed flmount server left mounted there",
                 mountpoint.display()
             );
             unmount(mountpoint)
         }
-        Err(_) => bail!(
+        Health::Hung => bail!(
             "{} is an flmount FUSE mount whose server does not answer; unmount it first (flmount -umount {})",
             mountpoint.display(),
             mountpoint.display()
         ),
-        Ok(_) => bail!(
+        Health::Answers => bail!(
             "{} is already an flmount FUSE mount; unmount it first (flmount -umount {})",
             mountpoint.display(),
             mountpoint.display()
@@ -285,49 +316,53 @@ fn clear_stale_mount(mountpoint: &Path) -> Result<()> {
     }
 }
 
-/// An flmount FUSE mount that is up: where, and the flist it serves.
-pub struct LiveMount {
-    pub mountpoint: PathBuf,
-    pub flist: PathBuf,
-}
-
-/// The flmount FUSE mounts in /proc/self/mounts (their source is
-/// `flmount:<flist>`).
-pub fn live_mounts() -> Vec<LiveMount> {
-    use std::os::unix::ffi::OsStringExt;
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
-        return Vec::new();
-    };
-    let path = |field: &str| PathBuf::from(std::ffi::OsString::from_vec(unescape_mount_field(field)));
-    mounts
-        .lines()
-        .filter_map(|line| {
-            let mut f = line.split(' ');
-            let (source, dir, fstype) = (f.next()?, f.next()?, f.next()?);
-            (fstype == "fuse.flmount").then_some(())?;
-            Some(LiveMount {
-                mountpoint: path(dir),
-                flist: path(source.strip_prefix("flmount:")?),
-            })
-        })
-        .collect()
-}
-
-/// /proc/mounts writes space, tab, newline and backslash as `\ooo`.
-fn unescape_mount_field(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+/// Mounts `/dev/fuse` at `mountpoint` as root: type `fuse.flmount`,
+/// read-only, `default_permissions`, `allow_other` only if asked. Returns
+/// the device for the session to serve.
+fn mount_directly(mountpoint: &Path, flist: &Path, allow_other: bool) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .context("opening /dev/fuse")?;
+    let rootmode = std::fs::metadata(mountpoint)?.mode() & libc::S_IFMT;
+    let mut data = format!(
+        "fd={},rootmode={rootmode:o},user_id=0,group_id=0,default_permissions",
+        dev.as_raw_fd()
+    );
+    if allow_other {
+        data.push_str(",allow_other");
     }
-    out
+    use nix::mount::MsFlags;
+    nix::mount::mount(
+        // The source is not parsed as options: any path is fine.
+        Some(format!("flmount:{}", flist.display()).as_str()),
+        mountpoint,
+        Some(mounts::FUSE_TYPE),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOATIME,
+        Some(data.as_str()),
+    )
+    .with_context(|| format!("mount(2) of FUSE at {}", mountpoint.display()))?;
+    Ok(dev.into())
+}
+
+/// A shared lock on the flist file while it is served.
+fn hold_flist(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening flist {}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockShared)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("locking {}", path.display()))
+}
+
+/// Whether a live FUSE mount serves the flist at `path` (it holds the
+/// file's lock).
+pub fn is_served(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err()
 }
 
 /// Chunks are allocated on one thread and freed on another; glibc's
@@ -346,14 +381,4 @@ fn which_fusermount() -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .any(|dir| dir.join("fusermount3").is_file() || dir.join("fusermount").is_file())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn mount_paths_are_unescaped() {
-        assert_eq!(super::unescape_mount_field(r"/run/my\040root"), b"/run/my root");
-        assert_eq!(super::unescape_mount_field(r"/a\134b"), b"/a\\b");
-        assert_eq!(super::unescape_mount_field("/plain"), b"/plain");
-    }
 }

@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
-use super::{ChunkId, Store, StoreError, StoreUrl};
+use super::{ChunkId, Store, StoreError, StoreUrl, IDENTITY_KEY};
 
 pub struct DirStore {
     root: PathBuf,
@@ -56,11 +56,11 @@ impl Store for DirStore {
             let path = self.path(id);
             let dir = path.parent().expect("a blob path has a parent").to_owned();
             let blob = blob.to_vec();
-            // Durable together in `flush`, not one fsync per chunk.
-            tokio::task::spawn_blocking(move || crate::workdir::write_replacing(&path, &blob, false))
+            // Whole or absent, even if killed; durable together in `flush`.
+            tokio::task::spawn_blocking(move || write_chunk(&path, &blob))
                 .await
                 .map_err(|e| StoreError::unavailable(&self.url, e))?
-                .map_err(|e| StoreError::local(&self.url, format!("{e:#} (in {})", dir.display())))
+                .map_err(|e| StoreError::local(&self.url, format!("{e} (in {})", dir.display())))
         }
         .boxed()
     }
@@ -80,10 +80,44 @@ impl Store for DirStore {
         &self.url
     }
 
+    fn identity(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        async move {
+            match tokio::fs::read(self.root.join(IDENTITY_KEY)).await {
+                Ok(text) => Ok(super::parse_identity(&text)),
+                Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(self.io_error(e)),
+            }
+        }
+        .boxed()
+    }
+
+    fn set_identity<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let (root, text) = (self.root.clone(), format!("{id}\n"));
+            tokio::task::spawn_blocking(move || {
+                std::fs::create_dir_all(&root)?;
+                crate::owned::temp::write_new_file(&root, IDENTITY_KEY, text.as_bytes())
+            })
+            .await
+            .map_err(|e| StoreError::unavailable(&self.url, e))?
+            .map_err(|e| self.io_error(e))
+        }
+        .boxed()
+    }
+
+    fn holds_locally(&self, id: &ChunkId) -> Option<bool> {
+        Some(self.path(id).is_file())
+    }
+
+    fn local_root(&self) -> Option<&std::path::Path> {
+        Some(&self.root)
+    }
+
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         async move {
             let root = self.root.clone();
             tokio::task::spawn_blocking(move || {
+                std::fs::create_dir_all(&root)?;
                 let dir = std::fs::File::open(&root)?;
                 nix::unistd::syncfs(&dir).map_err(std::io::Error::from)
             })
@@ -92,5 +126,19 @@ impl Store for DirStore {
             .map_err(|e| self.io_error(e))
         }
         .boxed()
+    }
+}
+
+/// Writes a chunk whole or not at all, creating the store's directories
+/// (its root too) when missing.
+fn write_chunk(path: &std::path::Path, blob: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().expect("a blob path has a parent");
+    let name = path.file_name().expect("a blob has a name").to_string_lossy();
+    match crate::owned::temp::write_new_file(dir, &name, blob) {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)?;
+            crate::owned::temp::write_new_file(dir, &name, blob)
+        }
+        other => other,
     }
 }

@@ -81,6 +81,42 @@ pub trait Store: Send + Sync {
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async { Ok(()) })
     }
+    /// The store's identity: the random id in its [`IDENTITY_KEY`] object,
+    /// written the first time flmount packs into it. A store that lost its
+    /// content (emptied, flushed, made anew) lost this too, so what the
+    /// workdir remembers of it is keyed by this and no longer trusted.
+    fn identity(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn set_identity<'a>(&'a self, _id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Whether the store holds `id`, when asking costs no round trip (a
+    /// local directory); `None` otherwise.
+    fn holds_locally(&self, _id: &ChunkId) -> Option<bool> {
+        None
+    }
+    /// The directory of a local store.
+    fn local_root(&self) -> Option<&std::path::Path> {
+        None
+    }
+}
+
+/// The name of a store's identity object (outside the chunk names, which
+/// are hex).
+pub const IDENTITY_KEY: &str = "flmount-store-id";
+
+/// A new random store identity.
+pub fn new_identity() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the system's random source");
+    hex::encode(bytes)
+}
+
+/// The identity `text` holds, if it looks like one.
+fn parse_identity(text: &[u8]) -> Option<String> {
+    let id = std::str::from_utf8(text).ok()?.trim();
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
 }
 
 /// How long one store operation may take before it counts as unavailable.

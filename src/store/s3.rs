@@ -131,4 +131,33 @@ impl Store for S3Store {
     fn public_url(&self) -> &str {
         &self.url
     }
+
+    fn identity(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        async move {
+            let path = Path::from(super::IDENTITY_KEY);
+            match self.s3.get(&path).await {
+                Ok(r) => {
+                    let bytes = r.bytes().await.map_err(|e| self.error(&[0; 32], e))?;
+                    Ok(super::parse_identity(&bytes))
+                }
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(self.error(&[0; 32], e)),
+            }
+        }
+        .boxed()
+    }
+
+    fn set_identity<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            self.s3
+                .put(
+                    &Path::from(super::IDENTITY_KEY),
+                    PutPayload::from(id.as_bytes().to_vec()),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| self.error(&[0; 32], e))
+        }
+        .boxed()
+    }
 }

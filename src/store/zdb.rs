@@ -122,4 +122,25 @@ impl Store for ZdbStore {
     fn public_url(&self) -> &str {
         &self.url
     }
+
+    fn identity(&self) -> BoxFuture<'_, Result<Option<String>, StoreError>> {
+        async move {
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(super::IDENTITY_KEY);
+            Ok(self
+                .run::<Option<Vec<u8>>>(cmd)
+                .await?
+                .and_then(|t| super::parse_identity(&t)))
+        }
+        .boxed()
+    }
+
+    fn set_identity<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(super::IDENTITY_KEY).arg(id);
+            self.run::<redis::Value>(cmd).await.map(|_| ())
+        }
+        .boxed()
+    }
 }

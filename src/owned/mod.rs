@@ -1,0 +1,70 @@
+//! Ownership: the one place that destroys things. Every unmount, every
+//! removal of a staging tree or temporary file, every output written over
+//! a path and every directory flmount claims as its own (a chunk cache)
+//! goes through here, with proof that flmount made the thing:
+//!
+//! - **mounts** ([`mounts`]): a mount is unmounted only if the mount table
+//!   shows flmount's own type (`fuse.flmount`) or an overlay whose device
+//!   and upper directory match the record flmount wrote when it mounted it;
+//!   identities are compared by device and inode, never by spelled path;
+//! - **outputs** ([`output`]): a regular file or a missing path is replaced
+//!   atomically, a symlink is followed, a character device or FIFO (and
+//!   `-`, standard output) is written through, a directory is refused;
+//! - **temporaries** ([`temp`]): staging trees carry flmount's prefix, the
+//!   creator's process id and a lock held for their life; only those no
+//!   live process holds are ever removed by a later run;
+//! - **claimed directories** ([`claim`]): a directory flmount keeps files
+//!   in (a chunk cache) carries a marker; a non-empty unmarked directory is
+//!   refused, and only names flmount writes are ever deleted in it;
+//! - **interruption** ([`signals`]): SIGINT, SIGTERM and SIGHUP make the work
+//!   stop and remove its temporaries before the process exits.
+
+pub mod claim;
+pub mod mounts;
+pub mod output;
+pub mod signals;
+pub mod temp;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// A file's identity: its device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The identity of `path` itself (a symlink is not followed).
+    pub fn of(path: &Path) -> std::io::Result<FileId> {
+        std::fs::symlink_metadata(path).map(|m| FileId::from(&m))
+    }
+
+    /// The identity of what `path` names, symlinks followed.
+    pub fn following(path: &Path) -> std::io::Result<FileId> {
+        std::fs::metadata(path).map(|m| FileId::from(&m))
+    }
+}
+
+impl From<&std::fs::Metadata> for FileId {
+    fn from(m: &std::fs::Metadata) -> Self {
+        FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        }
+    }
+}
+
+/// flmount refused to touch something it did not make (exit code 8).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// Fails with [`Refused`].
+#[macro_export]
+macro_rules! refuse {
+    ($($arg:tt)*) => {
+        return Err(anyhow::Error::new($crate::owned::Refused(format!($($arg)*))))
+    };
+}

@@ -1,0 +1,292 @@
+//! Temporaries: staging trees and files that become something else when
+//! complete, and are removed when they do not.
+//!
+//! A staging directory is named `.<name>.flmount-<pid>-<random>` beside
+//! what it becomes, and its creator holds an exclusive `flock` on it for
+//! its whole life. It is removed when dropped (work failed or was
+//! interrupted), and registered with [`super::signals`] meanwhile so a
+//! signal removes it too. A later run removes one left by a killed process
+//! only when no process holds its lock and the process named in it is gone
+//! ([`remove_stale`]); the identity (device, inode) checked before removal
+//! is the one that was locked.
+//!
+//! Files that are complete or absent, never partial (chunks in a `dir://`
+//! store or a cache), are written with [`write_new_file`]: an unnamed
+//! `O_TMPFILE` linked into place, so a killed writer leaves nothing.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use nix::fcntl::{Flock, FlockArg};
+
+use super::FileId;
+
+/// What every temporary name flmount makes carries.
+pub const PREFIX: &str = ".flmount-";
+
+/// A staging directory: removed on drop unless [`Staging::persist`]ed.
+#[derive(Debug)]
+pub struct Staging {
+    path: PathBuf,
+    id: FileId,
+    _lock: Flock<File>,
+    kept: bool,
+}
+
+impl Staging {
+    /// Creates `.<name>.flmount-<pid>-<random>` in `parent` and locks it.
+    pub fn new_in(parent: &Path, name: &str) -> Result<Staging> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!(".{name}{PREFIX}{}-", std::process::id()))
+            .tempdir_in(parent)
+            .with_context(|| format!("creating a staging directory in {}", parent.display()))?;
+        let path = dir.keep();
+        let locked = File::open(&path)
+            .map_err(anyhow::Error::from)
+            .and_then(|f| Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e.into()))
+            .and_then(|lock| Ok((FileId::following(&path)?, lock)));
+        let (id, lock) = match locked {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&path);
+                return Err(e.context(format!("locking {}", path.display())));
+            }
+        };
+        super::signals::register(&path, id);
+        Ok(Staging {
+            path,
+            id,
+            _lock: lock,
+            kept: false,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Renames the staging directory to `target` (a missing path or an
+    /// empty directory); it is no longer a temporary.
+    pub fn persist(mut self, target: &Path) -> std::io::Result<()> {
+        std::fs::rename(&self.path, target)?;
+        self.kept = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        super::signals::unregister(&self.path);
+        if !self.kept {
+            remove_if_same(&self.path, self.id);
+        }
+    }
+}
+
+/// Removes the file or tree at `path` if it still is `id`.
+pub(crate) fn remove_if_same(path: &Path, id: FileId) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    if FileId::from(&meta) != id {
+        return;
+    }
+    // std's remove_dir_all never follows symlinks (CVE-2022-21658).
+    let removed = if meta.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    if let Err(e) = removed {
+        tracing::warn!("removing {}: {e}", path.display());
+    }
+}
+
+/// A temporary file, registered for removal on a signal while it lives.
+pub struct TempFile {
+    file: Option<tempfile::NamedTempFile>,
+    path: PathBuf,
+}
+
+impl TempFile {
+    /// A new temporary file with flmount's prefix in `dir`.
+    pub fn new_in(dir: &Path) -> Result<TempFile> {
+        let file = tempfile::Builder::new()
+            .prefix(PREFIX)
+            .tempfile_in(dir)
+            .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+        let path = file.path().to_owned();
+        super::signals::register(&path, FileId::of(&path)?);
+        Ok(TempFile {
+            file: Some(file),
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file, no longer registered (the caller places or drops it).
+    pub fn into_inner(mut self) -> tempfile::NamedTempFile {
+        self.file.take().expect("present until taken")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        super::signals::unregister(&self.path);
+    }
+}
+
+/// Removes the staging directories of `name` in `parent` (as [`Staging`]
+/// names them) that a killed flmount left: no process holds their lock
+/// and the process that made them is gone. Returns how many.
+pub fn remove_stale(parent: &Path, name: &str) -> usize {
+    let prefix = format!(".{name}{PREFIX}");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.as_bytes().strip_prefix(prefix.as_bytes()) else {
+            continue;
+        };
+        let Some(pid) = std::str::from_utf8(rest)
+            .ok()
+            .and_then(|r| r.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        if remove_unheld(&path, pid) {
+            tracing::info!("removed {}, left by an interrupted flmount", path.display());
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Removes the staging directory `path` made by process `pid` if that
+/// process is gone and nobody holds the directory's lock.
+fn remove_unheld(path: &Path, pid: i32) -> bool {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !meta.is_dir() || process_alive(pid) {
+        return false;
+    }
+    let Ok(file) = File::open(path) else { return false };
+    let Ok(_lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+        return false;
+    };
+    remove_if_same(path, FileId::from(&meta));
+    !path.exists()
+}
+
+fn process_alive(pid: i32) -> bool {
+    pid == std::process::id() as i32 || Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Writes a file that must be whole or absent: an unnamed temporary file
+/// in `dir` (`O_TMPFILE`), linked as `name` once written. A name already
+/// there is kept (the content is addressed by its name). Where the
+/// filesystem has no `O_TMPFILE`, a prefixed temporary renamed into place.
+pub fn write_new_file(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
+    let target = dir.join(name);
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(0o644)
+        .open(dir)
+    {
+        Ok(mut file) => {
+            file.write_all(data)?;
+            link_anonymous(&file, &target)
+        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EISDIR)) => {
+            let mut tmp = tempfile::Builder::new().prefix(PREFIX).tempfile_in(dir)?;
+            tmp.write_all(data)?;
+            tmp.persist(&target).map(drop).map_err(|e| e.error)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn link_anonymous(file: &File, target: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
+    let to = std::ffi::CString::new(target.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: NUL-terminated paths; linkat with AT_SYMLINK_FOLLOW links the
+    // open file's inode through its /proc name.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EEXIST) {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// The name a staging directory of `name` would start with (for tests and
+/// listings).
+pub fn staging_prefix(name: &str) -> OsString {
+    OsString::from_vec(format!(".{name}{PREFIX}").into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_is_removed_unless_persisted_and_stale_ones_only_when_unheld() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Staging::new_in(dir.path(), "t").unwrap();
+        std::fs::write(s.path().join("f"), b"x").unwrap();
+        let path = s.path().to_owned();
+        // Held by this (live) process: not stale.
+        assert_eq!(remove_stale(dir.path(), "t"), 0);
+        drop(s);
+        assert!(!path.exists());
+
+        let s = Staging::new_in(dir.path(), "t").unwrap();
+        s.persist(&dir.path().join("t")).unwrap();
+        assert!(dir.path().join("t").is_dir());
+
+        // Left by a process that is gone (pid far beyond pid_max).
+        let stale = dir.path().join(".t.flmount-999999999-abc");
+        std::fs::create_dir_all(stale.join("sub")).unwrap();
+        let other = dir.path().join(".u.flmount-999999999-abc");
+        std::fs::create_dir(&other).unwrap();
+        assert_eq!(remove_stale(dir.path(), "t"), 1);
+        assert!(!stale.exists());
+        assert!(other.exists(), "another name's staging was removed");
+    }
+
+    #[test]
+    fn new_files_are_whole_and_existing_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        write_new_file(dir.path(), "a", b"one").unwrap();
+        write_new_file(dir.path(), "a", b"two").unwrap();
+        assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"one");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
