@@ -333,6 +333,9 @@ pub fn gc(workdir: &Workdir, dry_run: bool) -> Result<GcStats> {
         }
         let mut removed = Vec::new();
         for (rel, path) in files_below(&store)? {
+            if rel == crate::store::IDENTITY_KEY {
+                continue;
+            }
             let Some(hex) = rel.rsplit('/').next() else {
                 continue;
             };

@@ -12,141 +12,15 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::fixtures::{assert_modes_and_setuid_hold_for_nobody, permissions_layer, RulesImage};
 use common::fstree::{assert_same_tree, Ignore};
+use common::mounts::{fuse_or_skip, is_mounted, signal, Mounted};
 use common::servers::Server;
 use common::*;
-
-/// True when FUSE mounts can be made here; otherwise says why the test skips.
-fn fuse_or_skip(test: &str) -> bool {
-    if !root_or_skip(test, "FUSE mounts with device nodes, owners and allow_other") {
-        return false;
-    }
-    if !Path::new("/dev/fuse").exists() {
-        eprintln!("SKIPPED {test}: /dev/fuse is missing (no FUSE in this kernel or container)");
-        return false;
-    }
-    need("fusermount3");
-    true
-}
-
-fn is_mounted(dir: &Path) -> bool {
-    mounted_at(dir, Some("fuse.flmount"))
-}
-
-/// A running `flmount ... -mount DIR` process, started with a NOTIFY_SOCKET
-/// as systemd would, and returned once it reported READY=1.
-struct Mounted {
-    child: Option<Child>,
-    dir: PathBuf,
-    log: PathBuf,
-    _notify: tempfile::TempDir,
-}
-
-impl Mounted {
-    fn start(fl: &Flmount, args: &[&str], dir: &Path) -> Mounted {
-        if !mounted_at(dir, None) {
-            std::fs::create_dir_all(dir).unwrap();
-        }
-        let notify = tempfile::tempdir().unwrap();
-        let socket_path = notify.path().join("notify");
-        let socket = UnixDatagram::bind(&socket_path).unwrap();
-        socket.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let log = notify.path().join("log");
-        let child = fl
-            .command()
-            .args(args)
-            .args(["-mount", dir.to_str().unwrap()])
-            .env("NOTIFY_SOCKET", &socket_path)
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut m = Mounted {
-            child: Some(child),
-            dir: dir.to_owned(),
-            log,
-            _notify: notify,
-        };
-        let mut buf = [0u8; 512];
-        let n = match socket.recv(&mut buf) {
-            Ok(n) => n,
-            Err(e) => panic!("no READY=1 from flmount ({e}):\n{}", m.log()),
-        };
-        let message = String::from_utf8_lossy(&buf[..n]);
-        assert!(message.contains("READY=1"), "unexpected notification {message:?}");
-        assert!(
-            is_mounted(dir),
-            "READY=1 came before the mount was up:\n{}",
-            m.log()
-        );
-        m.child_alive();
-        m
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn child_alive(&mut self) {
-        if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-            panic!("flmount exited with {status}:\n{}", self.log());
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
-    }
-
-    /// Waits for the process to end by itself (after an unmount or a
-    /// signal); asserts a clean exit and that the mount is gone.
-    fn wait_exit(&mut self, within: Duration) -> String {
-        let deadline = Instant::now() + within;
-        let mut child = self.child.take().unwrap();
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("flmount did not exit within {within:?}:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let log = self.log();
-        assert!(status.success(), "flmount exited with {status}:\n{log}");
-        assert!(!is_mounted(&self.dir), "the mount outlived its process");
-        log
-    }
-
-    /// SIGTERM, as systemd stops a unit.
-    fn stop(mut self) -> String {
-        signal(self.pid(), libc::SIGTERM);
-        self.wait_exit(Duration::from_secs(20))
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if is_mounted(&self.dir) {
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-        }
-    }
-}
-
-fn signal(pid: i32, sig: i32) {
-    // SAFETY: kill(2) on our own child.
-    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
-}
 
 fn rules_image() -> RulesImage {
     RulesImage::new("fuse/rules")
@@ -645,10 +519,8 @@ fn prefetch_fills_the_cache_so_reads_need_no_store() {
 
 #[test]
 fn the_systemd_unit_verifies() {
-    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
-        eprintln!("SKIPPED the_systemd_unit_verifies: systemd-analyze is not installed");
-        return;
-    };
+    need("systemd-analyze");
+    let out = Command::new("systemd-analyze").arg("--version").output().unwrap();
     assert!(out.status.success());
     // The unit as installed, pointing at this build's binary.
     let unit =

@@ -193,17 +193,20 @@ async fn prefetch(index: Arc<Index>, cache: Arc<ChunkCache>) {
             human_bytes(limit)
         );
     }
-    let failed = futures_util::stream::iter(chunks)
+    let errors: Vec<anyhow::Error> = futures_util::stream::iter(chunks)
         .map(|chunk| {
             let cache = cache.clone();
-            async move { cache.fill(&chunk).await.is_err() }
+            async move { cache.fill(&chunk).await.err() }
         })
         .buffer_unordered(8)
-        .filter(|failed| std::future::ready(*failed))
-        .count()
+        .filter_map(std::future::ready)
+        .collect()
         .await;
-    if failed > 0 {
-        tracing::warn!("prefetch: {failed} of {total} chunks could not be fetched");
+    if let Some(first) = errors.first() {
+        tracing::warn!(
+            "prefetch: {} of {total} chunks could not be fetched (first: {first:#})",
+            errors.len()
+        );
     } else {
         tracing::info!(
             "prefetched {total} chunks in {:.1}s",

@@ -9,6 +9,7 @@
 
 pub mod fixtures;
 pub mod fstree;
+pub mod mounts;
 pub mod servers;
 pub mod tarball;
 pub mod token;
@@ -41,8 +42,26 @@ pub fn root_or_skip(test: &str, why: &str) -> bool {
     if unsafe { libc::geteuid() } == 0 {
         return true;
     }
-    eprintln!("SKIPPED {test}: needs root ({why})");
+    skip(test, &format!("needs root ({why})"));
     false
+}
+
+/// Whether a skipped test must fail instead: in CI (`CI=true`, as CI
+/// runs `.ci/run`) or with `FLMOUNT_STRICT=1`, every test runs for real.
+pub fn strict() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+        || std::env::var("FLMOUNT_STRICT").is_ok_and(|v| v == "1")
+}
+
+/// Reports a test that cannot run here: a failure when [`strict`],
+/// otherwise a SKIPPED line on stdout and stderr.
+pub fn skip(test: &str, why: &str) {
+    assert!(
+        !strict(),
+        "{test} cannot run here ({why}), and skips are failures in CI (CI=true / FLMOUNT_STRICT=1)"
+    );
+    println!("SKIPPED {test}: {why}");
+    eprintln!("SKIPPED {test}: {why}");
 }
 
 pub fn free_port() -> u16 {
