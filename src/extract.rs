@@ -17,7 +17,7 @@
 //! mtimes stick.
 
 use std::ffi::CString;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -291,6 +291,11 @@ pub fn write_plan(
                 .with_context(|| format!("marking {} opaque", show(&dir.path)))?;
         }
         if dir.implicit {
+            // A parent no entry names: 0755 and root's, as umoci and
+            // containerd create it (mkdir made it 0700).
+            // SAFETY: valid fd.
+            check(unsafe { libc::fchmod(fd, dir.meta.mode & 0o7777) })
+                .with_context(|| format!("setting the mode of {}", show(&dir.path)))?;
             continue;
         }
         apply_meta_fd(fd, &dir.meta, opts, None)
@@ -480,13 +485,14 @@ fn create_one(
                 libc::openat(parent, name.as_ptr(), flags, perms)
             })?;
             // SAFETY: openat returned a new fd we own.
-            let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
             let written = match content {
                 Some(Content::Bytes(b)) => {
-                    file.write_all(b)?;
-                    b.len() as u64
+                    let mut out = SparseWriter::new(&file);
+                    out.write(b)?;
+                    out.finish()?
                 }
-                Some(Content::Stream(r)) => copy_large(r, &mut file)?,
+                Some(Content::Stream(r)) => copy_large(r, &file)?,
                 None => 0,
             };
             counters.bytes.fetch_add(written, Ordering::Relaxed);
@@ -546,12 +552,12 @@ fn create_at(parent: RawFd, name: &CString, create: impl Fn() -> libc::c_int) ->
 }
 
 /// Streams a large file with few, large writes.
-fn copy_large(reader: &mut dyn Read, file: &mut std::fs::File) -> Result<u64> {
+fn copy_large(reader: &mut dyn Read, file: &std::fs::File) -> Result<u64> {
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 1 << 20]);
     }
     BUF.with_borrow_mut(|buf| {
-        let mut total = 0u64;
+        let mut out = SparseWriter::new(file);
         loop {
             let mut filled = 0;
             while filled < buf.len() {
@@ -562,12 +568,76 @@ fn copy_large(reader: &mut dyn Read, file: &mut std::fs::File) -> Result<u64> {
                 filled += n;
             }
             if filled == 0 {
-                return Ok(total);
+                return out.finish();
             }
-            file.write_all(&buf[..filled])?;
-            total += filled as u64;
+            out.write(&buf[..filled])?;
         }
     })
+}
+
+/// Holes are kept: filesystem blocks of zeros (a sparse file's holes, an
+/// flist's all-zero chunks, any run of zeros) are skipped, not written,
+/// and the file is given its length at the end, as `cp --sparse=always`
+/// and GNU tar do. The content reads the same; the zeros take no space.
+pub(crate) struct SparseWriter<'f> {
+    file: &'f std::fs::File,
+    pos: u64,
+    /// Where the last write ended.
+    written: u64,
+}
+
+/// The granularity of holes: a filesystem block.
+const HOLE: usize = 4096;
+
+/// Whether `data` is all zeros (compared with zeros, which memcmp does fast).
+pub(crate) fn is_zero(data: &[u8]) -> bool {
+    static ZEROS: [u8; HOLE] = [0; HOLE];
+    data.chunks(HOLE).all(|c| c == &ZEROS[..c.len()])
+}
+
+impl<'f> SparseWriter<'f> {
+    pub(crate) fn new(file: &'f std::fs::File) -> Self {
+        SparseWriter {
+            file,
+            pos: 0,
+            written: 0,
+        }
+    }
+
+    /// Writes the next bytes of the file, skipping whole blocks of zeros.
+    pub(crate) fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut rest = data;
+        while !rest.is_empty() {
+            // Up to the next block boundary of the file, then block by block.
+            let first = HOLE - (self.pos % HOLE as u64) as usize;
+            let mut end = first.min(rest.len());
+            let zero = end == HOLE && is_zero(&rest[..end]);
+            while end < rest.len() {
+                let next = (end + HOLE).min(rest.len());
+                let block_zero = next - end == HOLE && is_zero(&rest[end..next]);
+                if block_zero != zero {
+                    break;
+                }
+                end = next;
+            }
+            if !zero {
+                self.file.write_all_at(&rest[..end], self.pos)?;
+                self.written = self.pos + end as u64;
+            }
+            self.pos += end as u64;
+            rest = &rest[end..];
+        }
+        Ok(())
+    }
+
+    /// Gives the file its length (a final hole); returns it.
+    pub(crate) fn finish(self) -> Result<u64> {
+        if self.written != self.pos {
+            self.file.set_len(self.pos)?;
+        }
+        Ok(self.pos)
+    }
 }
 
 /// The process umask, read once (from /proc: reading it with umask(2)
