@@ -41,6 +41,13 @@ fn route_rows(router: &Router) -> Vec<RouteRow> {
         .collect()
 }
 
+/// The key of a layer's packed entries in the chunk index: the layer's
+/// digest and the version of the reading of its entries (version 2 reads
+/// PAX sparse files expanded, where version 1 read their raw data).
+fn entries_key(digest: &Digest) -> String {
+    format!("{digest} entries-v2")
+}
+
 /// `-image REF -flist OUT -store URL...`: index the image's merged tree into
 /// an flist, its content into the stores.
 ///
@@ -61,7 +68,7 @@ pub fn pack_image(
     let known = KnownChunks::load(workdir.root(), &router)?;
     let mut reused: Vec<HashMap<u32, Vec<ChunkRef>>> = Vec::with_capacity(layers.len());
     for digest in digests {
-        let mut entries = known.layer_entries(&digest.to_string())?;
+        let mut entries = known.layer_entries(&entries_key(digest))?;
         entries.retain(|_, chunks| chunks.iter().all(|c| known.all_have(&router, &c.id)));
         reused.push(entries);
     }
@@ -120,7 +127,7 @@ pub fn pack_image(
     known.save_layer_entries(
         &packed
             .iter()
-            .map(|(&(layer, entry), chunks)| (digests[layer].to_string(), entry, chunks.clone()))
+            .map(|(&(layer, entry), chunks)| (entries_key(&digests[layer]), entry, chunks.clone()))
             .collect::<Vec<_>>(),
     )?;
     let mut blocks = HashMap::new();
