@@ -246,15 +246,17 @@ pub fn read_all(layers: &[LayerBlob]) -> Result<Vec<Vec<Change>>> {
     Ok(out)
 }
 
-/// xattr namespaces overlayfs acts on: image content must not set them
-/// (a layer marking a directory `trusted.overlay.opaque` would hide the
-/// lower layers' content under `-mount`), so they are dropped, as umoci
-/// refuses them.
-const OVERLAY_XATTRS: [&[u8]; 2] = [b"trusted.overlay.", b"user.overlay."];
+/// The xattr namespace overlayfs acts on in the layer directories of a
+/// root `-mount`: image content must not set it (a layer marking a
+/// directory `trusted.overlay.opaque` would hide the lower layers' content),
+/// so it is dropped with a warning, as umoci drops it. `user.overlay.*`
+/// is kept, as umoci keeps it: overlayfs reads it only on mounts with
+/// `userxattr`, which flmount does not make.
+const OVERLAY_XATTRS: &[u8] = b"trusted.overlay.";
 
 /// Whether an xattr name is one overlayfs acts on.
 pub fn is_overlay_xattr(name: &[u8]) -> bool {
-    OVERLAY_XATTRS.iter().any(|p| name.starts_with(p))
+    name.starts_with(OVERLAY_XATTRS)
 }
 
 /// Turns a tar member into a change, or `None` for members flmount
