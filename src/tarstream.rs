@@ -232,7 +232,7 @@ impl<R: Read> TarReader<R> {
 
     /// Skips what is left of the current member.
     fn finish_member(&mut self) -> io::Result<()> {
-        let n = self.content.stored + self.content.padding;
+        let n = self.content.stored.saturating_add(self.content.padding);
         self.content = Content::default();
         self.discard(n)
     }
