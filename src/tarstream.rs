@@ -663,6 +663,16 @@ fn validate_sparse(regions: &[Region], size: u64, stored: u64) -> io::Result<()>
             "a sparse file of {size} bytes, more than the {MAX_SPARSE_SIZE} accepted"
         )));
     }
+    // GNU tar reads each region's data from a block boundary, Go's
+    // archive/tar reads them back to back: they agree (and GNU tar writes
+    // them) only when every region with data but the last fills whole blocks.
+    let with_data: Vec<&Region> = regions.iter().filter(|r| r.len > 0).collect();
+    if let Some(r) = with_data.iter().rev().skip(1).find(|r| r.len % BLOCK as u64 != 0) {
+        return Err(invalid(format!(
+            "a sparse region of {} bytes at {}, not whole 512-byte blocks: tar readers disagree on such maps",
+            r.len, r.offset
+        )));
+    }
     let mut end = 0u64;
     let mut total = 0u64;
     for r in regions {
@@ -766,59 +776,59 @@ mod tests {
 
     #[test]
     fn old_gnu_sparse_with_extended_headers() {
-        // Ten regions of 3 bytes every 1000 bytes: 4 in the header, 6 in
+        // Ten regions of 512 bytes every 4096 bytes: 4 in the header, 6 in
         // one extended header.
         let mut h = tar::Header::new_gnu();
         h.set_path("sparse").unwrap();
         h.set_mode(0o644);
         h.set_entry_type(tar::EntryType::GNUSparse);
-        h.set_size(30);
+        h.set_size(5120);
         let mut raw = *h.as_bytes();
         let field = |v: u64, out: &mut [u8]| {
             let s = format!("{v:011o}\0");
             out.copy_from_slice(s.as_bytes());
         };
         for i in 0..4 {
-            field(i as u64 * 1000, &mut raw[386 + i * 24..398 + i * 24]);
-            field(3, &mut raw[398 + i * 24..410 + i * 24]);
+            field(i as u64 * 4096, &mut raw[386 + i * 24..398 + i * 24]);
+            field(512, &mut raw[398 + i * 24..410 + i * 24]);
         }
         raw[482] = 1;
-        field(10_000, &mut raw[483..495]);
+        field(50_000, &mut raw[483..495]);
         let mut h2 = tar::Header::from_byte_slice(&raw).clone();
         h2.set_cksum();
         let mut data = h2.as_bytes().to_vec();
         let mut ext = [0u8; BLOCK];
         for i in 0..6 {
-            field((i as u64 + 4) * 1000, &mut ext[i * 24..i * 24 + 12]);
-            field(3, &mut ext[i * 24 + 12..i * 24 + 24]);
+            field((i as u64 + 4) * 4096, &mut ext[i * 24..i * 24 + 12]);
+            field(512, &mut ext[i * 24 + 12..i * 24 + 24]);
         }
         data.extend_from_slice(&ext);
-        let stored: Vec<u8> = (0..30u8).map(|b| b + 1).collect();
+        let stored: Vec<u8> = (0..5120u32).map(|b| (b % 251) as u8 + 1).collect();
         data.extend_from_slice(&stored);
-        data.resize(data.len() + padding(30) as usize, 0);
         data.extend(with_data(header(b'0', "after", 2), b"ok"));
         data.extend_from_slice(&[0; 1024]);
         let members = read_all(&data).unwrap();
         assert_eq!(members.len(), 2, "{members:?}");
         let (m, content) = &members[0];
-        assert_eq!((m.kind, m.size, m.sparse), (b'0', 10_000, true));
-        assert_eq!(content.len(), 10_000);
+        assert_eq!((m.kind, m.size, m.sparse), (b'0', 50_000, true));
+        assert_eq!(content.len(), 50_000);
         for i in 0..10 {
-            let at = i * 1000;
-            assert_eq!(&content[at..at + 3], &stored[i * 3..i * 3 + 3]);
-            assert!(content[at + 3..at + 1000].iter().all(|&b| b == 0));
+            let at = i * 4096;
+            assert_eq!(&content[at..at + 512], &stored[i * 512..i * 512 + 512]);
+            assert!(content[at + 512..(at + 4096).min(50_000)].iter().all(|&b| b == 0));
         }
+        assert!(content[40960..].iter().all(|&b| b == 0));
         assert_eq!(members[1].1, b"ok");
     }
 
     #[test]
     fn pax_sparse_formats() {
-        let stored = b"HELLOWORLD";
-        let regions = [(100u64, 5u64), (5000, 5)];
+        let stored: Vec<u8> = [vec![b'H'; 512], b"WORLD".to_vec()].concat();
+        let regions = [(1024u64, 512u64), (5000, 5)];
         let real = 8000u64;
         let expected = {
             let mut v = vec![0u8; real as usize];
-            v[100..105].copy_from_slice(b"HELLO");
+            v[1024..1536].copy_from_slice(&stored[..512]);
             v[5000..5005].copy_from_slice(b"WORLD");
             v
         };
@@ -833,23 +843,23 @@ mod tests {
             vec![
                 record(b"GNU.sparse.size", b"8000"),
                 record(b"GNU.sparse.numblocks", b"2"),
-                record(b"GNU.sparse.offset", b"100"),
-                record(b"GNU.sparse.numbytes", b"5"),
+                record(b"GNU.sparse.offset", b"1024"),
+                record(b"GNU.sparse.numbytes", b"512"),
                 record(b"GNU.sparse.offset", b"5000"),
                 record(b"GNU.sparse.numbytes", b"5"),
             ],
             "f",
-            stored,
+            &stored,
         );
         let v01 = pax_member(
             vec![
                 record(b"GNU.sparse.size", b"8000"),
                 record(b"GNU.sparse.numblocks", b"2"),
                 record(b"GNU.sparse.name", b"f"),
-                record(b"GNU.sparse.map", b"100,5,5000,5"),
+                record(b"GNU.sparse.map", b"1024,512,5000,5"),
             ],
             "GNUSparseFile.1/f",
-            stored,
+            &stored,
         );
         let mut map = format!("{}\n", regions.len());
         for (o, l) in regions {
@@ -857,7 +867,7 @@ mod tests {
         }
         let mut data10 = map.into_bytes();
         data10.resize(BLOCK, 0);
-        data10.extend_from_slice(stored);
+        data10.extend_from_slice(&stored);
         let v10 = pax_member(
             vec![
                 record(b"GNU.sparse.major", b"1"),
@@ -875,17 +885,28 @@ mod tests {
             assert_eq!(m.size, real, "{version}");
             assert!(content == &expected, "{version}: content differs");
         }
+        // Regions that do not fill whole blocks before the last: refused.
+        let unaligned = pax_member(
+            vec![
+                record(b"GNU.sparse.size", b"8000"),
+                record(b"GNU.sparse.map", b"100,5,5000,512"),
+            ],
+            "f",
+            &stored,
+        );
+        let err = read_all(&unaligned).unwrap_err();
+        assert!(err.to_string().contains("not whole 512-byte blocks"), "{err}");
     }
 
     #[test]
     fn bad_sparse_maps_are_refused() {
         let recs = [
-            record(b"GNU.sparse.size", b"10"),
-            record(b"GNU.sparse.map", b"0,5,3,5"),
+            record(b"GNU.sparse.size", b"1000"),
+            record(b"GNU.sparse.map", b"0,512,100,5"),
         ]
         .concat();
         let mut data = with_data(header(b'x', "p", recs.len() as u64), &recs);
-        data.extend(with_data(header(b'0', "f", 10), b"0123456789"));
+        data.extend(with_data(header(b'0', "f", 517), &[1; 517]));
         assert!(read_all(&data).unwrap_err().to_string().contains("overlapping"));
         let recs = [
             record(b"GNU.sparse.size", b"1099511627777"),
