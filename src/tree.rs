@@ -3,9 +3,10 @@
 //! directories, tar export) reads its result, so the rules live here only.
 //!
 //! The rules:
-//! - A layer's whiteouts (`.wh.NAME`) and opaque markers (`.wh..wh..opq`)
-//!   apply to lower layers only, whatever their order in the layer: they are
-//!   applied first, then the layer's entries in order.
+//! - A layer's changes apply in stream order, as umoci and containerd apply
+//!   them; its whiteouts (`.wh.NAME`) and opaque markers (`.wh..wh..opq`)
+//!   remove only what lower layers put there, never the layer's own
+//!   entries (nor the directories leading to them).
 //! - An entry replaces whatever is at its path (a directory with its whole
 //!   subtree), except a directory over a directory, which changes only the
 //!   metadata and keeps the children. Duplicate entries: the last wins.
