@@ -84,7 +84,7 @@ pub fn pack_image(
                 let all_reused = |changes: &Vec<Change>| {
                     changes.iter().all(|c| match c {
                         Change::Add(e) => match e.kind {
-                            Kind::File { size } if size > 0 => reused[layer].contains_key(&e.index),
+                            Kind::File { size, .. } if size > 0 => reused[layer].contains_key(&e.index),
                             _ => true,
                         },
                         _ => true,
@@ -98,7 +98,7 @@ pub fn pack_image(
                 layers[layer]
                     .for_each(|change, reader| {
                         if let Change::Add(e) = &change {
-                            if let Kind::File { size } = e.kind {
+                            if let Kind::File { size, .. } = e.kind {
                                 if size > 0 && !reused[layer].contains_key(&e.index) {
                                     sink((layer, e.index), size, reader).with_context(|| {
                                         format!("packing {}", String::from_utf8_lossy(&e.path))
@@ -277,8 +277,14 @@ pub fn unpack(
         rt: Handle::current(),
         threads: chunk_threads(),
     };
+    // The flist's all-zero chunks (a sparse file's holes) stay holes.
     let stats = extract::into_target(target, force, |dir| {
-        extract::write_plan(&plan, &content, dir, &WriteOptions::default())
+        extract::write_plan(
+            &plan,
+            &extract::KeepHoles(&content),
+            dir,
+            &WriteOptions::default(),
+        )
     })
     .with_context(|| format!("unpacking {} into {}", flist_path.display(), target.display()))?;
     content.rt.block_on(cache.flush());

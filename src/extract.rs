@@ -223,12 +223,13 @@ pub fn write_plan(
             let (root, stop, fail, counters) = (&root, &stop, &fail, &counters);
             scope.spawn(move || {
                 let mut dirs = Dirs::new(root);
-                while let Ok((index, data)) = rx.recv() {
+                while let Ok((index, data, holes)) = rx.recv() {
                     if stop.load(Ordering::Relaxed) {
                         continue;
                     }
                     let content = data.as_deref().map(Content::Bytes);
-                    if let Err(e) = create_inode(&mut dirs, &plan.inodes[index], content, opts, counters) {
+                    let inode = &plan.inodes[index];
+                    if let Err(e) = create_inode(&mut dirs, inode, content, holes, opts, counters) {
                         fail(e);
                     }
                 }
@@ -239,7 +240,7 @@ pub fn write_plan(
         scope.spawn(move || {
             for (i, inode) in plan.inodes.iter().enumerate() {
                 if !matches!(inode.kind, InodeKind::File { source: Some(_), .. })
-                    && plain.send((i, None)).is_err()
+                    && plain.send((i, None, false)).is_err()
                 {
                     break;
                 }
@@ -255,17 +256,19 @@ pub fn write_plan(
             let InodeKind::File { size, .. } = inode.kind else {
                 return Ok(());
             };
+            let holes = HOLES.get();
             if size <= SMALL_FILE {
                 let mut data = Vec::with_capacity(size as usize);
                 reader.take(size).read_to_end(&mut data)?;
                 shards
-                    .send((index, Some(data)))
+                    .send((index, Some(data), holes))
                     .map_err(|_| anyhow!("writers stopped"))
             } else {
                 create_inode(
                     &mut Dirs::new(&root),
                     inode,
                     Some(Content::Stream(reader)),
+                    holes,
                     opts,
                     &counters,
                 )
@@ -345,7 +348,8 @@ impl ContentSource for LayerContent<'_> {
                 let Some(&index) = wanted.get(&entry.index) else {
                     return Ok(());
                 };
-                sink(index, reader)?;
+                let sparse = matches!(entry.kind, crate::layer::Kind::File { sparse: true, .. });
+                with_holes(sparse, || sink(index, reader))?;
                 remaining -= 1;
                 if remaining == 0 {
                     bail!(Finished);
@@ -403,8 +407,37 @@ pub(crate) fn join_all(handles: Vec<std::thread::ScopedJoinHandle<'_, Result<()>
     first
 }
 
-/// A file to create: the plan's inode index and its content, if small.
-type Job = (usize, Option<Vec<u8>>);
+/// A file to create: the plan's inode index, its content if small, and
+/// whether blocks of zeros are to be left as holes.
+type Job = (usize, Option<Vec<u8>>, bool);
+
+thread_local! {
+    /// Whether the content a source hands over on this thread may keep
+    /// holes (see [`with_holes`]).
+    static HOLES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (a sink call) with blocks of zeros in the content delivered
+/// left as holes, or written (the default): holes are kept where the
+/// content says so (a sparse tar entry, an flist's chunks), and nowhere
+/// else, so a plain file of zeros takes its space as with `tar -x`.
+pub fn with_holes<T>(holes: bool, f: impl FnOnce() -> T) -> T {
+    let before = HOLES.replace(holes);
+    let out = f();
+    HOLES.set(before);
+    out
+}
+
+/// A content source whose files keep their holes: blocks of zeros are
+/// skipped (an flist's all-zero chunks and a sparse file's holes).
+pub struct KeepHoles<'a>(pub &'a dyn ContentSource);
+
+impl ContentSource for KeepHoles<'_> {
+    fn deliver(&self, plan: &Plan, sink: &(dyn Fn(usize, &mut dyn Read) -> Result<()> + Sync)) -> Result<()> {
+        self.0
+            .deliver(plan, &|i, reader| with_holes(true, || sink(i, reader)))
+    }
+}
 
 /// Routes jobs to workers by parent directory: creating entries in one
 /// directory serialises on that directory's lock in the kernel, so each
@@ -445,12 +478,13 @@ fn create_inode(
     dirs: &mut Dirs,
     inode: &PlanInode,
     content: Option<Content>,
+    holes: bool,
     opts: &WriteOptions,
     counters: &Counters,
 ) -> Result<()> {
     let path = &inode.paths[0];
     let (parent, name) = dirs.parent(path)?;
-    let created = create_one(parent, &name, inode, content, opts, counters)
+    let created = create_one(parent, &name, inode, content, holes, opts, counters)
         .with_context(|| format!("creating {}", show(path)))?;
     if !created {
         return Ok(());
@@ -472,6 +506,7 @@ fn create_one(
     name: &CString,
     inode: &PlanInode,
     content: Option<Content>,
+    holes: bool,
     opts: &WriteOptions,
     counters: &Counters,
 ) -> Result<bool> {
@@ -488,11 +523,11 @@ fn create_one(
             let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
             let written = match content {
                 Some(Content::Bytes(b)) => {
-                    let mut out = SparseWriter::new(&file);
+                    let mut out = SparseWriter::new(&file, holes);
                     out.write(b)?;
                     out.finish()?
                 }
-                Some(Content::Stream(r)) => copy_large(r, &file)?,
+                Some(Content::Stream(r)) => copy_large(r, &file, holes)?,
                 None => 0,
             };
             counters.bytes.fetch_add(written, Ordering::Relaxed);
@@ -552,12 +587,12 @@ fn create_at(parent: RawFd, name: &CString, create: impl Fn() -> libc::c_int) ->
 }
 
 /// Streams a large file with few, large writes.
-fn copy_large(reader: &mut dyn Read, file: &std::fs::File) -> Result<u64> {
+fn copy_large(reader: &mut dyn Read, file: &std::fs::File, holes: bool) -> Result<u64> {
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 1 << 20]);
     }
     BUF.with_borrow_mut(|buf| {
-        let mut out = SparseWriter::new(file);
+        let mut out = SparseWriter::new(file, holes);
         loop {
             let mut filled = 0;
             while filled < buf.len() {
@@ -575,12 +610,13 @@ fn copy_large(reader: &mut dyn Read, file: &std::fs::File) -> Result<u64> {
     })
 }
 
-/// Holes are kept: filesystem blocks of zeros (a sparse file's holes, an
-/// flist's all-zero chunks, any run of zeros) are skipped, not written,
-/// and the file is given its length at the end, as `cp --sparse=always`
-/// and GNU tar do. The content reads the same; the zeros take no space.
+/// Writes a file's content; with `holes`, filesystem blocks of zeros (a
+/// sparse file's holes, an flist's all-zero chunks) are skipped, not
+/// written, and the file is given its length at the end, as GNU tar does.
+/// The content reads the same; the zeros take no space.
 pub(crate) struct SparseWriter<'f> {
     file: &'f std::fs::File,
+    holes: bool,
     pos: u64,
     /// Where the last write ended.
     written: u64,
@@ -596,9 +632,10 @@ pub(crate) fn is_zero(data: &[u8]) -> bool {
 }
 
 impl<'f> SparseWriter<'f> {
-    pub(crate) fn new(file: &'f std::fs::File) -> Self {
+    pub(crate) fn new(file: &'f std::fs::File, holes: bool) -> Self {
         SparseWriter {
             file,
+            holes,
             pos: 0,
             written: 0,
         }
@@ -607,6 +644,12 @@ impl<'f> SparseWriter<'f> {
     /// Writes the next bytes of the file, skipping whole blocks of zeros.
     pub(crate) fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
+        if !self.holes {
+            self.file.write_all_at(data, self.pos)?;
+            self.pos += data.len() as u64;
+            self.written = self.pos;
+            return Ok(());
+        }
         let mut rest = data;
         while !rest.is_empty() {
             // Up to the next block boundary of the file, then block by block.

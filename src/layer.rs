@@ -47,6 +47,8 @@ pub struct Meta {
 pub enum Kind {
     File {
         size: u64,
+        /// Stored sparse: the tar says where its holes are.
+        sparse: bool,
     },
     Dir,
     Symlink {
@@ -306,7 +308,10 @@ fn classify(member: crate::tarstream::Member, index: u32) -> Result<Option<Chang
     };
     let (major, minor) = (member.dev_major, member.dev_minor);
     let kind = match member.kind {
-        b'0' | b'7' => Kind::File { size: member.size },
+        b'0' | b'7' => Kind::File {
+            size: member.size,
+            sparse: member.sparse,
+        },
         b'5' => Kind::Dir,
         b'2' => Kind::Symlink { target: link()? },
         b'1' => Kind::Hardlink { target: link()? },
@@ -539,7 +544,13 @@ mod tests {
         // `.wh..wh.plnk/1` is a regular entry below an aufs dir name, kept as is.
         let Change::Add(su) = &changes[4] else { panic!() };
         assert_eq!((&*su.path, su.meta.mode, su.index), (&b"bin/su"[..], 0o4755, 4));
-        assert_eq!(su.kind, Kind::File { size: 3 });
+        assert_eq!(
+            su.kind,
+            Kind::File {
+                size: 3,
+                sparse: false
+            }
+        );
         let Change::Add(link) = &changes[5] else { panic!() };
         assert_eq!(
             link.kind,

@@ -365,7 +365,7 @@ impl Tree {
                 }
                 self.nodes[target_node].inode
             }
-            Kind::File { size } => {
+            Kind::File { size, .. } => {
                 let source = (*size > 0).then_some(Source::Layer {
                     layer,
                     entry: entry.index,
@@ -627,7 +627,7 @@ mod tests {
         })
     }
     fn file(i: u32, path: &str, size: u64) -> Change {
-        add(i, path, Kind::File { size })
+        add(i, path, Kind::File { size, sparse: false })
     }
     fn dir(i: u32, path: &str) -> Change {
         add(i, path, Kind::Dir)
