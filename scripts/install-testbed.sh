@@ -18,6 +18,9 @@ packages=(
   util-linux      # setpriv: reading a FUSE mount as another user
   runc            # runs the OCI runtime bundles -bundle writes
   time            # GNU time: peak memory of a run (reliability tests)
+  attr            # setfattr: xattr fixtures (tests/exact.rs)
+  acl             # setfacl: ACL fixtures (tests/exact.rs)
+  libcap2-bin     # setcap: capability fixtures (tests/exact.rs)
   ca-certificates
 )
 
