@@ -11,6 +11,9 @@ packages=(
   umoci           # builds images; the reference extractor
   busybox-static  # a real program for fixture images
   openssl         # self-signed certificates, token signing
+  attr            # setfattr: xattr fixtures (tests/exact.rs)
+  acl             # setfacl: ACL fixtures (tests/exact.rs)
+  libcap2-bin     # setcap: capability fixtures (tests/exact.rs)
   curl            # readiness checks in scripts
   debootstrap     # the realistic benchmark image (scripts/bench-image.sh)
   redis-server    # a zdb-protocol chunk store peer

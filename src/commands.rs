@@ -41,6 +41,13 @@ fn route_rows(router: &Router) -> Vec<RouteRow> {
         .collect()
 }
 
+/// The key of a layer's packed entries in the chunk index: the layer's
+/// digest and the version of the reading of its entries (version 2 reads
+/// PAX sparse files expanded, where version 1 read their raw data).
+fn entries_key(digest: &Digest) -> String {
+    format!("{digest} entries-v2")
+}
+
 /// `-image REF -flist OUT -store URL...`: index the image's merged tree into
 /// an flist, its content into the stores.
 ///
@@ -61,7 +68,7 @@ pub fn pack_image(
     let known = KnownChunks::load(workdir.root(), &router, &Handle::current())?;
     let mut reused: Vec<HashMap<u32, Vec<ChunkRef>>> = Vec::with_capacity(layers.len());
     for digest in digests {
-        let mut entries = known.layer_entries(&digest.to_string())?;
+        let mut entries = known.layer_entries(&entries_key(digest))?;
         entries.retain(|_, chunks| chunks.iter().all(|c| known.all_have(&router, &c.id)));
         reused.push(entries);
     }
@@ -77,7 +84,7 @@ pub fn pack_image(
                 let all_reused = |changes: &Vec<Change>| {
                     changes.iter().all(|c| match c {
                         Change::Add(e) => match e.kind {
-                            Kind::File { size } if size > 0 => reused[layer].contains_key(&e.index),
+                            Kind::File { size, .. } if size > 0 => reused[layer].contains_key(&e.index),
                             _ => true,
                         },
                         _ => true,
@@ -91,7 +98,7 @@ pub fn pack_image(
                 layers[layer]
                     .for_each(|change, reader| {
                         if let Change::Add(e) = &change {
-                            if let Kind::File { size } = e.kind {
+                            if let Kind::File { size, .. } = e.kind {
                                 if size > 0 && !reused[layer].contains_key(&e.index) {
                                     sink((layer, e.index), size, reader).with_context(|| {
                                         format!("packing {}", String::from_utf8_lossy(&e.path))
@@ -120,7 +127,7 @@ pub fn pack_image(
     known.save_layer_entries(
         &packed
             .iter()
-            .map(|(&(layer, entry), chunks)| (digests[layer].to_string(), entry, chunks.clone()))
+            .map(|(&(layer, entry), chunks)| (entries_key(&digests[layer]), entry, chunks.clone()))
             .collect::<Vec<_>>(),
     )?;
     let mut blocks = HashMap::new();
@@ -270,8 +277,14 @@ pub fn unpack(
         rt: Handle::current(),
         threads: chunk_threads(),
     };
+    // The flist's all-zero chunks (a sparse file's holes) stay holes.
     let stats = extract::into_target(target, force, |dir| {
-        extract::write_plan(&plan, &content, dir, &WriteOptions::default())
+        extract::write_plan(
+            &plan,
+            &extract::KeepHoles(&content),
+            dir,
+            &WriteOptions::default(),
+        )
     })
     .with_context(|| format!("unpacking {} into {}", flist_path.display(), target.display()))?;
     content.rt.block_on(cache.flush());

@@ -157,19 +157,27 @@ fn write_entry<W: Write>(
     content: impl Read,
     link: Option<&[u8]>,
 ) -> Result<()> {
-    let mut pax: Vec<(String, Vec<u8>)> = meta
+    // Keys as bytes: an xattr name need not be UTF-8.
+    let mut pax: Vec<(Vec<u8>, Vec<u8>)> = meta
         .xattrs
         .iter()
-        .map(|(k, v)| (format!("SCHILY.xattr.{}", String::from_utf8_lossy(k)), v.to_vec()))
+        .map(|(k, v)| ([b"SCHILY.xattr.".as_slice(), k].concat(), v.to_vec()))
         .collect();
     if meta.mtime.nsec != 0 {
         pax.push((
-            "mtime".into(),
+            b"mtime".to_vec(),
             format!("{}.{:09}", meta.mtime.sec, meta.mtime.nsec).into_bytes(),
         ));
     }
     if !pax.is_empty() {
-        tar.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+        let records: Vec<u8> = pax.iter().flat_map(|(k, v)| pax_record(k, v)).collect();
+        let mut x = Header::new_ustar();
+        x.set_path("././@PaxHeader")?;
+        x.set_size(records.len() as u64);
+        x.set_entry_type(EntryType::XHeader);
+        x.set_mode(0o644);
+        x.set_cksum();
+        tar.append(&x, records.as_slice())?;
     }
     let os_path = std::ffi::OsStr::from_bytes(path);
     let shown = || String::from_utf8_lossy(path).into_owned();
@@ -180,5 +188,35 @@ fn write_entry<W: Write>(
         None => tar
             .append_data(&mut h, os_path, content)
             .with_context(|| format!("writing {}", shown())),
+    }
+}
+
+/// One PAX record: `"<len> <key>=<value>\n"`, `<len>` counting itself.
+fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let rest = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = rest + 1;
+    while len != rest + len.to_string().len() {
+        len = rest + len.to_string().len();
+    }
+    let mut out = format!("{len} ").into_bytes();
+    out.extend_from_slice(key);
+    out.push(b'=');
+    out.extend_from_slice(value);
+    out.push(b'\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn pax_records_count_their_own_length() {
+        for (k, v) in [
+            (&b"a"[..], &b"b"[..]),
+            (b"SCHILY.xattr.user.\xff", &[b'x'; 95][..]),
+        ] {
+            let r = super::pax_record(k, v);
+            let parsed = crate::tarstream::parse_pax(&r).unwrap();
+            assert_eq!(parsed, vec![(k.to_vec(), v.to_vec())]);
+        }
     }
 }

@@ -17,7 +17,7 @@
 //! mtimes stick.
 
 use std::ffi::CString;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -224,7 +224,7 @@ pub fn write_plan(
             let (root, stop, fail, counters) = (&root, &stop, &fail, &counters);
             scope.spawn(move || {
                 let mut dirs = Dirs::new(root);
-                while let Ok((index, data)) = rx.recv() {
+                while let Ok((index, data, holes)) = rx.recv() {
                     if stop.load(Ordering::Relaxed) {
                         continue;
                     }
@@ -233,7 +233,8 @@ pub fn write_plan(
                         continue;
                     }
                     let content = data.as_deref().map(Content::Bytes);
-                    if let Err(e) = create_inode(&mut dirs, &plan.inodes[index], content, opts, counters) {
+                    let inode = &plan.inodes[index];
+                    if let Err(e) = create_inode(&mut dirs, inode, content, holes, opts, counters) {
                         fail(e);
                     }
                 }
@@ -244,7 +245,7 @@ pub fn write_plan(
         scope.spawn(move || {
             for (i, inode) in plan.inodes.iter().enumerate() {
                 if !matches!(inode.kind, InodeKind::File { source: Some(_), .. })
-                    && plain.send((i, None)).is_err()
+                    && plain.send((i, None, false)).is_err()
                 {
                     break;
                 }
@@ -261,17 +262,19 @@ pub fn write_plan(
             let InodeKind::File { size, .. } = inode.kind else {
                 return Ok(());
             };
+            let holes = HOLES.get();
             if size <= SMALL_FILE {
                 let mut data = Vec::with_capacity(size as usize);
                 reader.take(size).read_to_end(&mut data)?;
                 shards
-                    .send((index, Some(data)))
+                    .send((index, Some(data), holes))
                     .map_err(|_| anyhow!("writers stopped"))
             } else {
                 create_inode(
                     &mut Dirs::new(&root),
                     inode,
                     Some(Content::Stream(reader)),
+                    holes,
                     opts,
                     &counters,
                 )
@@ -297,6 +300,11 @@ pub fn write_plan(
                 .with_context(|| format!("marking {} opaque", show(&dir.path)))?;
         }
         if dir.implicit {
+            // A parent no entry names: 0755 and root's, as umoci and
+            // containerd create it (mkdir made it 0700).
+            // SAFETY: valid fd.
+            check(unsafe { libc::fchmod(fd, dir.meta.mode & 0o7777) })
+                .with_context(|| format!("setting the mode of {}", show(&dir.path)))?;
             continue;
         }
         apply_meta_fd(fd, &dir.meta, opts, None)
@@ -346,7 +354,8 @@ impl ContentSource for LayerContent<'_> {
                 let Some(&index) = wanted.get(&entry.index) else {
                     return Ok(());
                 };
-                sink(index, reader)?;
+                let sparse = matches!(entry.kind, crate::layer::Kind::File { sparse: true, .. });
+                with_holes(sparse, || sink(index, reader))?;
                 remaining -= 1;
                 if remaining == 0 {
                     bail!(Finished);
@@ -404,8 +413,37 @@ pub(crate) fn join_all(handles: Vec<std::thread::ScopedJoinHandle<'_, Result<()>
     first
 }
 
-/// A file to create: the plan's inode index and its content, if small.
-type Job = (usize, Option<Vec<u8>>);
+/// A file to create: the plan's inode index, its content if small, and
+/// whether blocks of zeros are to be left as holes.
+type Job = (usize, Option<Vec<u8>>, bool);
+
+thread_local! {
+    /// Whether the content a source hands over on this thread may keep
+    /// holes (see [`with_holes`]).
+    static HOLES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` (a sink call) with blocks of zeros in the content delivered
+/// left as holes, or written (the default): holes are kept where the
+/// content says so (a sparse tar entry, an flist's chunks), and nowhere
+/// else, so a plain file of zeros takes its space as with `tar -x`.
+pub fn with_holes<T>(holes: bool, f: impl FnOnce() -> T) -> T {
+    let before = HOLES.replace(holes);
+    let out = f();
+    HOLES.set(before);
+    out
+}
+
+/// A content source whose files keep their holes: blocks of zeros are
+/// skipped (an flist's all-zero chunks and a sparse file's holes).
+pub struct KeepHoles<'a>(pub &'a dyn ContentSource);
+
+impl ContentSource for KeepHoles<'_> {
+    fn deliver(&self, plan: &Plan, sink: &(dyn Fn(usize, &mut dyn Read) -> Result<()> + Sync)) -> Result<()> {
+        self.0
+            .deliver(plan, &|i, reader| with_holes(true, || sink(i, reader)))
+    }
+}
 
 /// Routes jobs to workers by parent directory: creating entries in one
 /// directory serialises on that directory's lock in the kernel, so each
@@ -446,12 +484,13 @@ fn create_inode(
     dirs: &mut Dirs,
     inode: &PlanInode,
     content: Option<Content>,
+    holes: bool,
     opts: &WriteOptions,
     counters: &Counters,
 ) -> Result<()> {
     let path = &inode.paths[0];
     let (parent, name) = dirs.parent(path)?;
-    let created = create_one(parent, &name, inode, content, opts, counters)
+    let created = create_one(parent, &name, inode, content, holes, opts, counters)
         .with_context(|| format!("creating {}", show(path)))?;
     if !created {
         return Ok(());
@@ -473,6 +512,7 @@ fn create_one(
     name: &CString,
     inode: &PlanInode,
     content: Option<Content>,
+    holes: bool,
     opts: &WriteOptions,
     counters: &Counters,
 ) -> Result<bool> {
@@ -486,13 +526,14 @@ fn create_one(
                 libc::openat(parent, name.as_ptr(), flags, perms)
             })?;
             // SAFETY: openat returned a new fd we own.
-            let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
             let written = match content {
                 Some(Content::Bytes(b)) => {
-                    file.write_all(b)?;
-                    b.len() as u64
+                    let mut out = SparseWriter::new(&file, holes);
+                    out.write(b)?;
+                    out.finish()?
                 }
-                Some(Content::Stream(r)) => copy_large(r, &mut file)?,
+                Some(Content::Stream(r)) => copy_large(r, &file, holes)?,
                 None => 0,
             };
             counters.bytes.fetch_add(written, Ordering::Relaxed);
@@ -552,12 +593,12 @@ fn create_at(parent: RawFd, name: &CString, create: impl Fn() -> libc::c_int) ->
 }
 
 /// Streams a large file with few, large writes.
-fn copy_large(reader: &mut dyn Read, file: &mut std::fs::File) -> Result<u64> {
+fn copy_large(reader: &mut dyn Read, file: &std::fs::File, holes: bool) -> Result<u64> {
     thread_local! {
         static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 1 << 20]);
     }
     BUF.with_borrow_mut(|buf| {
-        let mut total = 0u64;
+        let mut out = SparseWriter::new(file, holes);
         loop {
             let mut filled = 0;
             while filled < buf.len() {
@@ -568,12 +609,84 @@ fn copy_large(reader: &mut dyn Read, file: &mut std::fs::File) -> Result<u64> {
                 filled += n;
             }
             if filled == 0 {
-                return Ok(total);
+                return out.finish();
             }
-            file.write_all(&buf[..filled])?;
-            total += filled as u64;
+            out.write(&buf[..filled])?;
         }
     })
+}
+
+/// Writes a file's content; with `holes`, filesystem blocks of zeros (a
+/// sparse file's holes, an flist's all-zero chunks) are skipped, not
+/// written, and the file is given its length at the end, as GNU tar does.
+/// The content reads the same; the zeros take no space.
+pub(crate) struct SparseWriter<'f> {
+    file: &'f std::fs::File,
+    holes: bool,
+    pos: u64,
+    /// Where the last write ended.
+    written: u64,
+}
+
+/// The granularity of holes: a filesystem block.
+const HOLE: usize = 4096;
+
+/// Whether `data` is all zeros (compared with zeros, which memcmp does fast).
+pub(crate) fn is_zero(data: &[u8]) -> bool {
+    static ZEROS: [u8; HOLE] = [0; HOLE];
+    data.chunks(HOLE).all(|c| c == &ZEROS[..c.len()])
+}
+
+impl<'f> SparseWriter<'f> {
+    pub(crate) fn new(file: &'f std::fs::File, holes: bool) -> Self {
+        SparseWriter {
+            file,
+            holes,
+            pos: 0,
+            written: 0,
+        }
+    }
+
+    /// Writes the next bytes of the file, skipping whole blocks of zeros.
+    pub(crate) fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if !self.holes {
+            self.file.write_all_at(data, self.pos)?;
+            self.pos += data.len() as u64;
+            self.written = self.pos;
+            return Ok(());
+        }
+        let mut rest = data;
+        while !rest.is_empty() {
+            // Up to the next block boundary of the file, then block by block.
+            let first = HOLE - (self.pos % HOLE as u64) as usize;
+            let mut end = first.min(rest.len());
+            let zero = end == HOLE && is_zero(&rest[..end]);
+            while end < rest.len() {
+                let next = (end + HOLE).min(rest.len());
+                let block_zero = next - end == HOLE && is_zero(&rest[end..next]);
+                if block_zero != zero {
+                    break;
+                }
+                end = next;
+            }
+            if !zero {
+                self.file.write_all_at(&rest[..end], self.pos)?;
+                self.written = self.pos + end as u64;
+            }
+            self.pos += end as u64;
+            rest = &rest[end..];
+        }
+        Ok(())
+    }
+
+    /// Gives the file its length (a final hole); returns it.
+    pub(crate) fn finish(self) -> Result<u64> {
+        if self.written != self.pos {
+            self.file.set_len(self.pos)?;
+        }
+        Ok(self.pos)
+    }
 }
 
 /// The process umask, read once (from /proc: reading it with umask(2)

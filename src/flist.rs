@@ -384,6 +384,14 @@ impl Flist {
                     value_bytes(r.get_ref(1)?)?,
                     value_bytes(r.get_ref(2)?)?,
                 );
+                if crate::layer::is_overlay_xattr(&name) {
+                    tracing::warn!(
+                        ino,
+                        "ignoring the xattr {} the flist holds: overlayfs would act on it",
+                        String::from_utf8_lossy(&name)
+                    );
+                    continue;
+                }
                 xattrs.entry(ino).or_default().push((name.into(), value.into()));
             }
             let mut stmt = self.conn.prepare("SELECT ino, mtime_nsec FROM fl_time")?;

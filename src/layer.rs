@@ -47,6 +47,8 @@ pub struct Meta {
 pub enum Kind {
     File {
         size: u64,
+        /// Stored sparse: the tar says where its holes are.
+        sparse: bool,
     },
     Dir,
     Symlink {
@@ -108,7 +110,7 @@ pub struct LayerBlob {
 
 /// The change index's header: a format tag, then the SHA-256 of the
 /// payload (so a torn or damaged index is never used), then the payload.
-const INDEX_MAGIC: &[u8] = b"flmount-changes-1\n";
+const INDEX_MAGIC: &[u8] = b"flmount-changes-2\n";
 
 impl LayerBlob {
     pub fn new(path: &Path, compression: Compression) -> Self {
@@ -177,21 +179,25 @@ impl LayerBlob {
     }
 
     /// Calls `f` for every change in the layer, in order, with a reader of
-    /// the entry's content (empty for anything but regular files).
+    /// the entry's content (empty for anything but regular files; a sparse
+    /// file's holes read as zeros).
     pub fn for_each(&self, mut f: impl FnMut(Change, &mut dyn Read) -> Result<()>) -> Result<()> {
-        let mut archive = tar::Archive::new(crate::targuard::TarGuard::new(self.open()?));
-        let entries = archive.entries().with_context(|| self.reading())?;
-        for (index, entry) in entries.enumerate() {
-            let mut entry = entry.with_context(|| self.reading())?;
-            let this = u32::try_from(index).context("more than 2^32 entries in one layer")?;
-            let Some(change) = classify(&mut entry, this)
+        let mut archive = crate::tarstream::TarReader::new(self.open()?);
+        let mut index = 0u32;
+        loop {
+            let member = archive.next_member().with_context(|| self.reading())?;
+            let Some(member) = member else { return Ok(()) };
+            let this = index;
+            index = index
+                .checked_add(1)
+                .context("more than 2^32 entries in one layer")?;
+            let Some(change) = classify(member, this)
                 .with_context(|| format!("entry {} of layer {}", this, self.path.display()))?
             else {
                 continue;
             };
-            f(change, &mut entry)?;
+            f(change, &mut archive.content())?;
         }
-        Ok(())
     }
 
     /// "reading the zstd layer PATH", for error messages: decompression
@@ -242,10 +248,23 @@ pub fn read_all(layers: &[LayerBlob]) -> Result<Vec<Vec<Change>>> {
     Ok(out)
 }
 
-/// Turns a tar entry into a change, or `None` for entries flmount ignores
-/// (global PAX headers, aufs metadata, unknown types).
-fn classify<R: Read>(entry: &mut tar::Entry<R>, index: u32) -> Result<Option<Change>> {
-    let raw_path = entry.path_bytes().into_owned();
+/// The xattr namespace overlayfs acts on in the layer directories of a
+/// root `-mount`: image content must not set it (a layer marking a
+/// directory `trusted.overlay.opaque` would hide the lower layers' content),
+/// so it is dropped with a warning, as umoci drops it. `user.overlay.*`
+/// is kept, as umoci keeps it: overlayfs reads it only on mounts with
+/// `userxattr`, which flmount does not make.
+const OVERLAY_XATTRS: &[u8] = b"trusted.overlay.";
+
+/// Whether an xattr name is one overlayfs acts on.
+pub fn is_overlay_xattr(name: &[u8]) -> bool {
+    name.starts_with(OVERLAY_XATTRS)
+}
+
+/// Turns a tar member into a change, or `None` for members flmount
+/// ignores (global PAX headers, aufs metadata, unknown types).
+fn classify(member: crate::tarstream::Member, index: u32) -> Result<Option<Change>> {
+    let raw_path = member.path;
     if raw_path.len() > MAX_PATH {
         bail!("path of {} bytes is longer than {MAX_PATH}", raw_path.len());
     }
@@ -254,6 +273,9 @@ fn classify<R: Read>(entry: &mut tar::Entry<R>, index: u32) -> Result<Option<Cha
     }
     let path = normalize(&raw_path);
     let (parent, name) = split_last(&path);
+    if member.kind == b'g' {
+        return Ok(None);
+    }
     if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
         if name == OPAQUE_MARKER {
             return Ok(Some(Change::Opaque { dir: parent.into() }));
@@ -274,69 +296,63 @@ fn classify<R: Read>(entry: &mut tar::Entry<R>, index: u32) -> Result<Option<Cha
         return Ok(Some(Change::Whiteout { path: target.into() }));
     }
 
-    let header = entry.header();
     let link = || -> Result<Box<[u8]>> {
-        let target = entry
-            .link_name_bytes()
-            .map(|c| c.into_owned())
-            .context("link entry without a target")?;
+        let target = &member.link;
+        if target.is_empty() {
+            bail!("link entry without a target");
+        }
         if target.len() > MAX_PATH || target.contains(&0) {
             bail!("invalid link target");
         }
-        Ok(target.into())
+        Ok(target.as_slice().into())
     };
-    let device = || -> Result<(u32, u32)> {
-        let major = header.device_major()?.unwrap_or(0);
-        let minor = header.device_minor()?.unwrap_or(0);
-        Ok((major, minor))
-    };
-    use tar::EntryType as T;
-    let kind = match header.entry_type() {
-        T::Regular | T::Continuous | T::GNUSparse => Kind::File { size: entry.size() },
-        T::Directory => Kind::Dir,
-        T::Symlink => Kind::Symlink { target: link()? },
-        T::Link => Kind::Hardlink { target: link()? },
-        T::Char => {
-            let (major, minor) = device()?;
-            Kind::CharDev { major, minor }
-        }
-        T::Block => {
-            let (major, minor) = device()?;
-            Kind::BlockDev { major, minor }
-        }
-        T::Fifo => Kind::Fifo,
-        T::XGlobalHeader => return Ok(None),
+    let (major, minor) = (member.dev_major, member.dev_minor);
+    let kind = match member.kind {
+        b'0' | b'7' => Kind::File {
+            size: member.size,
+            sparse: member.sparse,
+        },
+        b'5' => Kind::Dir,
+        b'2' => Kind::Symlink { target: link()? },
+        b'1' => Kind::Hardlink { target: link()? },
+        b'3' => Kind::CharDev { major, minor },
+        b'4' => Kind::BlockDev { major, minor },
+        b'6' => Kind::Fifo,
         other => {
-            tracing::warn!(path = %String::from_utf8_lossy(&path), "skipping tar entry of unsupported type {other:?}");
+            tracing::warn!(
+                path = %String::from_utf8_lossy(&path),
+                "skipping tar entry of unsupported type {:?}",
+                other as char
+            );
             return Ok(None);
         }
     };
     let mut meta = Meta {
-        mode: (header.mode()? & 0o7777),
-        // An empty numeric field is 0, as Go's archive/tar reads it.
-        uid: u32::try_from(header.uid().unwrap_or(0)).context("uid out of range")?,
-        gid: u32::try_from(header.gid().unwrap_or(0)).context("gid out of range")?,
+        mode: member.mode & 0o7777,
+        uid: u32::try_from(member.uid).context("uid out of range")?,
+        gid: u32::try_from(member.gid).context("gid out of range")?,
         mtime: Timestamp {
-            sec: header.mtime()? as i64,
+            sec: member.mtime,
             nsec: 0,
         },
         xattrs: Vec::new(),
     };
-    if let Some(pax) = entry.pax_extensions()? {
-        for ext in pax {
-            let ext = ext?;
-            let Ok(key) = ext.key() else { continue };
-            let value = ext.value_bytes();
-            if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
-                meta.xattrs.push((name.as_bytes().into(), value.into()));
-            } else {
-                match key {
-                    "mtime" => meta.mtime = parse_pax_time(value).context("invalid PAX mtime")?,
-                    "uid" => meta.uid = parse_pax_u32(value).context("invalid PAX uid")?,
-                    "gid" => meta.gid = parse_pax_u32(value).context("invalid PAX gid")?,
-                    _ => {}
-                }
+    for (key, value) in member.pax {
+        if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+            if name.is_empty() || name.contains(&0) {
+                bail!("an invalid xattr name {:?}", String::from_utf8_lossy(name));
             }
+            if is_overlay_xattr(name) {
+                tracing::warn!(
+                    path = %String::from_utf8_lossy(&path),
+                    "dropping the xattr {} the layer sets: overlayfs would act on it",
+                    String::from_utf8_lossy(name)
+                );
+                continue;
+            }
+            meta.xattrs.push((name.into(), value.into()));
+        } else if key == b"mtime" {
+            meta.mtime = parse_pax_time(&value).context("invalid PAX mtime")?;
         }
     }
     Ok(Some(Change::Add(Entry {
@@ -370,10 +386,6 @@ pub fn split_last(path: &[u8]) -> (&[u8], &[u8]) {
         Some(i) => (&path[..i], &path[i + 1..]),
         None => (&[], path),
     }
-}
-
-fn parse_pax_u32(v: &[u8]) -> Result<u32> {
-    Ok(std::str::from_utf8(v)?.trim().parse()?)
 }
 
 /// `1700000000.123456789` or `-12.5` → seconds and nanoseconds.
@@ -532,7 +544,13 @@ mod tests {
         // `.wh..wh.plnk/1` is a regular entry below an aufs dir name, kept as is.
         let Change::Add(su) = &changes[4] else { panic!() };
         assert_eq!((&*su.path, su.meta.mode, su.index), (&b"bin/su"[..], 0o4755, 4));
-        assert_eq!(su.kind, Kind::File { size: 3 });
+        assert_eq!(
+            su.kind,
+            Kind::File {
+                size: 3,
+                sparse: false
+            }
+        );
         let Change::Add(link) = &changes[5] else { panic!() };
         assert_eq!(
             link.kind,

@@ -31,6 +31,6 @@ pub mod runtime;
 pub mod scan;
 pub mod source;
 pub mod store;
-pub mod targuard;
+pub mod tarstream;
 pub mod tree;
 pub mod workdir;

@@ -79,6 +79,9 @@ pub fn chain_ids(layers: &[Digest]) -> Vec<String> {
     let mut prev = String::new();
     for d in layers {
         let mut h = Sha256::new();
+        // The version of the layer directories' form: a new one never
+        // reuses directories an older flmount wrote differently.
+        h.update(b"flmount-overlay-2 ");
         h.update(prev.as_bytes());
         h.update(b" ");
         h.update(d.to_string().as_bytes());
@@ -204,7 +207,8 @@ pub fn mount(
     check_upper_is_for(manifest, mountpoint, &state, &base, owned, upper_empty)?;
     if upper_empty {
         // The mount's root shows the upper directory's metadata: give it the
-        // image root's, which the top layer's directory carries.
+        // merged image root's (xattrs included), which every layer's
+        // directory carries.
         let top = chains
             .last()
             .context("an image without layers cannot be mounted")?;
@@ -328,6 +332,17 @@ fn copy_dir_meta(from: &Path, to: &Path) -> Result<()> {
         std::os::unix::fs::chown(to, Some(m.uid()), Some(m.gid()))?;
     }
     std::fs::set_permissions(to, m.permissions())?;
+    for name in xattr::list(from).with_context(|| format!("reading the xattrs of {}", from.display()))? {
+        // overlayfs's own markers belong to the layer directory, not the root.
+        if crate::layer::is_overlay_xattr(name.as_bytes()) {
+            continue;
+        }
+        if let Some(value) = xattr::get(from, &name)? {
+            xattr::set(to, &name, &value).with_context(|| {
+                format!("copying the xattr {} to {}", name.to_string_lossy(), to.display())
+            })?;
+        }
+    }
     std::fs::File::open(to)?.set_modified(m.modified()?)?;
     Ok(())
 }

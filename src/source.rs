@@ -413,25 +413,20 @@ fn with_unpacked<T>(workdir: &Workdir, file: &Path, f: impl FnOnce(&Path) -> Res
         .tempdir_in(workdir.root().join("tmp"))
         .context("creating a directory for the archive")?;
     let input = File::open(file).with_context(|| format!("opening {}", file.display()))?;
-    let mut archive = tar::Archive::new(crate::targuard::TarGuard::new(std::io::BufReader::with_capacity(
-        1 << 20,
-        input,
-    )));
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let kind = entry.header().entry_type();
-        if kind.is_dir() {
+    let mut archive = crate::tarstream::TarReader::new(std::io::BufReader::with_capacity(1 << 20, input));
+    while let Some(member) = archive.next_member()? {
+        let name = String::from_utf8_lossy(&member.path).into_owned();
+        if member.kind == b'5' {
             continue;
         }
-        if !kind.is_file() {
+        if !matches!(member.kind, b'0' | b'7') {
             tracing::debug!("skipping {name:?} in the archive (not a regular file)");
             continue;
         }
         let dest = safe_join(tmp.path(), &name)?;
         fs::create_dir_all(dest.parent().unwrap())?;
         let mut out = File::create(&dest).with_context(|| format!("unpacking {name}"))?;
-        std::io::copy(&mut entry, &mut out).with_context(|| format!("unpacking {name}"))?;
+        std::io::copy(&mut archive.content(), &mut out).with_context(|| format!("unpacking {name}"))?;
     }
     f(tmp.path())
 }

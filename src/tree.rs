@@ -3,9 +3,10 @@
 //! directories, tar export) reads its result, so the rules live here only.
 //!
 //! The rules:
-//! - A layer's whiteouts (`.wh.NAME`) and opaque markers (`.wh..wh..opq`)
-//!   apply to lower layers only, whatever their order in the layer: they are
-//!   applied first, then the layer's entries in order.
+//! - A layer's changes apply in stream order, as umoci and containerd apply
+//!   them; its whiteouts (`.wh.NAME`) and opaque markers (`.wh..wh..opq`)
+//!   remove only what lower layers put there, never the layer's own
+//!   entries (nor the directories leading to them).
 //! - An entry replaces whatever is at its path (a directory with its whole
 //!   subtree), except a directory over a directory, which changes only the
 //!   metadata and keeps the children. Duplicate entries: the last wins.
@@ -98,6 +99,8 @@ const ROOT: NodeId = 0;
 /// directories whose lower content it hid.
 #[derive(Debug, Default)]
 pub struct LayerDiff {
+    /// Nodes from this id on were created by the layer.
+    first_node: NodeId,
     touched: HashSet<NodeId>,
     whiteouts: HashSet<(NodeId, Box<[u8]>)>,
     opaque: HashSet<NodeId>,
@@ -161,24 +164,24 @@ impl Tree {
         Ok(tree)
     }
 
-    /// Applies layer number `layer` on top of the tree.
+    /// Applies layer number `layer` on top of the tree: its changes in
+    /// stream order, as umoci and containerd apply them; whiteouts and
+    /// opaque markers remove only what lower layers put there.
     pub fn apply_layer(&mut self, layer: usize, changes: &[Change]) -> Result<LayerDiff> {
-        let mut diff = LayerDiff::default();
+        let mut diff = LayerDiff {
+            first_node: self.nodes.len(),
+            ..LayerDiff::default()
+        };
         for change in changes {
             match change {
                 Change::Whiteout { path } => self.whiteout(path, &mut diff)?,
                 Change::Opaque { dir } => self.opaque(dir, &mut diff)?,
-                Change::Add(_) => {}
-            }
-        }
-        for change in changes {
-            if let Change::Add(entry) = change {
-                self.add(layer, entry, &mut diff).map_err(|e| {
+                Change::Add(entry) => self.add(layer, entry, &mut diff).map_err(|e| {
                     e.context(format!(
                         "layer {layer}: entry {:?}",
                         String::from_utf8_lossy(&entry.path)
                     ))
-                })?;
+                })?,
             }
         }
         Ok(diff)
@@ -245,10 +248,23 @@ impl Tree {
         if name == b".." || name.is_empty() {
             bail!("invalid whiteout {:?}", String::from_utf8_lossy(path));
         }
-        if let Some(node) = self.child(dir, name) {
-            self.detach(node);
+        match self.child(dir, name) {
+            // Put there by this layer: whiteouts apply to lower layers only.
+            Some(node) if node >= diff.first_node => {}
+            // A lower directory this layer changed or put something in:
+            // its lower content goes, this layer's stays, as if the
+            // whiteout had come first.
+            Some(node) if self.is_dir(node) && self.prune_lower(node, diff) => {
+                diff.opaque.insert(node);
+            }
+            Some(node) => {
+                self.detach(node);
+                diff.whiteouts.insert((dir, name.into()));
+            }
+            None => {
+                diff.whiteouts.insert((dir, name.into()));
+            }
         }
-        diff.whiteouts.insert((dir, name.into()));
         Ok(())
     }
 
@@ -256,9 +272,56 @@ impl Tree {
         let Some(node) = self.walk(dir, false)? else {
             return Ok(());
         };
-        self.nodes[node].children.clear();
+        self.prune_lower(node, diff);
         diff.opaque.insert(node);
         Ok(())
+    }
+
+    /// Removes from below `top` what lower layers put there, keeping what
+    /// this layer created or changed and the directories leading to it.
+    /// Returns whether anything this layer made was kept (or `top` itself
+    /// was changed by the layer).
+    fn prune_lower(&mut self, top: NodeId, diff: &LayerDiff) -> bool {
+        let mine = |n: NodeId| n >= diff.first_node || diff.touched.contains(&n);
+        // Every node under `top` that is this layer's, with its ancestors.
+        let mut keep: HashSet<NodeId> = HashSet::new();
+        let candidates = (diff.first_node..self.nodes.len()).chain(diff.touched.iter().copied());
+        for node in candidates.collect::<Vec<_>>() {
+            let mut chain = vec![node];
+            let mut cur = node;
+            let under = loop {
+                if cur == top {
+                    break true;
+                }
+                let parent = self.nodes[cur].parent;
+                // Detached nodes (and the root) lead nowhere.
+                if cur == ROOT || self.child(parent, &self.nodes[cur].name) != Some(cur) {
+                    break false;
+                }
+                cur = parent;
+                chain.push(cur);
+            };
+            if under && node != top {
+                keep.extend(chain);
+            }
+        }
+        let kept_any = !keep.is_empty() || mine(top);
+        let mut stack = vec![top];
+        while let Some(dir) = stack.pop() {
+            let children: Vec<(Box<[u8]>, NodeId)> = self.nodes[dir]
+                .children
+                .iter()
+                .map(|(k, &v)| (k.clone(), v))
+                .collect();
+            for (name, child) in children {
+                if !keep.contains(&child) {
+                    self.nodes[dir].children.remove(&name);
+                } else if child < diff.first_node && self.is_dir(child) {
+                    stack.push(child);
+                }
+            }
+        }
+        kept_any
     }
 
     fn add(&mut self, layer: usize, entry: &Entry, diff: &mut LayerDiff) -> Result<()> {
@@ -302,7 +365,7 @@ impl Tree {
                 }
                 self.nodes[target_node].inode
             }
-            Kind::File { size } => {
+            Kind::File { size, .. } => {
                 let source = (*size > 0).then_some(Source::Layer {
                     layer,
                     entry: entry.index,
@@ -441,6 +504,9 @@ impl Tree {
                 node = self.nodes[node].parent;
             }
         };
+        // The root always: the layer's directory carries the image root's
+        // metadata, which `-mount` gives the mount's root.
+        want(ROOT, &mut wanted);
         let reachable: HashSet<NodeId> = all.iter().map(|(n, _)| *n).collect();
         for &node in diff.touched.iter().filter(|n| reachable.contains(n)) {
             want(node, &mut wanted);
@@ -561,7 +627,7 @@ mod tests {
         })
     }
     fn file(i: u32, path: &str, size: u64) -> Change {
-        add(i, path, Kind::File { size })
+        add(i, path, Kind::File { size, sparse: false })
     }
     fn dir(i: u32, path: &str) -> Change {
         add(i, path, Kind::Dir)
@@ -752,6 +818,48 @@ mod tests {
         assert_eq!(listing(&tree), ["/", "same-layer file@2.1", "upper file@0.0"]);
         let err = Tree::from_layers(&[vec![hardlink(0, "x", "missing")]]).unwrap_err();
         assert!(format!("{err:#}").contains("missing"), "{err:#}");
+    }
+
+    #[test]
+    fn a_layer_applies_in_stream_order_and_whiteouts_spare_its_own_entries() {
+        let tree = Tree::from_layers(&[
+            vec![
+                file(0, "x1", 4),
+                dir(1, "d"),
+                file(2, "d/old", 1),
+                dir(3, "e"),
+                file(4, "e/old", 1),
+            ],
+            vec![
+                // A hard link to a lower file, then that file whited out:
+                // the link keeps its content (umoci, containerd).
+                hardlink(0, "x1-link", "x1"),
+                wh("x1"),
+                // This layer's own entry survives its whiteout.
+                file(3, "mine", 2),
+                wh("mine"),
+                // A lower directory this layer put something in: the lower
+                // content goes, this layer's stays.
+                file(5, "d/new", 1),
+                wh("d"),
+                // And the same with an opaque marker after a child.
+                file(7, "e/new", 1),
+                opq("e"),
+            ],
+        ])
+        .unwrap();
+        assert_eq!(
+            listing(&tree),
+            [
+                "/",
+                "d/",
+                "d/new file@1.5",
+                "e/",
+                "e/new file@1.7",
+                "mine file@1.3",
+                "x1-link file@0.0",
+            ]
+        );
     }
 
     #[test]

@@ -116,6 +116,40 @@ fn mutated_hostile_layers_never_write_outside_the_target() {
     }
 }
 
+/// The fuzz seeds for PAX records (binary values, non-UTF-8 keys) and
+/// GNU tar's sparse formats (`scripts/lib/fuzz_seeds.py`): each parses,
+/// and mutations of them give errors or trees, never panics; extraction
+/// of them writes nothing outside the target.
+#[test]
+fn mutated_pax_and_sparse_layers_never_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lib/fuzz_seeds.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(dir.path())
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut rng = Rng(0x0dd_ba11);
+    for seed in [
+        "pax-binary",
+        "sparse-0.0",
+        "sparse-0.1",
+        "sparse-1.0",
+        "sparse-gnu",
+    ] {
+        let good = std::fs::read(dir.path().join(format!("layer/{seed}.tar"))).unwrap();
+        assert!(checks::layer(&good), "the seed {seed} does not parse");
+        checks::extract(&good);
+        for _ in 0..400 {
+            checks::layer(&mutate(&mut rng, &good));
+        }
+        for _ in 0..20 {
+            checks::extract(&mutate(&mut rng, &good));
+        }
+    }
+}
+
 #[test]
 fn mutated_manifests_and_references_never_panic() {
     let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",

@@ -54,9 +54,13 @@ impl FlistFs {
     }
 
     fn attr(&self, ino: u64, node: &Node) -> FileAttr {
+        let mut blocks = None;
         let (kind, size, rdev) = match &node.kind {
             NodeKind::Dir { .. } => (FileType::Directory, 4096, 0),
-            NodeKind::File { size, .. } => (FileType::RegularFile, *size, 0),
+            NodeKind::File { size, blocks: b, .. } => {
+                blocks = Some(*b);
+                (FileType::RegularFile, *size, 0)
+            }
             NodeKind::Symlink { target } => (FileType::Symlink, target.len() as u64, 0),
             NodeKind::CharDev { rdev } => (FileType::CharDevice, 0, *rdev),
             NodeKind::BlockDev { rdev } => (FileType::BlockDevice, 0, *rdev),
@@ -66,7 +70,7 @@ impl FlistFs {
         FileAttr {
             ino: INodeNo(ino),
             size,
-            blocks: size.div_ceil(512),
+            blocks: blocks.unwrap_or(size.div_ceil(512)),
             atime: time,
             mtime: time,
             ctime: time,
@@ -181,9 +185,16 @@ impl Filesystem for FlistFs {
             InitFlags::FUSE_CACHE_SYMLINKS,
             InitFlags::FUSE_NO_OPEN_SUPPORT,
             InitFlags::FUSE_NO_OPENDIR_SUPPORT,
+            // The kernel enforces the files' ACLs (system.posix_acl_*
+            // xattrs) along with their modes (default_permissions).
+            InitFlags::FUSE_POSIX_ACL,
         ] {
             if config.add_capabilities(flag).is_err() {
-                tracing::debug!("the kernel does not offer {flag:?}");
+                if flag == InitFlags::FUSE_POSIX_ACL {
+                    tracing::warn!("the kernel does not offer FUSE_POSIX_ACL: ACLs are shown, not enforced");
+                } else {
+                    tracing::debug!("the kernel does not offer {flag:?}");
+                }
             }
         }
         // Concurrent background reads (readahead): enough to keep the
@@ -253,7 +264,7 @@ impl Filesystem for FlistFs {
     ) {
         let ino = ino.0;
         let (file_size, range) = match self.index.node(ino).map(|n| &n.kind) {
-            Some(NodeKind::File { size, chunks }) => (*size, chunks.clone()),
+            Some(NodeKind::File { size, chunks, .. }) => (*size, chunks.clone()),
             Some(NodeKind::Dir { .. }) => return reply.error(Errno::EISDIR),
             Some(_) => return reply.error(Errno::EINVAL),
             None => return reply.error(Errno::ENOENT),

@@ -18,6 +18,32 @@ use crate::tree::{InodeKind, Plan, Source};
 
 pub const ROOT: u64 = 1;
 
+/// The bytes a file's content takes on disk once unpacked: its chunks but
+/// the all-zero ones (which `unpack` leaves as holes). A chunk's key is the
+/// hash of its content, so zeros are known without reading them; a file's
+/// last, shorter chunk is checked only when an earlier one was all zeros.
+pub fn allocated(size: u64, chunks: &[ChunkRef]) -> u64 {
+    use crate::store::{codec, CHUNK_SIZE};
+    static ZERO_KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    let zero_key = ZERO_KEY.get_or_init(|| codec::blake2b256(&vec![0u8; CHUNK_SIZE]));
+    let mut holes = 0u64;
+    let mut sparse = false;
+    for (i, chunk) in chunks.iter().enumerate() {
+        let start = i as u64 * CHUNK_SIZE as u64;
+        let len = size.saturating_sub(start).min(CHUNK_SIZE as u64);
+        let zero = if len == CHUNK_SIZE as u64 {
+            chunk.key == *zero_key
+        } else {
+            sparse && chunk.key == codec::blake2b256(&vec![0u8; len as usize])
+        };
+        if zero {
+            holes += len;
+            sparse = true;
+        }
+    }
+    size - holes.min(size)
+}
+
 /// A directory entry: name and inode number.
 pub type Entry = (Box<[u8]>, u64);
 
@@ -27,10 +53,13 @@ pub enum NodeKind {
     Dir {
         entries: Box<[(Box<[u8]>, u64)]>,
     },
-    /// `chunks` indexes [`Index::chunks`].
+    /// `chunks` indexes [`Index::chunks`]; `blocks` are the 512-byte
+    /// blocks its content takes (all-zero chunks, a sparse file's holes,
+    /// take none).
     File {
         size: u64,
         chunks: Range<usize>,
+        blocks: u64,
     },
     Symlink {
         target: Box<[u8]>,
@@ -108,6 +137,7 @@ impl Index {
                     NodeKind::File {
                         size: *size,
                         chunks: start..chunks.len(),
+                        blocks: allocated(*size, refs).div_ceil(512),
                     }
                 }
                 InodeKind::Dir => bail!("a directory among the flist's other inodes"),
@@ -276,7 +306,7 @@ mod tests {
         assert_eq!(index.lookup(ROOT, b"missing"), None);
         assert_eq!(index.lookup(a, b"x"), None, "a file has no entries");
         assert!(index.node(0).is_none() && index.node(99).is_none());
-        let NodeKind::File { chunks, size } = &index.node(a).unwrap().kind else {
+        let NodeKind::File { chunks, size, .. } = &index.node(a).unwrap().kind else {
             panic!()
         };
         assert_eq!((*size, index.chunks(chunks)), (3, &[chunk][..]));
