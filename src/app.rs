@@ -123,7 +123,8 @@ async fn run_image(
         Output::Bundle { dir, .. } => Some(dir.join("rootfs")),
         _ => None,
     };
-    produce(workdir, &image, job.output, json, started, watch)?;
+    let validate = job.pull.validate_cache;
+    produce(workdir, &image, job.output, json, started, watch, validate)?;
     if !served {
         write_lxc_config(&image, job.lxcconfig.as_deref(), rootfs.as_deref())?;
     }
@@ -198,6 +199,7 @@ fn produce(
     json: bool,
     started: Instant,
     watch: signals::Watch,
+    validate: bool,
 ) -> Result<()> {
     let layers = image.layer_blobs(&workdir)?;
     let digests: Vec<_> = image.manifest.layers.iter().map(|l| l.digest.clone()).collect();
@@ -245,8 +247,9 @@ fn produce(
                 .with_context(|| format!("packing {} into {}", image.reference, path.display()))?;
         }
         Output::Fuse { mount } => block_in_place(|| {
-            let flist = commands::pack_into_workdir(&workdir, &image.manifest_digest, &digests, &layers)
-                .with_context(|| format!("packing {}", image.reference))?;
+            let flist =
+                commands::pack_into_workdir(&workdir, &image.manifest_digest, &digests, &layers, validate)
+                    .with_context(|| format!("packing {}", image.reference))?;
             // Serving lasts: do not hold the workdir's lock meanwhile.
             drop(workdir);
             drop(watch);

@@ -306,23 +306,53 @@ pub fn pack_into_workdir(
     manifest: &Digest,
     digests: &[Digest],
     layers: &[LayerBlob],
+    validate: bool,
 ) -> Result<PathBuf> {
     let flist = workdir
         .root()
         .join("flists")
         .join(format!("{}.fl", manifest.hex()));
     let store_dir = workdir.root().join("store");
-    if flist.exists() {
+    let chunk_ids = match flist
+        .exists()
+        .then(|| Flist::open(&flist).and_then(|f| f.chunk_ids()))
+    {
+        Some(Ok(ids)) => Some(ids),
+        Some(Err(e)) => {
+            tracing::warn!("{}: {e:#}; packing the image again", flist.display());
+            None
+        }
+        None => None,
+    };
+    if let Some(ids) = chunk_ids {
+        let chunk_path = |id: &[u8; 32]| {
+            let hex = hex::encode(id);
+            store_dir.join(&hex[..2]).join(&hex)
+        };
+        if validate {
+            // -validate-cache: every chunk read and hashed; a bad one goes.
+            let mut bad = 0;
+            for id in &ids {
+                let path = chunk_path(id);
+                if let Ok(blob) = std::fs::read(&path) {
+                    if crate::store::codec::blake2b256(&blob) != *id {
+                        std::fs::remove_file(&path)
+                            .with_context(|| format!("removing {}", path.display()))?;
+                        bad += 1;
+                    }
+                }
+            }
+            if bad > 0 {
+                tracing::warn!(
+                    "{bad} corrupt chunks of {} removed from {}",
+                    flist.display(),
+                    store_dir.display()
+                );
+            }
+        }
         // The flist is only as good as the store: a chunk gone from it
         // (removed by hand, a disk repaired) means packing again.
-        let missing = Flist::open(&flist)?
-            .chunk_ids()?
-            .iter()
-            .filter(|id| {
-                let hex = hex::encode(id);
-                !store_dir.join(&hex[..2]).join(&hex).is_file()
-            })
-            .count();
+        let missing = ids.iter().filter(|id| !chunk_path(id).is_file()).count();
         if missing == 0 {
             tracing::debug!("using {}", flist.display());
             return Ok(flist);

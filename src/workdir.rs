@@ -347,7 +347,7 @@ impl BlobWriter {
             .await
             .with_context(|| format!("moving verified blob into {}", self.final_path.display()))?;
         if let Some(dir) = self.final_path.parent() {
-            sync_dir(dir)?;
+            crate::owned::output::sync_dir(dir)?;
         }
         Ok(())
     }
@@ -428,15 +428,9 @@ pub fn write_replacing(path: &Path, data: &[u8], durable: bool) -> Result<()> {
         .map_err(|e| e.error)
         .with_context(|| format!("writing {}", path.display()))?;
     if durable {
-        sync_dir(dir)?;
+        crate::owned::output::sync_dir(dir)?;
     }
     Ok(())
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing directory {}", dir.display()))
 }
 
 #[cfg(test)]

@@ -155,9 +155,13 @@ fn mounted_flists_equal_extraction_from_dir_zdb_and_s3_stores() {
     let mut m = Mounted::start(&img.fl, &["-flist", flist.to_str().unwrap()], &mnt);
     signal(m.pid(), libc::SIGKILL);
     let _ = m.child.take().unwrap().wait();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(40);
     while is_mounted(&mnt) {
-        assert!(Instant::now() < deadline, "the mount outlived its killed server");
+        assert!(
+            Instant::now() < deadline,
+            "the mount outlived its killed server:\n{}",
+            m.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 

@@ -71,26 +71,45 @@ pub fn run(mountpoint: PathBuf) -> u8 {
     };
     let mut buf = [0u8; 64];
     while !matches!(std::io::stdin().read(&mut buf), Ok(0) | Err(_)) {}
-    let ours = mounts::table()
-        .unwrap_or_default()
-        .into_iter()
-        .any(|m| m.mount_point == mountpoint && m.fstype == mounts::FUSE_TYPE && m.dev == dev);
-    if ours && super::health(&mountpoint) == super::Health::Dead {
-        let detached = match nix::mount::umount2(&mountpoint, nix::mount::MntFlags::MNT_DETACH) {
-            Err(nix::errno::Errno::EPERM) => Command::new("fusermount3")
-                .args(["-u", "-z", "--"])
-                .arg(&mountpoint)
-                .status()
-                .is_ok_and(|s| s.success()),
-            other => other.is_ok(),
-        };
-        if !detached {
+    // The pipe may close a moment before the server's last /dev/fuse
+    // descriptor does: until then the mount still looks alive.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let ours = mounts::table()
+            .unwrap_or_default()
+            .into_iter()
+            .any(|m| m.mount_point == mountpoint && m.fstype == mounts::FUSE_TYPE && m.dev == dev);
+        if !ours {
+            return 0; // unmounted by its server, or someone else's now
+        }
+        if super::health(&mountpoint) == super::Health::Dead {
+            return if detach(&mountpoint) { 0 } else { 1 };
+        }
+        if std::time::Instant::now() > deadline {
             eprintln!(
-                "flmount: could not unmount {} after its server died",
+                "flmount: {} still answers after its server ended; leaving it mounted",
                 mountpoint.display()
             );
             return 1;
         }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    0
+}
+
+fn detach(mountpoint: &Path) -> bool {
+    let detached = match nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH) {
+        Err(nix::errno::Errno::EPERM) => Command::new("fusermount3")
+            .args(["-u", "-z", "--"])
+            .arg(mountpoint)
+            .status()
+            .is_ok_and(|s| s.success()),
+        other => other.is_ok(),
+    };
+    if !detached {
+        eprintln!(
+            "flmount: could not unmount {} after its server died",
+            mountpoint.display()
+        );
+    }
+    detached
 }
