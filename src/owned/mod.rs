@@ -56,6 +56,25 @@ impl From<&std::fs::Metadata> for FileId {
     }
 }
 
+/// Removes the file or tree at `path` if it still is `id`.
+pub fn remove_if_same(path: &Path, id: FileId) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    if FileId::from(&meta) != id {
+        return;
+    }
+    // std's remove_dir_all never follows symlinks (CVE-2022-21658).
+    let removed = if meta.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    if let Err(e) = removed {
+        tracing::warn!("removing {}: {e}", path.display());
+    }
+}
+
 /// flmount refused to touch something it did not make (exit code 8).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -218,6 +218,32 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Replaces the file at `path` (of flmount's own: a workdir file) with
+/// `data` through a temporary beside it; `durable` fsyncs the file and the
+/// directory. Readers never see a partial file under the final name.
+pub fn replace_file(path: &Path, data: &[u8], durable: bool) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".flmount-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(data)?;
+    if durable {
+        tmp.as_file().sync_all()?;
+    }
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", path.display()))?;
+    if durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 /// Makes a directory's entries durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)

@@ -111,7 +111,7 @@ fn finish(number: i32) -> ! {
         std::thread::sleep(Duration::from_millis(20));
     }
     for (path, id) in TEMPORARIES.lock().unwrap().drain(..) {
-        super::temp::remove_if_same(&path, id);
+        super::remove_if_same(&path, id);
     }
     std::process::exit(128 + number)
 }

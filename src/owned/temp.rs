@@ -83,27 +83,8 @@ impl Drop for Staging {
     fn drop(&mut self) {
         super::signals::unregister(&self.path);
         if !self.kept {
-            remove_if_same(&self.path, self.id);
+            super::remove_if_same(&self.path, self.id);
         }
-    }
-}
-
-/// Removes the file or tree at `path` if it still is `id`.
-pub(crate) fn remove_if_same(path: &Path, id: FileId) {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return;
-    };
-    if FileId::from(&meta) != id {
-        return;
-    }
-    // std's remove_dir_all never follows symlinks (CVE-2022-21658).
-    let removed = if meta.is_dir() {
-        std::fs::remove_dir_all(path)
-    } else {
-        std::fs::remove_file(path)
-    };
-    if let Err(e) = removed {
-        tracing::warn!("removing {}: {e}", path.display());
     }
 }
 
@@ -187,7 +168,7 @@ fn remove_unheld(path: &Path, pid: i32) -> bool {
     let Ok(_lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
         return false;
     };
-    remove_if_same(path, FileId::from(&meta));
+    super::remove_if_same(path, FileId::from(&meta));
     !path.exists()
 }
 
