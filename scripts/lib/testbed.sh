@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 #
 # scripts/lib/testbed.sh - helpers for scripts that run real servers on
-# loopback (see shared/TESTBED.md). Source it, do not run it:
+# loopback (see docs/ARCHITECTURE.md, "Test bed"). Source it, do not run it:
 #
 #   here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 #   source "$here/lib/testbed.sh"

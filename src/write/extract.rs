@@ -8,7 +8,7 @@
 //! hostile layer cannot make flmount write outside the target, and a
 //! symlink already in a target (with `-force`) is never followed.
 //!
-//! Speed (see PERF-NOTES.md: creating files costs more than inflating):
+//! Speed (creating files costs more than inflating on this kind of machine):
 //! each file is created exactly once, at its final path, and nothing a
 //! later layer deletes is ever written. Directories are made first; then
 //! one thread per layer inflates and parses while a pool of workers creates
