@@ -4,7 +4,8 @@
 //! imports only from the layers below it (`docs/ARCHITECTURE.md` draws it):
 //!
 //! 1. [`owned`]: proof of ownership before anything is unmounted, replaced
-//!    or removed; [`progress`]: progress bars and sizes;
+//!    or removed; [`progress`]: progress bars and sizes; [`retry`]: the
+//!    one backoff schedule;
 //! 2. [`fs`]: reading layers (tar streams) into changes and merging them
 //!    into one tree, or scanning a directory into one; [`store`]: chunk
 //!    stores (dir, zdb, S3, HTTP), sharded and replicated;
@@ -27,6 +28,7 @@ pub mod fs;
 pub mod image;
 pub mod owned;
 pub mod progress;
+pub mod retry;
 pub mod runtime;
 pub mod store;
 pub mod write;

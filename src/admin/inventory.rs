@@ -57,7 +57,7 @@ struct Ref {
 /// Every ref file in the workdir.
 fn refs(workdir: &Workdir) -> Result<Vec<Ref>> {
     let mut out = Vec::new();
-    for (rel, path) in files_below(&workdir.root().join("refs"))? {
+    for (rel, path) in files_below(&workdir.refs_dir())? {
         let Some((name, tag)) = rel.rsplit_once('/') else {
             continue;
         };
@@ -157,7 +157,7 @@ fn mark(workdir: &Workdir, digest: &Digest, roles: &mut BTreeMap<Digest, &'stati
 }
 
 fn overlay_records(workdir: &Workdir) -> Vec<overlay::MountRecord> {
-    let Ok(dirs) = fs::read_dir(workdir.root().join("mounts")) else {
+    let Ok(dirs) = fs::read_dir(workdir.mounts_dir()) else {
         return Vec::new();
     };
     dirs.filter_map(|d| fs::read(d.ok()?.path().join("mount.json")).ok())
@@ -168,7 +168,7 @@ fn overlay_records(workdir: &Workdir) -> Vec<overlay::MountRecord> {
 fn blob_files(workdir: &Workdir) -> Result<Vec<(Digest, PathBuf)>> {
     let mut out = Vec::new();
     for algorithm in ["sha256", "sha512"] {
-        let dir = workdir.root().join("blobs").join(algorithm);
+        let dir = workdir.blobs_dir(algorithm);
         let Ok(entries) = fs::read_dir(&dir) else { continue };
         for e in entries {
             let e = e?;
@@ -249,7 +249,7 @@ pub fn gc(workdir: &Workdir, dry_run: bool) -> Result<GcStats> {
     }
 
     // Change indexes of layers no longer cached.
-    if let Ok(entries) = fs::read_dir(workdir.root().join("index")) {
+    if let Ok(entries) = fs::read_dir(workdir.index_dir()) {
         for e in entries {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
@@ -277,7 +277,7 @@ pub fn gc(workdir: &Workdir, dry_run: bool) -> Result<GcStats> {
             chains.extend(overlay::chain_ids(&layers));
         }
     }
-    let overlays = workdir.root().join("overlays");
+    let overlays = workdir.overlays_dir();
     let mut removed_chains = HashSet::new();
     if let Ok(entries) = fs::read_dir(&overlays) {
         for e in entries {
@@ -290,7 +290,7 @@ pub fn gc(workdir: &Workdir, dry_run: bool) -> Result<GcStats> {
         }
     }
     // Short links to removed (or missing) layer directories.
-    if let Ok(entries) = fs::read_dir(workdir.root().join("l")) {
+    if let Ok(entries) = fs::read_dir(workdir.links_dir()) {
         for e in entries {
             let e = e?;
             let target = fs::read_link(e.path()).unwrap_or_default();
@@ -307,7 +307,7 @@ pub fn gc(workdir: &Workdir, dry_run: bool) -> Result<GcStats> {
 
     // Flists packed for -fuse mounts, and the chunks only they reference.
     // The flists FUSE mounts are serving right now.
-    let flists = workdir.root().join("flists");
+    let flists = workdir.flists_dir();
     let mut kept_flists = Vec::new();
     if let Ok(entries) = fs::read_dir(&flists) {
         for e in entries {
@@ -325,7 +325,7 @@ pub fn gc(workdir: &Workdir, dry_run: bool) -> Result<GcStats> {
             }
         }
     }
-    let store = workdir.root().join("store");
+    let store = workdir.store_dir();
     if store.is_dir() {
         let mut keep = HashSet::new();
         for fl in &kept_flists {
@@ -347,12 +347,12 @@ pub fn gc(workdir: &Workdir, dry_run: bool) -> Result<GcStats> {
         }
         if !dry_run && !removed.is_empty() {
             let url = format!("dir://{}", store.display());
-            crate::flist::pack::KnownChunks::forget(workdir.root(), &url, &removed)?;
+            crate::flist::pack::KnownChunks::forget(&workdir.chunk_index_path(), &url, &removed)?;
         }
     }
 
     // Leftovers of interrupted runs (no run is active: the lock is ours).
-    if let Ok(entries) = fs::read_dir(workdir.root().join("tmp")) {
+    if let Ok(entries) = fs::read_dir(workdir.tmp_dir()) {
         for e in entries {
             remove(&e?.path(), |s| &mut s.temporary, &mut stats)?;
         }

@@ -126,7 +126,7 @@ impl Args {
         let mount_options = |target: PathBuf| -> Result<MountOptions> {
             Ok(MountOptions {
                 mountpoint: mount_point(target)?,
-                default_cache_dir: workdir.join("cache/chunks"),
+                default_cache_dir: Workdir::chunk_cache_dir(&workdir),
                 allow_other: self.allow_other,
                 prefetch: self.prefetch,
                 cache: CacheOptions {

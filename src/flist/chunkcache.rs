@@ -251,8 +251,10 @@ impl ChunkCache {
     /// Fetches from the stores, retrying until the deadline.
     async fn fetch(&self, chunk: &ChunkRef) -> Result<Vec<u8>, ChunkError> {
         let deadline = Instant::now() + self.timeout;
-        let mut delay = Duration::from_millis(100);
+        let mut attempt = 0;
         loop {
+            attempt += 1;
+            let delay = crate::retry::Backoff::STORE.delay(attempt);
             let error = match tokio::time::timeout_at(deadline, self.router.get_chunk(chunk)).await {
                 Ok(Ok(piece)) => return Ok(piece),
                 // Missing or corrupt everywhere: asking again will not help.
@@ -268,7 +270,6 @@ impl ChunkCache {
             }
             tracing::debug!("{error}; retrying in {delay:?}");
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
 }

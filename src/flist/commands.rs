@@ -65,7 +65,7 @@ pub fn pack_image(
 ) -> Result<()> {
     let started = Instant::now();
     let router = open_writing_router(stores)?;
-    let known = KnownChunks::load(workdir.root(), &router, &Handle::current())?;
+    let known = KnownChunks::load(&workdir.chunk_index_path(), &router, &Handle::current())?;
     let mut reused: Vec<HashMap<u32, Vec<ChunkRef>>> = Vec::with_capacity(layers.len());
     for digest in digests {
         let mut entries = known.layer_entries(&entries_key(digest))?;
@@ -163,7 +163,7 @@ pub fn pack_dir(workdir: &Workdir, dir: &Path, out: &Path, stores: &[String]) ->
         threads: chunk_threads(),
     };
     let router = open_writing_router(stores)?;
-    let known = KnownChunks::load(workdir.root(), &router, &Handle::current())?;
+    let known = KnownChunks::load(&workdir.chunk_index_path(), &router, &Handle::current())?;
     let (blocks, stats) = pack::pack(
         |sink| {
             content.deliver(&plan, &|i, reader| {
@@ -308,11 +308,8 @@ pub fn pack_into_workdir(
     layers: &[LayerBlob],
     validate: bool,
 ) -> Result<PathBuf> {
-    let flist = workdir
-        .root()
-        .join("flists")
-        .join(format!("{}.fl", manifest.hex()));
-    let store_dir = workdir.root().join("store");
+    let flist = workdir.flist_path(manifest);
+    let store_dir = workdir.store_dir();
     let chunk_ids = match flist
         .exists()
         .then(|| Flist::open(&flist).and_then(|f| f.chunk_ids()))

@@ -58,8 +58,8 @@ pub struct KnownChunks {
 impl KnownChunks {
     /// Loads the index for the stores of `router`, giving each store an
     /// identity if it has none yet.
-    pub fn load(workdir: &Path, router: &Router, rt: &Handle) -> Result<Self> {
-        let path = workdir.join("chunks.db");
+    pub fn load(path: &Path, router: &Router, rt: &Handle) -> Result<Self> {
+        let path = path.to_owned();
         let conn = Self::connect(&path)?;
         let mut known = HashMap::new();
         let mut keys = Vec::new();
@@ -195,8 +195,8 @@ impl KnownChunks {
 
     /// Forgets chunks removed from the store `url` (by `gc`), whatever its
     /// identity, so a later pack uploads them again.
-    pub fn forget(workdir: &Path, url: &str, ids: &[ChunkId]) -> Result<()> {
-        let mut conn = Self::connect(&workdir.join("chunks.db"))?;
+    pub fn forget(path: &Path, url: &str, ids: &[ChunkId]) -> Result<()> {
+        let mut conn = Self::connect(path)?;
         let tx = conn.transaction()?;
         {
             let mut delete = tx.prepare("DELETE FROM known WHERE substr(store, 1, ?1) = ?2 AND id = ?3")?;

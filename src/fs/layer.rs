@@ -117,7 +117,7 @@ pub struct LayerBlob {
 
 /// The change index's header: a format tag, then the SHA-256 of the
 /// payload (so a torn or damaged index is never used), then the payload.
-const INDEX_MAGIC: &[u8] = b"flmount-changes-2\n";
+const INDEX_MAGIC: &[u8] = b"flmount-changes-3\n";
 
 impl LayerBlob {
     pub fn new(path: &Path, compression: Compression) -> Self {
@@ -146,7 +146,7 @@ impl LayerBlob {
             );
             return None;
         }
-        bincode::deserialize(payload).ok()
+        postcard::from_bytes(payload).ok()
     }
 
     /// Caches the layer's changes (read by a caller that also wanted the
@@ -154,7 +154,7 @@ impl LayerBlob {
     pub fn save_changes(&self, changes: &[Change]) {
         let Some(index) = &self.index else { return };
         let result = (|| -> Result<()> {
-            let payload = bincode::serialize(changes)?;
+            let payload = postcard::to_allocvec(changes)?;
             let sum = sha256(&payload).to_vec();
             let mut bytes = Vec::with_capacity(INDEX_MAGIC.len() + 32 + payload.len());
             bytes.extend_from_slice(INDEX_MAGIC);

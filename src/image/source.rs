@@ -410,7 +410,7 @@ fn safe_join(dir: &Path, name: &str) -> Result<PathBuf> {
 fn with_unpacked<T>(workdir: &Workdir, file: &Path, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let tmp = tempfile::Builder::new()
         .prefix("import-")
-        .tempdir_in(workdir.root().join("tmp"))
+        .tempdir_in(workdir.tmp_dir())
         .context("creating a directory for the archive")?;
     let input = File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let mut archive = crate::fs::tarstream::TarReader::new(std::io::BufReader::with_capacity(1 << 20, input));

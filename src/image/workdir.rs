@@ -8,8 +8,19 @@
 //! ├── refs/<registry>/<repository>/<tag>
 //! │                             the digest (one line) the tag last resolved to
 //! ├── tmp/<hex>.partial         a download in progress; resumed by the next try
-//! └── locks/<hex>.lock          one writer per blob at a time (flock)
+//! ├── locks/<hex>.lock          one writer per blob at a time (flock)
+//! ├── index/<algo>-<hex>        a layer's changes (fs::layer)
+//! ├── overlays/<chain>/diff     a layer in overlayfs form (write::overlay)
+//! ├── l/<SHORT>                 short links to them, for mount options
+//! ├── mounts/<id>/              an overlay mount's record, upper/ and work/
+//! ├── chunks.db                 chunks known to be in each store (flist::pack)
+//! ├── flists/<manifest>.fl      images packed for -mount -fuse
+//! ├── store/                    the workdir's own dir store
+//! └── cache/chunks/             FUSE mounts' default chunk cache
 //! ```
+//!
+//! Every path below the root is named by a method here; other modules
+//! never spell them.
 //!
 //! The rule that makes the cache trustworthy: **a file under `blobs/` is
 //! complete and verified**. Content is written to `tmp/`, hashed while it is
@@ -86,23 +97,71 @@ impl Workdir {
         &self.root
     }
 
+    // Every path below the workdir is named here (the README's tree).
+
+    /// `blobs/<algorithm>/`
+    pub fn blobs_dir(&self, algorithm: &str) -> PathBuf {
+        self.root.join("blobs").join(algorithm)
+    }
+    /// `refs/`: one file per pulled tag or digest.
+    pub fn refs_dir(&self) -> PathBuf {
+        self.root.join("refs")
+    }
+    /// `tmp/`: downloads in progress and imports being checked.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+    /// `index/`: the cached changes of layers.
+    pub fn index_dir(&self) -> PathBuf {
+        self.root.join("index")
+    }
+    /// `overlays/<chain>/diff`: layers in overlayfs form.
+    pub fn overlays_dir(&self) -> PathBuf {
+        self.root.join("overlays")
+    }
+    /// `l/<SHORT>`: short links to the overlay layer directories (relative
+    /// to the root, as mount options name them).
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("l")
+    }
+    /// `mounts/<id>/`: an overlay mount's record and writable layer.
+    pub fn mounts_dir(&self) -> PathBuf {
+        self.root.join("mounts")
+    }
+    /// `chunks.db`: chunks known to be in each store.
+    pub fn chunk_index_path(&self) -> PathBuf {
+        self.root.join("chunks.db")
+    }
+    /// `flists/`: images packed for `-mount -fuse`.
+    pub fn flists_dir(&self) -> PathBuf {
+        self.root.join("flists")
+    }
+    /// `flists/<manifest hex>.fl`
+    pub fn flist_path(&self, manifest: &Digest) -> PathBuf {
+        self.flists_dir().join(format!("{}.fl", manifest.hex()))
+    }
+    /// `store/`: the workdir's own dir store.
+    pub fn store_dir(&self) -> PathBuf {
+        self.root.join("store")
+    }
+    /// `cache/chunks/`: the FUSE mounts' default chunk cache, for the
+    /// workdir at `root` (named before the workdir is opened).
+    pub fn chunk_cache_dir(root: &Path) -> PathBuf {
+        root.join("cache").join("chunks")
+    }
+
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root
-            .join("blobs")
-            .join(digest.algorithm().name())
-            .join(digest.hex())
+        self.blobs_dir(digest.algorithm().name()).join(digest.hex())
     }
 
     /// Where the change index of layer `digest` is cached.
     pub fn index_path(&self, digest: &Digest) -> PathBuf {
-        self.root
-            .join("index")
+        self.index_dir()
             .join(format!("{}-{}", digest.algorithm().name(), digest.hex()))
     }
 
     fn partial_path(&self, digest: &Digest) -> PathBuf {
-        self.root
-            .join("tmp")
+        self.tmp_dir()
             .join(format!("{}-{}.partial", digest.algorithm().name(), digest.hex()))
     }
 

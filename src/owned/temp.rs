@@ -81,10 +81,12 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        super::signals::unregister(&self.path);
+        // Removed before it is unregistered: a signal's watcher exits the
+        // process once nothing is registered.
         if !self.kept {
             super::remove_if_same(&self.path, self.id);
         }
+        super::signals::unregister(&self.path);
     }
 }
 
@@ -121,6 +123,8 @@ impl TempFile {
 
 impl Drop for TempFile {
     fn drop(&mut self) {
+        // Removed (if not taken) before it is unregistered, as for Staging.
+        drop(self.file.take());
         super::signals::unregister(&self.path);
     }
 }

@@ -111,7 +111,7 @@ impl Router {
                 match store.set(id, blob).await {
                     Ok(()) => break,
                     Err(StoreError::Unavailable { .. }) if attempt < self.attempts => {
-                        tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                        tokio::time::sleep(crate::retry::Backoff::STORE.delay(attempt)).await;
                     }
                     Err(e) => return Err(e),
                 }

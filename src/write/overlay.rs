@@ -105,9 +105,8 @@ pub fn prepare_layers(
     blobs: &[LayerBlob],
 ) -> Result<(Vec<String>, MountStats)> {
     let chains = chain_ids(digests);
-    let root = workdir.root();
-    let overlays = root.join("overlays");
-    let links = root.join("l");
+    let overlays = workdir.overlays_dir();
+    let links = workdir.links_dir();
     std::fs::create_dir_all(&overlays)?;
     std::fs::create_dir_all(&links)?;
     let missing: Vec<usize> = (0..chains.len())
@@ -167,7 +166,7 @@ pub fn prepare_layers(
 /// point's canonical path).
 pub fn state_dir(workdir: &Workdir, mountpoint: &Path) -> PathBuf {
     let id = hex::encode(&Sha256::digest(mountpoint.as_os_str().as_bytes())[..8]);
-    workdir.root().join("mounts").join(id)
+    workdir.mounts_dir().join(id)
 }
 
 fn read_record(state: &Path) -> Option<MountRecord> {
@@ -217,7 +216,7 @@ pub fn mount(
         let top = chains
             .last()
             .context("an image without layers cannot be mounted")?;
-        copy_dir_meta(&workdir.root().join("overlays").join(top).join("diff"), &upper)?;
+        copy_dir_meta(&workdir.overlays_dir().join(top).join("diff"), &upper)?;
     }
     let lowers: Vec<String> = chains
         .iter()

@@ -69,8 +69,7 @@ impl Default for Transport {
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     pub attempts: u32,
-    pub first_delay: Duration,
-    pub max_delay: Duration,
+    pub backoff: crate::retry::Backoff,
     pub max_retry_after: Duration,
 }
 
@@ -78,8 +77,7 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             attempts: 5,
-            first_delay: Duration::from_millis(250),
-            max_delay: Duration::from_secs(8),
+            backoff: crate::retry::Backoff::REGISTRY,
             max_retry_after: Duration::from_secs(120),
         }
     }
@@ -524,8 +522,7 @@ impl From<RegistryError> for Failure {
 
 impl RetryPolicy {
     fn delay(&self, attempt: u32) -> Duration {
-        let d = self.first_delay.saturating_mul(1u32 << (attempt - 1).min(16));
-        d.min(self.max_delay)
+        self.backoff.delay(attempt)
     }
 
     /// How long to wait before attempt `attempt + 1` after `err`; or, to
@@ -665,25 +662,22 @@ mod tests {
     #[test]
     fn retry_after_lengthens_the_wait_within_a_limit() {
         let p = RetryPolicy::default();
+        // The schedule's delay, up to a quarter more (jitter).
+        let within = |d: Result<Duration, String>, base: u64| {
+            let (d, base) = (d.unwrap(), Duration::from_millis(base));
+            assert!(d >= base && d <= base + base / 4, "{d:?} for {base:?}");
+        };
         let mut err = RegistryError::new(ErrorKind::Unavailable, "429".into());
-        assert_eq!(p.next_delay(1, &err), Ok(Duration::from_millis(250)));
+        within(p.next_delay(1, &err), 250);
         err.retry_after = Some(Duration::from_secs(3));
         assert_eq!(p.next_delay(1, &err), Ok(Duration::from_secs(3)));
         err.retry_after = Some(Duration::ZERO);
-        assert_eq!(p.next_delay(2, &err), Ok(Duration::from_millis(500)));
+        within(p.next_delay(2, &err), 500);
         err.retry_after = Some(Duration::from_secs(3600));
         assert!(p.next_delay(1, &err).unwrap_err().contains("wait 3600 s"));
         err.retry_after = None;
         assert_eq!(p.next_delay(5, &err), Err(" (after 5 tries)".into()));
         err.kind = ErrorKind::NotFound;
         assert_eq!(p.next_delay(1, &err), Err(String::new()));
-    }
-
-    #[test]
-    fn backoff_is_bounded() {
-        let p = RetryPolicy::default();
-        assert_eq!(p.delay(1), Duration::from_millis(250));
-        assert_eq!(p.delay(2), Duration::from_millis(500));
-        assert_eq!(p.delay(30), Duration::from_secs(8));
     }
 }
