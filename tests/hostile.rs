@@ -70,7 +70,13 @@ fn mounts_at(dir: &Path) -> Vec<String> {
 
 fn umount_all(dir: &Path) {
     while !mounts_at(dir).is_empty() {
-        if !Command::new("umount").arg("-l").arg(dir).status().unwrap().success() {
+        if !Command::new("umount")
+            .arg("-l")
+            .arg(dir)
+            .status()
+            .unwrap()
+            .success()
+        {
             break;
         }
     }
@@ -105,7 +111,10 @@ fn entries(dir: &Path) -> Vec<String> {
 /// mounted. The same happens when the overlay is bound elsewhere.
 #[test]
 fn umount_never_removes_the_upper_of_an_overlay_still_mounted() {
-    if !root_or_skip("umount_never_removes_the_upper_of_an_overlay_still_mounted", "mounts") {
+    if !root_or_skip(
+        "umount_never_removes_the_upper_of_an_overlay_still_mounted",
+        "mounts",
+    ) {
         return;
     }
     let b = bed("bindself");
@@ -213,7 +222,10 @@ fn a_fuse_mount_of_a_moved_workdir_reads_its_own_store() {
     let read = std::fs::read(mnt.join("etc/a"));
     m.stop();
     assert!(!b.path("wdA").exists(), "the old workdir's path was made again");
-    assert_eq!(read.expect("reading through the mount of a moved workdir"), b"made by image a\n");
+    assert_eq!(
+        read.expect("reading through the mount of a moved workdir"),
+        b"made by image a\n"
+    );
 }
 
 // ------------------------------------------------------------ -overlaydir
@@ -246,7 +258,8 @@ fn an_overlaydir_upper_symlink_is_never_followed() {
         std::os::unix::fs::lchown(&p, Some(uid), Some(gid)).unwrap();
     }
     let m = b.path("m");
-    let out = b.fl.run(&["-image", &b.a, "-mount", s(&m), "-overlaydir", s(&ov)]);
+    let out =
+        b.fl.run(&["-image", &b.a, "-mount", s(&m), "-overlaydir", s(&ov)]);
     if out.status.success() {
         let _ = std::fs::write(m.join("passwd"), b"evil::0:0\n");
         let _ = b.fl.run(&["-umount", s(&m)]);
@@ -274,14 +287,32 @@ fn a_cache_never_writes_through_a_users_symlinks() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let fl = Flmount::new();
-    let (src, store, flist) = (tmp.path().join("src"), tmp.path().join("store"), tmp.path().join("a.fl"));
+    let (src, store, flist) = (
+        tmp.path().join("src"),
+        tmp.path().join("store"),
+        tmp.path().join("a.fl"),
+    );
     content_dir(&src, 1);
-    fl.ok(&["pack", "-flist", s(&flist), "-store", &format!("dir://{}", s(&store)), s(&src)]);
+    fl.ok(&[
+        "pack",
+        "-flist",
+        s(&flist),
+        "-store",
+        &format!("dir://{}", s(&store)),
+        s(&src),
+    ]);
     let cache = tmp.path().join("usercache");
     std::fs::create_dir_all(&cache).unwrap();
     let (uid, gid) = nobody();
     std::os::unix::fs::chown(&cache, Some(uid), Some(gid)).unwrap();
-    fl.ok(&["unpack", "-flist", s(&flist), "-cache", s(&cache), s(&tmp.path().join("out1"))]);
+    fl.ok(&[
+        "unpack",
+        "-flist",
+        s(&flist),
+        "-cache",
+        s(&cache),
+        s(&tmp.path().join("out1")),
+    ]);
     // The user (who owns the cache directory) moves the shards away and
     // puts symlinks in their place.
     let elsewhere = tmp.path().join("elsewhere");
@@ -296,7 +327,14 @@ fn a_cache_never_writes_through_a_users_symlinks() {
         std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
         std::os::unix::fs::lchown(&link, Some(uid), Some(gid)).unwrap();
     }
-    let _ = fl.run(&["unpack", "-flist", s(&flist), "-cache", s(&cache), s(&tmp.path().join("out2"))]);
+    let _ = fl.run(&[
+        "unpack",
+        "-flist",
+        s(&flist),
+        "-cache",
+        s(&cache),
+        s(&tmp.path().join("out2")),
+    ]);
     assert!(
         entries(&elsewhere).is_empty(),
         "root wrote chunk files through the user's symlinks: {:?}",
@@ -317,9 +355,30 @@ fn a_cache_and_a_store_never_share_a_directory() {
     content_dir(&b, 2);
     let (store, shared) = (tmp.path().join("store"), tmp.path().join("shared"));
     let (fa, fb) = (tmp.path().join("a.fl"), tmp.path().join("b.fl"));
-    fl.ok(&["pack", "-flist", s(&fa), "-store", &format!("dir://{}", s(&store)), s(&a)]);
-    fl.ok(&["unpack", "-flist", s(&fa), "-cache", s(&shared), s(&tmp.path().join("o1"))]);
-    let packed = fl.run(&["pack", "-flist", s(&fb), "-store", &format!("dir://{}", s(&shared)), s(&b)]);
+    fl.ok(&[
+        "pack",
+        "-flist",
+        s(&fa),
+        "-store",
+        &format!("dir://{}", s(&store)),
+        s(&a),
+    ]);
+    fl.ok(&[
+        "unpack",
+        "-flist",
+        s(&fa),
+        "-cache",
+        s(&shared),
+        s(&tmp.path().join("o1")),
+    ]);
+    let packed = fl.run(&[
+        "pack",
+        "-flist",
+        s(&fb),
+        "-store",
+        &format!("dir://{}", s(&shared)),
+        s(&b),
+    ]);
     if packed.status.success() {
         let _ = fl.run(&[
             "unpack",
@@ -347,7 +406,14 @@ fn a_chunks_db_corrupt_inside_is_set_aside() {
     let src = tmp.path().join("src");
     content_dir(&src, 3);
     let store = format!("dir://{}", s(&tmp.path().join("store")));
-    fl.ok(&["pack", "-flist", s(&tmp.path().join("1.fl")), "-store", &store, s(&src)]);
+    fl.ok(&[
+        "pack",
+        "-flist",
+        s(&tmp.path().join("1.fl")),
+        "-store",
+        &store,
+        s(&src),
+    ]);
     let db = fl.workdir.join("chunks.db");
     let mut bytes = std::fs::read(&db).unwrap();
     assert!(bytes.len() >= 8192, "chunks.db has one page");
@@ -355,7 +421,14 @@ fn a_chunks_db_corrupt_inside_is_set_aside() {
         *b = 0xff;
     }
     std::fs::write(&db, &bytes).unwrap();
-    let log = fl.ok(&["pack", "-flist", s(&tmp.path().join("2.fl")), "-store", &store, s(&src)]);
+    let log = fl.ok(&[
+        "pack",
+        "-flist",
+        s(&tmp.path().join("2.fl")),
+        "-store",
+        &store,
+        s(&src),
+    ]);
     assert!(log.contains("chunks.db"), "{log}");
 }
 
@@ -370,7 +443,14 @@ fn a_remote_store_that_lost_chunks_but_not_its_identity_is_filled_again() {
     let src = tmp.path().join("src");
     content_dir(&src, 4);
     let store = format!("zdb://127.0.0.1:{}", redis.1);
-    fl.ok(&["pack", "-flist", s(&tmp.path().join("1.fl")), "-store", &store, s(&src)]);
+    fl.ok(&[
+        "pack",
+        "-flist",
+        s(&tmp.path().join("1.fl")),
+        "-store",
+        &store,
+        s(&src),
+    ]);
     run_ok(Command::new("redis-cli").args([
         "-p",
         &redis.1.to_string(),
@@ -391,7 +471,10 @@ fn a_remote_store_that_lost_chunks_but_not_its_identity_is_filled_again() {
 /// its output over the target.
 #[test]
 fn outputs_never_follow_another_users_symlink_in_a_sticky_directory() {
-    if !root_or_skip("outputs_never_follow_another_users_symlink_in_a_sticky_directory", "chown") {
+    if !root_or_skip(
+        "outputs_never_follow_another_users_symlink_in_a_sticky_directory",
+        "chown",
+    ) {
         return;
     }
     let b = bed("sticky");
@@ -402,7 +485,10 @@ fn outputs_never_follow_another_users_symlink_in_a_sticky_directory() {
     std::fs::create_dir_all(&secret).unwrap();
     std::fs::write(secret.join("shadow"), b"root:secret\n").unwrap();
     let (uid, gid) = nobody();
-    for (name, target) in [("config.json", secret.join("shadow")), ("lxc.conf", secret.join("new"))] {
+    for (name, target) in [
+        ("config.json", secret.join("shadow")),
+        ("lxc.conf", secret.join("new")),
+    ] {
         let link = shared.join(name);
         std::os::unix::fs::symlink(&target, &link).unwrap();
         std::os::unix::fs::lchown(&link, Some(uid), Some(gid)).unwrap();
@@ -416,7 +502,10 @@ fn outputs_never_follow_another_users_symlink_in_a_sticky_directory() {
         s(&shared.join("lxc.conf")),
     ]);
     assert_eq!(std::fs::read(secret.join("shadow")).unwrap(), b"root:secret\n");
-    assert!(!secret.join("new").exists(), "root created a file through a user's dangling symlink");
+    assert!(
+        !secret.join("new").exists(),
+        "root created a file through a user's dangling symlink"
+    );
 }
 
 /// README: "a character device, FIFO or socket ... is written through".

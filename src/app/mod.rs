@@ -256,10 +256,15 @@ fn produce(
             let flist =
                 commands::pack_into_workdir(&workdir, &image.manifest_digest, &digests, &layers, validate)
                     .with_context(|| format!("packing {}", image.reference))?;
+            // The flist's lock keeps gc from it before serving holds it.
+            let _held = fuse::hold_flist(&flist)?;
+            // Read from this workdir's store, wherever the workdir was
+            // when the flist was packed (it may have moved).
+            let store = crate::store::dir_url(&workdir.store_dir());
             // Serving lasts: do not hold the workdir's lock meanwhile.
             drop(workdir);
             drop(watch);
-            commands::serve(&flist, &[], &mount)
+            commands::serve(&flist, &[store], &mount)
         })?,
         Output::Overlay { target, overlaydir } => {
             let (chains, stats) = block_in_place(|| overlay::prepare_layers(&workdir, &digests, &layers))

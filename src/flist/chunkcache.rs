@@ -287,7 +287,7 @@ struct DiskCache {
 }
 
 /// The marker file of a chunk cache directory.
-pub const MARKER: &str = ".flmount-chunk-cache";
+pub const MARKER: &str = crate::owned::claim::CHUNK_CACHE;
 
 struct DiskIndex {
     /// Every cached chunk and its size, least recently used first.
@@ -350,6 +350,12 @@ impl DiskCache {
         Ok(cache)
     }
 
+    /// Deletes a cached chunk's file (never through a symlinked shard).
+    fn remove(&self, key: &Key) {
+        let hex = hex::encode(key);
+        let _ = crate::owned::temp::remove_in(&self.dir.join(&hex[..2]), &hex);
+    }
+
     fn path(&self, key: &Key) -> PathBuf {
         let hex = hex::encode(key);
         self.dir.join(&hex[..2]).join(hex)
@@ -372,7 +378,7 @@ impl DiskCache {
                 );
                 self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
                 self.forget(key);
-                let _ = fs::remove_file(&path);
+                self.remove(key);
                 None
             }
             Err(e) => {
@@ -422,7 +428,7 @@ impl DiskCache {
             };
             index.bytes -= size;
             self.stats.evicted.fetch_add(1, Ordering::Relaxed);
-            let _ = fs::remove_file(self.path(&key));
+            self.remove(&key);
         }
     }
 }

@@ -362,7 +362,7 @@ pub fn pack_into_workdir(
         );
     }
     std::fs::create_dir_all(flist.parent().unwrap())?;
-    let store = format!("dir://{}", store_dir.display());
+    let store = crate::store::dir_url(&store_dir);
     pack_image(workdir, digests, layers, &flist, &[store])?;
     Ok(flist)
 }

@@ -82,6 +82,22 @@ impl KnownChunks {
                     ids.insert(id);
                 }
             }
+            // A remote store may lose chunks and keep its identity (keys
+            // evicted, objects expired, a partial restore): a sample of what
+            // it is remembered to hold is asked for first, and any miss
+            // makes every chunk be checked.
+            if store.holds_locally(&[0; 32]).is_none() && !ids.is_empty() {
+                for id in ids.iter().take(16) {
+                    if !rt.block_on(store.exists(id))? {
+                        tracing::warn!(
+                            "store {} lost chunks flmount stored in it: checking every chunk",
+                            store.public_url()
+                        );
+                        ids.clear();
+                        break;
+                    }
+                }
+            }
             known.insert(key.clone(), ids);
             keys.push(key);
         }
@@ -112,6 +128,15 @@ impl KnownChunks {
             let conn = Connection::open(path)?;
             conn.busy_timeout(std::time::Duration::from_secs(30))?;
             conn.execute_batch(SCHEMA)?;
+            // Damage inside a table shows only when a page is read: look at
+            // every page once (milliseconds for the sizes this index has).
+            let verdict: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
+            if verdict != "ok" {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+                    Some(verdict),
+                ));
+            }
             Ok(conn)
         };
         match open() {

@@ -75,6 +75,21 @@ pub fn remove_if_same(path: &Path, id: FileId) {
     }
 }
 
+/// The process's umask (read once, without changing it).
+pub fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o777)
+    })
+}
+
 /// flmount refused to touch something it did not make (exit code 8).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -52,20 +52,19 @@ pub fn destination(path: &Path) -> Result<Destination> {
         };
         let kind = meta.file_type();
         if kind.is_symlink() {
+            trusted_link(&path, &meta)?;
             let target = std::fs::read_link(&path).with_context(|| format!("reading {}", path.display()))?;
             let next = match path.parent() {
                 Some(parent) => parent.join(&target),
                 None => target,
             };
-            if std::fs::symlink_metadata(&next).is_err() && std::fs::metadata(&next).is_err() {
-                // A dangling link: creating its target is a guess.
-                if !next.parent().is_some_and(|p| p.is_dir()) {
-                    crate::refuse!(
-                        "{} is a symlink to {}, which does not exist; give the path to write",
-                        path.display(),
-                        next.display()
-                    );
-                }
+            if std::fs::symlink_metadata(&next).is_err() {
+                // A dangling link: where it leads was never made.
+                crate::refuse!(
+                    "{} is a symlink to {}, which does not exist; give the path to write",
+                    path.display(),
+                    next.display()
+                );
             }
             path = next;
             continue;
@@ -87,6 +86,23 @@ pub fn destination(path: &Path) -> Result<Destination> {
         );
     }
     crate::refuse!("{}: too many levels of symbolic links", path.display())
+}
+
+/// A symlink is followed only if this user or the owner of the directory
+/// holding it made it, as the kernel's `protected_symlinks` rule has it:
+/// another user's link in a shared directory could lead anywhere.
+fn trusted_link(link: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let dir_owner = std::fs::metadata(parent_of(link)).map(|m| m.uid()).ok();
+    if meta.uid() == me || Some(meta.uid()) == dir_owner {
+        return Ok(());
+    }
+    crate::refuse!(
+        "{} is a symlink made by uid {}, neither this user nor the directory's owner; not following it",
+        link.display(),
+        meta.uid()
+    )
 }
 
 fn describe(meta: &std::fs::Metadata) -> &'static str {
@@ -115,11 +131,26 @@ pub fn write(path: &Path, data: &[u8]) -> Result<()> {
     }
 }
 
-fn open_special(path: &Path) -> Result<File> {
-    OpenOptions::new()
+/// Opens a device, FIFO or socket for writing: the path is the one just
+/// checked (never a symlink), and what was opened is checked again.
+fn open_special(path: &Path) -> Result<Box<dyn Write>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let m = std::fs::symlink_metadata(path).with_context(|| format!("checking {}", path.display()))?;
+    if m.file_type().is_socket() {
+        let stream = std::os::unix::net::UnixStream::connect(path)
+            .with_context(|| format!("connecting to {}", path.display()))?;
+        return Ok(Box::new(stream));
+    }
+    let file = OpenOptions::new()
         .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .with_context(|| format!("opening {}", path.display()))
+        .with_context(|| format!("opening {}", path.display()))?;
+    let t = file.metadata()?.file_type();
+    if !(t.is_char_device() || t.is_fifo()) {
+        crate::refuse!("{} changed while it was opened; not writing it", path.display());
+    }
+    Ok(Box::new(file))
 }
 
 fn write_stream(out: &mut dyn Write, data: &[u8], path: &Path) -> Result<()> {
@@ -148,7 +179,22 @@ fn parent_of(path: &Path) -> &Path {
 /// over `existing` only if that is still what the path holds, or to a
 /// path that is still free.
 pub fn place(tmp: tempfile::NamedTempFile, path: &Path, existing: Option<FileId>) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let now = std::fs::symlink_metadata(path).ok();
+    // The file keeps the mode and owner it had; a new one gets the mode
+    // the umask allows, as a file created in place would.
+    match &now {
+        Some(m) if m.file_type().is_file() => {
+            if nix::unistd::geteuid().is_root() {
+                std::os::unix::fs::fchown(tmp.as_file(), Some(m.uid()), Some(m.gid()))?;
+            }
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+        }
+        _ => tmp
+            .as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o666 & !super::umask()))?,
+    }
     match (existing, &now) {
         (Some(id), Some(m)) if m.file_type().is_file() && FileId::from(m) == id => {
             tmp.persist(path)

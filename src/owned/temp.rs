@@ -182,52 +182,90 @@ fn process_alive(pid: i32) -> bool {
 
 /// Writes a file that must be whole or absent: an unnamed temporary file
 /// in `dir` (`O_TMPFILE`), linked as `name` once written. A name already
-/// there is kept (the content is addressed by its name). Where the
-/// filesystem has no `O_TMPFILE`, a prefixed temporary renamed into place.
+/// there is kept (the content is addressed by its name). `dir` itself is
+/// never a symlink (a planted one would lead the write elsewhere). Where
+/// the filesystem has no `O_TMPFILE`, a prefixed temporary is linked into
+/// place the same way.
 pub fn write_new_file(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
-    let target = dir.join(name);
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_TMPFILE)
-        .mode(0o644)
-        .open(dir)
-    {
-        Ok(mut file) => {
-            file.write_all(data)?;
-            link_anonymous(&file, &target)
-        }
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EISDIR)) => {
-            let mut tmp = tempfile::Builder::new().prefix(PREFIX).tempfile_in(dir)?;
-            tmp.write_all(data)?;
-            tmp.persist(&target).map(drop).map_err(|e| e.error)
-        }
-        Err(e) => Err(e),
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let dirfd = open_dir_nofollow(dir)?;
+    let cname = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: a valid directory fd and a NUL-terminated name.
+    let fd = unsafe {
+        libc::openat(
+            dirfd.as_raw_fd(),
+            c".".as_ptr(),
+            libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: a new fd owned from here on.
+        let mut file = unsafe { File::from_raw_fd(fd) };
+        file.write_all(data)?;
+        let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
+        // SAFETY: NUL-terminated paths; AT_SYMLINK_FOLLOW links the open
+        // file's inode through its /proc name.
+        let rc = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                dirfd.as_raw_fd(),
+                cname.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        return exists_is_ok(rc);
+    }
+    let e = std::io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EISDIR)) {
+        return Err(e);
+    }
+    let mut tmp = tempfile::Builder::new().prefix(PREFIX).tempfile_in(dir)?;
+    tmp.write_all(data)?;
+    let tmp_name =
+        std::ffi::CString::new(tmp.path().file_name().unwrap().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: NUL-terminated names relative to a valid directory fd.
+    let rc = unsafe {
+        libc::linkat(
+            dirfd.as_raw_fd(),
+            tmp_name.as_ptr(),
+            dirfd.as_raw_fd(),
+            cname.as_ptr(),
+            0,
+        )
+    };
+    exists_is_ok(rc)
+}
+
+fn exists_is_ok(rc: libc::c_int) -> std::io::Result<()> {
+    let e = std::io::Error::last_os_error();
+    match rc {
+        0 => Ok(()),
+        _ if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        _ => Err(e),
     }
 }
 
-fn link_anonymous(file: &File, target: &Path) -> std::io::Result<()> {
+/// Opens a directory that is not a symlink.
+fn open_dir_nofollow(dir: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+        .map(Into::into)
+}
+
+/// Removes the file `name` from `dir`, `dir` not being a symlink.
+pub fn remove_in(dir: &Path, name: &str) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
-    let to = std::ffi::CString::new(target.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: NUL-terminated paths; linkat with AT_SYMLINK_FOLLOW links the
-    // open file's inode through its /proc name.
-    let rc = unsafe {
-        libc::linkat(
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::AT_SYMLINK_FOLLOW,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EEXIST) {
+    let dirfd = open_dir_nofollow(dir)?;
+    let cname = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: a valid directory fd and a NUL-terminated name.
+    if unsafe { libc::unlinkat(dirfd.as_raw_fd(), cname.as_ptr(), 0) } == 0 {
         Ok(())
     } else {
-        Err(e)
+        Err(std::io::Error::last_os_error())
     }
 }
 

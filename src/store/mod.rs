@@ -104,7 +104,7 @@ pub trait Store: Send + Sync {
 
 /// The name of a store's identity object (outside the chunk names, which
 /// are hex).
-pub const IDENTITY_KEY: &str = "flmount-store-id";
+pub const IDENTITY_KEY: &str = crate::owned::claim::STORE_IDENTITY;
 
 /// A new random store identity.
 pub fn new_identity() -> String {
@@ -212,7 +212,7 @@ impl StoreUrl {
         if let Some(p) = self.port {
             out.push_str(&format!(":{p}"));
         }
-        out.push_str(&self.path);
+        out.push_str(&encode_path(&self.path));
         if !self.query.is_empty() {
             let q: Vec<String> = self
                 .query
@@ -242,6 +242,22 @@ fn decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A path as a URL's path: what would end it or be decoded (`%`, `?`,
+/// `#`) and what would be unreadable (spaces, controls) percent-encoded.
+fn encode_path(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'%' | b'?' | b'#' | b' ' | 0..=0x1f | 0x7f => format!("%{b:02X}"),
+            _ => (b as char).to_string(),
+        })
+        .collect::<String>()
+}
+
+/// The `dir://` URL of a local directory, whatever its name holds.
+pub fn dir_url(path: &std::path::Path) -> String {
+    format!("dir://{}", encode_path(&path.to_string_lossy()))
 }
 
 fn encode(s: &str) -> String {
@@ -322,6 +338,10 @@ mod tests {
         let d = StoreUrl::parse("dir:///var/lib/chunks").unwrap();
         assert_eq!((d.host.as_str(), d.path.as_str()), ("", "/var/lib/chunks"));
         assert_eq!(redact("zdb://u:pw@h/ns"), "zdb://***@h/ns");
+        let odd = std::path::Path::new("/srv/a?b/100%/c d#e");
+        let url = dir_url(odd);
+        assert_eq!(StoreUrl::parse(&url).unwrap().path, odd.to_str().unwrap());
+        assert_eq!(StoreUrl::parse(&url).unwrap().public(), url);
     }
 
     #[test]

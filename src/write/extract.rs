@@ -418,7 +418,7 @@ fn create_one(
             };
             counters.bytes.fetch_add(written, Ordering::Relaxed);
             counters.files.fetch_add(1, Ordering::Relaxed);
-            apply_meta_fd(file.as_raw_fd(), meta, opts, Some(perms & !umask()))?;
+            apply_meta_fd(file.as_raw_fd(), meta, opts, Some(perms & !crate::owned::umask()))?;
         }
         InodeKind::Symlink { target } => {
             let target = CString::new(target.as_ref()).map_err(|_| anyhow!("NUL in symlink target"))?;
@@ -571,20 +571,6 @@ impl<'f> SparseWriter<'f> {
 
 /// The process umask, read once (from /proc: reading it with umask(2)
 /// would change it for a moment under other threads).
-fn umask() -> u32 {
-    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *UMASK.get_or_init(|| {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Umask:"))
-                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
-            })
-            .unwrap_or(0o777)
-    })
-}
-
 fn mkdir(parent: RawFd, name: &CString) -> Result<()> {
     // SAFETY: valid fd and NUL-terminated name.
     let rc = unsafe { libc::mkdirat(parent, name.as_ptr(), 0o700) };

@@ -61,6 +61,9 @@ pub struct MountRecord {
     /// The upper directory's identity.
     #[serde(default)]
     pub upper_id: Option<FileId>,
+    /// The mount's id in the mount table.
+    #[serde(default)]
+    pub mount_id: Option<u64>,
 }
 
 /// The image a user's `-overlaydir` holds the writable layer of.
@@ -205,8 +208,26 @@ pub fn mount(
     };
     let upper = base.join("upper");
     let work = base.join("work");
-    std::fs::create_dir_all(&upper).with_context(|| format!("creating {}", upper.display()))?;
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&base)
+            .with_context(|| format!("creating {}", base.display()))?;
+    }
+    // A user's -overlaydir is checked (the workdir's own is flmount's).
+    let check = |dir: &Path| if owned { Ok(()) } else { own_directory(dir) };
+    check(&base)?;
+    for dir in [&upper, &work] {
+        use std::os::unix::fs::DirBuilderExt;
+        match std::fs::DirBuilder::new().mode(0o755).create(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(e).with_context(|| format!("creating {}", dir.display()));
+            }
+            _ => check(dir)?,
+        }
+    }
     let upper_empty = std::fs::read_dir(&upper)?.next().is_none();
     check_upper_is_for(manifest, mountpoint, &state, &base, owned, upper_empty)?;
     if upper_empty {
@@ -236,6 +257,9 @@ pub fn mount(
     }
     let target = CString::new(mountpoint.as_os_str().as_bytes())?;
     let data = CString::new(options.clone())?;
+    // A signal between the mount and its record would leave a mount that
+    // -umount cannot prove is flmount's: the two are done together.
+    let _critical = crate::owned::signals::critical();
     {
         let _guard = CWD.lock().unwrap();
         let previous = std::env::current_dir()?;
@@ -272,6 +296,7 @@ pub fn mount(
             owned_upper: owned,
             mount_dev: Some(FileId::following(mountpoint)?.dev),
             upper_id: Some(FileId::following(&upper)?),
+            mount_id: mounts::mount_at(mountpoint)?.map(|m| m.id),
         };
         let json = serde_json::to_vec_pretty(&record)?;
         if !owned {
@@ -280,10 +305,35 @@ pub fn mount(
         write_atomic(&state.join("mount.json"), &json)
     })();
     if let Err(e) = recorded {
-        let _ = nix::mount::umount2(mountpoint, nix::mount::MntFlags::UMOUNT_NOFOLLOW);
+        let _ = nix::mount::umount2(
+            mountpoint,
+            nix::mount::MntFlags::UMOUNT_NOFOLLOW | nix::mount::MntFlags::MNT_DETACH,
+        );
         return Err(e.context(format!("recording the mount at {}", mountpoint.display())));
     }
     tracing::debug!(options = %String::from_utf8_lossy(&options), "mounted");
+    Ok(())
+}
+
+/// `dir` is a real directory (not a symlink) of this user's that nobody
+/// else may write: the writable layer's place, whose contents are trusted.
+fn own_directory(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(dir).with_context(|| format!("checking {}", dir.display()))?;
+    if !m.is_dir() {
+        crate::refuse!(
+            "{} is not a directory (a symlink?); the overlay's writable layer needs one of its own",
+            dir.display()
+        );
+    }
+    if m.uid() != nix::unistd::geteuid().as_raw() || m.mode() & 0o022 != 0 {
+        crate::refuse!(
+            "{} is owned by uid {} or writable by others (mode {:o}); -overlaydir must be the mounting user's own",
+            dir.display(),
+            m.uid(),
+            m.mode() & 0o7777
+        );
+    }
     Ok(())
 }
 
@@ -369,6 +419,7 @@ pub fn umount(workdir: &Workdir, mountpoint: &Path) -> Result<()> {
         ),
         (Some(m), Some(r)) => {
             let proof = Proof::Overlay {
+                id: r.mount_id,
                 dev: r.mount_dev.unwrap_or(m.dev),
                 upper: match r.upper_id {
                     Some(id) => id,

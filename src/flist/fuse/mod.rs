@@ -352,7 +352,7 @@ fn mount_directly(mountpoint: &Path, flist: &Path, allow_other: bool) -> Result<
 }
 
 /// A shared lock on the flist file while it is served.
-fn hold_flist(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+pub fn hold_flist(path: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening flist {}", path.display()))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockShared)
         .map_err(|(_, e)| e)

@@ -97,7 +97,8 @@ pub fn run(mountpoint: PathBuf) -> u8 {
 }
 
 fn detach(mountpoint: &Path) -> bool {
-    let detached = match nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH) {
+    let flags = nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW;
+    let detached = match nix::mount::umount2(mountpoint, flags) {
         Err(nix::errno::Errno::EPERM) => Command::new("fusermount3")
             .args(["-u", "-z", "--"])
             .arg(mountpoint)
