@@ -163,6 +163,18 @@ elapsed() {
 	awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f\n", b - a }'
 }
 
+# median X...: the median of numbers, 3 decimals.
+median() {
+	printf '%s\n' "$@" | sort -g | awk '
+		{ v[NR] = $1 }
+		END { if (NR % 2) printf "%.3f\n", v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# ratio A B: A / B with 2 decimals.
+ratio() {
+	awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f\n", a / b }'
+}
+
 # free_port: print a TCP port on 127.0.0.1 that nothing listens on right now.
 free_port() {
 	if command -v python3 >/dev/null 2>&1; then

@@ -148,11 +148,11 @@ pub fn store(flist: &Path, routes: &[String]) -> Result<()> {
         if !routes.is_empty() {
             let mut rows = Vec::new();
             for arg in routes {
-                let (start, end, url) = store::parse_range(arg)?;
+                let spec = store::StoreSpec::parse(arg)?;
                 rows.push(RouteRow {
-                    start,
-                    end,
-                    url: store::StoreUrl::parse(url)?.public(),
+                    start: spec.start,
+                    end: spec.end,
+                    url: spec.url.public(),
                 });
             }
             fl.replace_routes(&rows)?;

@@ -260,7 +260,7 @@ fn produce(
             let _held = fuse::hold_flist(&flist)?;
             // Read from this workdir's store, wherever the workdir was
             // when the flist was packed (it may have moved).
-            let store = crate::store::dir_url(&workdir.store_dir());
+            let store = crate::store::StoreSpec::dir(&workdir.store_dir());
             // Serving lasts: do not hold the workdir's lock meanwhile.
             drop(workdir);
             drop(watch);

@@ -9,6 +9,7 @@ use crate::flist::fuse::MountOptions;
 use crate::image::pull::PullOptions;
 use crate::image::reference::ImageRef;
 use crate::image::source::Source;
+use crate::store::StoreSpec;
 
 /// What to do, validated.
 #[derive(Debug)]
@@ -45,7 +46,7 @@ pub enum Action {
     },
     Unpack {
         flist: PathBuf,
-        stores: Vec<String>,
+        stores: Vec<StoreSpec>,
         target: PathBuf,
         force: bool,
         cache: CacheOptions,
@@ -53,7 +54,7 @@ pub enum Action {
     /// Serve an flist through FUSE until unmounted.
     Serve {
         flist: PathBuf,
-        stores: Vec<String>,
+        stores: Vec<StoreSpec>,
         mount: MountOptions,
     },
     Flist(FlistOp),
@@ -65,7 +66,7 @@ pub enum Action {
     },
     Pack {
         flist: PathBuf,
-        stores: Vec<String>,
+        stores: Vec<StoreSpec>,
         dir: PathBuf,
     },
 }
@@ -98,7 +99,7 @@ pub enum Output {
     /// Index into an flist, content into the stores.
     Flist {
         path: PathBuf,
-        stores: Vec<String>,
+        stores: Vec<StoreSpec>,
     },
 }
 

@@ -77,7 +77,7 @@ impl Args {
             }) => {
                 let action = Action::Unpack {
                     flist,
-                    stores,
+                    stores: specs(&stores)?,
                     target: absolute(target)?,
                     force,
                     cache: CacheOptions {
@@ -101,7 +101,7 @@ impl Args {
                 }
                 let action = Action::Pack {
                     flist: absolute(flist)?,
-                    stores,
+                    stores: specs(&stores)?,
                     dir: absolute(dir)?,
                 };
                 return Ok(simple(action));
@@ -146,7 +146,7 @@ impl Args {
                 }
                 return Ok(simple(Action::Serve {
                     flist: absolute(flist.clone())?,
-                    stores: self.stores.clone(),
+                    stores: specs(&self.stores)?,
                     mount: mount_options(target.clone())?,
                 }));
             }
@@ -193,7 +193,7 @@ impl Args {
                 }
                 Output::Flist {
                     path: absolute(self.flist.clone().unwrap())?,
-                    stores: self.stores.clone(),
+                    stores: specs(&self.stores)?,
                 }
             }
             (Some(target), None) if target.as_os_str() == "-" => Output::Export,
@@ -264,4 +264,13 @@ fn absolute(p: PathBuf) -> Result<PathBuf> {
 fn mount_point(p: PathBuf) -> Result<PathBuf> {
     let p = absolute(p)?;
     Ok(crate::owned::mounts::canonical(&p).unwrap_or(p))
+}
+
+/// Store arguments (`[xx-yy=]URL`), checked before any work is done.
+fn specs(args: &[String]) -> Result<Vec<crate::store::StoreSpec>> {
+    args.iter()
+        .map(|a| {
+            crate::store::StoreSpec::parse(a).with_context(|| format!("-store {}", crate::store::redact(a)))
+        })
+        .collect()
 }

@@ -482,7 +482,7 @@ mod tests {
     }
 
     async fn slow_cache(dir: &Path, delay: Duration, timeout: Duration) -> (Arc<Slow>, ChunkCache, ChunkRef) {
-        let inner = store::open(&format!("dir://{}", dir.display()), timeout).unwrap();
+        let inner = store::open(&store::StoreUrl::dir(dir), timeout).unwrap();
         let (chunk, blob) = codec::encode(&[7u8; 1000]);
         inner.set(&chunk.id, &blob).await.unwrap();
         let slow = Arc::new(Slow {

@@ -19,14 +19,9 @@ use crate::image::digest::Digest;
 use crate::image::workdir::Workdir;
 use crate::progress::human_bytes;
 use crate::store::ChunkRef;
-use crate::store::{self, Router};
+use crate::store::{self, Router, StoreSpec};
 use crate::write::extract::{self, WriteOptions};
 use std::collections::HashMap;
-
-/// Threads encoding or fetching chunks.
-fn chunk_threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()).max(2) * 2
-}
 
 /// The routes an flist records for `router`: public URLs, no secrets.
 fn route_rows(router: &Router) -> Vec<RouteRow> {
@@ -61,7 +56,7 @@ pub fn pack_image(
     digests: &[Digest],
     layers: &[LayerBlob],
     out: &Path,
-    stores: &[String],
+    stores: &[StoreSpec],
 ) -> Result<()> {
     let started = Instant::now();
     let router = open_writing_router(stores)?;
@@ -120,7 +115,7 @@ pub fn pack_image(
         &router,
         &known,
         &Handle::current(),
-        chunk_threads(),
+        content::io_workers(),
     )?;
     let changes: Vec<Vec<Change>> = changes.into_iter().map(|c| c.into_inner().unwrap()).collect();
     let plan = Tree::from_layers(&changes)?.plan();
@@ -155,12 +150,12 @@ pub fn pack_image(
 }
 
 /// `flmount pack -flist OUT -store URL... DIR`: the same from a directory.
-pub fn pack_dir(workdir: &Workdir, dir: &Path, out: &Path, stores: &[String]) -> Result<pack::PackStats> {
+pub fn pack_dir(workdir: &Workdir, dir: &Path, out: &Path, stores: &[StoreSpec]) -> Result<pack::PackStats> {
     let started = Instant::now();
     let plan = crate::fs::scan::scan(dir)?;
     let content = crate::fs::scan::DiskContent {
         root: dir.to_owned(),
-        threads: chunk_threads(),
+        threads: content::io_workers(),
     };
     let router = open_writing_router(stores)?;
     let known = KnownChunks::load(&workdir.chunk_index_path(), &router, &Handle::current())?;
@@ -177,13 +172,13 @@ pub fn pack_dir(workdir: &Workdir, dir: &Path, out: &Path, stores: &[String]) ->
         &router,
         &known,
         &Handle::current(),
-        chunk_threads(),
+        content::io_workers(),
     )
     .with_context(|| format!("packing {}", dir.display()))?;
     write_flist(out, &plan, &blocks, &router, stats, started)
 }
 
-fn open_writing_router(stores: &[String]) -> Result<Router> {
+fn open_writing_router(stores: &[StoreSpec]) -> Result<Router> {
     let router = Router::open(stores, store::DEFAULT_TIMEOUT)?;
     router.check_coverage()?;
     Ok(router)
@@ -228,41 +223,43 @@ fn write_flist(
 }
 
 /// The router for reading an flist. Without `-store`, the flist's own
-/// routes. A `-store` URL that is one of those routes with credentials
-/// added keeps the route's range; any other `-store` set replaces the
+/// routes. `-store` URLs that are some of those routes with credentials
+/// added keep the routes' ranges; any other `-store` set replaces the
 /// routes.
-fn reading_router(fl: &Flist, stores: &[String], timeout: Duration) -> Result<Router> {
-    let routes = fl.routes()?;
-    let mut args: Vec<String> = routes
-        .iter()
-        .map(|r| format!("{:02x}-{:02x}={}", r.start, r.end, r.url))
-        .collect();
+fn reading_router(fl: &Flist, stores: &[StoreSpec], timeout: Duration) -> Result<Router> {
+    let mut specs = Vec::new();
+    for row in fl.routes()? {
+        specs.push(StoreSpec {
+            start: row.start,
+            end: row.end,
+            url: store::StoreUrl::parse(&row.url)
+                .with_context(|| format!("the flist's route {}", store::redact(&row.url)))?,
+        });
+    }
     if !stores.is_empty() {
-        let public = |s: &str| store::StoreUrl::parse(s).map(|u| u.public()).ok();
-        let no_range = |s: &str| store::parse_range(s).is_ok_and(|(_, _, url)| url.len() == s.len());
         let adds_credentials = stores
             .iter()
-            .all(|s| no_range(s) && routes.iter().any(|r| Some(&r.url) == public(s).as_ref()));
+            .all(|s| s.covers_all() && specs.iter().any(|r| r.url.public() == s.url.public()));
         if adds_credentials {
-            for (route, arg) in routes.iter().zip(args.iter_mut()) {
-                if let Some(s) = stores.iter().find(|s| public(s).as_ref() == Some(&route.url)) {
-                    *arg = format!("{:02x}-{:02x}={s}", route.start, route.end);
+            for route in &mut specs {
+                if let Some(s) = stores.iter().find(|s| s.url.public() == route.url.public()) {
+                    route.url = s.url.clone();
                 }
             }
         } else {
-            args = stores.to_vec();
+            specs = stores.to_vec();
         }
     }
-    if args.is_empty() {
+    if specs.is_empty() {
         bail!("the flist names no stores: give -store URL");
     }
-    Router::open(&args, timeout)
+    Router::open(&specs, timeout)
 }
 
 /// `flmount unpack -flist F TARGET`: restore the whole tree.
 pub fn unpack(
     flist_path: &Path,
-    stores: &[String],
+    stores: &[StoreSpec],
     cache: &CacheOptions,
     target: &Path,
     force: bool,
@@ -275,7 +272,7 @@ pub fn unpack(
         blocks: &blocks,
         cache: &cache,
         rt: Handle::current(),
-        threads: chunk_threads(),
+        threads: content::io_workers(),
     };
     // The flist's all-zero chunks (a sparse file's holes) stay holes.
     let stats = extract::into_target(target, force, |dir| {
@@ -293,7 +290,7 @@ pub fn unpack(
 }
 
 /// `-flist F -mount DIR`: serve an flist through FUSE until unmounted.
-pub fn serve(flist_path: &Path, stores: &[String], mount: &MountOptions) -> Result<()> {
+pub fn serve(flist_path: &Path, stores: &[StoreSpec], mount: &MountOptions) -> Result<()> {
     let router = reading_router(&Flist::open(flist_path)?, stores, mount.cache.timeout)?;
     fuse::serve(flist_path, router, mount, Handle::current())
 }
@@ -362,7 +359,7 @@ pub fn pack_into_workdir(
         );
     }
     std::fs::create_dir_all(flist.parent().unwrap())?;
-    let store = crate::store::dir_url(&store_dir);
+    let store = crate::store::StoreSpec::dir(&store_dir);
     pack_image(workdir, digests, layers, &flist, &[store])?;
     Ok(flist)
 }

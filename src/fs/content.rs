@@ -57,6 +57,17 @@ impl ContentSource for LayerContent<'_> {
     }
 }
 
+/// The cores this process may use.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// Threads for work that waits on I/O as much as it computes (creating
+/// files, encoding and storing chunks): two per core, between 4 and 16.
+pub fn io_workers() -> usize {
+    cores().clamp(2, 8) * 2
+}
+
 /// Runs `work` on every item with `threads` threads taking items in turn;
 /// the first error stops each thread at its next item and is returned.
 pub fn for_each_parallel<T: Sync>(

@@ -123,7 +123,7 @@ pub fn write(path: &Path, data: &[u8]) -> Result<()> {
         Destination::Stdout => write_stream(&mut std::io::stdout().lock(), data, path),
         Destination::Special(path) => write_stream(&mut open_special(&path)?, data, &path),
         Destination::File { path, existing } => {
-            let mut tmp = temporary_beside(&path)?;
+            let mut tmp = temporary_beside(&path)?.into_inner();
             tmp.write_all(data)?;
             tmp.as_file().sync_all()?;
             place(tmp, &path, existing)
@@ -160,13 +160,10 @@ fn write_stream(out: &mut dyn Write, data: &[u8], path: &Path) -> Result<()> {
 }
 
 /// A temporary file beside `path` (flmount's prefix), for [`place`].
-pub fn temporary_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
+pub fn temporary_beside(path: &Path) -> Result<super::temp::TempFile> {
     let dir = parent_of(path);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    tempfile::Builder::new()
-        .prefix(super::temp::PREFIX)
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))
+    super::temp::TempFile::new_in(dir)
 }
 
 fn parent_of(path: &Path) -> &Path {
@@ -233,7 +230,7 @@ pub fn publish(mut tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
             if parent_of(&path) == parent_of(tmp.path()) {
                 place(tmp, &path, existing)
             } else {
-                let mut beside = temporary_beside(&path)?;
+                let mut beside = temporary_beside(&path)?.into_inner();
                 let f = tmp.as_file_mut();
                 f.rewind()?;
                 std::io::copy(f, &mut beside)?;

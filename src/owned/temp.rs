@@ -98,11 +98,19 @@ pub struct TempFile {
 
 impl TempFile {
     /// A new temporary file with flmount's prefix in `dir`.
+    /// Named `.flmount-<pid>-<random>` and locked while it lives, so a
+    /// later run can tell one a killed flmount left, and removes those.
     pub fn new_in(dir: &Path) -> Result<TempFile> {
+        remove_stale_prefixed(dir, PREFIX);
         let file = tempfile::Builder::new()
-            .prefix(PREFIX)
+            .prefix(&format!("{PREFIX}{}-", std::process::id()))
             .tempfile_in(dir)
             .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on an fd this process owns.
+        if unsafe { libc::flock(file.as_file().as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("locking a temporary file");
+        }
         let path = file.path().to_owned();
         super::signals::register(&path, FileId::of(&path)?);
         Ok(TempFile {
@@ -133,7 +141,13 @@ impl Drop for TempFile {
 /// names them) that a killed flmount left: no process holds their lock
 /// and the process that made them is gone. Returns how many.
 pub fn remove_stale(parent: &Path, name: &str) -> usize {
-    let prefix = format!(".{name}{PREFIX}");
+    remove_stale_prefixed(parent, &format!(".{name}{PREFIX}"))
+}
+
+/// Removes what a killed flmount left in `parent` under `prefix` followed
+/// by `<pid>-`: staging directories and temporary files whose process is
+/// gone and whose lock nobody holds.
+fn remove_stale_prefixed(parent: &Path, prefix: &str) -> usize {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return 0;
     };
@@ -159,13 +173,13 @@ pub fn remove_stale(parent: &Path, name: &str) -> usize {
     removed
 }
 
-/// Removes the staging directory `path` made by process `pid` if that
-/// process is gone and nobody holds the directory's lock.
+/// Removes the staging directory or temporary file `path` made by process
+/// `pid` if that process is gone and nobody holds its lock.
 fn remove_unheld(path: &Path, pid: i32) -> bool {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return false;
     };
-    if !meta.is_dir() || process_alive(pid) {
+    if !(meta.is_dir() || meta.is_file()) || process_alive(pid) {
         return false;
     }
     let Ok(file) = File::open(path) else { return false };
@@ -302,6 +316,22 @@ mod tests {
         assert_eq!(remove_stale(dir.path(), "t"), 1);
         assert!(!stale.exists());
         assert!(other.exists(), "another name's staging was removed");
+    }
+
+    #[test]
+    fn temporary_files_left_by_a_dead_process_go_and_live_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join(".flmount-999999999-abc");
+        std::fs::write(&dead, b"left by a kill").unwrap();
+        let live = TempFile::new_in(dir.path()).unwrap();
+        assert!(!dead.exists(), "a dead process's temporary was kept");
+        // Another temporary in the same directory: the live one is locked.
+        let _second = TempFile::new_in(dir.path()).unwrap();
+        assert!(live.path().exists(), "a live temporary was removed");
+        let theirs = dir.path().join(".flmount-notes");
+        std::fs::write(&theirs, b"not ours").unwrap();
+        let _third = TempFile::new_in(dir.path()).unwrap();
+        assert!(theirs.exists());
     }
 
     #[test]

@@ -193,6 +193,19 @@ impl StoreUrl {
         })
     }
 
+    /// `dir://PATH`.
+    pub fn dir(path: &std::path::Path) -> StoreUrl {
+        StoreUrl {
+            scheme: "dir".into(),
+            user: None,
+            password: None,
+            host: String::new(),
+            port: None,
+            path: path.to_string_lossy().into_owned(),
+            query: Vec::new(),
+        }
+    }
+
     pub fn password(&self) -> Option<&str> {
         self.password.as_deref()
     }
@@ -255,11 +268,6 @@ fn encode_path(s: &str) -> String {
         .collect::<String>()
 }
 
-/// The `dir://` URL of a local directory, whatever its name holds.
-pub fn dir_url(path: &std::path::Path) -> String {
-    format!("dir://{}", encode_path(&path.to_string_lossy()))
-}
-
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -278,9 +286,9 @@ pub fn redact(s: &str) -> String {
     }
 }
 
-/// Opens the backend for a store URL (no range prefix).
-pub fn open(url: &str, timeout: Duration) -> Result<Box<dyn Store>> {
-    let parsed = StoreUrl::parse(url)?;
+/// Opens the backend for a store URL.
+pub fn open(parsed: &StoreUrl, timeout: Duration) -> Result<Box<dyn Store>> {
+    let parsed = parsed.clone();
     Ok(match parsed.scheme.as_str() {
         "dir" => Box::new(dir::DirStore::new(&parsed)?),
         "zdb" => Box::new(zdb::ZdbStore::new(&parsed, timeout)?),
@@ -293,8 +301,52 @@ pub fn open(url: &str, timeout: Duration) -> Result<Box<dyn Store>> {
     })
 }
 
+/// A store as the command line and an flist name it: the range of chunk
+/// ids (by first byte) it serves and its URL, credentials included.
+/// Parsed once, where the text enters (a flag, the config file, an flist's
+/// route table); everything after carries this.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct StoreSpec {
+    pub start: u8,
+    pub end: u8,
+    pub url: StoreUrl,
+}
+
+impl StoreSpec {
+    /// `[xx-yy=]URL`; a bare URL serves every chunk.
+    pub fn parse(arg: &str) -> Result<StoreSpec> {
+        let (start, end, url) = parse_range(arg)?;
+        let url = StoreUrl::parse(url)?;
+        if !matches!(
+            url.scheme.as_str(),
+            "dir" | "zdb" | "s3" | "s3s" | "http" | "https"
+        ) {
+            bail!(
+                "unknown store type {:?} in {}: use dir://, zdb://, s3://, s3s:// or http(s)://",
+                url.scheme,
+                url.public()
+            );
+        }
+        Ok(StoreSpec { start, end, url })
+    }
+
+    /// A local directory serving every chunk (no URL text in between).
+    pub fn dir(path: &std::path::Path) -> StoreSpec {
+        StoreSpec {
+            start: 0,
+            end: 255,
+            url: StoreUrl::dir(path),
+        }
+    }
+
+    /// Whether it serves every chunk.
+    pub fn covers_all(&self) -> bool {
+        (self.start, self.end) == (0, 255)
+    }
+}
+
 /// Splits `00-7f=URL` into the range and the URL; a bare URL covers all.
-pub fn parse_range(arg: &str) -> Result<(u8, u8, &str)> {
+fn parse_range(arg: &str) -> Result<(u8, u8, &str)> {
     if let Some((range, url)) = arg.split_once('=') {
         if let Some((a, b)) = range.split_once('-') {
             let hex2 = |h: &str| {
@@ -339,9 +391,11 @@ mod tests {
         assert_eq!((d.host.as_str(), d.path.as_str()), ("", "/var/lib/chunks"));
         assert_eq!(redact("zdb://u:pw@h/ns"), "zdb://***@h/ns");
         let odd = std::path::Path::new("/srv/a?b/100%/c d#e");
-        let url = dir_url(odd);
+        let url = StoreUrl::dir(odd).public();
         assert_eq!(StoreUrl::parse(&url).unwrap().path, odd.to_str().unwrap());
         assert_eq!(StoreUrl::parse(&url).unwrap().public(), url);
+        assert!(StoreSpec::parse("foo://bar").is_err());
+        assert_eq!(StoreSpec::parse("00-7f=dir:///a").unwrap().end, 0x7f);
     }
 
     #[test]

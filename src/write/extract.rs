@@ -55,10 +55,7 @@ impl Default for WriteOptions {
         WriteOptions {
             owners: root,
             devices: root,
-            workers: std::thread::available_parallelism()
-                .map_or(2, |n| n.get())
-                .clamp(2, 8)
-                * 2,
+            workers: crate::fs::content::io_workers(),
         }
     }
 }
