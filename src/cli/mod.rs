@@ -123,6 +123,22 @@ mod tests {
         let err = |args: &[&str]| parse(args).settings(&Config::default()).unwrap_err().to_string();
         assert!(err(&["flmount"]).contains("nothing to do"));
         assert!(err(&["flmount", "-image", "a", "-username", "u"]).contains("needs -password"));
+        // A store is checked before anything is pulled.
+        let chain = |args: &[&str]| format!("{:#}", parse(args).settings(&Config::default()).unwrap_err());
+        assert!(
+            chain(&["flmount", "-image", "a", "-flist", "x.fl", "-store", "foo://bar"])
+                .contains("unknown store type")
+        );
+        assert!(chain(&[
+            "flmount",
+            "pack",
+            "-flist",
+            "x.fl",
+            "-store",
+            "0-ff=dir:///a",
+            "d"
+        ])
+        .contains("store range"));
         assert!(err(&["flmount", "-image", "a", "-platform", "linux"]).contains("os/arch"));
         assert!(err(&["flmount", "-image", "a", "-insecure", "-plain-http"]).contains("exclude"));
         let s = parse(&["flmount", "-image", "a", "-platform", "linux/arm64"])
