@@ -21,7 +21,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(flmount::app::run(settings)) {
+    // Network work runs on the runtime; the rest on this thread.
+    let _entered = runtime.enter();
+    match flmount::app::run(settings) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("flmount: error: {e:#}");

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use tokio::task::block_in_place;
 
 pub mod settings;
 
@@ -18,7 +17,9 @@ use crate::progress::Progress;
 use crate::{admin, flist::commands, flist::fuse, runtime, write::extract, write::overlay};
 use settings::{Action, ContentOp, FlistOp, ImageJob, Output, Settings};
 
-pub async fn run(s: Settings) -> Result<()> {
+/// Runs `s`. Synchronous: the caller has entered a tokio runtime, which
+/// the network parts (pulls, stores, FUSE reads) run on.
+pub fn run(s: Settings) -> Result<()> {
     let workdir =
         Workdir::open(&s.workdir).with_context(|| format!("opening workdir {}", s.workdir.display()))?;
     let print_json = |value: serde_json::Value| {
@@ -30,7 +31,7 @@ pub async fn run(s: Settings) -> Result<()> {
     // signals itself (they unmount), so serving drops this first.
     let watch = signals::watch();
     match s.action {
-        Action::Image(job) => run_image(workdir, job, s.quiet, s.json, watch).await,
+        Action::Image(job) => run_image(workdir, job, s.quiet, s.json, watch),
         Action::Umount { target, stale_only } => umount(&workdir, &target, stale_only),
         Action::Unpack {
             flist,
@@ -39,12 +40,12 @@ pub async fn run(s: Settings) -> Result<()> {
             force,
             cache,
         } => {
-            let stats = block_in_place(|| commands::unpack(&flist, &stores, &cache, &target, force))?;
+            let stats = commands::unpack(&flist, &stores, &cache, &target, force)?;
             print_json(serde_json::json!({ "flist": flist, "target": target, "written": stats }));
             Ok(())
         }
         Action::Pack { flist, stores, dir } => {
-            let stats = block_in_place(|| commands::pack_dir(&workdir, &dir, &flist, &stores))?;
+            let stats = commands::pack_dir(&workdir, &dir, &flist, &stores)?;
             print_json(serde_json::json!({ "flist": flist, "dir": dir, "packed": stats }));
             Ok(())
         }
@@ -53,7 +54,7 @@ pub async fn run(s: Settings) -> Result<()> {
             // what live FUSE mounts use).
             drop(workdir);
             drop(watch);
-            block_in_place(|| commands::serve(&flist, &stores, &mount))
+            commands::serve(&flist, &stores, &mount)
         }
         Action::Flist(op) => match op {
             FlistOp::Ls { flist } => admin::flists::ls(&flist),
@@ -101,14 +102,9 @@ fn umount(workdir: &Workdir, target: &Path, stale_only: bool) -> Result<()> {
 }
 
 /// `-image REF ...`: pull, then the output and the hand-off files.
-async fn run_image(
-    workdir: Workdir,
-    job: ImageJob,
-    quiet: bool,
-    json: bool,
-    watch: signals::Watch,
-) -> Result<()> {
-    let image = pull_image(&workdir, &job, &Progress::new(quiet)).await?;
+fn run_image(workdir: Workdir, job: ImageJob, quiet: bool, json: bool, watch: signals::Watch) -> Result<()> {
+    let progress = Progress::new(quiet);
+    let image = tokio::runtime::Handle::current().block_on(pull_image(&workdir, &job, &progress))?;
     if let Some(path) = &job.saveconfig {
         output::write(path, &image.config)
             .with_context(|| format!("saving the image config to {}", path.display()))?;
@@ -152,7 +148,8 @@ async fn pull_image(workdir: &Workdir, job: &ImageJob, progress: &Progress) -> R
         .platform
         .clone()
         .unwrap_or_else(crate::image::manifest::Platform::host);
-    let image = block_in_place(|| job.source.resolve(workdir, &wanted))?;
+    // Blocking is fine here: this runs on the caller's thread (block_on).
+    let image = job.source.resolve(workdir, &wanted)?;
     if let Some(mirror) = &job.mirror {
         match pull::pull(workdir, mirror, &job.pull, progress).await {
             Ok(pulled) => {
@@ -211,17 +208,15 @@ fn produce(
         Output::Cache => {}
         Output::Inspect => admin::inspect(image, json)?,
         Output::Extract { target, force } => {
-            let stats =
-                block_in_place(|| extract::extract_layers(&layers, &target, force, &Default::default()))
-                    .with_context(|| format!("extracting {} into {}", image.reference, target.display()))?;
+            let stats = extract::extract_layers(&layers, &target, force, &Default::default())
+                .with_context(|| format!("extracting {} into {}", image.reference, target.display()))?;
             tracing::info!("extracted {stats} in {:.2}s", secs());
         }
         Output::Bundle { dir, force } => {
             let rootfs = dir.join("rootfs");
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let stats =
-                block_in_place(|| extract::extract_layers(&layers, &rootfs, force, &Default::default()))
-                    .with_context(|| format!("extracting {} into {}", image.reference, rootfs.display()))?;
+            let stats = extract::extract_layers(&layers, &rootfs, force, &Default::default())
+                .with_context(|| format!("extracting {} into {}", image.reference, rootfs.display()))?;
             let hostname = image
                 .reference
                 .repository()
@@ -238,21 +233,16 @@ fn produce(
             );
         }
         Output::Export => {
-            block_in_place(|| {
-                let stdout = std::io::stdout().lock();
-                crate::write::export::export_layers(
-                    &layers,
-                    std::io::BufWriter::with_capacity(1 << 20, stdout),
-                )
-            })
-            .with_context(|| format!("writing {} as a tar stream", image.reference))?;
+            let stdout = std::io::stdout().lock();
+            crate::write::export::export_layers(&layers, std::io::BufWriter::with_capacity(1 << 20, stdout))
+                .with_context(|| format!("writing {} as a tar stream", image.reference))?;
             tracing::info!("exported the root filesystem in {:.2}s", secs());
         }
         Output::Flist { path, stores } => {
-            block_in_place(|| commands::pack_image(&workdir, &digests, &layers, &path, &stores))
+            commands::pack_image(&workdir, &digests, &layers, &path, &stores)
                 .with_context(|| format!("packing {} into {}", image.reference, path.display()))?;
         }
-        Output::Fuse { mount } => block_in_place(|| {
+        Output::Fuse { mount } => {
             let flist =
                 commands::pack_into_workdir(&workdir, &image.manifest_digest, &digests, &layers, validate)
                     .with_context(|| format!("packing {}", image.reference))?;
@@ -264,10 +254,10 @@ fn produce(
             // Serving lasts: do not hold the workdir's lock meanwhile.
             drop(workdir);
             drop(watch);
-            commands::serve(&flist, &[store], &mount)
-        })?,
+            commands::serve(&flist, &[store], &mount)?
+        }
         Output::Overlay { target, overlaydir } => {
-            let (chains, stats) = block_in_place(|| overlay::prepare_layers(&workdir, &digests, &layers))
+            let (chains, stats) = overlay::prepare_layers(&workdir, &digests, &layers)
                 .with_context(|| format!("preparing the layers of {}", image.reference))?;
             overlay::mount(
                 &workdir,
