@@ -12,48 +12,36 @@ use crate::store;
 
 /// `flmount flist ls F`: every entry, sorted by path.
 pub fn ls(flist: &Path) -> Result<()> {
-    {
-        let (plan, _) = Flist::open(flist)?.plan()?;
-        let mut lines: Vec<(Vec<u8>, String)> = Vec::new();
-        for d in &plan.dirs {
-            lines.push((
-                d.path.clone(),
-                format!(
-                    "d{:04o} {:>5} {:>5} {:>12}",
-                    d.meta.mode, d.meta.uid, d.meta.gid, 0
-                ),
-            ));
+    let (plan, _) = Flist::open(flist)?.plan()?;
+    // (path, type and mode, owner and size, what follows the path)
+    let mut lines: Vec<(Vec<u8>, String, String)> = Vec::new();
+    for d in &plan.dirs {
+        let m = &d.meta;
+        let meta = format!("d{:04o} {:>5} {:>5} {:>12}", m.mode, m.uid, m.gid, 0);
+        lines.push((d.path.clone(), meta, String::new()));
+    }
+    for inode in &plan.inodes {
+        let (t, size, extra) = match &inode.kind {
+            InodeKind::File { size, .. } => ('-', *size, String::new()),
+            InodeKind::Symlink { target } => ('l', 0, format!(" -> {}", String::from_utf8_lossy(target))),
+            InodeKind::CharDev { major, minor } => ('c', 0, format!(" ({major},{minor})")),
+            InodeKind::BlockDev { major, minor } => ('b', 0, format!(" ({major},{minor})")),
+            InodeKind::Fifo => ('p', 0, String::new()),
+            InodeKind::Dir => ('d', 0, String::new()),
+        };
+        let m = &inode.meta;
+        let meta = format!("{t}{:04o} {:>5} {:>5} {size:>12}", m.mode, m.uid, m.gid);
+        for p in &inode.paths {
+            lines.push((p.clone(), meta.clone(), extra.clone()));
         }
-        for inode in &plan.inodes {
-            let (t, size, extra) = match &inode.kind {
-                InodeKind::File { size, .. } => ('-', *size, String::new()),
-                InodeKind::Symlink { target } => ('l', 0, format!(" -> {}", String::from_utf8_lossy(target))),
-                InodeKind::CharDev { major, minor } => ('c', 0, format!(" ({major},{minor})")),
-                InodeKind::BlockDev { major, minor } => ('b', 0, format!(" ({major},{minor})")),
-                InodeKind::Fifo => ('p', 0, String::new()),
-                InodeKind::Dir => ('d', 0, String::new()),
-            };
-            for p in &inode.paths {
-                let m = &inode.meta;
-                lines.push((
-                    p.clone(),
-                    format!("{t}{:04o} {:>5} {:>5} {size:>12}{extra}", m.mode, m.uid, m.gid),
-                ));
-            }
-        }
-        lines.sort();
-        let mut out = std::io::stdout().lock();
-        for (path, line) in lines {
-            let (meta, extra) = line.split_at(
-                line.find(" -> ")
-                    .or_else(|| line.find(" ("))
-                    .unwrap_or(line.len()),
-            );
-            writeln_or_pipe(
-                &mut out,
-                &format!("{meta} /{}{extra}", String::from_utf8_lossy(&path)),
-            )?;
-        }
+    }
+    lines.sort();
+    let mut out = std::io::stdout().lock();
+    for (path, meta, extra) in lines {
+        writeln_or_pipe(
+            &mut out,
+            &format!("{meta} /{}{extra}", String::from_utf8_lossy(&path)),
+        )?;
     }
     Ok(())
 }

@@ -42,8 +42,31 @@ pub struct ImageEntry {
 pub struct BlobEntry {
     pub digest: Digest,
     pub size: u64,
-    /// manifest, index, config, layer, or unreferenced.
-    pub role: &'static str,
+    pub role: Role,
+}
+
+/// What a blob is to the cached images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Manifest,
+    Index,
+    Config,
+    Layer,
+    /// No cached image or recorded mount needs it (`gc` removes it).
+    Unreferenced,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Manifest => "manifest",
+            Role::Index => "index",
+            Role::Config => "config",
+            Role::Layer => "layer",
+            Role::Unreferenced => "unreferenced",
+        })
+    }
 }
 
 /// A ref file: `registry/repository`, tag, the digest it names, its path.
@@ -86,7 +109,7 @@ pub fn images(workdir: &Workdir) -> Result<Vec<ImageEntry>> {
         mark(workdir, &r.digest, &mut roles);
         let size = roles
             .iter()
-            .filter(|(_, role)| **role == "layer")
+            .filter(|(_, role)| **role == Role::Layer)
             .filter_map(|(d, _)| fs::metadata(workdir.blob_path(d)).ok())
             .map(|m| m.len())
             .sum();
@@ -113,14 +136,14 @@ pub fn blobs(workdir: &Workdir) -> Result<Vec<BlobEntry>> {
     let mut out = Vec::new();
     for (digest, path) in blob_files(workdir)? {
         let size = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let role = roles.get(&digest).copied().unwrap_or("unreferenced");
+        let role = roles.get(&digest).copied().unwrap_or(Role::Unreferenced);
         out.push(BlobEntry { digest, size, role });
     }
     Ok(out)
 }
 
 /// The blobs the cached images and recorded overlay mounts reference.
-fn referenced(workdir: &Workdir) -> Result<BTreeMap<Digest, &'static str>> {
+fn referenced(workdir: &Workdir) -> Result<BTreeMap<Digest, Role>> {
     let mut roles = BTreeMap::new();
     for r in refs(workdir)? {
         mark(workdir, &r.digest, &mut roles);
@@ -134,22 +157,22 @@ fn referenced(workdir: &Workdir) -> Result<BTreeMap<Digest, &'static str>> {
 }
 
 /// Marks a manifest (or index) and everything it references that is cached.
-fn mark(workdir: &Workdir, digest: &Digest, roles: &mut BTreeMap<Digest, &'static str>) {
+fn mark(workdir: &Workdir, digest: &Digest, roles: &mut BTreeMap<Digest, Role>) {
     let Ok(bytes) = workdir.read_blob(digest, manifest::MAX_MANIFEST_BYTES) else {
         return;
     };
     match Manifest::parse(&bytes, None) {
         Ok(Manifest::Index(entries)) => {
-            roles.insert(digest.clone(), "index");
+            roles.insert(digest.clone(), Role::Index);
             for e in entries {
                 mark(workdir, &e.descriptor.digest, roles);
             }
         }
         Ok(Manifest::Image(m)) => {
-            roles.insert(digest.clone(), "manifest");
-            roles.insert(m.config.digest.clone(), "config");
+            roles.insert(digest.clone(), Role::Manifest);
+            roles.insert(m.config.digest.clone(), Role::Config);
             for l in m.layers {
-                roles.insert(l.digest, "layer");
+                roles.insert(l.digest, Role::Layer);
             }
         }
         Err(_) => {}
@@ -256,7 +279,7 @@ pub fn gc(workdir: &Workdir, dry_run: bool) -> Result<GcStats> {
             let keep = name
                 .split_once('-')
                 .and_then(|(alg, hex)| Digest::parse(&format!("{alg}:{hex}")).ok())
-                .is_some_and(|d| roles.get(&d) == Some(&"layer"));
+                .is_some_and(|d| roles.get(&d) == Some(&Role::Layer));
             if !keep {
                 remove(&e.path(), |s| &mut s.indexes, &mut stats)?;
             }
@@ -266,7 +289,7 @@ pub fn gc(workdir: &Workdir, dry_run: bool) -> Result<GcStats> {
     // Overlay layer directories: those of referenced images stay.
     let mut chains = HashSet::new();
     for (digest, role) in &roles {
-        if *role != "manifest" {
+        if *role != Role::Manifest {
             continue;
         }
         if let Ok(Manifest::Image(m)) = workdir
@@ -316,7 +339,7 @@ pub fn gc(workdir: &Workdir, dry_run: bool) -> Result<GcStats> {
             let manifest = path
                 .file_stem()
                 .and_then(|s| Digest::parse(&format!("sha256:{}", s.to_string_lossy())).ok());
-            let wanted = manifest.is_some_and(|d| roles.get(&d) == Some(&"manifest"))
+            let wanted = manifest.is_some_and(|d| roles.get(&d) == Some(&Role::Manifest))
                 || crate::flist::fuse::is_served(&path);
             if wanted {
                 kept_flists.push(path);

@@ -104,7 +104,7 @@ pub fn content_rm(workdir: &Workdir, digests: &[String]) -> Result<()> {
         }
         if let Some(b) = roles
             .iter()
-            .find(|b| b.digest == digest && b.role != "unreferenced")
+            .find(|b| b.digest == digest && b.role != inventory::Role::Unreferenced)
         {
             tracing::warn!(
                 "{digest} is a {} of a cached image: it will be fetched again when needed",

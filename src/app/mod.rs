@@ -113,6 +113,8 @@ fn run_image(workdir: Workdir, job: ImageJob, quiet: bool, json: bool, watch: si
     let started = Instant::now();
     let (kind, target) = describe(&job.output);
     let served = matches!(job.output, Output::Fuse { .. });
+    // inspect prints its own JSON.
+    let summarise = json && !matches!(job.output, Output::Inspect);
     if served {
         // Serving lasts until unmounted: write it first, without the tree.
         write_lxc_config(&image, job.lxcconfig.as_deref(), None)?;
@@ -127,7 +129,7 @@ fn run_image(workdir: Workdir, job: ImageJob, quiet: bool, json: bool, watch: si
     if !served {
         write_lxc_config(&image, job.lxcconfig.as_deref(), rootfs.as_deref())?;
     }
-    if json && kind != "inspect" {
+    if summarise {
         let summary = serde_json::json!({
             "image": image.reference.to_string(),
             "digest": image.manifest_digest.to_string(),

@@ -25,7 +25,6 @@
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -178,9 +177,6 @@ fn read_record(state: &Path) -> Option<MountRecord> {
         .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
-/// cwd is process-wide: only one mount(2) with relative paths at a time.
-static CWD: Mutex<()> = Mutex::new(());
-
 /// Mounts the overlay of `chains` (lowest first) at `mountpoint`, with
 /// the writable layer of `record` (image, manifest digest).
 pub fn mount(
@@ -260,10 +256,14 @@ pub fn mount(
     // A signal between the mount and its record would leave a mount that
     // -umount cannot prove is flmount's: the two are done together.
     let _critical = crate::owned::signals::critical();
-    {
-        let _guard = CWD.lock().unwrap();
-        let previous = std::env::current_dir()?;
-        std::env::set_current_dir(workdir.root())?;
+    // The lowerdirs are short paths relative to the workdir: mount(2) runs
+    // on a thread of its own that stops sharing the process's working
+    // directory (unshare(CLONE_FS)) and moves into the workdir, so no other
+    // thread sees its working directory change.
+    let root = workdir.root().to_owned();
+    let mounted = std::thread::spawn(move || -> std::io::Result<()> {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)?;
+        std::env::set_current_dir(&root)?;
         // SAFETY: NUL-terminated strings; the data is the overlay option string.
         let rc = unsafe {
             libc::mount(
@@ -274,16 +274,21 @@ pub fn mount(
                 data.as_ptr().cast(),
             )
         };
-        let err = std::io::Error::last_os_error();
-        std::env::set_current_dir(previous)?;
-        if rc != 0 {
-            let hint = if err.raw_os_error() == Some(libc::EPERM) {
-                " (mounting needs root)"
-            } else {
-                ""
-            };
-            bail!("mounting overlayfs at {}: {err}{hint}", mountpoint.display());
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
         }
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the mounting thread panicked"))?;
+    if let Err(err) = mounted {
+        let hint = if err.raw_os_error() == Some(libc::EPERM) {
+            " (mounting needs root)"
+        } else {
+            ""
+        };
+        bail!("mounting overlayfs at {}: {err}{hint}", mountpoint.display());
     }
     // The record exists only for a mount that exists.
     let recorded = (|| -> Result<()> {
