@@ -781,17 +781,8 @@ fn fuse_access_is_the_kernels_whatever_is_cached() {
         "nobody read a cached file"
     );
     // Killed: the watcher takes the mount down.
-    let pid = m.pid();
-    signal(pid, libc::SIGKILL);
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while is_mounted(&mnt) {
-        assert!(
-            Instant::now() < deadline,
-            "the mount outlived its killed server:\n{}",
-            m.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut m = m;
+    m.kill_and_wait_unmounted();
     drop(m);
     // With -allow-other: the modes decide, cached or not.
     let m = Mounted::start(&b.fl, &["-flist", s(&flist), "-allow-other"], &mnt);
