@@ -20,6 +20,7 @@ packages=(
   fuse3           # fusermount3 for FUSE mounts (auto_unmount)
   util-linux      # setpriv: reading a FUSE mount as another user
   runc            # runs the OCI runtime bundles -bundle writes
+  lxc             # lxc-start / lxc-execute run what -lxcconfig writes
   time            # GNU time: peak memory of a run (reliability tests)
   systemd         # systemd-analyze verify for the unit file
   man-db          # ... which checks its Documentation=man: page

@@ -1,6 +1,7 @@
 //! Hand-off to runtimes: `-bundle DIR` gives an OCI runtime bundle that the
 //! real `runc` runs (the image's entrypoint, cmd, environment, working
-//! directory and user), and `-lxcconfig FILE` an LXC config saying the same.
+//! directory and user, `/sys/fs/cgroup` mounted), and `-lxcconfig FILE` an
+//! LXC config that the real `lxc-start` and `lxc-execute` run the same way.
 
 mod common;
 
@@ -18,6 +19,10 @@ fn app_image(reg: &Registry, tmp: &std::path::Path) -> String {
         E::file("bin/busybox", &busybox).mode(0o755),
         E::symlink("bin/sh", "busybox"),
         E::symlink("bin/id", "busybox"),
+        E::symlink("bin/grep", "busybox"),
+        E::dir("dev"),
+        E::dir("proc"),
+        E::dir("sys"),
         E::dir("etc"),
         E::file(
             "etc/passwd",
@@ -79,6 +84,32 @@ fn a_bundle_runs_with_runc() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(stdout.trim(), "hello from the bundle as 1000:1001 in /home/app");
+
+    // `runc spec` mounts the cgroup filesystem (read-only); so does the
+    // bundle (on cgroup v1, runc puts a tmpfs there with each hierarchy).
+    let mut spec = spec;
+    spec["process"]["args"] = json!(["/bin/grep", " /sys/fs/cgroup", "/proc/self/mountinfo"]);
+    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(&state)
+        .args(["run", "--bundle"])
+        .arg(&bundle)
+        .arg(&id)
+        .output()
+        .unwrap();
+    let _ = Command::new("runc")
+        .arg("--root")
+        .arg(&state)
+        .args(["delete", "-f", &id])
+        .output();
+    let mounts = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && mounts.contains(" /sys/fs/cgroup"),
+        "no /sys/fs/cgroup mount in the container ({}):\n{mounts}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -97,8 +128,13 @@ fn an_lxc_config_names_the_process() {
         lxc.to_str().unwrap(),
     ]);
     let text = std::fs::read_to_string(&lxc).unwrap();
+    // LXC splits commands on spaces and ignores quotes: a command with a
+    // spaced argument goes through the image's shell.
     for line in [
-        "lxc.init.cmd = /bin/sh -c 'echo \"hello from $GREETING as $(id -u):$(id -g) in $(pwd)\"'",
+        "lxc.init.cmd = /bin/sh -c eval${IFS}\"$FLMOUNT_INIT\"",
+        "lxc.execute.cmd = /bin/sh -c eval${IFS}\"$FLMOUNT_INIT\"",
+        "lxc.environment = FLMOUNT_INIT=unset FLMOUNT_INIT; exec '/bin/sh' '-c' \
+         'echo \"hello from $GREETING as $(id -u):$(id -g) in $(pwd)\"'",
         "lxc.init.cwd = /home/app",
         "lxc.init.uid = 1000",
         "lxc.init.gid = 1001",
@@ -107,7 +143,78 @@ fn an_lxc_config_names_the_process() {
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
     }
-    // A user name cannot be resolved without the image's tree.
-    let err = Flmount::new().fails(&["-image", &image, "-lxcconfig", lxc.to_str().unwrap()], 1);
-    assert!(err.contains("/etc/passwd"), "{err}");
+    // Without a tree, user names are read from the image's layers.
+    let alone = tmp.path().join("alone.conf");
+    Flmount::new().ok(&["-image", &image, "-lxcconfig", alone.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(&alone).unwrap(),
+        text,
+        "-lxcconfig alone differs from -lxcconfig with -extractto"
+    );
+}
+
+/// The config of a container running `rootfs` with flmount's `-lxcconfig`.
+fn lxc_container(dir: &std::path::Path, name: &str, rootfs: &std::path::Path, include: &std::path::Path) {
+    std::fs::create_dir_all(dir.join("lxcpath")).unwrap();
+    std::fs::write(
+        dir.join(format!("{name}.conf")),
+        format!(
+            "lxc.include = {}\nlxc.rootfs.path = dir:{}\nlxc.uts.name = {name}\n\
+             lxc.console.path = none\nlxc.net.0.type = empty\n",
+            include.display(),
+            rootfs.display()
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn an_lxc_config_starts_with_lxc_start_and_lxc_execute() {
+    if !root_or_skip(
+        "an_lxc_config_starts_with_lxc_start_and_lxc_execute",
+        "lxc-start runs containers as root",
+    ) {
+        return;
+    }
+    need("lxc-start");
+    need("lxc-execute");
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let image = app_image(&reg, tmp.path());
+    let rootfs = tmp.path().join("rootfs");
+    let lxc = tmp.path().join("init.conf");
+    Flmount::new().ok(&[
+        "-image",
+        &image,
+        "-extractto",
+        rootfs.to_str().unwrap(),
+        "-lxcconfig",
+        lxc.to_str().unwrap(),
+    ]);
+    let name = format!("flmount-test-{}", std::process::id());
+    lxc_container(tmp.path(), &name, &rootfs, &lxc);
+    let want = "hello from the bundle as 1000:1001 in /home/app";
+    for tool in ["lxc-start", "lxc-execute"] {
+        let mut cmd = Command::new(tool);
+        cmd.args(["-n", &name, "-P"])
+            .arg(tmp.path().join("lxcpath"))
+            .arg("-f")
+            .arg(tmp.path().join(format!("{name}.conf")))
+            .arg("-o")
+            .arg(tmp.path().join(format!("{tool}.log")))
+            .args(["-l", "INFO"])
+            .stdin(std::process::Stdio::null());
+        if tool == "lxc-start" {
+            cmd.arg("-F");
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.trim() == want,
+            "{tool} ({}): {stdout:?}\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(tmp.path().join(format!("{tool}.log"))).unwrap_or_default()
+        );
+    }
 }

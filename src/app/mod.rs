@@ -112,22 +112,23 @@ fn run_image(workdir: Workdir, job: ImageJob, quiet: bool, json: bool, watch: si
     }
     let started = Instant::now();
     let (kind, target) = describe(&job.output);
-    let served = matches!(job.output, Output::Fuse { .. });
     // inspect prints its own JSON.
     let summarise = json && !matches!(job.output, Output::Inspect);
-    if served {
-        // Serving lasts until unmounted: write it first, without the tree.
-        write_lxc_config(&image, job.lxcconfig.as_deref(), None)?;
-    }
     let rootfs = match &job.output {
         Output::Extract { target, .. } | Output::Overlay { target, .. } => Some(target.clone()),
         Output::Bundle { dir, .. } => Some(dir.join("rootfs")),
         _ => None,
     };
+    if rootfs.is_none() {
+        // No tree to read users from (and serving lasts until unmounted):
+        // written first, users looked up in the layers.
+        write_lxc_config(&workdir, &image, job.lxcconfig.as_deref())?;
+    }
     let validate = job.pull.validate_cache;
     produce(workdir, &image, job.output, json, started, watch, validate)?;
-    if !served {
-        write_lxc_config(&image, job.lxcconfig.as_deref(), rootfs.as_deref())?;
+    if let Some(rootfs) = &rootfs {
+        let path = job.lxcconfig.as_deref();
+        write_lxc_config_from(&image, path, runtime::ImageFiles::Rootfs(rootfs))?;
     }
     if summarise {
         let summary = serde_json::json!({
@@ -184,10 +185,20 @@ fn describe(output: &Output) -> (&'static str, Option<PathBuf>) {
     }
 }
 
-fn write_lxc_config(image: &PulledImage, path: Option<&Path>, rootfs: Option<&Path>) -> Result<()> {
+/// `-lxcconfig FILE` without a tree: users are looked up in the layers.
+fn write_lxc_config(workdir: &Workdir, image: &PulledImage, path: Option<&Path>) -> Result<()> {
+    if path.is_none() {
+        return Ok(());
+    }
+    let layers = image.layer_blobs(workdir)?;
+    write_lxc_config_from(image, path, runtime::ImageFiles::Layers(&layers))
+}
+
+/// `-lxcconfig FILE`, user names looked up in `files`.
+fn write_lxc_config_from(image: &PulledImage, path: Option<&Path>, files: runtime::ImageFiles) -> Result<()> {
     let Some(path) = path else { return Ok(()) };
-    let process = runtime::Process::from_image_config(&image.config, rootfs)?;
-    output::write(path, process.lxc_config(&image.reference.to_string()).as_bytes())
+    let process = runtime::Process::from_image_config(&image.config, files)?;
+    output::write(path, process.lxc_config(&image.reference.to_string())?.as_bytes())
         .with_context(|| format!("writing the LXC config {}", path.display()))?;
     tracing::info!("wrote LXC config {}", path.display());
     Ok(())
@@ -226,7 +237,8 @@ fn produce(
                 .next()
                 .unwrap_or("flmount");
             let spec =
-                runtime::Process::from_image_config(&image.config, Some(&rootfs))?.runtime_spec(hostname);
+                runtime::Process::from_image_config(&image.config, runtime::ImageFiles::Rootfs(&rootfs))?
+                    .runtime_spec(hostname);
             output::write(&dir.join("config.json"), &serde_json::to_vec_pretty(&spec)?)?;
             tracing::info!(
                 "wrote an OCI runtime bundle in {}: rootfs ({stats}) and config.json in {:.2}s",
