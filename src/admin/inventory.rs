@@ -101,6 +101,102 @@ fn refs(workdir: &Workdir) -> Result<Vec<Ref>> {
     Ok(out)
 }
 
+/// Which cached images an argument of `images rm` (or `inspect`) names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSelector {
+    /// A registry reference (its tag, or its pinned digest).
+    Ref(crate::image::reference::ImageRef),
+    /// An imported image by the name it is cached under; every tag when
+    /// none is given.
+    Local { name: String, tag: Option<String> },
+    /// A digest or a prefix of one, as `images` prints it
+    /// (`sha256:0123456789ab`, or 12 or more hex digits).
+    Digest(String),
+}
+
+impl ImageSelector {
+    pub fn parse(s: &str) -> Result<ImageSelector> {
+        if let Some(prefix) = digest_prefix(s) {
+            return Ok(ImageSelector::Digest(prefix));
+        }
+        let source = crate::image::source::Source::parse(s)?;
+        Ok(match source.local_name() {
+            Some((name, tag)) => ImageSelector::Local { name, tag },
+            None => ImageSelector::Ref(crate::image::reference::ImageRef::parse(
+                s.trim_start_matches("docker://"),
+            )?),
+        })
+    }
+}
+
+/// `sha256:<4 to 64 hex>` or 12 to 64 bare hex digits: a digest prefix
+/// (`algorithm:hex`).
+pub fn digest_prefix(s: &str) -> Option<String> {
+    let hex = |h: &str, min: usize| {
+        (min..=64).contains(&h.len())
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    match s.split_once(':') {
+        Some(("sha256", h)) if hex(h, 4) => Some(format!("sha256:{h}")),
+        None if hex(s, 12) => Some(format!("sha256:{s}")),
+        _ => None,
+    }
+}
+
+/// The refs `selector` names: (`name`, `tag`, digest, ref file).
+pub fn select(workdir: &Workdir, selector: &ImageSelector) -> Result<Vec<(String, String, Digest, PathBuf)>> {
+    let all = refs(workdir)?;
+    let chosen: Vec<Ref> = match selector {
+        ImageSelector::Ref(r) => {
+            let tag = match (r.tag(), r.digest()) {
+                (Some(t), _) => t.to_owned(),
+                (None, Some(d)) => format!("@{}-{}", d.algorithm().name(), d.hex()),
+                (None, None) => return Ok(Vec::new()),
+            };
+            let name = format!("{}/{}", r.registry(), r.repository());
+            all.into_iter()
+                .filter(|x| x.name == name && x.tag == tag)
+                .collect()
+        }
+        ImageSelector::Local { name, tag } => all
+            .into_iter()
+            .filter(|x| &x.name == name && tag.as_ref().is_none_or(|t| &x.tag == t))
+            .collect(),
+        ImageSelector::Digest(prefix) => {
+            let chosen: Vec<Ref> = all
+                .into_iter()
+                .filter(|x| x.digest.to_string().starts_with(prefix.as_str()))
+                .collect();
+            let distinct: HashSet<&Digest> = chosen.iter().map(|x| &x.digest).collect();
+            if distinct.len() > 1 {
+                anyhow::bail!(
+                    "{prefix} is ambiguous: it begins {} cached images' digests; give more of it",
+                    distinct.len()
+                );
+            }
+            chosen
+        }
+    };
+    Ok(chosen
+        .into_iter()
+        .map(|r| (r.name, r.tag, r.digest, r.path))
+        .collect())
+}
+
+/// The one blob whose digest begins with `prefix` (`algorithm:hex`).
+pub fn blob_by_prefix(workdir: &Workdir, prefix: &str) -> Result<Option<Digest>> {
+    let found: Vec<Digest> = blob_files(workdir)?
+        .into_iter()
+        .map(|(d, _)| d)
+        .filter(|d| d.to_string().starts_with(prefix))
+        .collect();
+    match found.len() {
+        0 | 1 => Ok(found.into_iter().next()),
+        n => anyhow::bail!("{prefix} is ambiguous: it begins {n} blobs' digests; give more of it"),
+    }
+}
+
 /// Every ref in the workdir, with its image's size and last use.
 pub fn images(workdir: &Workdir) -> Result<Vec<ImageEntry>> {
     let mut out = Vec::new();

@@ -39,7 +39,7 @@ pub fn images(workdir: &Workdir, as_json: bool) -> Result<()> {
             out,
             "{:<50} {:<20} {:<19} {:>10}  {}",
             i.name,
-            i.tag,
+            shown_tag(&i.tag),
             i.digest.short(),
             human_bytes(i.size),
             age(i.last_used)
@@ -48,17 +48,48 @@ pub fn images(workdir: &Workdir, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `flmount images rm REF...`: forgets images (their refs).
-pub fn forget_images(workdir: &Workdir, refs: &[crate::image::reference::ImageRef]) -> Result<()> {
-    for r in refs {
-        if !workdir.remove_ref(r)? {
+/// `flmount images rm REF...`: forgets images (their refs). A REF is a
+/// registry reference, a local source as `-image` took it (`oci:DIR:TAG`,
+/// `docker-archive:FILE:REF`...), or a digest as `images` prints it.
+pub fn forget_images(workdir: &Workdir, selectors: &[inventory::ImageSelector], as_json: bool) -> Result<()> {
+    let mut forgotten = Vec::new();
+    for sel in selectors {
+        let refs = inventory::select(workdir, sel)?;
+        if refs.is_empty() {
+            let what = match sel {
+                inventory::ImageSelector::Ref(r) => r.to_string(),
+                inventory::ImageSelector::Local { name, tag } => match tag {
+                    Some(t) => format!("{name}:{t}"),
+                    None => name.clone(),
+                },
+                inventory::ImageSelector::Digest(d) => d.clone(),
+            };
             return Err(not_found(format!(
-                "{r} is not a cached image (see flmount images)"
+                "{what} is not a cached image (see flmount images)"
             )));
         }
-        tracing::info!("forgot {r}; `flmount gc` removes what only it used");
+        for (name, tag, digest, path) in refs {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            tracing::info!(
+                "forgot {name} {}; `flmount gc` removes what only it used",
+                shown_tag(&tag)
+            );
+            forgotten.push(json!({ "name": name, "tag": tag, "digest": digest.to_string() }));
+        }
+    }
+    if as_json {
+        print_json(&json!({ "forgotten": forgotten }))?;
     }
     Ok(())
+}
+
+/// A ref's tag as `images` shows it: `<none>` for a pull by digest.
+fn shown_tag(tag: &str) -> &str {
+    if tag.starts_with('@') {
+        "<none>"
+    } else {
+        tag
+    }
 }
 
 /// `flmount content ls`: every blob and its role.
@@ -81,9 +112,14 @@ pub fn content_ls(workdir: &Workdir, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `flmount content path DIGEST`: where a blob is.
+/// `flmount content path DIGEST`: where a blob is (a digest, or the start
+/// of one as `images` and `content ls` print it).
 pub fn content_path(workdir: &Workdir, digest: &str) -> Result<()> {
-    let digest = Digest::parse(digest)?;
+    let digest = match inventory::digest_prefix(digest) {
+        Some(prefix) if Digest::parse(digest).is_err() => inventory::blob_by_prefix(workdir, &prefix)?
+            .ok_or_else(|| not_found(format!("no blob {prefix}... in the workdir")))?,
+        _ => Digest::parse(digest).map_err(usage)?,
+    };
     let path = workdir.blob_path(&digest);
     if !path.is_file() {
         return Err(not_found(format!("no blob {digest} in the workdir")));
@@ -92,12 +128,17 @@ pub fn content_path(workdir: &Workdir, digest: &str) -> Result<()> {
     Ok(())
 }
 
+/// An argument that is not what the command takes: exit 2.
+fn usage(e: impl std::fmt::Display) -> anyhow::Error {
+    crate::image::source::BadSource(format!("{e:#}")).into()
+}
+
 /// `flmount content rm DIGEST...`: removes blobs (an image that needs one
 /// fetches it again on its next use).
 pub fn content_rm(workdir: &Workdir, digests: &[String]) -> Result<()> {
     let roles = inventory::blobs(workdir)?;
     for d in digests {
-        let digest = Digest::parse(d)?;
+        let digest = Digest::parse(d).map_err(usage)?;
         let path = workdir.blob_path(&digest);
         if !path.is_file() {
             return Err(not_found(format!("no blob {digest} in the workdir")));

@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 pub mod settings;
 
 use crate::image::pull::{self, PulledImage};
+use crate::image::reference::ImageRef;
 use crate::image::workdir::Workdir;
 use crate::owned::{output, signals};
 use crate::progress::Progress;
@@ -63,7 +64,7 @@ pub fn run(s: Settings) -> Result<()> {
             FlistOp::Store { flist, routes } => admin::flists::store(&flist, &routes),
         },
         Action::Images => admin::images(&workdir, s.json),
-        Action::ForgetImages(refs) => admin::forget_images(&workdir, &refs),
+        Action::ForgetImages(refs) => admin::forget_images(&workdir, &refs, s.json),
         Action::Content(ContentOp::Ls) => admin::content_ls(&workdir, s.json),
         Action::Content(ContentOp::Path { digest }) => admin::content_path(&workdir, &digest),
         Action::Content(ContentOp::Rm { digests }) => admin::content_rm(&workdir, &digests),
@@ -152,7 +153,10 @@ async fn pull_image(workdir: &Workdir, job: &ImageJob, progress: &Progress) -> R
         .clone()
         .unwrap_or_else(crate::image::manifest::Platform::host);
     // Blocking is fine here: this runs on the caller's thread (block_on).
-    let image = job.source.resolve(workdir, &wanted)?;
+    let image = match cached_by_digest(workdir, &job.source)? {
+        Some(image) => image,
+        None => job.source.resolve(workdir, &wanted, job.pull.config_only)?,
+    };
     if let Some(mirror) = &job.mirror {
         match pull::pull(workdir, mirror, &job.pull, progress).await {
             Ok(pulled) => {
@@ -169,6 +173,28 @@ async fn pull_image(workdir: &Workdir, job: &ImageJob, progress: &Progress) -> R
     let pulled = pull::pull(workdir, &image, &job.pull, progress).await?;
     tracing::info!("pulled {}", pulled.summary());
     Ok(pulled)
+}
+
+/// A cached image named by (the start of) its digest, as `images` prints
+/// it: its name and tag, pinned to that digest (no network is needed).
+fn cached_by_digest(workdir: &Workdir, source: &crate::image::source::Source) -> Result<Option<ImageRef>> {
+    let crate::image::source::Source::Registry(text) = source else {
+        return Ok(None);
+    };
+    let Some(prefix) = admin::inventory::digest_prefix(text) else {
+        return Ok(None);
+    };
+    let selector = admin::inventory::ImageSelector::Digest(prefix);
+    let Some((name, tag, digest, _)) = admin::inventory::select(workdir, &selector)?.into_iter().next()
+    else {
+        return Ok(None);
+    };
+    let tag = if tag.starts_with('@') {
+        String::new()
+    } else {
+        format!(":{tag}")
+    };
+    Ok(Some(ImageRef::parse(&format!("{name}{tag}@{digest}"))?))
 }
 
 /// The output's name and place, for the JSON summary.

@@ -59,7 +59,7 @@ pub enum Action {
     },
     Flist(FlistOp),
     Images,
-    ForgetImages(Vec<ImageRef>),
+    ForgetImages(Vec<crate::admin::inventory::ImageSelector>),
     Content(ContentOp),
     Gc {
         dry_run: bool,

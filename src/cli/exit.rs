@@ -13,6 +13,9 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     if e.chain().any(|c| c.is::<crate::owned::Refused>()) {
         return 8;
     }
+    if e.chain().any(|c| c.is::<crate::image::source::BadSource>()) {
+        return 2;
+    }
     // A chunk from a store, like a blob from a registry: missing (3),
     // unreachable (5), corrupt (6); a local store's disk failing (7).
     match chunk_failure(e) {

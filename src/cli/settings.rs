@@ -55,7 +55,7 @@ impl Args {
             }) => {
                 let refs = images
                     .iter()
-                    .map(|i| ImageRef::parse(i))
+                    .map(|i| crate::admin::inventory::ImageSelector::parse(i))
                     .collect::<Result<Vec<_>>>()?;
                 return Ok(simple(Action::ForgetImages(refs)));
             }
@@ -154,10 +154,14 @@ impl Args {
         let Some(image) = self.image.as_deref() else {
             bail!("nothing to do: give -image REF, -flist FILE -mount DIR, or -umount DIR (see flmount -h)");
         };
-        let image = Source::parse(image);
+        let image = Source::parse(image)?;
         let mut insecure = self.insecure;
         let mut mirror = None;
-        if let Source::Registry(r) = &image {
+        let registry_name = match &image {
+            Source::Registry(r) if crate::admin::inventory::digest_prefix(r).is_none() => Some(r),
+            _ => None,
+        };
+        if let Some(r) = registry_name {
             let parsed = ImageRef::parse(r)?;
             insecure |= config.is_insecure(parsed.registry());
             if let Some(host) = config.mirror(parsed.registry()) {

@@ -240,7 +240,10 @@ impl Puller<'_> {
         match fetched {
             Ok((bytes, digest)) => {
                 store_manifest(self.workdir, &digest, &digest, &bytes)?;
-                self.workdir.write_ref(self.image, &digest)?;
+                // `inspect` (config only) leaves the cached images as they are.
+                if !self.opts.config_only {
+                    self.workdir.write_ref(self.image, &digest)?;
+                }
                 Ok((digest, false))
             }
             Err(e) if is_unavailable(&e) => match self.workdir.read_ref(self.image)? {

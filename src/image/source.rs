@@ -34,8 +34,24 @@ pub enum Source {
     DockerArchive { file: PathBuf, tag: Option<String> },
 }
 
+/// skopeo's transports flmount does not read: refused at once (a usage
+/// error), never taken for a registry name.
+const UNSUPPORTED: &[&str] = &[
+    "dir",
+    "containers-storage",
+    "docker-daemon",
+    "ostree",
+    "sif",
+    "tarball",
+];
+
+/// A usage error in an image source's spelling (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadSource(pub String);
+
 impl Source {
-    pub fn parse(s: &str) -> Source {
+    pub fn parse(s: &str) -> Result<Source> {
         let split = |rest: &str| -> (PathBuf, Option<String>) {
             // `PATH:TAG`, unless what follows the last `:` looks like a path.
             match rest.rsplit_once(':') {
@@ -46,15 +62,15 @@ impl Source {
             }
         };
         if let Some(rest) = s.strip_prefix("docker://") {
-            return Source::Registry(rest.to_owned());
+            return Ok(Source::Registry(rest.to_owned()));
         }
         if let Some(rest) = s.strip_prefix("oci:") {
             let (dir, tag) = split(rest);
-            return Source::OciDir { dir, tag };
+            return Ok(Source::OciDir { dir, tag });
         }
         if let Some(rest) = s.strip_prefix("oci-archive:") {
             let (file, tag) = split(rest);
-            return Source::OciArchive { file, tag };
+            return Ok(Source::OciArchive { file, tag });
         }
         if let Some(rest) = s.strip_prefix("docker-archive:") {
             // The optional part is a reference, which may hold a `:` itself.
@@ -62,29 +78,81 @@ impl Source {
                 Some((f, r)) if !r.is_empty() => (PathBuf::from(f), Some(r.to_owned())),
                 _ => (PathBuf::from(rest), None),
             };
-            return Source::DockerArchive { file, tag };
+            return Ok(Source::DockerArchive { file, tag });
         }
-        Source::Registry(s.to_owned())
+        if let Some((transport, _)) = s.split_once(':') {
+            if UNSUPPORTED.contains(&transport) {
+                return Err(BadSource(format!(
+                    "{s:?}: unsupported transport {transport}: (flmount reads docker://, oci:, \
+                     oci-archive: and docker-archive:; e.g. skopeo copy {transport}:... oci-archive:FILE)"
+                ))
+                .into());
+            }
+        }
+        Ok(Source::Registry(s.to_owned()))
     }
 
-    /// The reference to pull: the registry's, or the imported image's.
-    pub fn resolve(&self, workdir: &Workdir, platform: &Platform) -> Result<ImageRef> {
+    /// The name and tag an imported image is cached under, when the
+    /// spelling says it without reading the source (`oci.local/DIR:TAG`,
+    /// `docker-archive.local/REPO:TAG`): what `images rm` takes.
+    pub fn local_name(&self) -> Option<(String, Option<String>)> {
+        match self {
+            Source::Registry(_) => None,
+            Source::OciDir { dir, tag } => {
+                Some((format!("oci.local/{}", stem(dir)), tag.as_deref().map(tag_of)))
+            }
+            Source::OciArchive { file, tag } => Some((
+                format!("oci-archive.local/{}", stem(file)),
+                tag.as_deref().map(tag_of),
+            )),
+            Source::DockerArchive { file, tag } => match tag.as_deref().map(ImageRef::parse) {
+                Some(Ok(r)) => Some((
+                    format!("docker-archive.local/{}", r.repository()),
+                    Some(r.tag().unwrap_or("latest").to_owned()),
+                )),
+                _ => Some((format!("docker-archive.local/{}", stem(file)), None)),
+            },
+        }
+    }
+
+    /// The reference to pull: the registry's, or the imported image's,
+    /// named `<kind>.local/<name>:<tag>` (the directory's or file's name
+    /// and the tag asked for, or the one the source gives its image; for a
+    /// docker archive, the repository and tag of its `RepoTags`) and pinned
+    /// to the manifest's digest. With `config_only`, a layout's layers are
+    /// not imported (`inspect`).
+    pub fn resolve(&self, workdir: &Workdir, platform: &Platform, config_only: bool) -> Result<ImageRef> {
+        let (name, _) = self.local_name().unwrap_or_default();
         match self {
             Source::Registry(r) => ImageRef::parse(r),
             Source::OciDir { dir, tag } => {
-                let digest = import_layout(workdir, dir, tag.as_deref(), platform, Mode::Copy)
+                let mode = if config_only { Mode::ConfigOnly } else { Mode::Copy };
+                let (digest, found) = import_layout(workdir, dir, tag.as_deref(), platform, mode)
                     .with_context(|| format!("importing the OCI layout {}", dir.display()))?;
-                pinned("oci.local", dir, &digest)
+                pinned(&name, found.as_deref(), &digest)
             }
             Source::OciArchive { file, tag } => {
-                let digest = with_unpacked(workdir, file, |dir| {
+                let (digest, found) = with_unpacked(workdir, file, |dir| {
+                    if !dir.join("index.json").is_file() {
+                        let hint = if dir.join("manifest.json").is_file() {
+                            format!(
+                                "it is a docker archive (docker save): use docker-archive:{}",
+                                file.display()
+                            )
+                        } else {
+                            "it holds no index.json".to_owned()
+                        };
+                        return Err(
+                            BadSource(format!("{} is not an OCI archive: {hint}", file.display())).into(),
+                        );
+                    }
                     import_layout(workdir, dir, tag.as_deref(), platform, Mode::Move)
                 })
                 .with_context(|| format!("importing the OCI archive {}", file.display()))?;
-                pinned("oci-archive.local", file, &digest)
+                pinned(&name, found.as_deref(), &digest)
             }
             Source::DockerArchive { file, tag } => {
-                let digest = with_unpacked(workdir, file, |dir| {
+                let (digest, found) = with_unpacked(workdir, file, |dir| {
                     if dir.join("index.json").is_file() && !dir.join("manifest.json").is_file() {
                         import_layout(workdir, dir, tag.as_deref(), platform, Mode::Move)
                     } else {
@@ -92,27 +160,63 @@ impl Source {
                     }
                 })
                 .with_context(|| format!("importing the docker archive {}", file.display()))?;
-                pinned("docker-archive.local", file, &digest)
+                // The archive's own name for the image, when it has one.
+                let name = match found.as_deref().map(ImageRef::parse) {
+                    Some(Ok(r)) => format!("docker-archive.local/{}", r.repository()),
+                    _ => name,
+                };
+                pinned(&name, found.as_deref(), &digest)
             }
         }
     }
 }
 
-/// A name for an imported image, for logs: `<kind>.local/<file name>@<digest>`.
-fn pinned(kind: &str, path: &Path, digest: &Digest) -> Result<ImageRef> {
+/// A directory's or file's name as a repository component.
+fn stem(path: &Path) -> String {
     let stem = path
         .file_name()
         .map(|n| n.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
-    let mut name: String = stem
+    let name: String = stem
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    name = name.trim_matches('-').to_owned();
+    let name = name.trim_matches('-');
     if name.is_empty() {
-        name = "image".into();
+        "image".into()
+    } else {
+        name.to_owned()
     }
-    ImageRef::parse(&format!("{kind}/{name}@{digest}"))
+}
+
+/// A source's tag (or a full reference's tag part) as a valid tag.
+fn tag_of(tag: &str) -> String {
+    let tag = match ImageRef::parse(tag) {
+        Ok(r) if tag.contains([':', '/']) => r.tag().unwrap_or("latest").to_owned(),
+        _ => tag.to_owned(),
+    };
+    let tag: String = tag
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(128)
+        .collect();
+    match tag.trim_start_matches(['.', '-']) {
+        "" => "latest".into(),
+        t => t.to_owned(),
+    }
+}
+
+/// `name:tag@digest` for an imported image; `found` is the source's own
+/// name for it (a tag, or a reference whose tag is taken).
+fn pinned(name: &str, found: Option<&str>, digest: &Digest) -> Result<ImageRef> {
+    let tag = found.map(tag_of).unwrap_or_else(|| "latest".into());
+    ImageRef::parse(&format!("{name}:{tag}@{digest}"))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -123,6 +227,8 @@ enum Mode {
     Move,
     /// Unpacked by us and named by the digest just computed from it: move.
     Adopt,
+    /// Only the manifest and config (`inspect`): layers stay where they are.
+    ConfigOnly,
 }
 
 #[derive(Deserialize)]
@@ -141,14 +247,15 @@ struct LayoutEntry {
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// Imports the image `tag` names in the layout at `dir` (the only one when
-/// no tag is given); returns the image manifest's digest.
+/// no tag is given); returns the image manifest's digest and the image's
+/// name in the layout (`org.opencontainers.image.ref.name`).
 fn import_layout(
     workdir: &Workdir,
     dir: &Path,
     tag: Option<&str>,
     platform: &Platform,
     mode: Mode,
-) -> Result<Digest> {
+) -> Result<(Digest, Option<String>)> {
     let index: LayoutIndex = serde_json::from_slice(&read_small(&dir.join("index.json"))?)
         .context("index.json is not an OCI image index")?;
     let tags = || {
@@ -167,12 +274,8 @@ fn import_layout(
         Some(tag) => index
             .manifests
             .iter()
-            .find(|m| {
-                m.annotations
-                    .get(REF_NAME)
-                    .is_some_and(|n| n == tag || n.rsplit_once(':').is_some_and(|(_, t)| t == tag))
-            })
-            .with_context(|| format!("no image tagged {tag:?} (tags: {})", tags()))?,
+            .find(|m| m.annotations.get(REF_NAME).is_some_and(|n| same_name(n, tag)))
+            .ok_or_else(|| not_found(format!("no image tagged {tag:?} (tags: {})", tags())))?,
         None if index.manifests.len() == 1 => &index.manifests[0],
         None => bail!(
             "the layout holds {} images: name one with :TAG (tags: {})",
@@ -196,6 +299,10 @@ fn import_layout(
         }
     };
     import_small(workdir, dir, &image.config)?;
+    let name = entry.annotations.get(REF_NAME).cloned();
+    if mode == Mode::ConfigOnly {
+        return Ok((digest, name));
+    }
     for layer in &image.layers {
         import_blob(
             workdir,
@@ -205,7 +312,31 @@ fn import_layout(
             mode,
         )?;
     }
-    Ok(digest)
+    Ok((digest, name))
+}
+
+/// Whether a source's name for an image (`v1`, `nginx:1.27`,
+/// `docker.io/newb/bb:1`) is the one asked for: tags compare as they are,
+/// references once normalised (`newb/bb:1` = `docker.io/newb/bb:1`).
+fn same_name(have: &str, want: &str) -> bool {
+    if have == want
+        || have
+            .rsplit_once(':')
+            .is_some_and(|(_, t)| t == want && !want.contains([':', '/']))
+    {
+        return true;
+    }
+    match (ImageRef::parse(have), ImageRef::parse(want)) {
+        (Ok(a), Ok(b)) => {
+            a.repository() == b.repository() && a.registry() == b.registry() && a.tag() == b.tag()
+        }
+        _ => false,
+    }
+}
+
+/// A missing image in a source: exit 3, as from a registry.
+fn not_found(message: String) -> anyhow::Error {
+    crate::image::registry::RegistryError::new(crate::image::registry::ErrorKind::NotFound, message).into()
 }
 
 fn layer_path(dir: &Path, digest: &Digest) -> PathBuf {
@@ -322,8 +453,9 @@ struct SaveEntry {
 
 /// Imports an image of a legacy `docker save` archive (unpacked in `dir`):
 /// its config and layer tars become blobs, under an OCI manifest written
-/// for them. Returns the manifest's digest.
-fn import_docker_save(workdir: &Workdir, dir: &Path, tag: Option<&str>) -> Result<Digest> {
+/// for them. Returns the manifest's digest and the image's name in the
+/// archive (the tag asked for, or its first `RepoTags` entry).
+fn import_docker_save(workdir: &Workdir, dir: &Path, tag: Option<&str>) -> Result<(Digest, Option<String>)> {
     let entries: Vec<SaveEntry> = serde_json::from_slice(&read_small(&dir.join("manifest.json"))?)
         .context("manifest.json is not a docker save manifest")?;
     let all_tags = || {
@@ -336,13 +468,8 @@ fn import_docker_save(workdir: &Workdir, dir: &Path, tag: Option<&str>) -> Resul
     let entry = match tag {
         Some(tag) => entries
             .iter()
-            .find(|e| {
-                e.repo_tags
-                    .iter()
-                    .flatten()
-                    .any(|t| t == tag || t.rsplit_once(':').is_some_and(|(_, t)| t == tag))
-            })
-            .with_context(|| format!("no image tagged {tag:?} (tags: {})", all_tags()))?,
+            .find(|e| e.repo_tags.iter().flatten().any(|t| same_name(t, tag)))
+            .ok_or_else(|| not_found(format!("no image tagged {tag:?} (tags: {})", all_tags())))?,
         None if entries.len() == 1 => &entries[0],
         None => bail!(
             "the archive holds {} images: name one with :REF (tags: {})",
@@ -378,7 +505,16 @@ fn import_docker_save(workdir: &Workdir, dir: &Path, tag: Option<&str>) -> Resul
     }))?;
     let digest = Digest::sha256_of(&manifest);
     workdir.put_blob(&digest, &manifest)?;
-    Ok(digest)
+    let name = match tag {
+        Some(t) => entry
+            .repo_tags
+            .iter()
+            .flatten()
+            .find(|n| same_name(n, t))
+            .cloned(),
+        None => entry.repo_tags.iter().flatten().next().cloned(),
+    };
+    Ok((digest, name))
 }
 
 /// A layer's compression, from its first bytes.
@@ -437,38 +573,78 @@ mod tests {
 
     #[test]
     fn spellings() {
-        assert_eq!(Source::parse("alpine"), Source::Registry("alpine".into()));
         assert_eq!(
-            Source::parse("docker://host:5000/a:1"),
+            Source::parse("alpine").unwrap(),
+            Source::Registry("alpine".into())
+        );
+        assert_eq!(
+            Source::parse("docker://host:5000/a:1").unwrap(),
             Source::Registry("host:5000/a:1".into())
         );
         assert_eq!(
-            Source::parse("oci:/srv/layout:v1"),
+            Source::parse("oci:/srv/layout:v1").unwrap(),
             Source::OciDir {
                 dir: "/srv/layout".into(),
                 tag: Some("v1".into())
             }
         );
         assert_eq!(
-            Source::parse("oci:layout"),
+            Source::parse("oci:layout").unwrap(),
             Source::OciDir {
                 dir: "layout".into(),
                 tag: None
             }
         );
         assert_eq!(
-            Source::parse("oci-archive:/tmp/a.tar"),
+            Source::parse("oci-archive:/tmp/a.tar").unwrap(),
             Source::OciArchive {
                 file: "/tmp/a.tar".into(),
                 tag: None
             }
         );
         assert_eq!(
-            Source::parse("docker-archive:/tmp/s.tar:nginx:1.27"),
+            Source::parse("docker-archive:/tmp/s.tar:nginx:1.27").unwrap(),
             Source::DockerArchive {
                 file: "/tmp/s.tar".into(),
                 tag: Some("nginx:1.27".into())
             }
+        );
+    }
+
+    #[test]
+    fn unsupported_transports_and_names() {
+        for s in [
+            "dir:/x",
+            "containers-storage:alpine",
+            "docker-daemon:alpine:latest",
+        ] {
+            assert!(
+                Source::parse(s)
+                    .unwrap_err()
+                    .to_string()
+                    .contains("unsupported transport"),
+                "{s}"
+            );
+        }
+        assert_eq!(
+            Source::parse("localhost:5000/a").unwrap(),
+            Source::Registry("localhost:5000/a".into())
+        );
+        assert!(same_name("docker.io/newb/bb:1", "newb/bb:1"));
+        assert!(same_name("newb/bb:1", "docker.io/newb/bb:1"));
+        assert!(same_name("v1", "v1") && same_name("nginx:1.27", "1.27"));
+        assert!(!same_name("docker.io/newb/bb:1", "newb/bb:2") && !same_name("a/b:1", "c/b:1"));
+        assert_eq!(tag_of("docker.io/newb/bb:1"), "1");
+        assert_eq!(tag_of("v1.0"), "v1.0");
+        let s = Source::parse("docker-archive:/x/b.tar:newb/bb:1").unwrap();
+        assert_eq!(
+            s.local_name(),
+            Some(("docker-archive.local/newb/bb".into(), Some("1".into())))
+        );
+        let s = Source::parse("oci:/srv/My Layout:v1").unwrap();
+        assert_eq!(
+            s.local_name(),
+            Some(("oci.local/my-layout".into(), Some("v1".into())))
         );
     }
 
