@@ -229,7 +229,22 @@ fn a_busybox_image_served_lazily_runs_in_a_chroot() {
         "{stdout}"
     );
     assert_same_tree(&img.flat, &mnt, &Ignore::default());
-    m.stop();
+    // The ioctl systemd-nspawn and lsattr send (FS_IOC_GETFLAGS): ENOTTY,
+    // with nothing logged.
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import fcntl, sys, errno\n\
+             f = open(sys.argv[1], 'rb')\n\
+             try:\n    fcntl.ioctl(f, 0x80086601, b'\\0' * 8); print('answered')\n\
+             except OSError as e:\n    print(errno.errorcode[e.errno])\n",
+        )
+        .arg(mnt.join("bin/busybox"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ENOTTY", "{out:?}");
+    let log = m.stop();
+    assert!(!log.contains("Not Implemented"), "{log}");
 
     // A second mount of the same image reuses its flist: nothing is packed.
     let m = Mounted::start(&img.fl, &["-image", &img.image, "-fuse", "-v"], &mnt);

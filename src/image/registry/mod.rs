@@ -143,6 +143,7 @@ impl RegistryClient {
         flags: Option<Credentials>,
     ) -> Result<Self> {
         let host = image.registry_host().to_owned();
+        resolvable(&host, transport.connect_timeout).await?;
         let insecure = transport.insecure || image.is_loopback();
         let protocol = if transport.plain_http || (insecure && !speaks_tls(&host, transport).await) {
             ClientProtocol::Http
@@ -558,6 +559,40 @@ pub fn error_kind(e: &anyhow::Error) -> Option<ErrorKind> {
     e.chain()
         .find_map(|c| c.downcast_ref::<RegistryError>())
         .map(|r| r.kind)
+}
+
+/// A registry whose name does not resolve is unavailable at once (exit 5),
+/// not retried nor taken for an authentication failure. Skipped when a
+/// proxy is configured: the proxy resolves names then.
+async fn resolvable(host: &str, timeout: Duration) -> Result<(), RegistryError> {
+    let proxied = [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
+    let name = host
+        .rsplit_once(':')
+        .filter(|(_, p)| p.parse::<u16>().is_ok())
+        .map_or(host, |(h, _)| h);
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    if proxied || name.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let failed =
+        |why: String| RegistryError::new(ErrorKind::Unavailable, format!("cannot resolve {name}: {why}"));
+    match tokio::time::timeout(timeout, tokio::net::lookup_host((name, 443))).await {
+        Ok(Ok(mut addrs)) => match addrs.next() {
+            Some(_) => Ok(()),
+            None => Err(failed("no address".into())),
+        },
+        Ok(Err(e)) => Err(failed(e.to_string())),
+        Err(_) => Err(failed(format!("no answer within {} s", timeout.as_secs()))),
+    }
 }
 
 /// Whether `host` answers TLS (any HTTP answer over HTTPS counts).
