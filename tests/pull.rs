@@ -235,7 +235,7 @@ fn multi_platform_index_and_manifest_list() {
         }
         assert_eq!(label(&["-platform", "linux/arm64"]), "arm64", "{repo}");
         assert_eq!(label(&["--platform=linux/arm/v7"]), "armv7", "{repo}");
-        let err = fl.fails(&["-image", &image, "-platform", "linux/s390x"], 1);
+        let err = fl.fails(&["-image", &image, "-platform", "linux/s390x"], 3);
         assert!(
             err.contains("no image for platform linux/s390x")
                 && err.contains("linux/amd64, linux/arm64/v8, linux/arm/v7"),

@@ -93,6 +93,17 @@ fn umount(workdir: &Workdir, target: &Path, stale_only: bool) -> Result<()> {
         }
         return Ok(());
     }
+    if mount.is_none() {
+        // Nothing to unmount: not found (exit 3).
+        return Err(crate::image::registry::RegistryError::new(
+            crate::image::registry::ErrorKind::NotFound,
+            format!(
+                "{} is not mounted by flmount: nothing is mounted there",
+                target.display()
+            ),
+        )
+        .into());
+    }
     if fuse {
         fuse::unmount(target)?;
     } else {
@@ -126,7 +137,14 @@ fn run_image(workdir: Workdir, job: ImageJob, quiet: bool, json: bool, watch: si
         write_lxc_config(&workdir, &image, job.lxcconfig.as_deref())?;
     }
     let validate = job.pull.validate_cache;
-    produce(workdir, &image, job.output, json, started, watch, validate)?;
+    let layer_files: Vec<_> = image
+        .manifest
+        .layers
+        .iter()
+        .map(|l| (l.digest.clone(), workdir.blob_path(&l.digest)))
+        .collect();
+    produce(workdir, &image, job.output, json, started, watch, validate)
+        .map_err(|e| corrupt_layer(e, &layer_files))?;
     if let Some(rootfs) = &rootfs {
         let path = job.lxcconfig.as_deref();
         write_lxc_config_from(&image, path, runtime::ImageFiles::Rootfs(rootfs))?;
@@ -173,6 +191,43 @@ async fn pull_image(workdir: &Workdir, job: &ImageJob, progress: &Progress) -> R
     let pulled = pull::pull(workdir, &image, &job.pull, progress).await?;
     tracing::info!("pulled {}", pulled.summary());
     Ok(pulled)
+}
+
+/// An output that failed reading the image's cached layers, not for a
+/// reason of this machine (a disk, a signal): when a layer no longer
+/// matches its digest, that is the error (exit 6), with the way out.
+fn corrupt_layer(e: anyhow::Error, layers: &[(crate::image::digest::Digest, PathBuf)]) -> anyhow::Error {
+    let local = e.chain().any(|c| {
+        c.is::<signals::Interrupted>()
+            || c.is::<crate::owned::Refused>()
+            || c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.raw_os_error().is_some())
+    });
+    if local {
+        return e;
+    }
+    for (digest, path) in layers {
+        let Ok(file) = std::fs::File::open(path) else {
+            continue;
+        };
+        let reader = std::io::BufReader::with_capacity(1 << 20, file);
+        match crate::image::digest::hash_reader(digest.algorithm(), reader) {
+            Ok((actual, _)) if &actual == digest => {}
+            Ok(_) => {
+                return crate::image::registry::RegistryError::new(
+                    crate::image::registry::ErrorKind::Integrity,
+                    format!(
+                        "the cached layer {digest} ({}) is corrupt: it no longer matches its digest; \
+                         run again with -validate-cache to fetch it again ({e:#})",
+                        path.display()
+                    ),
+                )
+                .into()
+            }
+            Err(_) => {}
+        }
+    }
+    e
 }
 
 /// A cached image named by (the start of) its digest, as `images` prints

@@ -28,6 +28,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     // A store that failed while storing chunks.
     match e.chain().find_map(|c| c.downcast_ref::<StoreError>()) {
         Some(StoreError::Unavailable { .. }) => return 5,
+        Some(StoreError::Missing { .. }) => return 3,
         Some(StoreError::Local { .. }) => return 7,
         _ => {}
     }

@@ -250,6 +250,7 @@ struct Row {
 impl Flist {
     /// Opens an flist read-only.
     pub fn open(path: &Path) -> Result<Self> {
+        exists(path)?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -272,6 +273,7 @@ impl Flist {
     /// Opens an flist for editing tags and routes.
     pub fn open_rw(path: &Path) -> Result<Self> {
         // Edited in place: only a regular file (a symlink to one is followed).
+        exists(path)?;
         if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
             crate::refuse!(
                 "{} is not a regular file; flists are edited in place",
@@ -551,5 +553,21 @@ impl Flist {
             out.insert(r.get(0)?, value_bytes(r.get_ref(1)?)?);
         }
         Ok(out)
+    }
+}
+
+/// A missing flist is "not found" (exit 3), named; SQLite's own words for
+/// it ("unable to open database file") say neither.
+fn exists(path: &Path) -> Result<()> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(crate::image::registry::RegistryError::new(
+                crate::image::registry::ErrorKind::NotFound,
+                format!("no flist {}: no such file", path.display()),
+            )
+            .into())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("opening flist {}", path.display()))),
+        Ok(_) => Ok(()),
     }
 }

@@ -246,14 +246,19 @@ pub fn choose_platform<'a>(entries: &'a [IndexEntry], wanted: &Platform) -> Resu
         .filter_map(|e| e.platform.as_ref().map(|p| p.to_string()))
         .filter(|p| p != "unknown/unknown")
         .collect();
-    bail!(
-        "no image for platform {wanted} in this index; available: {} (choose one with -platform)",
-        if available.is_empty() {
-            "none".to_owned()
-        } else {
-            available.join(", ")
-        }
+    // Not found (exit 3), as an image the registry does not have.
+    Err(crate::image::registry::RegistryError::new(
+        crate::image::registry::ErrorKind::NotFound,
+        format!(
+            "no image for platform {wanted} in this index; available: {} (choose one with -platform)",
+            if available.is_empty() {
+                "none".to_owned()
+            } else {
+                available.join(", ")
+            }
+        ),
     )
+    .into())
 }
 
 #[cfg(test)]

@@ -39,6 +39,9 @@ pub type ChunkId = [u8; 32];
 pub enum StoreError {
     #[error("chunk {0} not found")]
     NotFound(String),
+    /// The store itself does not exist (an S3 bucket): not found (exit 3).
+    #[error("store {store}: {what} does not exist")]
+    Missing { store: String, what: String },
     #[error("store {store} unavailable: {reason}")]
     Unavailable { store: String, reason: String },
     #[error("store {store} refused the request: {reason}")]

@@ -18,6 +18,7 @@ use super::{ChunkId, Store, StoreError, StoreUrl};
 pub struct S3Store {
     s3: AmazonS3,
     url: String,
+    bucket: String,
 }
 
 impl S3Store {
@@ -72,27 +73,37 @@ impl S3Store {
         Ok(S3Store {
             s3,
             url: url.public(),
+            bucket: bucket.to_owned(),
         })
     }
 
     fn error(&self, id: &ChunkId, e: object_store::Error) -> StoreError {
         match e {
+            object_store::Error::NotFound { .. } if chain_text(&e).contains("NoSuchBucket") => {
+                StoreError::Missing {
+                    store: self.url.clone(),
+                    what: format!("bucket {:?}", self.bucket),
+                }
+            }
             object_store::Error::NotFound { .. } => StoreError::NotFound(hex::encode(id)),
             object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
                 StoreError::refused(&self.url, e)
             }
-            other => {
-                // The innermost causes say what went wrong ("connection refused").
-                let mut text = other.to_string();
-                let mut source = std::error::Error::source(&other);
-                while let Some(s) = source {
-                    text.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
-                StoreError::unavailable(&self.url, text)
-            }
+            // The innermost causes say what went wrong ("connection refused").
+            other => StoreError::unavailable(&self.url, chain_text(&other)),
         }
     }
+}
+
+/// An error and its causes, `: `-separated.
+fn chain_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
 }
 
 impl Store for S3Store {
