@@ -294,7 +294,10 @@ fn a_busy_mount_is_a_local_error_naming_it() {
     let _ = holder.wait();
     let err = String::from_utf8_lossy(&out.stderr);
     let code = out.status.code();
-    fl.ok(&["-umount", s(&mnt)]);
+    let out = fl.run(&["-umount", s(&mnt), "-json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["unmounted"], "overlay", "{done}");
     assert_eq!(code, Some(7), "{err}");
     assert!(
         err.contains(s(&mnt)) && err.to_lowercase().contains("busy"),

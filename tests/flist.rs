@@ -64,7 +64,7 @@ impl Setup {
 
 fn counts(log: &str) -> (u64, u64) {
     let at = log
-        .find(" chunks, ")
+        .find(" chunks (")
         .unwrap_or_else(|| panic!("no pack summary:\n{log}"));
     let rest: Vec<&str> = log[at + 9..].split_whitespace().collect();
     (rest[0].parse().unwrap(), rest[2].parse().unwrap())

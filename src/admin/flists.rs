@@ -11,8 +11,11 @@ use crate::progress::human_bytes;
 use crate::store;
 
 /// `flmount flist ls F`: every entry, sorted by path.
-pub fn ls(flist: &Path) -> Result<()> {
+pub fn ls(flist: &Path, json: bool) -> Result<()> {
     let (plan, _) = Flist::open(flist)?.plan()?;
+    if json {
+        return ls_json(&plan);
+    }
     // (path, type and mode, owner and size, what follows the path)
     let mut lines: Vec<(Vec<u8>, String, String)> = Vec::new();
     for d in &plan.dirs {
@@ -46,6 +49,45 @@ pub fn ls(flist: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `flist ls -json`: one array of entries, sorted by path.
+fn ls_json(plan: &crate::fs::tree::Plan) -> Result<()> {
+    use serde_json::json;
+    let mut rows: Vec<(Vec<u8>, serde_json::Value)> = Vec::new();
+    let entry = |path: &[u8], kind: &str, m: &crate::fs::layer::Meta, extra: serde_json::Value| {
+        let mut v = json!({
+            "path": format!("/{}", String::from_utf8_lossy(path)),
+            "type": kind, "mode": m.mode, "uid": m.uid, "gid": m.gid,
+        });
+        if let (Some(v), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
+            v.extend(extra);
+        }
+        v
+    };
+    for d in &plan.dirs {
+        rows.push((d.path.clone(), entry(&d.path, "dir", &d.meta, json!({}))));
+    }
+    for inode in &plan.inodes {
+        let (kind, extra) = match &inode.kind {
+            InodeKind::File { size, .. } => ("file", json!({ "size": size })),
+            InodeKind::Symlink { target } => {
+                ("symlink", json!({ "target": String::from_utf8_lossy(target) }))
+            }
+            InodeKind::CharDev { major, minor } => ("char", json!({ "major": major, "minor": minor })),
+            InodeKind::BlockDev { major, minor } => ("block", json!({ "major": major, "minor": minor })),
+            InodeKind::Fifo => ("fifo", json!({})),
+            InodeKind::Dir => ("dir", json!({})),
+        };
+        for p in &inode.paths {
+            rows.push((p.clone(), entry(p, kind, &inode.meta, extra.clone())));
+        }
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    let list: Vec<_> = rows.into_iter().map(|(_, v)| v).collect();
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, &list)?;
+    writeln_or_pipe(&mut out, "")
+}
+
 /// `flmount flist inspect F`: counts, routes and tags.
 pub fn inspect(flist: &Path, json: bool) -> Result<()> {
     {
@@ -67,7 +109,13 @@ pub fn inspect(flist: &Path, json: bool) -> Result<()> {
                 }
             })
             .sum();
-        let chunks: usize = blocks.values().map(Vec::len).sum();
+        // The distinct chunks the flist names (as pack counts them).
+        let chunks = blocks
+            .values()
+            .flatten()
+            .map(|c| c.id)
+            .collect::<std::collections::HashSet<_>>()
+            .len();
         if json {
             let routes: Vec<_> = fl
                 .routes()?
@@ -102,7 +150,7 @@ pub fn inspect(flist: &Path, json: bool) -> Result<()> {
 }
 
 /// `flmount flist tag F [KEY=VALUE...] [-delete KEY...]`
-pub fn tag(flist: &Path, set: &[String], delete: &[String]) -> Result<()> {
+pub fn tag(flist: &Path, set: &[String], delete: &[String], json: bool) -> Result<()> {
     {
         let fl = if set.is_empty() && delete.is_empty() {
             Flist::open(flist)?
@@ -118,6 +166,11 @@ pub fn tag(flist: &Path, set: &[String], delete: &[String]) -> Result<()> {
         for k in delete {
             fl.delete_tag(k)?;
         }
+        if json {
+            let tags: std::collections::BTreeMap<_, _> = fl.tags()?.into_iter().collect();
+            println!("{}", serde_json::json!(tags));
+            return Ok(());
+        }
         for (k, v) in fl.tags()? {
             println!("{k}={v}");
         }
@@ -126,7 +179,7 @@ pub fn tag(flist: &Path, set: &[String], delete: &[String]) -> Result<()> {
 }
 
 /// `flmount flist store F [ROUTE...]`
-pub fn store(flist: &Path, routes: &[String]) -> Result<()> {
+pub fn store(flist: &Path, routes: &[String], json: bool) -> Result<()> {
     {
         let fl = if routes.is_empty() {
             Flist::open(flist)?
@@ -144,6 +197,15 @@ pub fn store(flist: &Path, routes: &[String]) -> Result<()> {
                 });
             }
             fl.replace_routes(&rows)?;
+        }
+        if json {
+            let routes: Vec<_> = fl
+                .routes()?
+                .into_iter()
+                .map(|r| serde_json::json!({"start": r.start, "end": r.end, "url": r.url}))
+                .collect();
+            println!("{}", serde_json::json!(routes));
+            return Ok(());
         }
         for r in fl.routes()? {
             println!("{:02x}-{:02x}={}", r.start, r.end, r.url);

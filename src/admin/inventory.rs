@@ -325,6 +325,8 @@ fn files_below(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
 /// What `gc` removed (or would remove).
 #[derive(Debug, Default, Serialize)]
 pub struct GcStats {
+    /// Each path removed (or that would be).
+    pub paths: Vec<PathBuf>,
     pub blobs: usize,
     pub overlay_layers: usize,
     pub flists: usize,
@@ -343,6 +345,7 @@ pub fn gc(workdir: &Workdir, dry_run: bool) -> Result<GcStats> {
         let bytes = du(path);
         *counter(stats) += 1;
         stats.bytes += bytes;
+        stats.paths.push(path.to_owned());
         if !dry_run {
             let md = fs::symlink_metadata(path)?;
             if md.is_dir() {

@@ -164,16 +164,25 @@ pub fn gc(workdir: &Workdir, dry_run: bool, as_json: bool) -> Result<()> {
     if as_json {
         return print_json(&json!({ "dry_run": dry_run, "removed": stats }));
     }
-    tracing::info!(
-        "{} {} blobs, {} overlay layer dirs, {} flists, {} chunks, {} temporary files: {}",
+    // The result is the command's output (on stdout, also with -q); a dry
+    // run lists what it would remove, one path a line.
+    let mut out = std::io::stdout().lock();
+    if dry_run {
+        for p in &stats.paths {
+            writeln!(out, "would remove {}", p.display())?;
+        }
+    }
+    writeln!(
+        out,
+        "{} {}, {}, {}, {}, {}: {}",
         if dry_run { "would remove" } else { "removed" },
-        stats.blobs,
-        stats.overlay_layers,
-        stats.flists,
-        stats.chunks,
-        stats.temporary,
+        plural(stats.blobs, "blob"),
+        plural(stats.overlay_layers, "overlay layer dir"),
+        plural(stats.flists, "flist"),
+        plural(stats.chunks, "chunk"),
+        plural(stats.temporary, "temporary file"),
         human_bytes(stats.bytes)
-    );
+    )?;
     Ok(())
 }
 
@@ -226,7 +235,12 @@ pub fn inspect(image: &PulledImage, as_json: bool) -> Result<()> {
     for e in c["Env"].as_array().into_iter().flatten() {
         writeln!(out, "env:         {}", e.as_str().unwrap_or_default())?;
     }
-    writeln!(out, "layers:      {} ({})", layers.len(), human_bytes(size))?;
+    writeln!(
+        out,
+        "layers:      {} ({})",
+        plural(layers.len(), "layer"),
+        human_bytes(size)
+    )?;
     for l in &image.manifest.layers {
         writeln!(
             out,
@@ -260,10 +274,15 @@ fn age(secs: u64) -> String {
     let ago = now.saturating_sub(secs);
     match ago {
         0..=59 => "just now".into(),
-        60..=3599 => format!("{} minutes ago", ago / 60),
-        3600..=86_399 => format!("{} hours ago", ago / 3600),
-        _ => format!("{} days ago", ago / 86_400),
+        60..=3599 => format!("{} ago", plural(ago as usize / 60, "minute")),
+        3600..=86_399 => format!("{} ago", plural(ago as usize / 3600, "hour")),
+        _ => format!("{} ago", plural(ago as usize / 86_400, "day")),
     }
+}
+
+/// "1 layer", "2 layers".
+pub fn plural(n: usize, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
 
 fn not_found(message: String) -> anyhow::Error {

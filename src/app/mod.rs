@@ -33,7 +33,11 @@ pub fn run(s: Settings) -> Result<()> {
     let watch = signals::watch();
     match s.action {
         Action::Image(job) => run_image(workdir, job, s.quiet, s.json, watch),
-        Action::Umount { target, stale_only } => umount(&workdir, &target, stale_only),
+        Action::Umount { target, stale_only } => {
+            let kind = umount(&workdir, &target, stale_only)?;
+            print_json(serde_json::json!({ "target": target, "unmounted": kind }));
+            Ok(())
+        }
         Action::Unpack {
             flist,
             stores,
@@ -58,10 +62,10 @@ pub fn run(s: Settings) -> Result<()> {
             commands::serve(&flist, &stores, &mount)
         }
         Action::Flist(op) => match op {
-            FlistOp::Ls { flist } => admin::flists::ls(&flist),
+            FlistOp::Ls { flist } => admin::flists::ls(&flist, s.json),
             FlistOp::Inspect { flist } => admin::flists::inspect(&flist, s.json),
-            FlistOp::Tag { flist, set, delete } => admin::flists::tag(&flist, &set, &delete),
-            FlistOp::Store { flist, routes } => admin::flists::store(&flist, &routes),
+            FlistOp::Tag { flist, set, delete } => admin::flists::tag(&flist, &set, &delete, s.json),
+            FlistOp::Store { flist, routes } => admin::flists::store(&flist, &routes, s.json),
         },
         Action::Images => admin::images(&workdir, s.json),
         Action::ForgetImages(refs) => admin::forget_images(&workdir, &refs, s.json),
@@ -78,8 +82,9 @@ pub fn run(s: Settings) -> Result<()> {
 
 /// `-umount DIR`: an flmount FUSE mount, or an overlay this workdir
 /// recorded; anything else is left mounted. With `stale_only`, only a FUSE
-/// mount whose server is gone.
-fn umount(workdir: &Workdir, target: &Path, stale_only: bool) -> Result<()> {
+/// mount whose server is gone. Returns what was unmounted (`fuse`,
+/// `overlay`), if anything.
+fn umount(workdir: &Workdir, target: &Path, stale_only: bool) -> Result<Option<&'static str>> {
     let mount = crate::owned::mounts::mount_at(target)?;
     let fuse = mount
         .as_ref()
@@ -88,10 +93,10 @@ fn umount(workdir: &Workdir, target: &Path, stale_only: bool) -> Result<()> {
         if fuse && fuse::health(target) == fuse::Health::Dead {
             fuse::unmount(target)?;
             tracing::info!("cleared the dead mount at {}", target.display());
-        } else {
-            tracing::debug!("{}: no dead flmount mount to clear", target.display());
+            return Ok(Some("fuse"));
         }
-        return Ok(());
+        tracing::debug!("{}: no dead flmount mount to clear", target.display());
+        return Ok(None);
     }
     if mount.is_none() {
         // Nothing to unmount: not found (exit 3).
@@ -110,7 +115,7 @@ fn umount(workdir: &Workdir, target: &Path, stale_only: bool) -> Result<()> {
         overlay::umount(workdir, target)?;
     }
     tracing::info!("unmounted {}", target.display());
-    Ok(())
+    Ok(Some(if fuse { "fuse" } else { "overlay" }))
 }
 
 /// `-image REF ...`: pull, then the output and the hand-off files.
@@ -143,7 +148,7 @@ fn run_image(workdir: Workdir, job: ImageJob, quiet: bool, json: bool, watch: si
         .iter()
         .map(|l| (l.digest.clone(), workdir.blob_path(&l.digest)))
         .collect();
-    produce(workdir, &image, job.output, json, started, watch, validate)
+    let details = produce(workdir, &image, job.output, json, started, watch, validate)
         .map_err(|e| corrupt_layer(e, &layer_files))?;
     if let Some(rootfs) = &rootfs {
         let path = job.lxcconfig.as_deref();
@@ -156,6 +161,7 @@ fn run_image(workdir: Workdir, job: ImageJob, quiet: bool, json: bool, watch: si
             "pull": image.stats,
             "output": kind,
             "target": target,
+            "packed": details,
             "seconds": started.elapsed().as_secs_f64(),
         });
         println!("{summary}");
@@ -294,7 +300,7 @@ fn produce(
     started: Instant,
     watch: signals::Watch,
     validate: bool,
-) -> Result<()> {
+) -> Result<Option<serde_json::Value>> {
     let layers = image.layer_blobs(&workdir)?;
     let digests: Vec<_> = image.manifest.layers.iter().map(|l| l.digest.clone()).collect();
     let secs = || started.elapsed().as_secs_f64();
@@ -334,8 +340,9 @@ fn produce(
             tracing::info!("exported the root filesystem in {:.2}s", secs());
         }
         Output::Flist { path, stores } => {
-            commands::pack_image(&workdir, &digests, &layers, &path, &stores)
+            let stats = commands::pack_image(&workdir, &digests, &layers, &path, &stores)
                 .with_context(|| format!("packing {} into {}", image.reference, path.display()))?;
+            return Ok(Some(serde_json::to_value(stats)?));
         }
         Output::Fuse { mount } => {
             let flist =
@@ -362,14 +369,14 @@ fn produce(
                 (&image.reference.to_string(), &image.manifest_digest.to_string()),
             )?;
             tracing::info!(
-                "mounted {} at {} ({} layers, {} extracted now) in {:.2}s",
+                "mounted {} at {} ({}, {} extracted now) in {:.2}s",
                 image.reference,
                 target.display(),
-                stats.layers,
+                admin::plural(stats.layers, "layer"),
                 stats.layers_extracted,
                 secs()
             );
         }
     }
-    Ok(())
+    Ok(None)
 }

@@ -6,6 +6,9 @@ use clap::CommandFactory;
 
 use super::args::Args;
 
+/// The short flags: `-v`, `-q`, `-h`, `-V`, which may be clustered.
+const SHORTS: &[u8] = b"vqhV";
+
 /// Accepts tosi's single-dash long flags: `-image x` becomes `--image x`.
 /// Only names that are long flags are rewritten, so `-v` and `-h` keep
 /// their short meaning; everything after `--` is left alone.
@@ -36,7 +39,17 @@ pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString>
         let rewritten = arg.to_str().and_then(|s| {
             let body = s.strip_prefix('-').filter(|b| !b.starts_with('-'))?;
             let name = body.split('=').next().unwrap_or(body);
-            (name.len() > 1 && longs.iter().any(|l| l == name)).then(|| OsString::from(format!("-{s}")))
+            let known = name.len() > 1 && longs.iter().any(|l| l == name);
+            // A mistyped single-dash flag (`-imgae`) is read as the long flag
+            // it was meant to be, so clap suggests the near one; clusters of
+            // short flags (`-vv`, `-qv`) stay as they are.
+            let mistyped = name.len() > 2
+                && name.starts_with(|c: char| c.is_ascii_lowercase())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !name.bytes().all(|b| SHORTS.contains(&b));
+            (known || mistyped).then(|| OsString::from(format!("-{s}")))
         });
         out.push(rewritten.unwrap_or(arg));
     }

@@ -215,6 +215,9 @@ impl Args {
             (None, None) if inspect => Output::Inspect,
             (None, None) => Output::Cache,
         };
+        if matches!(output, Output::Export) && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            bail!("-extractto - writes a tar stream: standard output is a terminal; redirect it (> rootfs.tar) or pipe it (| tar -x)");
+        }
         if self.json && matches!(output, Output::Export) {
             bail!("-json does not go with -extractto -: standard output is the tar stream");
         }

@@ -57,7 +57,7 @@ pub fn pack_image(
     layers: &[LayerBlob],
     out: &Path,
     stores: &[StoreSpec],
-) -> Result<()> {
+) -> Result<pack::PackStats> {
     let started = Instant::now();
     let router = open_writing_router(stores)?;
     let known = KnownChunks::load(&workdir.chunk_index_path(), &router, &Handle::current())?;
@@ -146,7 +146,7 @@ pub fn pack_image(
             blocks.insert(i, chunks.clone());
         }
     }
-    write_flist(out, &plan, &blocks, &router, stats, started).map(drop)
+    write_flist(out, &plan, &blocks, &router, stats, started)
 }
 
 /// `flmount pack -flist OUT -store URL... DIR`: the same from a directory.
@@ -206,12 +206,27 @@ fn write_flist(
         InodeKind::File { size, .. } => (n + 1, b + size),
         _ => (n, b),
     });
+    // One count of chunks everywhere: the distinct chunks the flist names.
+    let named: std::collections::HashSet<_> = blocks.values().flatten().map(|c| c.id).collect();
+    let uploaded = named.iter().filter(|id| stats.uploaded_ids.contains(*id)).count() as u64;
+    stats.chunks = named.len() as u64;
+    stats.uploaded_replaced = stats.uploaded_ids.len() as u64 - uploaded;
+    stats.uploaded = uploaded;
+    stats.skipped = stats.chunks - uploaded;
     let secs = started.elapsed().as_secs_f64();
+    let replaced = match stats.uploaded_replaced {
+        0 => String::new(),
+        n => format!(
+            "; {} stored for content later layers replace",
+            plural(n, "more chunk")
+        ),
+    };
     tracing::info!(
-        "packed {files} files ({}) into {}: {} chunks, {} uploaded, {} already stored; {:.2}s ({}/s)",
+        "packed {} ({}) into {}: {} ({} uploaded, {} already stored){replaced}; {:.2}s ({}/s)",
+        plural(files, "file"),
         human_bytes(bytes),
         out.display(),
-        stats.chunks,
+        plural(stats.chunks, "chunk"),
         stats.uploaded,
         stats.skipped,
         secs,
@@ -362,4 +377,9 @@ pub fn pack_into_workdir(
     let store = crate::store::StoreSpec::dir(&store_dir);
     pack_image(workdir, digests, layers, &flist, &[store])?;
     Ok(flist)
+}
+
+/// "1 chunk", "2 chunks".
+fn plural(n: u64, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }

@@ -28,7 +28,12 @@ use crate::store::ChunkError;
 use crate::store::{codec, ChunkId, ChunkRef, Router, CHUNK_SIZE};
 
 /// What packing did. `files` and `bytes` describe the flist written (each
-/// file once, however much content was packed for it).
+/// file once, however much content was packed for it); so does `chunks`:
+/// the distinct chunks the flist names (what `flist inspect` counts), of
+/// which `uploaded` were stored by this pack and `skipped` were in the
+/// stores already. `uploaded_replaced` chunks were stored too, for content
+/// a later layer replaced or deleted (the stores hold them; the flist does
+/// not name them).
 #[derive(Debug, Default, serde::Serialize)]
 pub struct PackStats {
     pub files: u64,
@@ -36,6 +41,10 @@ pub struct PackStats {
     pub chunks: u64,
     pub uploaded: u64,
     pub skipped: u64,
+    pub uploaded_replaced: u64,
+    /// The chunks this pack stored.
+    #[serde(skip)]
+    pub uploaded_ids: HashSet<ChunkId>,
 }
 
 /// The workdir's record of chunks known to be in each store: a cache that
@@ -274,6 +283,7 @@ where
     let results: Mutex<HashMap<K, Vec<Option<ChunkRef>>>> = Mutex::new(HashMap::new());
     let seen: Mutex<HashSet<ChunkId>> = Mutex::new(HashSet::new());
     let fresh: Mutex<Vec<ChunkRef>> = Mutex::new(Vec::new());
+    let uploaded_ids: Mutex<HashSet<ChunkId>> = Mutex::new(HashSet::new());
     let (uploaded, skipped, chunks) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let stop = AtomicBool::new(false);
     let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
@@ -318,6 +328,7 @@ where
                     } else {
                         rt.block_on(router.set(&chunk.id, &blob))?;
                         uploaded.fetch_add(1, Ordering::Relaxed);
+                        uploaded_ids.lock().unwrap().insert(chunk.id);
                     }
                     fresh.lock().unwrap().push(chunk);
                     Ok(())
@@ -371,6 +382,8 @@ where
         chunks: chunks.into_inner(),
         uploaded: uploaded.into_inner(),
         skipped: skipped.into_inner(),
+        uploaded_replaced: 0,
+        uploaded_ids: uploaded_ids.into_inner().unwrap(),
     };
     Ok((out, stats))
 }
