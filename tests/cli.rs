@@ -173,3 +173,58 @@ fn gc_dry_run_lists_what_it_would_remove_and_gc_reports_under_q() {
     let images = String::from_utf8_lossy(&fl.run(&["images"]).stdout).into_owned();
     assert!(!images.contains("1 minutes"), "{images}");
 }
+
+#[test]
+fn inspect_shows_an_index_with_its_platforms_and_the_digest_images_shows() {
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("multi");
+    let mut layout = Layout::new(&dir);
+    let layer = |label: &str| {
+        vec![(
+            Compression::Gzip,
+            tar(&[E::dir("etc"), E::file("etc/label", label.as_bytes())]),
+        )]
+    };
+    let specs = [
+        ImageSpec::new("amd64", layer("amd64")),
+        ImageSpec {
+            arch: "arm64",
+            variant: Some("v8"),
+            ..ImageSpec::new("arm64", layer("arm64"))
+        },
+    ];
+    let written: Vec<Written> = specs.iter().map(|sp| layout.image(sp)).collect();
+    let pairs: Vec<(&ImageSpec, &Written)> = specs.iter().zip(written.iter()).collect();
+    let index = layout.tag_index("multi", &pairs);
+    reg.push(&dir, "multi", "cli/multi:1", &["--all"]);
+    let image = format!("{}/cli/multi:1", reg.addr());
+    let fl = Flmount::new();
+
+    // -platform after the subcommand; an index with its platforms.
+    let info = json_out(&fl, &["inspect", &image, "-platform", "linux/arm64", "-json"]);
+    assert_eq!(info["index"], true, "{info}");
+    assert_eq!(info["platform"], "linux/arm64/v8", "{info}");
+    assert_eq!(info["platforms"].as_array().unwrap().len(), 2, "{info}");
+    assert_eq!(info["manifest"], written[1].manifest, "{info}");
+    let top = info["digest"].as_str().unwrap().to_owned();
+    assert_eq!(top, index, "{info}");
+    // inspect adds no image; the pulled image shows the same digest.
+    assert_eq!(json_out(&fl, &["images", "-json"]), serde_json::json!([]));
+    fl.ok(&["-image", &image]);
+    let images = json_out(&fl, &["images", "-json"]);
+    assert_eq!(images[0]["digest"], top.as_str(), "{images}");
+
+    // -raw: the index as the registry gave it; -config: the config.
+    let out = fl.run(&["inspect", &image, "-raw"]);
+    let raw: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(raw["manifests"].as_array().unwrap().len(), 2, "{raw}");
+    let out = fl.run(&["inspect", &image, "-config", "-platform", "linux/arm64"]);
+    let config: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(config["architecture"], "arm64", "{config}");
+    let text = String::from_utf8(fl.run(&["inspect", &image]).stdout).unwrap();
+    assert!(
+        text.contains("index:       2 platforms") && text.contains("linux/arm64/v8"),
+        "{text}"
+    );
+}

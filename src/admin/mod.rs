@@ -186,8 +186,28 @@ pub fn gc(workdir: &Workdir, dry_run: bool, as_json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `flmount inspect REF`: manifest, config and layers.
-pub fn inspect(image: &PulledImage, as_json: bool) -> Result<()> {
+/// `flmount inspect REF`: digests (the one `images` shows, and the
+/// platform's manifest), the platforms of a multi-platform image, the
+/// process and the layers; or the raw manifest or index, or the config.
+pub fn inspect(
+    workdir: &Workdir,
+    image: &PulledImage,
+    view: crate::app::settings::InspectView,
+    as_json: bool,
+) -> Result<()> {
+    use crate::app::settings::InspectView;
+    match view {
+        InspectView::Raw => {
+            let bytes = workdir.read_blob(&image.top_digest, crate::image::manifest::MAX_MANIFEST_BYTES)?;
+            std::io::stdout().lock().write_all(&bytes)?;
+            return Ok(());
+        }
+        InspectView::Config => {
+            std::io::stdout().lock().write_all(&image.config)?;
+            return Ok(());
+        }
+        InspectView::Summary => {}
+    }
     let config: serde_json::Value = serde_json::from_slice(&image.config)?;
     let layers: Vec<_> = image
         .manifest
@@ -196,10 +216,18 @@ pub fn inspect(image: &PulledImage, as_json: bool) -> Result<()> {
         .map(|l| json!({ "digest": l.digest.to_string(), "size": l.size, "mediaType": l.media_type }))
         .collect();
     let size: u64 = image.manifest.layers.iter().map(|l| l.size).sum();
+    let platforms: Vec<_> = image
+        .platforms
+        .iter()
+        .map(|(p, d)| json!({ "platform": p, "digest": d.to_string() }))
+        .collect();
     if as_json {
         return print_json(&json!({
             "reference": image.reference.to_string(),
-            "digest": image.manifest_digest.to_string(),
+            "digest": image.top_digest.to_string(),
+            "manifest": image.manifest_digest.to_string(),
+            "index": !image.platforms.is_empty(),
+            "platforms": platforms,
             "mediaType": image.manifest.media_type,
             "platform": platform(&config),
             "config": config,
@@ -217,7 +245,19 @@ pub fn inspect(image: &PulledImage, as_json: bool) -> Result<()> {
     };
     let mut out = std::io::stdout().lock();
     writeln!(out, "image:       {}", image.reference)?;
-    writeln!(out, "digest:      {}", image.manifest_digest)?;
+    writeln!(out, "digest:      {}", image.top_digest)?;
+    if !image.platforms.is_empty() {
+        writeln!(out, "index:       {}", plural(image.platforms.len(), "platform"))?;
+        for (p, d) in &image.platforms {
+            let chosen = if *d == image.manifest_digest {
+                "  (shown)"
+            } else {
+                ""
+            };
+            writeln!(out, "  {p:<20} {d}{chosen}")?;
+        }
+        writeln!(out, "manifest:    {}", image.manifest_digest)?;
+    }
     writeln!(out, "platform:    {}", platform(&config))?;
     writeln!(out, "created:     {}", config["created"].as_str().unwrap_or("-"))?;
     writeln!(out, "entrypoint:  {}", show(&c["Entrypoint"]))?;

@@ -130,7 +130,7 @@ fn run_image(workdir: Workdir, job: ImageJob, quiet: bool, json: bool, watch: si
     let started = Instant::now();
     let (kind, target) = describe(&job.output);
     // inspect prints its own JSON.
-    let summarise = json && !matches!(job.output, Output::Inspect);
+    let summarise = json && !matches!(job.output, Output::Inspect(_));
     let rootfs = match &job.output {
         Output::Extract { target, .. } | Output::Overlay { target, .. } => Some(target.clone()),
         Output::Bundle { dir, .. } => Some(dir.join("rootfs")),
@@ -262,7 +262,7 @@ fn cached_by_digest(workdir: &Workdir, source: &crate::image::source::Source) ->
 fn describe(output: &Output) -> (&'static str, Option<PathBuf>) {
     match output {
         Output::Cache => ("cache", None),
-        Output::Inspect => ("inspect", None),
+        Output::Inspect(_) => ("inspect", None),
         Output::Extract { target, .. } => ("extract", Some(target.clone())),
         Output::Export => ("export", None),
         Output::Overlay { target, .. } => ("overlay", Some(target.clone())),
@@ -306,7 +306,7 @@ fn produce(
     let secs = || started.elapsed().as_secs_f64();
     match output {
         Output::Cache => {}
-        Output::Inspect => admin::inspect(image, json)?,
+        Output::Inspect(view) => admin::inspect(&workdir, image, view, json)?,
         Output::Extract { target, force } => {
             let stats = extract::extract_layers(&layers, &target, force, &Default::default())
                 .with_context(|| format!("extracting {} into {}", image.reference, target.display()))?;

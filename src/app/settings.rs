@@ -90,7 +90,7 @@ pub enum Output {
         mount: MountOptions,
     },
     /// Show the manifest, config and layers (`inspect`).
-    Inspect,
+    Inspect(InspectView),
     /// An OCI runtime bundle: `dir/rootfs` and `dir/config.json`.
     Bundle {
         dir: PathBuf,
@@ -129,4 +129,15 @@ pub enum FlistOp {
         flist: PathBuf,
         routes: Vec<String>,
     },
+}
+
+/// What `inspect` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InspectView {
+    /// Digests, platforms, the process, layers.
+    Summary,
+    /// The manifest (or index) the reference names, as the source gave it.
+    Raw,
+    /// The image config, as stored.
+    Config,
 }

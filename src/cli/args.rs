@@ -139,7 +139,7 @@ pub struct Args {
     pub validate_cache: bool,
 
     /// Platform to pick from a multi-platform image (e.g. -platform linux/arm64/v8) [default: this host's]
-    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]", global = true)]
     pub platform: Option<String>,
 
     /// Accept a registry's invalid TLS certificate, and fall back to plain HTTP if it has no TLS
@@ -222,10 +222,16 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Show an image's manifest, config and layers (fetches no layers), e.g. flmount inspect alpine
+    /// Show an image's digests, platforms, process and layers (fetches no layers), e.g. flmount inspect alpine -platform linux/arm64
     Inspect {
-        /// The image, as -image takes it
+        /// The image, as -image takes it (or a cached image's digest, as `images` shows it)
         image: String,
+        /// Print the manifest or index the reference names, as the registry or source gave it (skopeo inspect --raw)
+        #[arg(long)]
+        raw: bool,
+        /// Print the image config JSON (skopeo inspect --config)
+        #[arg(long)]
+        config: bool,
     },
 }
 

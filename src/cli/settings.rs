@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use super::args::{parse_size, Args, Command, ImagesOp};
 use super::config::Config;
-use crate::app::settings::{Action, ImageJob, Output, Settings};
+use crate::app::settings::{Action, ImageJob, InspectView, Output, Settings};
 use crate::flist::chunkcache::CacheOptions;
 use crate::flist::fuse::MountOptions;
 use crate::image::manifest::Platform;
@@ -47,7 +47,7 @@ impl Args {
             json,
             action,
         };
-        let mut inspect = false;
+        let mut inspect: Option<InspectView> = None;
         match self.command.take() {
             Some(Command::Images { op: None }) => return Ok(simple(Action::Images)),
             Some(Command::Images {
@@ -61,12 +61,17 @@ impl Args {
             }
             Some(Command::Content { op }) => return Ok(simple(Action::Content(op.into()))),
             Some(Command::Gc { dry_run }) => return Ok(simple(Action::Gc { dry_run })),
-            Some(Command::Inspect { image }) => {
+            Some(Command::Inspect { image, raw, config }) => {
                 if self.image.is_some() {
                     bail!("inspect takes the image as its argument, not -image");
                 }
                 self.image = Some(image);
-                inspect = true;
+                inspect = Some(match (raw, config) {
+                    (true, true) => bail!("inspect: -raw and -config exclude each other"),
+                    (true, false) => InspectView::Raw,
+                    (false, true) => InspectView::Config,
+                    (false, false) => InspectView::Summary,
+                });
             }
             Some(Command::Unpack {
                 flist,
@@ -212,7 +217,7 @@ impl Args {
                 target: mount_point(target)?,
                 overlaydir: self.overlaydir.map(absolute).transpose()?,
             },
-            (None, None) if inspect => Output::Inspect,
+            (None, None) if inspect.is_some() => Output::Inspect(inspect.unwrap()),
             (None, None) => Output::Cache,
         };
         if matches!(output, Output::Export) && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
@@ -221,7 +226,7 @@ impl Args {
         if self.json && matches!(output, Output::Export) {
             bail!("-json does not go with -extractto -: standard output is the tar stream");
         }
-        if inspect && !matches!(output, Output::Inspect) {
+        if inspect.is_some() && !matches!(output, Output::Inspect(_)) {
             bail!("inspect only shows an image: no -extractto, -mount, -flist or -bundle");
         }
         if self.force && !matches!(output, Output::Extract { .. } | Output::Bundle { .. }) {
@@ -250,7 +255,7 @@ impl Args {
                     platform,
                     parallel_downloads: self.parallel_downloads as usize,
                     validate_cache: self.validate_cache,
-                    config_only: inspect,
+                    config_only: inspect.is_some(),
                 },
                 saveconfig: self.saveconfig,
                 lxcconfig: self.lxcconfig.map(absolute).transpose()?,

@@ -50,6 +50,12 @@ impl Default for PullOptions {
 #[derive(Debug, Clone)]
 pub struct PulledImage {
     pub reference: ImageRef,
+    /// The digest the reference names (an index's, for a multi-platform
+    /// image): what `images` shows.
+    pub top_digest: Digest,
+    /// For a multi-platform image, its index's entries: platform and
+    /// manifest digest.
+    pub platforms: Vec<(String, Digest)>,
     /// The digest of the platform-specific image manifest.
     pub manifest_digest: Digest,
     pub manifest: ImageManifest,
@@ -128,6 +134,8 @@ pub async fn pull(
     };
     let (top, offline) = puller.resolve_top().await?;
     let wanted = opts.platform.clone().unwrap_or_else(Platform::host);
+    let resolved = top.clone();
+    let mut platforms = Vec::new();
     let (manifest_digest, manifest) = match puller.manifest(&top)? {
         Manifest::Image(m) => {
             if let Some(p) = &opts.platform {
@@ -136,6 +144,16 @@ pub async fn pull(
             (top, m)
         }
         Manifest::Index(entries) => {
+            platforms = entries
+                .iter()
+                .map(|e| {
+                    let p = e
+                        .platform
+                        .as_ref()
+                        .map_or("unknown".to_owned(), |p| p.to_string());
+                    (p, e.descriptor.digest.clone())
+                })
+                .collect();
             let entry = manifest::choose_platform(&entries, &wanted)
                 .with_context(|| format!("choosing a platform of {image}"))?;
             let digest = entry.descriptor.digest.clone();
@@ -193,6 +211,8 @@ pub async fn pull(
     };
     Ok(PulledImage {
         reference: image.clone(),
+        top_digest: resolved,
+        platforms,
         manifest_digest,
         manifest,
         config,
