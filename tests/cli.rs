@@ -228,3 +228,53 @@ fn inspect_shows_an_index_with_its_platforms_and_the_digest_images_shows() {
         "{text}"
     );
 }
+
+#[test]
+fn rfs_spellings_and_a_daemon_mount_that_exists_when_the_command_returns() {
+    if !common::mounts::fuse_or_skip("rfs_spellings_and_a_daemon_mount_that_exists_when_the_command_returns")
+    {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tree");
+    std::fs::create_dir_all(dir.join("etc")).unwrap();
+    std::fs::write(dir.join("etc/hello"), "hello from rfs\n").unwrap();
+    let fl = Flmount::new();
+    let flist = tmp.path().join("x.fl");
+    let store = format!("dir://{}", s(&tmp.path().join("store")));
+    // rfs: rfs pack -m x.fl -s dir:///s DIR
+    fl.ok(&["pack", "-m", s(&flist), "-s", &store, s(&dir)]);
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    // rfs: rfs mount -m x.fl -d /mnt; the mount exists when it returns.
+    let started = std::time::Instant::now();
+    let out = fl.run(&["mount", "-m", s(&flist), "-d", s(&mnt)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    let read = std::fs::read_to_string(mnt.join("etc/hello"));
+    let umount = fl.run(&["-umount", s(&mnt)]);
+    assert_eq!(read.unwrap(), "hello from rfs\n");
+    assert!(
+        umount.status.success(),
+        "{}",
+        String::from_utf8_lossy(&umount.stderr)
+    );
+    assert!(!common::mounts::is_mounted(&mnt));
+    // The long spelling, and a server that cannot mount: its error and code.
+    let out = fl.run(&[
+        "-flist",
+        s(&tmp.path().join("none.fl")),
+        "-mount",
+        s(&mnt),
+        "-daemon",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("none.fl"));
+    // -daemon has no meaning for an overlay mount, which returns anyway.
+    fl.fails(&["-image", "x", "-mount", s(&mnt), "-daemon"], 2);
+}

@@ -84,6 +84,10 @@ pub struct Args {
     #[arg(long)]
     pub prefetch: bool,
 
+    /// FUSE mounts: return once the mount is ready, the server going on in the background (as rfs -d), e.g. flmount -flist a.fl -mount /mnt -daemon; stop it with flmount -umount /mnt
+    #[arg(long, short = 'd', global = true)]
+    pub daemon: bool,
+
     /// FUSE mounts: let other users use the mount (file modes still hold)
     #[arg(long)]
     pub allow_other: bool,
@@ -168,11 +172,11 @@ pub struct Args {
 pub enum Command {
     /// Restore the whole tree of an flist into TARGET, fetching its chunks from the stores
     Unpack {
-        /// The flist to restore (e.g. -flist app.fl)
-        #[arg(long, value_name = "FILE")]
+        /// The flist to restore (e.g. -flist app.fl; rfs's -m too)
+        #[arg(long, short = 'm', value_name = "FILE")]
         flist: PathBuf,
-        /// Stores to read from instead of the flist's routes ([xx-yy=]URL; adds credentials)
-        #[arg(long = "store", value_name = "URL")]
+        /// Stores to read from instead of the flist's routes ([xx-yy=]URL; adds credentials; rfs's -s too)
+        #[arg(long = "store", short = 's', value_name = "URL")]
         stores: Vec<String>,
         /// Write over a non-empty TARGET
         #[arg(long)]
@@ -185,14 +189,28 @@ pub enum Command {
     },
     /// Index a directory tree into an flist, its content into the stores
     Pack {
-        /// The flist to write (e.g. -flist app.fl)
-        #[arg(long, value_name = "FILE")]
+        /// The flist to write (e.g. -flist app.fl; rfs's -m too)
+        #[arg(long, short = 'm', value_name = "FILE")]
         flist: PathBuf,
-        /// Chunk stores, [xx-yy=]URL (see -store above) [default: the config file's stores]
-        #[arg(long = "store", value_name = "URL")]
+        /// Chunk stores, [xx-yy=]URL (see -store above; rfs's -s too) [default: the config file's stores]
+        #[arg(long = "store", short = 's', value_name = "URL")]
         stores: Vec<String>,
         /// The directory to pack
         dir: PathBuf,
+    },
+    /// Serve an flist through FUSE at TARGET, as rfs mounts it (flmount mount -m app.fl -d /mnt = flmount -flist app.fl -mount /mnt -daemon)
+    Mount {
+        /// The flist to serve (e.g. -m app.fl)
+        #[arg(long, short = 'm', value_name = "FILE")]
+        flist: PathBuf,
+        /// Stores to read from instead of the flist's routes ([xx-yy=]URL; adds credentials)
+        #[arg(long = "store", short = 's', value_name = "URL")]
+        stores: Vec<String>,
+        /// Where fetched chunks are cached (as -cache)
+        #[arg(long, short = 'c', value_name = "DIR")]
+        cache: Option<PathBuf>,
+        /// The mount point
+        target: PathBuf,
     },
     /// Inspect or edit an flist: ls, inspect, tag, store
     Flist {

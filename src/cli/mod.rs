@@ -5,6 +5,7 @@
 
 pub mod args;
 pub mod config;
+mod daemon;
 mod dashes;
 mod exit;
 mod settings;
@@ -55,7 +56,13 @@ pub fn parse() -> Result<Settings, ExitCode> {
         ExitCode::from(2)
     };
     let config = Config::load().map_err(usage)?;
-    args.settings(&config).map_err(usage)
+    let detach = args.daemon;
+    let settings = args.settings(&config).map_err(usage)?;
+    if detach {
+        // Checked above; the child parses the same line without -daemon.
+        return Err(daemon::run_detached());
+    }
+    Ok(settings)
 }
 
 fn init_logging(verbose: u8, quiet: bool) {

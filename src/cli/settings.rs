@@ -114,6 +114,25 @@ impl Args {
             Some(Command::Completions { .. } | Command::Man) => {
                 bail!("completions and the man page are printed before settings are made")
             }
+            Some(Command::Mount {
+                flist,
+                stores,
+                cache,
+                target,
+            }) => {
+                // rfs's spelling of -flist F -mount DIR.
+                if self.image.is_some() || self.mount.is_some() || self.flist.is_some() {
+                    bail!("mount takes the flist (-m) and the mount point, not -image, -flist or -mount");
+                }
+                self.flist = Some(flist);
+                self.mount = Some(target);
+                if !stores.is_empty() {
+                    self.stores = stores;
+                }
+                if cache.is_some() {
+                    self.cache = cache;
+                }
+            }
             Some(Command::Flist { op }) => {
                 return Ok(simple(Action::Flist(op.into())));
             }
@@ -144,6 +163,11 @@ impl Args {
             })
         };
         let fuse_only = self.cache.is_some() || self.prefetch || self.allow_other;
+        if self.daemon
+            && !(self.fuse || (self.image.is_none() && self.flist.is_some() && self.mount.is_some()))
+        {
+            bail!("-daemon goes with FUSE mounts (-flist F -mount DIR, -image REF -mount DIR -fuse, flmount mount)");
+        }
         if self.image.is_none() {
             if let (Some(flist), Some(target)) = (&self.flist, &self.mount) {
                 if self.extractto.is_some() {
