@@ -278,3 +278,32 @@ fn rfs_spellings_and_a_daemon_mount_that_exists_when_the_command_returns() {
     // -daemon has no meaning for an overlay mount, which returns anyway.
     fl.fails(&["-image", "x", "-mount", s(&mnt), "-daemon"], 2);
 }
+
+#[test]
+fn bash_completes_single_dash_flags_and_paths_after_them() {
+    need("bash");
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("flmount.bash");
+    let out = Flmount::new().run(&["completions", "bash"]);
+    std::fs::write(&script, &out.stdout).unwrap();
+    std::fs::create_dir(tmp.path().join("rootfs-here")).unwrap();
+    let probe = format!(
+        "source {}\n\
+         COMP_WORDS=(flmount -ima); COMP_CWORD=1; _flmount flmount -ima flmount; echo \"A=${{COMPREPLY[*]}}\"\n\
+         COMP_WORDS=(flmount -extractto root); COMP_CWORD=2; _flmount flmount root -extractto; echo \"B=${{COMPREPLY[*]}}\"\n",
+        s(&script)
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(probe)
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("A=-image\n"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("B=rootfs-here\n"), "{text}");
+}

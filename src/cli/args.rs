@@ -16,6 +16,7 @@ Examples:
   flmount -image alpine -mount /run/rootfs -fuse        FUSE, content fetched as it is read
   flmount -image alpine -flist a.fl -store dir:///srv/chunks    index into an flist and a store
   flmount -flist a.fl -mount /run/rootfs -cache-size 8G serve an flist through FUSE
+  flmount mount -m a.fl -d /run/rootfs                  rfs's spelling; returns once mounted
   flmount -umount /run/rootfs                           unmount (overlay or FUSE)
   flmount -image 127.0.0.1:5000/app:1 -saveconfig app.json
   flmount -image ghcr.io/org/app -username me -password \"$TOKEN\" -platform linux/arm64
@@ -24,9 +25,10 @@ Credentials: -username/-password (or FLMOUNT_PASSWORD), else REGISTRY_AUTH_FILE,
 else $DOCKER_CONFIG/config.json or ~/.docker/config.json (auths, credHelpers, credsStore).
 Registries on localhost / 127.0.0.0/8 may use plain HTTP, as with Docker.
 
-Exit codes: 0 ok, 1 other error, 2 usage, 3 not found (image, blob, chunk),
-4 authentication, 5 registry, store or network unavailable, 6 integrity
-(digest mismatch), 7 local I/O (disk full, permissions).";
+Exit codes: 0 ok, 1 other error, 2 usage, 3 not found (image, tag, platform, blob,
+flist, bucket, chunk), 4 authentication, 5 registry, store or network unavailable,
+6 integrity (digest mismatch), 7 local I/O (disk full, permissions, busy),
+8 refused (something flmount did not make), 128+N killed by signal N.";
 
 /// flmount: container images as live filesystems.
 ///
@@ -326,12 +328,198 @@ impl Document {
     pub fn write(self, out: &mut dyn std::io::Write) -> Result<()> {
         let mut cmd = Args::command();
         match self {
+            Document::Completions(clap_complete::Shell::Bash) => {
+                let mut script = Vec::new();
+                clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "flmount", &mut script);
+                out.write_all(single_dash_bash(&String::from_utf8_lossy(&script)).as_bytes())?;
+            }
             Document::Completions(shell) => clap_complete::generate(shell, &mut cmd, "flmount", out),
-            Document::Man => clap_mangen::Man::new(cmd).render(out)?,
+            Document::Man => man_page(cmd, out)?,
         }
         Ok(())
     }
 }
+
+/// clap's bash completion, taught the single-dash spellings the README
+/// uses: `-ima<TAB>` completes to `-image`, and a flag's value completes
+/// after `-extractto` as after `--extractto` (paths, not flags).
+fn single_dash_bash(script: &str) -> String {
+    let mut out = String::with_capacity(script.len() * 2);
+    for line in script.lines() {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        if let Some(list) = trimmed.strip_prefix("opts=\"").and_then(|l| l.strip_suffix('"')) {
+            let words: Vec<String> = list
+                .split_whitespace()
+                .flat_map(|w| match w.strip_prefix("--") {
+                    Some(name) if name.len() > 1 => vec![format!("-{name}"), w.to_owned()],
+                    _ => vec![w.to_owned()],
+                })
+                .collect();
+            out.push_str(&format!("{indent}opts=\"{}\"\n", words.join(" ")));
+            continue;
+        }
+        // A value branch of `case "${prev}"`: `--name)` or `--name|-n)`.
+        if let Some(branch) = trimmed.strip_prefix("--").and_then(|b| b.strip_suffix(')')) {
+            let (name, rest) = branch.split_once('|').map_or((branch, ""), |(n, r)| (n, r));
+            if name.len() > 1 && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
+                let rest = if rest.is_empty() {
+                    String::new()
+                } else {
+                    format!("|{rest}")
+                };
+                out.push_str(&format!("{indent}--{name}|-{name}{rest})\n"));
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The man page: one page holding every command with its options (no
+/// `flmount-pack(1)` pages that do not exist), a synopsis with values,
+/// examples as written, and the files and environment flmount reads.
+fn man_page(mut cmd: clap::Command, out: &mut dyn std::io::Write) -> Result<()> {
+    cmd.build();
+    let man = clap_mangen::Man::new(cmd.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    out.write_all(MAN_SYNOPSIS.as_bytes())?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    writeln!(out, ".SH COMMANDS")?;
+    let shown = |c: &&clap::Command| !c.is_hide_set() && c.get_name() != "help";
+    for sub in cmd.get_subcommands().filter(shown) {
+        man_command(out, &format!("flmount {}", sub.get_name()), sub)?;
+        for nested in sub.get_subcommands().filter(shown) {
+            man_command(
+                out,
+                &format!("flmount {} {}", sub.get_name(), nested.get_name()),
+                nested,
+            )?;
+        }
+    }
+    out.write_all(MAN_TAIL.as_bytes())?;
+    writeln!(out, ".nf")?;
+    for line in EXAMPLES.lines() {
+        writeln!(out, "{}", roff_text(line))?;
+    }
+    writeln!(out, ".fi")?;
+    man.render_version_section(out)?;
+    Ok(())
+}
+
+/// One command: its usage line, what it does, its own options.
+fn man_command(out: &mut dyn std::io::Write, name: &str, cmd: &clap::Command) -> Result<()> {
+    let mut usage = name.to_owned();
+    for arg in cmd
+        .get_arguments()
+        .filter(|a| !a.is_hide_set() && !a.is_global_set())
+    {
+        let id = arg.get_id().as_str();
+        if id == "help" || id == "version" {
+            continue;
+        }
+        let value = arg
+            .get_value_names()
+            .and_then(|v| v.first())
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| id.to_uppercase());
+        let takes_value = arg.get_action().takes_values();
+        usage.push(' ');
+        match (arg.get_long(), arg.is_positional(), takes_value) {
+            (_, true, _) => usage.push_str(&value),
+            (Some(long), _, true) if arg.is_required_set() => usage.push_str(&format!("-{long} {value}")),
+            (Some(long), _, true) => usage.push_str(&format!("[-{long} {value}]")),
+            (Some(long), _, false) => usage.push_str(&format!("[-{long}]")),
+            (None, _, _) => {}
+        }
+    }
+    writeln!(out, ".SS \\fB{}\\fR", roff_text(&usage))?;
+    if let Some(about) = cmd.get_about() {
+        writeln!(out, "{}", roff_text(&about.to_string()))?;
+    }
+    for arg in cmd
+        .get_arguments()
+        .filter(|a| !a.is_hide_set() && !a.is_global_set())
+    {
+        let (Some(long), Some(help)) = (arg.get_long(), arg.get_help()) else {
+            continue;
+        };
+        if long == "help" {
+            continue;
+        }
+        writeln!(
+            out,
+            ".TP\n\\fB\\-{}\\fR\n{}",
+            roff_text(long),
+            roff_text(&help.to_string())
+        )?;
+    }
+    Ok(())
+}
+
+/// Text for a roff line: backslashes escaped, no line starting a request.
+fn roff_text(s: &str) -> String {
+    let t = s.replace('\\', "\\e").replace('-', "\\-");
+    if t.starts_with('.') || t.starts_with('\'') {
+        format!("\\&{t}")
+    } else {
+        t
+    }
+}
+
+const MAN_SYNOPSIS: &str = r#".SH SYNOPSIS
+.nf
+\fBflmount\fR \-image \fIREF\fR [\-extractto \fIDIR\fR|\-] [\-mount \fIDIR\fR [\-fuse] [\-daemon]] [\-flist \fIFILE\fR \-store \fIURL\fR...] [\-bundle \fIDIR\fR] [\-saveconfig \fIFILE\fR] [\-lxcconfig \fIFILE\fR] [\fIOPTIONS\fR]
+\fBflmount\fR \-flist \fIFILE\fR \-mount \fIDIR\fR [\-store \fIURL\fR...] [\-cache \fIDIR\fR] [\-daemon] [\fIOPTIONS\fR]
+\fBflmount\fR \-umount \fIDIR\fR [\-stale]
+\fBflmount\fR \fICOMMAND\fR ... (pack, unpack, mount, flist, images, content, gc, inspect, completions, man)
+.fi
+Every flag works with one dash or two (\-image = \-\-image).
+"#;
+
+const MAN_TAIL: &str = r#".SH FILES
+.TP
+\fI/var/lib/flmount\fR
+The workdir as root (\fI~/.cache/flmount\fR otherwise): verified blobs, refs, layer indexes, overlay layers, mount records, flists, the chunk index and caches. See \-workdir.
+.TP
+\fI/etc/flmount/config.toml\fR, \fI$XDG_CONFIG_HOME/flmount/config.toml\fR (\fI~/.config/flmount/config.toml\fR)
+Defaults (workdir, stores, cache_size, mirrors, insecure registries), the user's over the system's; flags override both.
+.TP
+\fI$DOCKER_CONFIG/config.json\fR, \fI~/.docker/config.json\fR
+Registry credentials (auths, credHelpers, credsStore), as Docker reads them.
+.SH ENVIRONMENT
+.TP
+\fBFLMOUNT_CONFIG\fR
+One config file instead of the two above.
+.TP
+\fBFLMOUNT_WORKDIR\fR
+The workdir, as \-workdir.
+.TP
+\fBFLMOUNT_PASSWORD\fR
+The registry password, as \-password (which ps shows).
+.TP
+\fBREGISTRY_AUTH_FILE\fR
+A credentials file read before Docker's.
+.TP
+\fBDOCKER_CONFIG\fR
+Where Docker's config.json is.
+.TP
+\fBAWS_ACCESS_KEY_ID\fR, \fBAWS_SECRET_ACCESS_KEY\fR
+S3 credentials when a store URL carries none.
+.TP
+\fBNOTIFY_SOCKET\fR
+Where a FUSE mount reports READY=1 (systemd Type=notify units).
+.TP
+\fBRUST_LOG\fR
+Log filter, over \-v and \-q.
+.SH EXIT STATUS
+0 ok, 1 other error, 2 usage, 3 not found, 4 authentication, 5 unavailable (registry, store, network), 6 integrity, 7 local I/O, 8 refused (something flmount did not make), 128+N killed by signal N.
+.SH EXAMPLES
+"#;
 
 /// A size with an optional binary unit: 4096, 512K, 512M, 20G, 1T.
 pub(crate) fn parse_size(s: &str) -> Result<u64, String> {

@@ -227,10 +227,26 @@ mod tests {
             .unwrap();
         let bash = String::from_utf8(bash).unwrap();
         assert!(bash.contains("--extractto") && bash.contains("unpack") && bash.contains("--cache-size"));
+        assert!(bash.contains("--extractto|-extractto)") && bash.contains(" -image --image "));
         let mut man = Vec::new();
         Document::Man.write(&mut man).unwrap();
         let man = String::from_utf8(man).unwrap();
         assert!(man.contains(".TH flmount") && man.contains("extractto"), "{man}");
+        // One page: no references to pages that do not exist; values in the
+        // synopsis; the files and environment flmount reads.
+        assert!(!man.contains("flmount-pack") && !man.contains("(1)\n"), "{man}");
+        assert!(man.contains("\\-image \\fIREF\\fR"), "{man}");
+        for needle in [
+            ".SH FILES",
+            ".SH ENVIRONMENT",
+            "FLMOUNT_CONFIG",
+            "FLMOUNT_WORKDIR",
+            "REGISTRY_AUTH_FILE",
+            "config.toml",
+            ".nf",
+        ] {
+            assert!(man.contains(needle), "no {needle} in the man page");
+        }
         assert!(matches!(
             parse(&["flmount", "completions", "zsh"]).command,
             Some(Command::Completions {
