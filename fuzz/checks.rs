@@ -130,7 +130,7 @@ pub fn manifest(data: &[u8]) {
     ] {
         let _ = Manifest::parse(data, content_type);
     }
-    let _ = Process::from_image_config(data, None);
+    let _ = Process::from_image_config(data, flmount::runtime::ImageFiles::None);
     let text = String::from_utf8_lossy(data);
     let _ = ImageRef::parse(&text);
     let _ = Digest::parse(&text);

@@ -19,10 +19,10 @@ fn s(p: &Path) -> &str {
 fn image(reg: &Registry, tmp: &Path) -> String {
     let first = tar(&[
         E::dir("etc"),
-        E::file("etc/big", &pseudo_random(1_500_000, 1)),
-        E::file("etc/keep", &pseudo_random(700_000, 2)),
+        E::file("etc/big", pseudo_random(1_500_000, 1)),
+        E::file("etc/keep", pseudo_random(700_000, 2)),
     ]);
-    let second = tar(&[E::dir("etc"), E::file("etc/big", &pseudo_random(600_000, 3))]);
+    let second = tar(&[E::dir("etc"), E::file("etc/big", pseudo_random(600_000, 3))]);
     reg.push_layers(
         "cli/app",
         vec![(Compression::Gzip, first), (Compression::Gzip, second)],

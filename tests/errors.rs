@@ -228,7 +228,7 @@ fn every_error_class_has_its_exit_code_and_names_the_thing() {
 fn a_corrupt_cached_layer_is_an_integrity_error_with_a_way_out() {
     let reg = Registry::start();
     let tmp = tempfile::tempdir().unwrap();
-    let layer = tar(&[E::dir("etc"), E::file("etc/hello", &pseudo_random(200_000, 7))]);
+    let layer = tar(&[E::dir("etc"), E::file("etc/hello", pseudo_random(200_000, 7))]);
     let image = reg.push_layers(
         "err/corrupt",
         vec![(Compression::Gzip, layer.clone())],
