@@ -186,16 +186,26 @@ pub fn gc(workdir: &Workdir, dry_run: bool, as_json: bool) -> Result<()> {
     Ok(())
 }
 
+/// What `inspect` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InspectView {
+    /// Digests, platforms, the process, layers.
+    Summary,
+    /// The manifest (or index) the reference names, as the source gave it.
+    Raw,
+    /// The image config, as stored.
+    Config,
+}
+
 /// `flmount inspect REF`: digests (the one `images` shows, and the
 /// platform's manifest), the platforms of a multi-platform image, the
 /// process and the layers; or the raw manifest or index, or the config.
 pub fn inspect(
     workdir: &Workdir,
     image: &PulledImage,
-    view: crate::app::settings::InspectView,
+    view: InspectView,
     as_json: bool,
 ) -> Result<()> {
-    use crate::app::settings::InspectView;
     match view {
         InspectView::Raw => {
             let bytes = workdir.read_blob(&image.top_digest, crate::image::manifest::MAX_MANIFEST_BYTES)?;

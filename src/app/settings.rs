@@ -11,6 +11,8 @@ use crate::image::reference::ImageRef;
 use crate::image::source::Source;
 use crate::store::StoreSpec;
 
+pub use crate::admin::InspectView;
+
 /// What to do, validated.
 #[derive(Debug)]
 pub struct Settings {
@@ -131,13 +133,3 @@ pub enum FlistOp {
     },
 }
 
-/// What `inspect` prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InspectView {
-    /// Digests, platforms, the process, layers.
-    Summary,
-    /// The manifest (or index) the reference names, as the source gave it.
-    Raw,
-    /// The image config, as stored.
-    Config,
-}
