@@ -200,12 +200,7 @@ pub enum InspectView {
 /// `flmount inspect REF`: digests (the one `images` shows, and the
 /// platform's manifest), the platforms of a multi-platform image, the
 /// process and the layers; or the raw manifest or index, or the config.
-pub fn inspect(
-    workdir: &Workdir,
-    image: &PulledImage,
-    view: InspectView,
-    as_json: bool,
-) -> Result<()> {
+pub fn inspect(workdir: &Workdir, image: &PulledImage, view: InspectView, as_json: bool) -> Result<()> {
     match view {
         InspectView::Raw => {
             let bytes = workdir.read_blob(&image.top_digest, crate::image::manifest::MAX_MANIFEST_BYTES)?;

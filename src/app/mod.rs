@@ -209,7 +209,8 @@ fn corrupt_layer(e: anyhow::Error, layers: &[(crate::image::digest::Digest, Path
             || c.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.raw_os_error().is_some())
     });
-    if local {
+    // Only a failure while reading a layer is worth re-hashing them for.
+    if local || !format!("{e:#}").contains("layer") {
         return e;
     }
     for (digest, path) in layers {

@@ -132,4 +132,3 @@ pub enum FlistOp {
         routes: Vec<String>,
     },
 }
-
