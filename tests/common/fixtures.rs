@@ -9,7 +9,7 @@ use super::{pseudo_random, Compression, Flmount, Registry};
 /// The rules image in a registry, and its `-extractto` result: the
 /// reference every other way of materialising it is compared with.
 pub struct RulesImage {
-    _reg: Registry,
+    pub reg: Registry,
     pub tmp: tempfile::TempDir,
     pub image: String,
     pub fl: Flmount,
@@ -30,7 +30,7 @@ impl RulesImage {
         let flat = tmp.path().join("flat");
         fl.ok(&["-image", &image, "-extractto", flat.to_str().unwrap()]);
         RulesImage {
-            _reg: reg,
+            reg,
             tmp,
             image,
             fl,
