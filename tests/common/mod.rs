@@ -183,6 +183,12 @@ impl Registry {
         (t.issued.load(SeqCst), t.refused.load(SeqCst))
     }
 
+    /// Every bearer token the issuer has handed out.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        let t = self.token_server.as_ref().expect("not a token-auth registry");
+        t.tokens.lock().unwrap().clone()
+    }
+
     /// `127.0.0.1:PORT`
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
