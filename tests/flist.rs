@@ -11,7 +11,7 @@ use std::process::Command;
 
 use common::fixtures::{rules_layers, RulesImage};
 use common::fstree::{assert_same_tree, Ignore};
-use common::servers::{venv_bin, Server};
+use common::servers::{venv_bin, CutProxy, Server, ZdbNamespaces};
 use common::tarball::tar;
 use common::*;
 
@@ -223,8 +223,15 @@ fn zdb_store_on_redis_and_secrets_stay_out() {
     assert!(started.elapsed().as_secs() < 20, "no bounded timeout");
     assert!(err.contains("zdb://flmuser@127.0.0.1"), "{err}");
     assert!(!err.contains("zdb-Secret-77"), "{err}");
+    // The store goes down during a pack: a proxy in front of a new redis
+    // forwards 256 KiB of the upload, then drops its connections and stops
+    // listening. Bounded retries, exit 5 naming the store, no flist.
+    let redis = Server::redis();
+    let cut = CutProxy::start(redis.1, 256 << 10);
+    let store = format!("zdb://flmuser:zdb-Secret-77@127.0.0.1:{}", cut.port);
     let fresh = Flmount::new();
     let out = s.path("never.fl");
+    let started = std::time::Instant::now();
     let err = fresh.fails(
         &[
             "-image",
@@ -233,17 +240,142 @@ fn zdb_store_on_redis_and_secrets_stay_out() {
             out.to_str().unwrap(),
             "-store",
             &store,
+            "-timeout",
+            "2",
         ],
         5,
     );
+    assert!(started.elapsed().as_secs() < 60, "no bounded retries");
     assert!(
-        err.contains("unavailable") && !err.contains("zdb-Secret-77"),
+        cut.cut.load(std::sync::atomic::Ordering::SeqCst),
+        "the store never went down"
+    );
+    let keys = run_ok(Command::new("redis-cli").args(["-p", &redis.1.to_string(), "dbsize"]));
+    let keys: u64 = String::from_utf8_lossy(&keys.stdout).trim().parse().unwrap();
+    assert!(keys >= 1, "the store went down before the pack stored anything");
+    assert!(
+        err.contains("unavailable")
+            && err.contains(&format!("zdb://flmuser@127.0.0.1:{}", cut.port))
+            && !err.contains("zdb-Secret-77"),
         "{err}"
     );
     assert!(
         !out.exists(),
         "an flist was written though its chunks were not stored"
     );
+}
+
+/// A namespace with a password: flmount sends it with `SELECT ns pass`
+/// (0-db's way); the right one packs and unpacks, a wrong or missing one is
+/// refused, and the password is never written or printed. `keys` counts a
+/// namespace's keys on the server.
+fn namespace_passwords_are_sent_and_checked(port: u16, keys: &dyn Fn(&str) -> usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/f"), pseudo_random(1_500_000, 4)).unwrap();
+    std::fs::write(src.join("small"), b"small\n").unwrap();
+    let fl = Flmount::new();
+    let pack = |name: &str, url: &str| {
+        let flist = tmp.path().join(name);
+        let out = fl.run(&[
+            "pack",
+            "-flist",
+            flist.to_str().unwrap(),
+            "-store",
+            url,
+            src.to_str().unwrap(),
+        ]);
+        (flist, out)
+    };
+    let (flist, out) = pack("ok.fl", &format!("zdb://u:ns-Secret-55@127.0.0.1:{port}/secure"));
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    assert!(keys("secure") >= 3, "the chunks are not in the namespace");
+    assert_eq!(keys("default"), 0, "chunks went to the default namespace");
+    assert!(!String::from_utf8_lossy(&std::fs::read(&flist).unwrap()).contains("ns-Secret-55"));
+    let target = tmp.path().join("unpacked");
+    fl.ok(&[
+        "unpack",
+        "-flist",
+        flist.to_str().unwrap(),
+        "-store",
+        &format!("zdb://u:ns-Secret-55@127.0.0.1:{port}/secure"),
+        target.to_str().unwrap(),
+    ]);
+    assert_same_tree(
+        &src,
+        &target,
+        &Ignore {
+            dir_mtimes: true,
+            ..Ignore::default()
+        },
+    );
+    for (name, url, says) in [
+        (
+            "wrong.fl",
+            format!("zdb://u:wrong-pw@127.0.0.1:{port}/secure"),
+            "denied",
+        ),
+        ("none.fl", format!("zdb://127.0.0.1:{port}/secure"), "protected"),
+    ] {
+        let (flist, out) = pack(name, &url);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{name}: {err}");
+        assert!(
+            !err.contains("ns-Secret-55") && !err.contains("wrong-pw"),
+            "{err}"
+        );
+        assert!(!flist.exists(), "{name}: an flist was written");
+    }
+}
+
+#[test]
+fn zdb_namespace_passwords_are_sent_and_checked() {
+    // 0-db's namespace protocol, as a stand-in on the wire: redis has no
+    // `SELECT ns password`, and 0-db is not in the test bed.
+    let zdb = ZdbNamespaces::start("secure", "ns-Secret-55");
+    namespace_passwords_are_sent_and_checked(zdb.port, &|ns| zdb.keys(ns));
+}
+
+/// The same against a real 0-db (github.com/threefoldtech/0-db, a small C
+/// program: `make`), which the test bed cannot install:
+/// `FLMOUNT_ZDB=/path/to/zdb cargo test --test flist -- --ignored real_0_db`.
+#[test]
+#[ignore = "needs a 0-db binary in FLMOUNT_ZDB (not in the test bed)"]
+fn zdb_namespace_passwords_on_a_real_0_db() {
+    let zdb = std::env::var("FLMOUNT_ZDB").expect("FLMOUNT_ZDB=/path/to/zdb");
+    need("redis-cli");
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _server = Server::spawn(
+        Command::new(zdb)
+            .args(["--listen", "127.0.0.1", "--port", &port.to_string(), "--data"])
+            .arg(dir.path().join("data"))
+            .arg("--index")
+            .arg(dir.path().join("index")),
+        port,
+        "0-db",
+    );
+    let cli = |args: &[&str]| {
+        let out = run_ok(
+            Command::new("redis-cli")
+                .args(["-p", &port.to_string()])
+                .args(args),
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    cli(&["NSNEW", "secure"]);
+    cli(&["NSSET", "secure", "password", "ns-Secret-55"]);
+    cli(&["NSSET", "secure", "public", "0"]);
+    let keys = |ns: &str| -> usize {
+        let info = cli(&["NSINFO", ns]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("entries: "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no entries in NSINFO {ns}: {info}"))
+    };
+    namespace_passwords_are_sent_and_checked(port, &keys);
 }
 
 #[test]
