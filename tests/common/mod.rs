@@ -310,6 +310,21 @@ impl Registry {
 
     /// Pushes one image described by `spec` as `repo:t`; returns its reference.
     pub fn push_spec(&self, repo: &str, spec: &ImageSpec, layout_dir: &Path) -> String {
+        self.push_spec_written(repo, spec, layout_dir).0
+    }
+
+    /// As [`Registry::push_layers`], also returning the digests pushed.
+    pub fn push_layers_written(
+        &self,
+        repo: &str,
+        layers: Vec<(Compression, Vec<u8>)>,
+        layout_dir: &Path,
+    ) -> (String, Written) {
+        self.push_spec_written(repo, &ImageSpec::new(repo, layers), layout_dir)
+    }
+
+    /// As [`Registry::push_spec`], also returning the digests pushed.
+    pub fn push_spec_written(&self, repo: &str, spec: &ImageSpec, layout_dir: &Path) -> (String, Written) {
         let mut l = Layout::new(layout_dir);
         let w = l.image(spec);
         l.tag_image("t", &w);
@@ -321,7 +336,7 @@ impl Registry {
             &l.blob(&w.manifest),
             "application/vnd.oci.image.manifest.v1+json",
         );
-        format!("{}/{repo}:t", self.addr())
+        (format!("{}/{repo}:t", self.addr()), w)
     }
 }
 
