@@ -80,12 +80,29 @@ fn dir_store_round_trip_equals_extraction_and_repack_uploads_nothing() {
     }
     let s = setup();
     let store = format!("dir://{}", s.path("chunks").display());
+    // The store's chunk files, as the store's disk shows them: name,
+    // inode and modification time (a chunk written again changes them).
+    let stored = || -> Vec<(PathBuf, u64, std::time::SystemTime)> {
+        let mut files: Vec<_> = files_under(&s.path("chunks"))
+            .into_iter()
+            .filter(|p| p.file_name().unwrap().len() == 64)
+            .map(|p| {
+                let m = std::fs::metadata(&p).unwrap();
+                (p, std::os::unix::fs::MetadataExt::ino(&m), m.modified().unwrap())
+            })
+            .collect();
+        files.sort();
+        files
+    };
     let (flist, log) = s.pack("a.fl", std::slice::from_ref(&store));
     let (uploaded, _) = counts(&log);
+    let first = stored();
     assert!(uploaded > 5, "{log}");
+    assert_eq!(first.len() as u64, uploaded, "{log}");
     s.unpack_equals(&flist, &[], "from-routes");
     let (repacked, log) = s.pack("b.fl", std::slice::from_ref(&store));
     assert_eq!(counts(&log).0, 0, "a re-pack uploaded chunks:\n{log}");
+    assert_eq!(stored(), first, "a re-pack wrote chunks");
     // The re-pack reused the chunk lists it remembered: its flist must be as good.
     s.unpack_equals(&repacked, &[], "from-repack");
     // A fresh workdir has no local index: the store is asked, still nothing uploaded.
@@ -99,6 +116,7 @@ fn dir_store_round_trip_equals_extraction_and_repack_uploads_nothing() {
         &store,
     ]);
     assert_eq!(counts(&log).0, 0, "{log}");
+    assert_eq!(stored(), first, "a pack from a fresh workdir wrote chunks");
 
     // ls and inspect read it back.
     let out =
@@ -135,23 +153,45 @@ fn sharded_and_replicated_stores_survive_a_lost_replica() {
         format!("00-ff=dir://{}", c.display()),
     ];
     let (flist, _) = s.pack("sharded.fl", &stores);
-    // The shard directories (the store's identity file beside them aside).
-    let shard_of = |dir: &Path| -> Vec<String> {
-        let shards: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.len() == 2)
-            .collect();
-        assert!(!shards.is_empty(), "{} holds no chunks", dir.display());
-        shards
+    // The chunk ids the flist names, read with Python's sqlite3.
+    let out = run_ok(Command::new("python3").args([
+        "-c",
+        "import sqlite3, sys\nfor (i,) in sqlite3.connect(sys.argv[1]).execute('SELECT DISTINCT id FROM block'): print(bytes(i).hex())",
+        flist.to_str().unwrap(),
+    ]));
+    let named: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(named.len() > 5, "{named:?}");
+    // The chunk files each store holds (by id), whatever directories it has.
+    let ids_in = |dir: &Path| -> std::collections::BTreeSet<String> {
+        files_under(dir)
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .filter(|n| n.len() == 64)
+            .collect()
     };
+    let (low, high, all) = (ids_in(&a), ids_in(&b), ids_in(&c));
+    assert!(!low.is_empty() && !high.is_empty(), "a shard holds no chunks");
     assert!(
-        shard_of(&a).iter().all(|p| p.as_str() < "80"),
+        low.iter().all(|id| id.as_str() < "80"),
         "low shard holds high ids"
     );
     assert!(
-        shard_of(&b).iter().all(|p| p.as_str() >= "80"),
+        high.iter().all(|id| id.as_str() >= "80"),
         "high shard holds low ids"
+    );
+    // (The stores may hold more: chunks of lower-layer files the image
+    // replaces, packed per layer for reuse.)
+    assert!(
+        named.is_subset(&(&low | &high)),
+        "the shards lack chunks of the flist"
+    );
+    assert_eq!(
+        all,
+        &low | &high,
+        "the replica does not hold what the shards hold"
     );
     std::fs::remove_dir_all(&a).unwrap();
     s.unpack_equals(&flist, &[], "one-replica-lost");
@@ -449,18 +489,53 @@ fn interop_with_an_independent_rfs_implementation() {
         theirs.to_str().unwrap(),
         target.to_str().unwrap(),
     ]);
+    // Every entry of the tree the script writes (its TREE): type, mode,
+    // owner, content and mtime.
+    let big: Vec<u8> = (0..3 * 512 * 1024 + 123).map(|i| ((i * 7) % 251) as u8).collect();
+    let listing = common::fstree::describe(&target);
+    let names: Vec<&str> = listing.keys().map(String::as_str).collect();
     assert_eq!(
-        std::fs::read(target.join("etc/hostname")).unwrap(),
-        b"made-by-python\n"
+        names,
+        [
+            "/",
+            "/big",
+            "/empty",
+            "/etc",
+            "/etc/hostname",
+            "/etc/secret",
+            "/link"
+        ]
     );
-    assert_eq!(
-        std::fs::read(target.join("big")).unwrap().len(),
-        3 * 512 * 1024 + 123
-    );
-    assert_eq!(
-        std::fs::read_link(target.join("link")).unwrap(),
-        Path::new("etc/hostname")
-    );
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    for (path, kind, mode, owner, content) in [
+        ("/etc", "dir", 0o755, (0, 0), None),
+        (
+            "/etc/hostname",
+            "file",
+            0o644,
+            (0, 0),
+            Some(&b"made-by-python\n"[..]),
+        ),
+        ("/etc/secret", "file", 0o600, (0, 42), Some(&b"root only\n"[..])),
+        ("/big", "file", 0o755, (1000, 1000), Some(&big[..])),
+        ("/empty", "file", 0o644, (0, 0), Some(&b""[..])),
+    ] {
+        let info = &listing[path];
+        assert_eq!((info.kind, info.mode), (kind, mode), "{path}");
+        if root {
+            assert_eq!((info.uid, info.gid), owner, "{path}");
+        }
+        if let Some(data) = content {
+            assert_eq!(info.content, sha256_hex(data), "{path}: content");
+            assert_eq!(info.size, data.len() as u64, "{path}");
+        }
+        if kind == "file" {
+            assert_eq!(info.mtime, (1_700_000_000, 0), "{path}: mtime");
+        }
+    }
+    assert_eq!(listing["/link"].kind, "symlink");
+    assert_eq!(listing["/link"].content, "etc/hostname");
     // Our flist, their decoder, checked against our extraction.
     let reg = Registry::start();
     let layers = vec![(Compression::Gzip, tar(&rules_layers()[0]))];
@@ -556,12 +631,16 @@ fn packing_a_directory_round_trips_it() {
     s.unpack_equals(&flist, &[], "dir-round-trip");
     let out = s.fl.run(&["flist", "inspect", "-json", flist.to_str().unwrap()]);
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Regular files in the tree, hard-linked names counted once.
     let files = files_under(&s.flat)
         .iter()
-        .filter(|p| p.symlink_metadata().unwrap().is_file())
-        .count();
-    // Hard-linked names are one file.
-    assert!(info["files"].as_u64().unwrap() as usize <= files && info["files"].as_u64().unwrap() > 10);
+        .map(|p| p.symlink_metadata().unwrap())
+        .filter(|m| m.is_file())
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    assert!(files > 10);
+    assert_eq!(info["files"], files, "{info}");
     assert_eq!(info["routes"][0]["url"], store);
     // Packed again, as JSON: nothing uploaded.
     let again = s.path("dir-again.fl");
@@ -576,5 +655,5 @@ fn packing_a_directory_round_trips_it() {
     ]);
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["packed"]["uploaded"], 0, "{summary}");
-    assert_eq!(summary["packed"]["files"], info["files"]);
+    assert_eq!(summary["packed"]["files"], files, "{summary}");
 }
