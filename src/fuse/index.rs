@@ -320,12 +320,24 @@ mod tests {
         assert!(["/etc/a", "/b"].contains(&index.path_of(a).as_str()));
     }
 
+    /// Against glibc's `makedev` (libc), not a copy of the formula: the
+    /// kernel's encoding is makedev's low 32 bits for majors below 2^12
+    /// and minors below 2^20, all FUSE's 32-bit rdev carries.
     #[test]
     fn device_numbers_use_the_kernel_encoding() {
-        assert_eq!(encode_dev(8, 1), 0x801);
-        assert_eq!(
-            encode_dev(259, 0x12345),
-            0x12345 & 0xff | (259 << 8) | (0x12300 << 12)
-        );
+        for (major, minor) in [
+            (0, 0),
+            (1, 3),
+            (8, 1),
+            (136, 300),
+            (259, 0x12345),
+            (4095, 0xfffff),
+        ] {
+            assert_eq!(
+                u64::from(encode_dev(major, minor)),
+                libc::makedev(major, minor),
+                "{major}:{minor}"
+            );
+        }
     }
 }
