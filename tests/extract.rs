@@ -57,6 +57,7 @@ fn rules_fixture(name: &str, compression: Compression) -> Fixture {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn extraction_equals_umoci_on_every_rule() {
     if !root_or_skip(
         "extraction_equals_umoci_on_every_rule",
@@ -91,6 +92,7 @@ fn extraction_equals_umoci_on_every_rule() {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn zstd_and_plain_layers_give_the_same_tree() {
     if !root_or_skip(
         "zstd_and_plain_layers_give_the_same_tree",
@@ -115,6 +117,7 @@ fn zstd_and_plain_layers_give_the_same_tree() {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn a_busybox_rootfs_runs_in_a_chroot() {
     if !root_or_skip(
         "a_busybox_rootfs_runs_in_a_chroot",
@@ -452,6 +455,7 @@ fn the_root_cannot_be_replaced_by_a_symlink() {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn the_tar_export_unpacks_to_the_same_tree() {
     if !root_or_skip(
         "the_tar_export_unpacks_to_the_same_tree",
@@ -482,6 +486,7 @@ fn the_tar_export_unpacks_to_the_same_tree() {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn without_root_devices_are_skipped_with_a_warning() {
     if !root_or_skip(
         "without_root_devices_are_skipped_with_a_warning (it drops to nobody itself)",

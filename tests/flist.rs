@@ -71,6 +71,7 @@ fn counts(log: &str) -> (u64, u64) {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn dir_store_round_trip_equals_extraction_and_repack_uploads_nothing() {
     if !root_or_skip(
         "dir_store_round_trip_equals_extraction_and_repack_uploads_nothing",
@@ -138,6 +139,7 @@ fn dir_store_round_trip_equals_extraction_and_repack_uploads_nothing() {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn sharded_and_replicated_stores_survive_a_lost_replica() {
     if !root_or_skip(
         "sharded_and_replicated_stores_survive_a_lost_replica",
@@ -223,6 +225,7 @@ fn sharded_and_replicated_stores_survive_a_lost_replica() {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn zdb_store_on_redis_and_secrets_stay_out() {
     if !root_or_skip(
         "zdb_store_on_redis_and_secrets_stay_out",
@@ -419,6 +422,7 @@ fn zdb_namespace_passwords_on_a_real_0_db() {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn zdb_namespaces_are_selected() {
     if !root_or_skip(
         "zdb_namespaces_are_selected",
@@ -442,6 +446,7 @@ fn zdb_namespaces_are_selected() {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn http_and_s3_stores() {
     if !root_or_skip("http_and_s3_stores", "the fixture has device nodes and owners") {
         return;
@@ -610,6 +615,7 @@ fn a_corrupt_chunk_is_an_error_never_data() {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn packing_a_directory_round_trips_it() {
     if !root_or_skip(
         "packing_a_directory_round_trips_it",

@@ -116,6 +116,10 @@ fn contents(root: &Path) -> BTreeMap<String, String> {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn mounted_flists_equal_extraction_from_dir_zdb_and_s3_stores() {
     if !fuse_or_skip("mounted_flists_equal_extraction_from_dir_zdb_and_s3_stores") {
         return;
@@ -228,6 +232,10 @@ fn processes_named(name: &str) -> Vec<(i32, String)> {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn a_busybox_image_served_lazily_runs_in_a_chroot() {
     if !fuse_or_skip("a_busybox_image_served_lazily_runs_in_a_chroot") {
         return;
@@ -255,6 +263,10 @@ fn a_busybox_image_served_lazily_runs_in_a_chroot() {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn file_modes_and_setuid_hold_for_other_users() {
     if !fuse_or_skip("file_modes_and_setuid_hold_for_other_users") {
         return;
@@ -275,6 +287,10 @@ fn file_modes_and_setuid_hold_for_other_users() {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn a_small_cache_evicts_and_a_corrupted_cached_chunk_is_fetched_again() {
     if !fuse_or_skip("a_small_cache_evicts_and_a_corrupted_cached_chunk_is_fetched_again") {
         return;
@@ -359,6 +375,10 @@ fn timed_read(path: &Path) -> (std::io::Result<Vec<u8>>, Duration) {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn a_down_or_hung_store_gives_eio_within_the_timeout_and_reads_recover() {
     if !fuse_or_skip("a_down_or_hung_store_gives_eio_within_the_timeout_and_reads_recover") {
         return;
@@ -435,6 +455,10 @@ fn a_down_or_hung_store_gives_eio_within_the_timeout_and_reads_recover() {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn concurrent_readers_agree_and_sigterm_during_reads_unmounts() {
     if !fuse_or_skip("concurrent_readers_agree_and_sigterm_during_reads_unmounts") {
         return;
@@ -563,6 +587,10 @@ fn concurrent_readers_agree_and_sigterm_during_reads_unmounts() {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn prefetch_fills_the_cache_so_reads_need_no_store() {
     if !fuse_or_skip("prefetch_fills_the_cache_so_reads_need_no_store") {
         return;
@@ -638,6 +666,10 @@ fn sql(flist: &Path, statements: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn hostile_flists_are_refused_or_served_safely() {
     if !fuse_or_skip("hostile_flists_are_refused_or_served_safely") {
         return;
@@ -703,6 +735,10 @@ fn hostile_flists_are_refused_or_served_safely() {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn a_full_chunk_cache_disk_still_serves_correct_reads() {
     if !fuse_or_skip("a_full_chunk_cache_disk_still_serves_correct_reads") {
         return;

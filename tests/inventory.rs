@@ -152,6 +152,7 @@ fn images_content_and_inspect() {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn gc_keeps_what_images_and_live_mounts_use() {
     if !root_or_skip("gc_keeps_what_images_and_live_mounts_use", "overlay mounts") {
         return;
@@ -217,6 +218,10 @@ fn gc_keeps_what_images_and_live_mounts_use() {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn gc_spares_a_live_fuse_mount_and_forgets_removed_chunks() {
     if !root_or_skip(
         "gc_spares_a_live_fuse_mount_and_forgets_removed_chunks",

@@ -95,6 +95,7 @@ fn rules() -> Vec<Vec<E>> {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn the_mount_equals_the_extracted_tree() {
     if !root_or_skip(
         "the_mount_equals_the_extracted_tree",
@@ -138,6 +139,7 @@ fn the_mount_equals_the_extracted_tree() {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn images_sharing_layers_share_their_directories() {
     if !root_or_skip(
         "images_sharing_layers_share_their_directories",
@@ -173,6 +175,7 @@ fn images_sharing_layers_share_their_directories() {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn more_than_a_hundred_layers_fit_in_one_mount() {
     if !root_or_skip(
         "more_than_a_hundred_layers_fit_in_one_mount",
@@ -247,6 +250,7 @@ fn umount_of_something_flmount_did_not_mount_is_refused() {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn file_modes_and_setuid_hold_for_other_users() {
     if !root_or_skip(
         "file_modes_and_setuid_hold_for_other_users",

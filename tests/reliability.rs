@@ -36,6 +36,7 @@ impl Drop for SmallFs {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn a_full_disk_is_a_clear_error_and_leaves_nothing_half_done() {
     if !root_or_skip(
         "a_full_disk_is_a_clear_error_and_leaves_nothing_half_done",
@@ -172,6 +173,7 @@ fn wait_for_state(child: &mut std::process::Child, what: &str, mut state: impl F
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn killed_mid_way_the_next_run_equals_a_clean_run() {
     if !root_or_skip(
         "killed_mid_way_the_next_run_equals_a_clean_run",
@@ -427,6 +429,7 @@ fn killed_mid_way_the_next_run_equals_a_clean_run() {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn concurrent_runs_on_one_workdir_equal_serial_runs() {
     if !root_or_skip(
         "concurrent_runs_on_one_workdir_equal_serial_runs",
@@ -610,6 +613,7 @@ fn zstd_bomb(size: u64, window_log: Option<u32>) -> PrebuiltLayer {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn compression_bombs_are_streamed_in_bounded_memory() {
     if !root_or_skip(
         "compression_bombs_are_streamed_in_bounded_memory",

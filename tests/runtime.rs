@@ -41,6 +41,7 @@ fn app_image(reg: &Registry, tmp: &std::path::Path) -> String {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn a_bundle_runs_with_runc() {
     if !root_or_skip("a_bundle_runs_with_runc", "runc runs containers as root") {
         return;

@@ -54,7 +54,11 @@ pub fn strict() -> bool {
 }
 
 /// Reports a test that cannot run here: a failure when [`strict`],
-/// otherwise a SKIPPED line on stdout and stderr.
+/// otherwise a SKIPPED line on stdout and stderr. Root-only tests are
+/// normally compiled as ignored where they cannot run (`build.rs`:
+/// `cfg(flmount_no_root)`, `cfg(flmount_no_fuse)`), so `cargo test`
+/// counts them as ignored; this is the fallback for a test binary built
+/// as root and run by another user.
 pub fn skip(test: &str, why: &str) {
     assert!(
         !strict(),

@@ -267,12 +267,15 @@ impl CutProxy {
 /// (`SELECT ns [password]`, `GET`, `SET` answering the key, `EXISTS`; the
 /// replies were taken from 0-db v2.0.7): connections start in `default`
 /// (open); `ns` needs `password`. For CI, where 0-db cannot be built.
+/// Keys and values by namespace.
+type Namespaces = std::sync::Arc<
+    std::sync::Mutex<std::collections::BTreeMap<String, std::collections::BTreeMap<Vec<u8>, Vec<u8>>>>,
+>;
+
 pub struct ZdbNamespaces {
     pub port: u16,
     /// Keys stored per namespace.
-    data: std::sync::Arc<
-        std::sync::Mutex<std::collections::BTreeMap<String, std::collections::BTreeMap<Vec<u8>, Vec<u8>>>>,
-    >,
+    data: Namespaces,
 }
 
 impl ZdbNamespaces {
