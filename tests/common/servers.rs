@@ -263,15 +263,15 @@ impl CutProxy {
     }
 }
 
-/// A stand-in for 0-db's namespaces on the wire, as the real 0-db answers
-/// (`SELECT ns [password]`, `GET`, `SET` answering the key, `EXISTS`; the
-/// replies were taken from 0-db v2.0.7): connections start in `default`
-/// (open); `ns` needs `password`. For CI, where 0-db cannot be built.
 /// Keys and values by namespace.
 type Namespaces = std::sync::Arc<
     std::sync::Mutex<std::collections::BTreeMap<String, std::collections::BTreeMap<Vec<u8>, Vec<u8>>>>,
 >;
 
+/// A stand-in for 0-db's namespaces on the wire, as the real 0-db answers
+/// (`SELECT ns [password]`, `GET`, `SET` answering the key, `EXISTS`; the
+/// replies were taken from 0-db v2.0.7): connections start in `default`
+/// (open); `ns` needs `password`. For CI, where 0-db cannot be built.
 pub struct ZdbNamespaces {
     pub port: u16,
     /// Keys stored per namespace.
