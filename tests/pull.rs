@@ -376,8 +376,22 @@ fn validate_cache_refetches_a_corrupted_blob() {
     let mut data = std::fs::read(&path).unwrap();
     data[10] ^= 1;
     std::fs::write(&path, &data).unwrap();
-    let err = fl.ok(&["-image", &image, "-validate-cache"]);
+    // Seen at a proxy: the corrupted layer is fetched again, whole; the
+    // intact one is not.
+    let proxy = FaultProxy::start(reg.port, 0, "503 Service Unavailable");
+    let err = fl.ok(&[
+        "-image",
+        &image.replace(&reg.addr(), &proxy.addr()),
+        "-validate-cache",
+    ]);
     assert_eq!(fetched_layers(&err), 1, "{err}");
+    let gets = |d: &str| proxy.requests_for("GET", &format!("/blobs/{d}"));
+    let refetched = gets(&w.layers[0]);
+    assert!(
+        refetched.len() == 1 && refetched[0].range.is_none(),
+        "{refetched:?}"
+    );
+    assert!(gets(&w.layers[1]).is_empty(), "an intact layer was fetched again");
     assert_blob(&fl, &w.layers[0]);
 }
 
