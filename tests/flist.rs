@@ -11,7 +11,7 @@ use std::process::Command;
 
 use common::fixtures::{rules_layers, RulesImage};
 use common::fstree::{assert_same_tree, Ignore};
-use common::servers::{venv_bin, CutProxy, Server, ZdbNamespaces};
+use common::servers::{venv_bin, CountingHttp, CutProxy, Server, ZdbNamespaces};
 use common::tarball::tar;
 use common::*;
 
@@ -455,8 +455,8 @@ fn http_and_s3_stores() {
     // HTTP: a dir store served by any web server, read-only.
     let chunks = s.path("served");
     let (flist, _) = s.pack("http.fl", &[format!("dir://{}", chunks.display())]);
-    let http = Server::http(&chunks);
-    let from_http = [format!("http://127.0.0.1:{}", http.1)];
+    let http = CountingHttp::start(&chunks);
+    let from_http = [http.url()];
     let cache = s.path("unpack-cache");
     let with_cache = ["-cache", cache.to_str().unwrap(), "-timeout", "2"];
     s.unpack_equals_with(&flist, &from_http, "from-http", &with_cache);

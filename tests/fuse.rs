@@ -388,8 +388,8 @@ fn a_down_or_hung_store_gives_eio_within_the_timeout_and_reads_recover() {
     let mnt = c.tmp.path().join("mnt");
     let cache = c.tmp.path().join("cache");
     // The dir store served over HTTP, which can be stopped and restarted.
-    let http = Server::http(&c.chunks);
-    let port = http.1;
+    let http = CountingHttp::start(&c.chunks);
+    let port = http.port;
     let store = format!("http://127.0.0.1:{port}");
     let args = [
         "-flist",
@@ -420,7 +420,7 @@ fn a_down_or_hung_store_gives_eio_within_the_timeout_and_reads_recover() {
         std::fs::read(c.src.join("data/f00")).unwrap()
     );
 
-    let http = Server::http_on(&c.chunks, port); // back again
+    let http = CountingHttp::start_on(&c.chunks, port); // back again
     assert_eq!(contents(&mnt), expected);
     let log = m.stop();
     assert!(
@@ -597,10 +597,10 @@ fn prefetch_fills_the_cache_so_reads_need_no_store() {
     }
     let c = chunky(4);
     let expected = contents(&c.src);
-    let http = Server::http(&c.chunks);
+    let http = CountingHttp::start(&c.chunks);
     let mnt = c.tmp.path().join("mnt");
     let cache = c.tmp.path().join("cache");
-    let store = format!("http://127.0.0.1:{}", http.1);
+    let store = http.url();
     let m = Mounted::start(
         &c.fl,
         &[
@@ -611,16 +611,21 @@ fn prefetch_fills_the_cache_so_reads_need_no_store() {
             "-cache",
             cache.to_str().unwrap(),
             "-prefetch",
-            "-timeout",
-            "2",
         ],
         &mnt,
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while !m.log().contains("prefetched") {
         assert!(Instant::now() < deadline, "prefetch did not finish:\n{}", m.log());
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Every chunk was fetched, once, before anything was read.
+    let gets = http.gets();
+    assert_eq!(
+        gets.keys().cloned().collect::<std::collections::BTreeSet<_>>(),
+        chunk_paths(&c.chunks)
+    );
+    assert!(gets.values().all(|&n| n == 1), "{gets:?}");
     drop(http);
     assert_eq!(contents(&mnt), expected);
     m.stop();

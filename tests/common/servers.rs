@@ -97,30 +97,43 @@ impl Drop for Server {
 /// A static HTTP file server for a directory (a dir store served as an
 /// HTTP store) that counts the GET requests for each path: how often each
 /// chunk was fetched, seen at the store, not in flmount's own figures.
+/// Dropped, it stops listening and closes every connection: a store that
+/// went down.
 pub struct CountingHttp {
     pub port: u16,
     gets: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, usize>>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    accepting: Option<std::thread::JoinHandle<()>>,
 }
 
 impl CountingHttp {
     pub fn start(dir: &Path) -> CountingHttp {
+        CountingHttp::start_on(dir, 0)
+    }
+
+    /// On a given port (0: any), e.g. to bring a stopped store back.
+    pub fn start_on(dir: &Path, port: u16) -> CountingHttp {
         use std::io::{BufRead, BufReader, Read, Write};
         use std::sync::atomic::Ordering::SeqCst;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
-        let server = CountingHttp {
+        let mut server = CountingHttp {
             port,
             gets: Default::default(),
             stop: Default::default(),
+            connections: Default::default(),
+            accepting: None,
         };
         let (gets, stop, dir) = (server.gets.clone(), server.stop.clone(), dir.to_owned());
-        std::thread::spawn(move || {
+        let connections = server.connections.clone();
+        server.accepting = Some(std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if stop.load(SeqCst) {
                     return;
                 }
                 let Ok(conn) = conn else { continue };
+                connections.lock().unwrap().push(conn.try_clone().unwrap());
                 let (gets, dir) = (gets.clone(), dir.clone());
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(conn.try_clone().unwrap());
@@ -172,7 +185,7 @@ impl CountingHttp {
                     }
                 });
             }
-        });
+        }));
         server
     }
 
@@ -189,8 +202,14 @@ impl CountingHttp {
 impl Drop for CountingHttp {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        // Wakes the accept loop so it sees the flag.
+        // Wakes the accept loop so it sees the flag and closes the listener.
         let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.accepting.take() {
+            let _ = t.join();
+        }
+        for c in self.connections.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
     }
 }
 
