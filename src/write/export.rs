@@ -16,7 +16,7 @@ use std::os::unix::ffi::OsStrExt;
 use anyhow::{Context, Result};
 use tar::{EntryType, Header};
 
-use crate::fs::layer::{Change, LayerBlob, Meta};
+use crate::fs::layer::{LayerBlob, Meta};
 use crate::fs::tree::{InodeKind, Plan, PlanInode, Tree};
 
 /// Writes the merged tree of `layers` (lowest first) to `out` as a tar stream.
@@ -56,21 +56,9 @@ fn write_tar(plan: &Plan, layers: &[LayerBlob], out: impl Write) -> Result<()> {
         append_inode(&mut tar, inode, std::io::empty())?;
     }
     for (&layer, wanted) in &plan.sources() {
-        let mut remaining = wanted.len();
-        layers[layer].for_each(|change, reader| {
-            if let Change::Add(entry) = change {
-                if let Some(&i) = wanted.get(&entry.index) {
-                    append_inode(&mut tar, &plan.inodes[i], reader)?;
-                    remaining -= 1;
-                }
-            }
-            Ok(())
+        crate::fs::content::walk_wanted(&layers[layer], wanted, |i, _, reader| {
+            append_inode(&mut tar, &plan.inodes[i], reader)
         })?;
-        anyhow::ensure!(
-            remaining == 0,
-            "layer {} ended before all its files were found",
-            layers[layer].path.display()
-        );
     }
     // The files above changed their directories' mtimes: name every
     // directory once more, deepest first, so `tar -x` (which restores a
