@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::flist::format::{Flist, RouteRow};
+use crate::fs::node::Special;
 use crate::fs::tree::InodeKind;
 use crate::progress::human_bytes;
 use crate::store;
@@ -23,10 +24,12 @@ pub fn ls(flist: &Path) -> Result<()> {
     for inode in &plan.inodes {
         let (t, size, extra) = match &inode.kind {
             InodeKind::File { size, .. } => ('-', *size, String::new()),
-            InodeKind::Symlink { target } => ('l', 0, format!(" -> {}", String::from_utf8_lossy(target))),
-            InodeKind::CharDev { major, minor } => ('c', 0, format!(" ({major},{minor})")),
-            InodeKind::BlockDev { major, minor } => ('b', 0, format!(" ({major},{minor})")),
-            InodeKind::Fifo => ('p', 0, String::new()),
+            InodeKind::Special(Special::Symlink { target }) => {
+                ('l', 0, format!(" -> {}", String::from_utf8_lossy(target)))
+            }
+            InodeKind::Special(Special::CharDev { major, minor }) => ('c', 0, format!(" ({major},{minor})")),
+            InodeKind::Special(Special::BlockDev { major, minor }) => ('b', 0, format!(" ({major},{minor})")),
+            InodeKind::Special(Special::Fifo) => ('p', 0, String::new()),
             InodeKind::Dir => ('d', 0, String::new()),
         };
         let m = &inode.meta;

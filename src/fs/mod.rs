@@ -6,6 +6,7 @@
 
 pub mod content;
 pub mod layer;
+pub mod node;
 pub mod scan;
 pub mod tarstream;
 pub mod tree;

@@ -17,6 +17,7 @@ use anyhow::{Context, Result};
 use tar::{EntryType, Header};
 
 use crate::fs::layer::{LayerBlob, Meta};
+use crate::fs::node::Special;
 use crate::fs::tree::{InodeKind, Plan, PlanInode, Tree};
 
 /// Writes the merged tree of `layers` (lowest first) to `out` as a tar stream.
@@ -76,7 +77,7 @@ fn append_inode<W: Write>(tar: &mut tar::Builder<W>, inode: &PlanInode, content:
     let meta = &inode.meta;
     match &inode.kind {
         InodeKind::File { size, .. } => append(tar, primary, EntryType::Regular, meta, *size, content, None)?,
-        InodeKind::Symlink { target } => append(
+        InodeKind::Special(Special::Symlink { target }) => append(
             tar,
             primary,
             EntryType::Symlink,
@@ -85,18 +86,21 @@ fn append_inode<W: Write>(tar: &mut tar::Builder<W>, inode: &PlanInode, content:
             std::io::empty(),
             Some(target),
         )?,
-        InodeKind::CharDev { major, minor } | InodeKind::BlockDev { major, minor } => {
-            let kind = if matches!(inode.kind, InodeKind::CharDev { .. }) {
-                EntryType::Char
-            } else {
-                EntryType::Block
-            };
-            let mut h = header(kind, meta, 0);
+        InodeKind::Special(Special::CharDev { major, minor }) => {
+            let mut h = header(EntryType::Char, meta, 0);
             h.set_device_major(*major)?;
             h.set_device_minor(*minor)?;
             write_entry(tar, h, primary, meta, std::io::empty(), None)?;
         }
-        InodeKind::Fifo => append(tar, primary, EntryType::Fifo, meta, 0, std::io::empty(), None)?,
+        InodeKind::Special(Special::BlockDev { major, minor }) => {
+            let mut h = header(EntryType::Block, meta, 0);
+            h.set_device_major(*major)?;
+            h.set_device_minor(*minor)?;
+            write_entry(tar, h, primary, meta, std::io::empty(), None)?;
+        }
+        InodeKind::Special(Special::Fifo) => {
+            append(tar, primary, EntryType::Fifo, meta, 0, std::io::empty(), None)?
+        }
         InodeKind::Dir => unreachable!("directories are not inodes of the plan"),
     }
     for link in &inode.paths[1..] {
