@@ -12,15 +12,15 @@ use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use flmount::digest::Digest;
-use flmount::extract::{extract_layers, WriteOptions};
-use flmount::flist::Flist;
-use flmount::fuse::index::{Index, NodeKind, ROOT};
-use flmount::layer::LayerBlob;
-use flmount::manifest::{Compression, Manifest, Platform};
-use flmount::reference::ImageRef;
+use flmount::flist::format::Flist;
+use flmount::flist::fuse::index::{Index, NodeKind, ROOT};
+use flmount::fs::layer::LayerBlob;
+use flmount::fs::tree::Tree;
+use flmount::image::digest::Digest;
+use flmount::image::manifest::{Compression, Manifest, Platform};
+use flmount::image::reference::ImageRef;
 use flmount::runtime::Process;
-use flmount::tree::Tree;
+use flmount::write::extract::{extract_layers, WriteOptions};
 
 /// The layer reader: bytes read as an uncompressed layer tarball give
 /// changes or an error; the changes, applied on their own and over

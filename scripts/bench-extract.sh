@@ -255,12 +255,6 @@ entries_a='' entries_b='' differing='' implicit_dir_mtime='' # set by the summar
 # shellcheck disable=SC1090 # key=value lines written by compare_trees
 source "$compare_summary"
 
-median() {
-	printf '%s\n' "$@" | sort -g | awk '
-		{ v[NR] = $1 }
-		END { if (NR % 2) printf "%.3f\n", v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
 declare -A med=()
 for tool in "${tools[@]}"; do
 	vals=()
@@ -269,8 +263,8 @@ for tool in "${tools[@]}"; do
 	done
 	med[$tool]=$(median "${vals[@]}")
 done
-ratio_umoci=$(awk -v a="${med[umoci]}" -v b="${med[flmount]}" 'BEGIN { printf "%.2f\n", a / b }')
-ratio_tar=$(awk -v a="${med[tar]}" -v b="${med[flmount]}" 'BEGIN { printf "%.2f\n", a / b }')
+ratio_umoci=$(ratio "${med[umoci]}" "${med[flmount]}")
+ratio_tar=$(ratio "${med[tar]}" "${med[flmount]}")
 rss_max_kib=$(printf '%s\n' "${fl_rss[@]}" | sort -n | tail -n 1)
 rss_mib=$(awk -v k="$rss_max_kib" 'BEGIN { printf "%.1f\n", k / 1024 }')
 umoci_ok=$(awk -v r="$ratio_umoci" 'BEGIN { print (r >= 4) ? "ok" : "MISSED" }')

@@ -233,17 +233,6 @@ timed_in() {
 	elapsed "$start"
 }
 
-median() {
-	printf '%s\n' "$@" | sort -g | awk '
-		{ v[NR] = $1 }
-		END { if (NR % 2) printf "%.3f\n", v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
-# ratio A B: A / B with 2 decimals.
-ratio() {
-	awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f\n", a / b }'
-}
-
 # verdict EXPR VALUE: "ok" when VALUE satisfies the awk condition on v.
 verdict() {
 	awk -v v="$2" "BEGIN { print ($1) ? \"ok\" : \"MISSED\" }"

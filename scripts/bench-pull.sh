@@ -139,16 +139,10 @@ log "flmount's own summary of the last cold and warm pulls:"
 grep -h 'pulled' "$logs/flmount-cold-$rounds.log" "$logs/flmount-warm-$rounds.log" |
 	sed 's/\x1b\[[0-9;]*m//g' >&2 || true
 
-median() {
-	printf '%s\n' "$@" | sort -g | awk '
-		{ v[NR] = $1 }
-		END { if (NR % 2) printf "%.3f\n", v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
 fl_med=$(median "${fl_cold[@]}")
 sk_med=$(median "${sk_cold[@]}")
 warm_med=$(median "${fl_warm[@]}")
-ratio=$(awk -v a="$fl_med" -v b="$sk_med" 'BEGIN { printf "%.2f\n", a / b }')
+ratio=$(ratio "$fl_med" "$sk_med")
 ratio_ok=$(awk -v r="$ratio" 'BEGIN { print (r <= 1.0) ? "ok" : "MISSED" }')
 warm_ok=$(awk -v w="$warm_med" 'BEGIN { print (w < 0.5) ? "ok" : "MISSED" }')
 

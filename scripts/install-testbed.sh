@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the real parts the tests and benchmarks talk to (see
-# ../shared/TESTBED.md), from Debian's packages. Idempotent; needs root.
+# Installs the real parts the tests and benchmarks talk to (the test bed
+# of docs/ARCHITECTURE.md), from Debian's packages. Idempotent; needs root.
 #
 #   sudo scripts/install-testbed.sh
 set -euo pipefail

@@ -1,36 +1,34 @@
 //! flmount: container images as live filesystems.
 //!
-//! The pipeline, one module per stage (see DESIGN.md):
-//! [`reference`] names an image, [`registry`] talks to where it lives,
-//! [`manifest`] understands what it is made of, [`workdir`] keeps its
-//! verified content, [`pull`] puts those together, and [`cli`] is the
-//! command line over all of it.
+//! The crate is laid out as the pipeline runs, lowest layer first; a module
+//! imports only from the layers below it (`docs/ARCHITECTURE.md` draws it):
+//!
+//! 1. [`owned`]: proof of ownership before anything is unmounted, replaced
+//!    or removed; [`progress`]: progress bars and sizes; [`retry`]: the
+//!    one backoff schedule;
+//! 2. [`fs`]: reading layers (tar streams) into changes and merging them
+//!    into one tree, or scanning a directory into one; [`store`]: chunk
+//!    stores (dir, zdb, S3, HTTP), sharded and replicated;
+//! 3. [`image`]: naming an image, fetching it from a registry or a local
+//!    source into the verified workdir cache;
+//! 4. [`write`]: materialising a tree: extraction, the tar export, the
+//!    overlay layer directories and mount;
+//! 5. [`flist`]: flists: the format, packing, unpacking, the chunk cache
+//!    and FUSE serving;
+//! 6. [`admin`], [`runtime`]: the workdir's inventory and its commands; the
+//!    runtime hand-offs (runc bundle, LXC config);
+//! 7. [`app`]: running validated settings; [`cli`]: the command line that
+//!    builds them, and exit codes.
 
 pub mod admin;
 pub mod app;
-pub mod chunkcache;
 pub mod cli;
-pub mod commands;
-pub mod config;
-pub mod digest;
-pub mod export;
-pub mod extract;
 pub mod flist;
-pub mod fuse;
-pub mod inventory;
-pub mod layer;
-pub mod manifest;
-pub mod overlay;
+pub mod fs;
+pub mod image;
 pub mod owned;
-pub mod pack;
 pub mod progress;
-pub mod pull;
-pub mod reference;
-pub mod registry;
+pub mod retry;
 pub mod runtime;
-pub mod scan;
-pub mod source;
 pub mod store;
-pub mod tarstream;
-pub mod tree;
-pub mod workdir;
+pub mod write;

@@ -166,14 +166,7 @@ fn mounted_flists_equal_extraction_from_dir_zdb_and_s3_stores() {
     m.wait_exit(Duration::from_secs(20));
 
     // A killed server leaves no mount behind (auto_unmount).
-    let mut m = Mounted::start(&img.fl, &["-flist", flist.to_str().unwrap()], &mnt);
-    signal(m.pid(), libc::SIGKILL);
-    let _ = m.child.take().unwrap().wait();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while is_mounted(&mnt) {
-        assert!(Instant::now() < deadline, "the mount outlived its killed server");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    Mounted::start(&img.fl, &["-flist", flist.to_str().unwrap()], &mnt).kill_and_wait_unmounted();
 
     // A dead mount (its server and its unmount watcher both killed, as
     // when the server dies while fusermount3 mounts): the next server at

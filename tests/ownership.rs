@@ -62,6 +62,18 @@ impl Bed {
     fn path(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
     }
+
+    /// Packs image a into the flist `flist`, its chunks in the dir store `store`.
+    fn pack_a(&self, flist: &Path, store: &Path) {
+        self.fl.ok(&[
+            "-image",
+            &self.a,
+            "-flist",
+            s(flist),
+            "-store",
+            &format!("dir://{}", s(store)),
+        ]);
+    }
 }
 
 fn s(p: &Path) -> &str {
@@ -297,14 +309,7 @@ fn a_cache_directory_must_be_flmounts_own() {
     let b = bed("cache");
     let store = b.path("store");
     let flist = b.path("a.fl");
-    b.fl.ok(&[
-        "-image",
-        &b.a,
-        "-flist",
-        s(&flist),
-        "-store",
-        &format!("dir://{}", s(&store)),
-    ]);
+    b.pack_a(&flist, &store);
 
     // A user's directory shaped like a cache: a tmp/, two-character
     // subdirectories, a big file.
@@ -586,6 +591,31 @@ fn a_fuse_mounts_workdir_flist_is_packed_again_when_its_store_lost_chunks() {
     drop_caches();
     assert_eq!(std::fs::read(mnt.join("etc/a")).unwrap(), b"made by image a\n");
     m.stop();
+
+    // -validate-cache hashes the store's chunks: a corrupt one is replaced.
+    let chunks: Vec<_> = files_under(&b.fl.workdir.join("store"))
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().len() == 64)
+        .collect();
+    for c in &chunks {
+        let mut data = std::fs::read(c).unwrap();
+        data[10] ^= 1;
+        std::fs::write(c, data).unwrap();
+    }
+    let m = Mounted::start(&b.fl, &["-image", &b.a, "-fuse", "-validate-cache"], &mnt);
+    assert!(m.log().contains("corrupt chunks"), "{}", m.log());
+    drop_caches();
+    assert_eq!(
+        std::fs::read(mnt.join("bin/busybox")).unwrap(),
+        std::fs::read("/bin/busybox").unwrap()
+    );
+    m.stop();
+    // A workdir flist that is not one any more: packed again.
+    let flist = files_under(&b.fl.workdir.join("flists")).pop().unwrap();
+    std::fs::write(&flist, b"garbage").unwrap();
+    let m = Mounted::start(&b.fl, &["-image", &b.a, "-fuse"], &mnt);
+    assert_eq!(std::fs::read(mnt.join("etc/a")).unwrap(), b"made by image a\n");
+    m.stop();
 }
 
 // ------------------------------------------------------------------ signals
@@ -717,14 +747,7 @@ fn fuse_mounts_with_commas_in_their_paths() {
     let b = bed("commas");
     let flist = b.path("a,b.fl");
     let store = b.path("st,1");
-    b.fl.ok(&[
-        "-image",
-        &b.a,
-        "-flist",
-        s(&flist),
-        "-store",
-        &format!("dir://{}", s(&store)),
-    ]);
+    b.pack_a(&flist, &store);
     let mnt = b.path("mnt,x");
     let m = Mounted::start(&b.fl, &["-flist", s(&flist)], &mnt);
     assert_eq!(std::fs::read(mnt.join("etc/a")).unwrap(), b"made by image a\n");
@@ -757,14 +780,7 @@ fn fuse_access_is_the_kernels_whatever_is_cached() {
     need("setpriv");
     let b = bed("access");
     let flist = b.path("a.fl");
-    b.fl.ok(&[
-        "-image",
-        &b.a,
-        "-flist",
-        s(&flist),
-        "-store",
-        &format!("dir://{}", s(&b.path("st"))),
-    ]);
+    b.pack_a(&flist, &b.path("st"));
     let mnt = b.path("mnt");
     // Without -allow-other: nobody else gets in, whether or not root has
     // read (and so cached) the file.
@@ -784,13 +800,8 @@ fn fuse_access_is_the_kernels_whatever_is_cached() {
         "nobody read a cached file"
     );
     // Killed: the watcher takes the mount down.
-    let pid = m.pid();
-    signal(pid, libc::SIGKILL);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while is_mounted(&mnt) {
-        assert!(Instant::now() < deadline, "the mount outlived its killed server");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut m = m;
+    m.kill_and_wait_unmounted();
     drop(m);
     // With -allow-other: the modes decide, cached or not.
     let m = Mounted::start(&b.fl, &["-flist", s(&flist), "-allow-other"], &mnt);
@@ -842,14 +853,7 @@ fn the_units_stop_clears_only_a_dead_flmount_mount() {
     );
     let b = bed("unit");
     let flist = b.path("a.fl");
-    b.fl.ok(&[
-        "-image",
-        &b.a,
-        "-flist",
-        s(&flist),
-        "-store",
-        &format!("dir://{}", s(&b.path("st"))),
-    ]);
+    b.pack_a(&flist, &b.path("st"));
     // The stop after a clean exit: nothing mounted, no error.
     let mnt = b.path("mnt");
     b.fl.ok(&["-q", "-umount", s(&mnt), "-stale"]);

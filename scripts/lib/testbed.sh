@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 #
 # scripts/lib/testbed.sh - helpers for scripts that run real servers on
-# loopback (see shared/TESTBED.md). Source it, do not run it:
+# loopback (see docs/ARCHITECTURE.md, "Test bed"). Source it, do not run it:
 #
 #   here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 #   source "$here/lib/testbed.sh"
@@ -161,6 +161,18 @@ elapsed() {
 	local start=${1:?elapsed: START required} end=${2:-}
 	[[ -n "$end" ]] || end=$(now)
 	awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f\n", b - a }'
+}
+
+# median X...: the median of numbers, 3 decimals.
+median() {
+	printf '%s\n' "$@" | sort -g | awk '
+		{ v[NR] = $1 }
+		END { if (NR % 2) printf "%.3f\n", v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# ratio A B: A / B with 2 decimals.
+ratio() {
+	awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f\n", a / b }'
 }
 
 # free_port: print a TCP port on 127.0.0.1 that nothing listens on right now.

@@ -11,6 +11,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 
+/// The marker of a chunk cache directory.
+pub const CHUNK_CACHE: &str = ".flmount-chunk-cache";
+/// The identity object of a store (in a `dir://` store, a file at its root).
+pub const STORE_IDENTITY: &str = "flmount-store-id";
+
 /// A directory claimed for one use, its marker held (shared).
 #[derive(Debug)]
 pub struct Claimed {

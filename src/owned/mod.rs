@@ -56,6 +56,40 @@ impl From<&std::fs::Metadata> for FileId {
     }
 }
 
+/// Removes the file or tree at `path` if it still is `id`.
+pub fn remove_if_same(path: &Path, id: FileId) {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return;
+    };
+    if FileId::from(&meta) != id {
+        return;
+    }
+    // std's remove_dir_all never follows symlinks (CVE-2022-21658).
+    let removed = if meta.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    if let Err(e) = removed {
+        tracing::warn!("removing {}: {e}", path.display());
+    }
+}
+
+/// The process's umask (read once, without changing it).
+pub fn umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Umask:"))
+                    .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+            })
+            .unwrap_or(0o777)
+    })
+}
+
 /// flmount refused to touch something it did not make (exit code 8).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

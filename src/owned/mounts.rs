@@ -20,8 +20,13 @@ pub const FUSE_TYPE: &str = "fuse.flmount";
 /// One entry of `/proc/self/mountinfo`.
 #[derive(Debug, Clone)]
 pub struct MountEntry {
+    /// The mount's id (unique among mounts that exist).
+    pub id: u64,
     /// The device number of the mounted filesystem (`st_dev` below it).
     pub dev: u64,
+    /// Which directory of the filesystem is mounted here (`/` unless a
+    /// bind mount of a subdirectory).
+    pub root: Vec<u8>,
     pub mount_point: PathBuf,
     pub fstype: String,
     pub source: Vec<u8>,
@@ -51,7 +56,9 @@ fn parse_line(line: &[u8]) -> Option<MountEntry> {
     let (major, minor) = std::str::from_utf8(fields.get(2)?).ok()?.split_once(':')?;
     let dev = libc::makedev(major.parse().ok()?, minor.parse().ok()?);
     Some(MountEntry {
+        id: std::str::from_utf8(fields.first()?).ok()?.parse().ok()?,
         dev,
+        root: unescape_octal(fields.get(3)?),
         mount_point: PathBuf::from(OsString::from_vec(unescape_octal(fields.get(4)?))),
         fstype: String::from_utf8_lossy(&unescape_octal(fields.get(sep + 1)?)).into_owned(),
         source: unescape_octal(fields.get(sep + 2)?),
@@ -152,6 +159,13 @@ pub fn canonical(path: &Path) -> Result<PathBuf> {
 /// mount point, confirmed by the device `path` shows (when it can be
 /// asked: a dead FUSE mount answers nothing).
 pub fn mount_at(path: &Path) -> Result<Option<MountEntry>> {
+    // A path whose parent does not exist is no mount point.
+    if path
+        .parent()
+        .is_some_and(|p| !p.as_os_str().is_empty() && !p.exists())
+    {
+        return Ok(None);
+    }
     let point = canonical(path)?;
     let entries: Vec<MountEntry> = table()?.into_iter().filter(|m| m.mount_point == point).collect();
     let Some(top) = entries.last() else {
@@ -173,19 +187,28 @@ pub fn mount_at(path: &Path) -> Result<Option<MountEntry>> {
 /// What makes a mount flmount's to unmount.
 #[derive(Debug, Clone)]
 pub enum Proof {
-    /// A FUSE mount that flmount served (type `fuse.flmount`).
+    /// A FUSE mount that flmount served: type `fuse.flmount`, source
+    /// `flmount...`, the filesystem's root (not a bind of a part of it).
     Fuse,
-    /// An overlay flmount mounted: the device it got and its upper
-    /// directory, as recorded right after mounting.
-    Overlay { dev: u64, upper: FileId },
+    /// An overlay flmount mounted: the mount's id (when recorded), the
+    /// device it got and its upper directory, as recorded right after
+    /// mounting.
+    Overlay {
+        id: Option<u64>,
+        dev: u64,
+        upper: FileId,
+    },
 }
 
 /// Whether `entry` is the mount `proof` describes.
 pub fn proves(entry: &MountEntry, proof: &Proof) -> bool {
     match proof {
-        Proof::Fuse => entry.fstype == FUSE_TYPE,
-        Proof::Overlay { dev, upper } => {
+        Proof::Fuse => {
+            entry.fstype == FUSE_TYPE && entry.root == b"/" && entry.source.starts_with(b"flmount")
+        }
+        Proof::Overlay { id, dev, upper } => {
             entry.fstype == "overlay"
+                && id.is_none_or(|id| id == entry.id)
                 && entry.dev == *dev
                 && entry
                     .option("upperdir")
@@ -208,6 +231,20 @@ pub fn unmount(path: &Path, proof: &Proof, detach: bool) -> Result<()> {
             "{} is a {} mount that flmount did not make; leaving it mounted",
             point.display(),
             entry.fstype
+        );
+    }
+    // Bound elsewhere too (or onto itself): unmounting here would pull the
+    // filesystem from under those mounts' users, and its state with it.
+    let others: Vec<String> = table()?
+        .into_iter()
+        .filter(|m| m.dev == entry.dev && m.id != entry.id)
+        .map(|m| m.mount_point.display().to_string())
+        .collect();
+    if !others.is_empty() {
+        crate::refuse!(
+            "{} is also mounted at {}; unmount those first",
+            point.display(),
+            others.join(", ")
         );
     }
     use nix::mount::{umount2, MntFlags};
@@ -246,6 +283,7 @@ mod tests {
     fn mountinfo_lines_are_parsed_and_unescaped() {
         let line = br"47 27 0:40 / /run/my\040root rw,relatime - overlay overlay rw,lowerdir=l/A:l/B,upperdir=/x/a\134\054b/u,workdir=/w";
         let m = parse_line(line).unwrap();
+        assert_eq!((m.id, m.root.as_slice()), (47, &b"/"[..]));
         assert_eq!(m.dev, libc::makedev(0, 40));
         assert_eq!(m.mount_point, Path::new("/run/my root"));
         assert_eq!(m.fstype, "overlay");

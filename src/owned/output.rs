@@ -52,20 +52,19 @@ pub fn destination(path: &Path) -> Result<Destination> {
         };
         let kind = meta.file_type();
         if kind.is_symlink() {
+            trusted_link(&path, &meta)?;
             let target = std::fs::read_link(&path).with_context(|| format!("reading {}", path.display()))?;
             let next = match path.parent() {
                 Some(parent) => parent.join(&target),
                 None => target,
             };
-            if std::fs::symlink_metadata(&next).is_err() && std::fs::metadata(&next).is_err() {
-                // A dangling link: creating its target is a guess.
-                if !next.parent().is_some_and(|p| p.is_dir()) {
-                    crate::refuse!(
-                        "{} is a symlink to {}, which does not exist; give the path to write",
-                        path.display(),
-                        next.display()
-                    );
-                }
+            if std::fs::symlink_metadata(&next).is_err() {
+                // A dangling link: where it leads was never made.
+                crate::refuse!(
+                    "{} is a symlink to {}, which does not exist; give the path to write",
+                    path.display(),
+                    next.display()
+                );
             }
             path = next;
             continue;
@@ -89,6 +88,23 @@ pub fn destination(path: &Path) -> Result<Destination> {
     crate::refuse!("{}: too many levels of symbolic links", path.display())
 }
 
+/// A symlink is followed only if this user or the owner of the directory
+/// holding it made it, as the kernel's `protected_symlinks` rule has it:
+/// another user's link in a shared directory could lead anywhere.
+fn trusted_link(link: &Path, meta: &std::fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let me = nix::unistd::geteuid().as_raw();
+    let dir_owner = std::fs::metadata(parent_of(link)).map(|m| m.uid()).ok();
+    if meta.uid() == me || Some(meta.uid()) == dir_owner {
+        return Ok(());
+    }
+    crate::refuse!(
+        "{} is a symlink made by uid {}, neither this user nor the directory's owner; not following it",
+        link.display(),
+        meta.uid()
+    )
+}
+
 fn describe(meta: &std::fs::Metadata) -> &'static str {
     let t = meta.file_type();
     if t.is_dir() {
@@ -107,7 +123,7 @@ pub fn write(path: &Path, data: &[u8]) -> Result<()> {
         Destination::Stdout => write_stream(&mut std::io::stdout().lock(), data, path),
         Destination::Special(path) => write_stream(&mut open_special(&path)?, data, &path),
         Destination::File { path, existing } => {
-            let mut tmp = temporary_beside(&path)?;
+            let mut tmp = temporary_beside(&path)?.into_inner();
             tmp.write_all(data)?;
             tmp.as_file().sync_all()?;
             place(tmp, &path, existing)
@@ -115,11 +131,26 @@ pub fn write(path: &Path, data: &[u8]) -> Result<()> {
     }
 }
 
-fn open_special(path: &Path) -> Result<File> {
-    OpenOptions::new()
+/// Opens a device, FIFO or socket for writing: the path is the one just
+/// checked (never a symlink), and what was opened is checked again.
+fn open_special(path: &Path) -> Result<Box<dyn Write>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let m = std::fs::symlink_metadata(path).with_context(|| format!("checking {}", path.display()))?;
+    if m.file_type().is_socket() {
+        let stream = std::os::unix::net::UnixStream::connect(path)
+            .with_context(|| format!("connecting to {}", path.display()))?;
+        return Ok(Box::new(stream));
+    }
+    let file = OpenOptions::new()
         .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .with_context(|| format!("opening {}", path.display()))
+        .with_context(|| format!("opening {}", path.display()))?;
+    let t = file.metadata()?.file_type();
+    if !(t.is_char_device() || t.is_fifo()) {
+        crate::refuse!("{} changed while it was opened; not writing it", path.display());
+    }
+    Ok(Box::new(file))
 }
 
 fn write_stream(out: &mut dyn Write, data: &[u8], path: &Path) -> Result<()> {
@@ -129,13 +160,10 @@ fn write_stream(out: &mut dyn Write, data: &[u8], path: &Path) -> Result<()> {
 }
 
 /// A temporary file beside `path` (flmount's prefix), for [`place`].
-pub fn temporary_beside(path: &Path) -> Result<tempfile::NamedTempFile> {
+pub fn temporary_beside(path: &Path) -> Result<super::temp::TempFile> {
     let dir = parent_of(path);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    tempfile::Builder::new()
-        .prefix(super::temp::PREFIX)
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))
+    super::temp::TempFile::new_in(dir)
 }
 
 fn parent_of(path: &Path) -> &Path {
@@ -148,7 +176,22 @@ fn parent_of(path: &Path) -> &Path {
 /// over `existing` only if that is still what the path holds, or to a
 /// path that is still free.
 pub fn place(tmp: tempfile::NamedTempFile, path: &Path, existing: Option<FileId>) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let now = std::fs::symlink_metadata(path).ok();
+    // The file keeps the mode and owner it had; a new one gets the mode
+    // the umask allows, as a file created in place would.
+    match &now {
+        Some(m) if m.file_type().is_file() => {
+            if nix::unistd::geteuid().is_root() {
+                std::os::unix::fs::fchown(tmp.as_file(), Some(m.uid()), Some(m.gid()))?;
+            }
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(m.mode() & 0o7777))?;
+        }
+        _ => tmp
+            .as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o666 & !super::umask()))?,
+    }
     match (existing, &now) {
         (Some(id), Some(m)) if m.file_type().is_file() && FileId::from(m) == id => {
             tmp.persist(path)
@@ -187,7 +230,7 @@ pub fn publish(mut tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
             if parent_of(&path) == parent_of(tmp.path()) {
                 place(tmp, &path, existing)
             } else {
-                let mut beside = temporary_beside(&path)?;
+                let mut beside = temporary_beside(&path)?.into_inner();
                 let f = tmp.as_file_mut();
                 f.rewind()?;
                 std::io::copy(f, &mut beside)?;
@@ -218,7 +261,34 @@ fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+/// Replaces the file at `path` (of flmount's own: a workdir file) with
+/// `data` through a temporary beside it; `durable` fsyncs the file and the
+/// directory. Readers never see a partial file under the final name.
+pub fn replace_file(path: &Path, data: &[u8], durable: bool) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".flmount-")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    tmp.write_all(data)?;
+    if durable {
+        tmp.as_file().sync_all()?;
+    }
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", path.display()))?;
+    if durable {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Makes a directory's entries durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing directory {}", dir.display()))

@@ -47,6 +47,25 @@ pub fn check() -> anyhow::Result<()> {
     }
 }
 
+/// Steps that must not be cut in two (a mount and its record) in progress.
+static CRITICAL: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// While it lives, a signal waits (up to the grace period) before the
+/// process exits.
+pub struct Critical(());
+
+/// Enters a step that a signal must not cut in two.
+pub fn critical() -> Critical {
+    CRITICAL.fetch_add(1, Ordering::SeqCst);
+    Critical(())
+}
+
+impl Drop for Critical {
+    fn drop(&mut self) {
+        CRITICAL.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Registers a temporary (`id` is what it is now) for removal on a signal.
 pub fn register(path: &Path, id: FileId) {
     TEMPORARIES.lock().unwrap().push((path.to_owned(), id));
@@ -107,11 +126,12 @@ fn finish(number: i32) -> ! {
     if !TEMPORARIES.lock().unwrap().is_empty() {
         tracing::warn!("interrupted: stopping and removing temporary files");
     }
-    while !TEMPORARIES.lock().unwrap().is_empty() && Instant::now() < deadline {
+    let busy = || !TEMPORARIES.lock().unwrap().is_empty() || CRITICAL.load(Ordering::SeqCst) > 0;
+    while busy() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     for (path, id) in TEMPORARIES.lock().unwrap().drain(..) {
-        super::temp::remove_if_same(&path, id);
+        super::remove_if_same(&path, id);
     }
     std::process::exit(128 + number)
 }

@@ -81,29 +81,12 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        super::signals::unregister(&self.path);
+        // Removed before it is unregistered: a signal's watcher exits the
+        // process once nothing is registered.
         if !self.kept {
-            remove_if_same(&self.path, self.id);
+            super::remove_if_same(&self.path, self.id);
         }
-    }
-}
-
-/// Removes the file or tree at `path` if it still is `id`.
-pub(crate) fn remove_if_same(path: &Path, id: FileId) {
-    let Ok(meta) = std::fs::symlink_metadata(path) else {
-        return;
-    };
-    if FileId::from(&meta) != id {
-        return;
-    }
-    // std's remove_dir_all never follows symlinks (CVE-2022-21658).
-    let removed = if meta.is_dir() {
-        std::fs::remove_dir_all(path)
-    } else {
-        std::fs::remove_file(path)
-    };
-    if let Err(e) = removed {
-        tracing::warn!("removing {}: {e}", path.display());
+        super::signals::unregister(&self.path);
     }
 }
 
@@ -115,11 +98,19 @@ pub struct TempFile {
 
 impl TempFile {
     /// A new temporary file with flmount's prefix in `dir`.
+    /// Named `.flmount-<pid>-<random>` and locked while it lives, so a
+    /// later run can tell one a killed flmount left, and removes those.
     pub fn new_in(dir: &Path) -> Result<TempFile> {
+        remove_stale_prefixed(dir, PREFIX);
         let file = tempfile::Builder::new()
-            .prefix(PREFIX)
+            .prefix(&format!("{PREFIX}{}-", std::process::id()))
             .tempfile_in(dir)
             .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on an fd this process owns.
+        if unsafe { libc::flock(file.as_file().as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("locking a temporary file");
+        }
         let path = file.path().to_owned();
         super::signals::register(&path, FileId::of(&path)?);
         Ok(TempFile {
@@ -140,6 +131,8 @@ impl TempFile {
 
 impl Drop for TempFile {
     fn drop(&mut self) {
+        // Removed (if not taken) before it is unregistered, as for Staging.
+        drop(self.file.take());
         super::signals::unregister(&self.path);
     }
 }
@@ -148,7 +141,13 @@ impl Drop for TempFile {
 /// names them) that a killed flmount left: no process holds their lock
 /// and the process that made them is gone. Returns how many.
 pub fn remove_stale(parent: &Path, name: &str) -> usize {
-    let prefix = format!(".{name}{PREFIX}");
+    remove_stale_prefixed(parent, &format!(".{name}{PREFIX}"))
+}
+
+/// Removes what a killed flmount left in `parent` under `prefix` followed
+/// by `<pid>-`: staging directories and temporary files whose process is
+/// gone and whose lock nobody holds.
+fn remove_stale_prefixed(parent: &Path, prefix: &str) -> usize {
     let Ok(entries) = std::fs::read_dir(parent) else {
         return 0;
     };
@@ -174,20 +173,20 @@ pub fn remove_stale(parent: &Path, name: &str) -> usize {
     removed
 }
 
-/// Removes the staging directory `path` made by process `pid` if that
-/// process is gone and nobody holds the directory's lock.
+/// Removes the staging directory or temporary file `path` made by process
+/// `pid` if that process is gone and nobody holds its lock.
 fn remove_unheld(path: &Path, pid: i32) -> bool {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return false;
     };
-    if !meta.is_dir() || process_alive(pid) {
+    if !(meta.is_dir() || meta.is_file()) || process_alive(pid) {
         return false;
     }
     let Ok(file) = File::open(path) else { return false };
     let Ok(_lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
         return false;
     };
-    remove_if_same(path, FileId::from(&meta));
+    super::remove_if_same(path, FileId::from(&meta));
     !path.exists()
 }
 
@@ -197,52 +196,90 @@ fn process_alive(pid: i32) -> bool {
 
 /// Writes a file that must be whole or absent: an unnamed temporary file
 /// in `dir` (`O_TMPFILE`), linked as `name` once written. A name already
-/// there is kept (the content is addressed by its name). Where the
-/// filesystem has no `O_TMPFILE`, a prefixed temporary renamed into place.
+/// there is kept (the content is addressed by its name). `dir` itself is
+/// never a symlink (a planted one would lead the write elsewhere). Where
+/// the filesystem has no `O_TMPFILE`, a prefixed temporary is linked into
+/// place the same way.
 pub fn write_new_file(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
-    let target = dir.join(name);
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_TMPFILE)
-        .mode(0o644)
-        .open(dir)
-    {
-        Ok(mut file) => {
-            file.write_all(data)?;
-            link_anonymous(&file, &target)
-        }
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EISDIR)) => {
-            let mut tmp = tempfile::Builder::new().prefix(PREFIX).tempfile_in(dir)?;
-            tmp.write_all(data)?;
-            tmp.persist(&target).map(drop).map_err(|e| e.error)
-        }
-        Err(e) => Err(e),
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let dirfd = open_dir_nofollow(dir)?;
+    let cname = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: a valid directory fd and a NUL-terminated name.
+    let fd = unsafe {
+        libc::openat(
+            dirfd.as_raw_fd(),
+            c".".as_ptr(),
+            libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: a new fd owned from here on.
+        let mut file = unsafe { File::from_raw_fd(fd) };
+        file.write_all(data)?;
+        let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
+        // SAFETY: NUL-terminated paths; AT_SYMLINK_FOLLOW links the open
+        // file's inode through its /proc name.
+        let rc = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                dirfd.as_raw_fd(),
+                cname.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        return exists_is_ok(rc);
+    }
+    let e = std::io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EISDIR)) {
+        return Err(e);
+    }
+    let mut tmp = tempfile::Builder::new().prefix(PREFIX).tempfile_in(dir)?;
+    tmp.write_all(data)?;
+    let tmp_name =
+        std::ffi::CString::new(tmp.path().file_name().unwrap().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: NUL-terminated names relative to a valid directory fd.
+    let rc = unsafe {
+        libc::linkat(
+            dirfd.as_raw_fd(),
+            tmp_name.as_ptr(),
+            dirfd.as_raw_fd(),
+            cname.as_ptr(),
+            0,
+        )
+    };
+    exists_is_ok(rc)
+}
+
+fn exists_is_ok(rc: libc::c_int) -> std::io::Result<()> {
+    let e = std::io::Error::last_os_error();
+    match rc {
+        0 => Ok(()),
+        _ if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        _ => Err(e),
     }
 }
 
-fn link_anonymous(file: &File, target: &Path) -> std::io::Result<()> {
+/// Opens a directory that is not a symlink.
+fn open_dir_nofollow(dir: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+        .map(Into::into)
+}
+
+/// Removes the file `name` from `dir`, `dir` not being a symlink.
+pub fn remove_in(dir: &Path, name: &str) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
-    let to = std::ffi::CString::new(target.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: NUL-terminated paths; linkat with AT_SYMLINK_FOLLOW links the
-    // open file's inode through its /proc name.
-    let rc = unsafe {
-        libc::linkat(
-            libc::AT_FDCWD,
-            from.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            libc::AT_SYMLINK_FOLLOW,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EEXIST) {
+    let dirfd = open_dir_nofollow(dir)?;
+    let cname = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: a valid directory fd and a NUL-terminated name.
+    if unsafe { libc::unlinkat(dirfd.as_raw_fd(), cname.as_ptr(), 0) } == 0 {
         Ok(())
     } else {
-        Err(e)
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -279,6 +316,22 @@ mod tests {
         assert_eq!(remove_stale(dir.path(), "t"), 1);
         assert!(!stale.exists());
         assert!(other.exists(), "another name's staging was removed");
+    }
+
+    #[test]
+    fn temporary_files_left_by_a_dead_process_go_and_live_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join(".flmount-999999999-abc");
+        std::fs::write(&dead, b"left by a kill").unwrap();
+        let live = TempFile::new_in(dir.path()).unwrap();
+        assert!(!dead.exists(), "a dead process's temporary was kept");
+        // Another temporary in the same directory: the live one is locked.
+        let _second = TempFile::new_in(dir.path()).unwrap();
+        assert!(live.path().exists(), "a live temporary was removed");
+        let theirs = dir.path().join(".flmount-notes");
+        std::fs::write(&theirs, b"not ours").unwrap();
+        let _third = TempFile::new_in(dir.path()).unwrap();
+        assert!(theirs.exists());
     }
 
     #[test]

@@ -23,8 +23,15 @@ impl DirStore {
                 url.public()
             );
         }
+        let root = PathBuf::from(&url.path);
+        if root.join(crate::owned::claim::CHUNK_CACHE).exists() {
+            crate::refuse!(
+                "{} is a chunk cache, not a store: a cache evicts what it holds",
+                root.display()
+            );
+        }
         Ok(DirStore {
-            root: PathBuf::from(&url.path),
+            root,
             url: url.public(),
         })
     }

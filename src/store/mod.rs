@@ -25,7 +25,7 @@ mod zdb;
 use std::fmt;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use futures_util::future::BoxFuture;
 
 pub use codec::{ChunkRef, CHUNK_SIZE};
@@ -104,7 +104,7 @@ pub trait Store: Send + Sync {
 
 /// The name of a store's identity object (outside the chunk names, which
 /// are hex).
-pub const IDENTITY_KEY: &str = "flmount-store-id";
+pub const IDENTITY_KEY: &str = crate::owned::claim::STORE_IDENTITY;
 
 /// A new random store identity.
 pub fn new_identity() -> String {
@@ -142,55 +142,38 @@ impl fmt::Debug for StoreUrl {
 
 impl StoreUrl {
     pub fn parse(s: &str) -> Result<Self> {
-        let (scheme, rest) = s
-            .split_once("://")
-            .with_context(|| format!("invalid store URL {:?}: expected scheme://...", redact(s)))?;
-        let (rest, query) = match rest.split_once('?') {
-            Some((r, q)) => (r, q),
-            None => (rest, ""),
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        let (userinfo, hostport) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
-        let (user, password) = match userinfo {
-            Some(u) => match u.split_once(':') {
-                Some((a, b)) => (Some(decode(a)), Some(decode(b))),
-                None => (Some(decode(u)), None),
-            },
-            None => (None, None),
-        };
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => (
-                h.to_owned(),
-                Some(
-                    p.parse::<u16>()
-                        .with_context(|| format!("invalid port in store URL {:?}", redact(s)))?,
-                ),
-            ),
-            _ => (hostport.to_owned(), None),
-        };
-        let query = query
-            .split('&')
-            .filter(|kv| !kv.is_empty())
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                (decode(k), decode(v))
-            })
-            .collect();
+        let u = url::Url::parse(s).map_err(|e| anyhow::anyhow!("invalid store URL {:?}: {e}", redact(s)))?;
+        if u.fragment().is_some() || !s.contains("://") {
+            bail!(
+                "invalid store URL {:?}: expected scheme://[user[:secret]@]host[:port]/path[?query] (write # as %23)",
+                redact(s)
+            );
+        }
         Ok(StoreUrl {
-            scheme: scheme.to_ascii_lowercase(),
-            user,
-            password,
-            host,
-            port,
-            path: decode(path),
-            query,
+            scheme: u.scheme().to_owned(),
+            user: (!u.username().is_empty()).then(|| decode(u.username())),
+            password: u.password().map(decode),
+            host: u.host_str().unwrap_or_default().to_owned(),
+            port: u.port(),
+            path: decode(u.path()),
+            query: u
+                .query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
         })
+    }
+
+    /// `dir://PATH`.
+    pub fn dir(path: &std::path::Path) -> StoreUrl {
+        StoreUrl {
+            scheme: "dir".into(),
+            user: None,
+            password: None,
+            host: String::new(),
+            port: None,
+            path: path.to_string_lossy().into_owned(),
+            query: Vec::new(),
+        }
     }
 
     pub fn password(&self) -> Option<&str> {
@@ -212,7 +195,7 @@ impl StoreUrl {
         if let Some(p) = self.port {
             out.push_str(&format!(":{p}"));
         }
-        out.push_str(&self.path);
+        out.push_str(&encode_path(&self.path));
         if !self.query.is_empty() {
             let q: Vec<String> = self
                 .query
@@ -227,30 +210,28 @@ impl StoreUrl {
 }
 
 fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
+/// A path as a URL's path: what would end it or be decoded (`%`, `?`,
+/// `#`) and what would be unreadable (spaces, controls) percent-encoded.
+fn encode_path(s: &str) -> String {
+    const PATH: &percent_encoding::AsciiSet =
+        &percent_encoding::CONTROLS.add(b'%').add(b'?').add(b'#').add(b' ');
+    percent_encoding::utf8_percent_encode(s, PATH).to_string()
+}
+
+/// Everything but unreserved characters (RFC 3986) encoded.
+const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(s, COMPONENT).to_string()
 }
 
 /// A URL for messages before it could be parsed: everything between
@@ -262,9 +243,9 @@ pub fn redact(s: &str) -> String {
     }
 }
 
-/// Opens the backend for a store URL (no range prefix).
-pub fn open(url: &str, timeout: Duration) -> Result<Box<dyn Store>> {
-    let parsed = StoreUrl::parse(url)?;
+/// Opens the backend for a store URL.
+pub fn open(parsed: &StoreUrl, timeout: Duration) -> Result<Box<dyn Store>> {
+    let parsed = parsed.clone();
     Ok(match parsed.scheme.as_str() {
         "dir" => Box::new(dir::DirStore::new(&parsed)?),
         "zdb" => Box::new(zdb::ZdbStore::new(&parsed, timeout)?),
@@ -277,8 +258,52 @@ pub fn open(url: &str, timeout: Duration) -> Result<Box<dyn Store>> {
     })
 }
 
+/// A store as the command line and an flist name it: the range of chunk
+/// ids (by first byte) it serves and its URL, credentials included.
+/// Parsed once, where the text enters (a flag, the config file, an flist's
+/// route table); everything after carries this.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct StoreSpec {
+    pub start: u8,
+    pub end: u8,
+    pub url: StoreUrl,
+}
+
+impl StoreSpec {
+    /// `[xx-yy=]URL`; a bare URL serves every chunk.
+    pub fn parse(arg: &str) -> Result<StoreSpec> {
+        let (start, end, url) = parse_range(arg)?;
+        let url = StoreUrl::parse(url)?;
+        if !matches!(
+            url.scheme.as_str(),
+            "dir" | "zdb" | "s3" | "s3s" | "http" | "https"
+        ) {
+            bail!(
+                "unknown store type {:?} in {}: use dir://, zdb://, s3://, s3s:// or http(s)://",
+                url.scheme,
+                url.public()
+            );
+        }
+        Ok(StoreSpec { start, end, url })
+    }
+
+    /// A local directory serving every chunk (no URL text in between).
+    pub fn dir(path: &std::path::Path) -> StoreSpec {
+        StoreSpec {
+            start: 0,
+            end: 255,
+            url: StoreUrl::dir(path),
+        }
+    }
+
+    /// Whether it serves every chunk.
+    pub fn covers_all(&self) -> bool {
+        (self.start, self.end) == (0, 255)
+    }
+}
+
 /// Splits `00-7f=URL` into the range and the URL; a bare URL covers all.
-pub fn parse_range(arg: &str) -> Result<(u8, u8, &str)> {
+fn parse_range(arg: &str) -> Result<(u8, u8, &str)> {
     if let Some((range, url)) = arg.split_once('=') {
         if let Some((a, b)) = range.split_once('-') {
             let hex2 = |h: &str| {
@@ -322,6 +347,12 @@ mod tests {
         let d = StoreUrl::parse("dir:///var/lib/chunks").unwrap();
         assert_eq!((d.host.as_str(), d.path.as_str()), ("", "/var/lib/chunks"));
         assert_eq!(redact("zdb://u:pw@h/ns"), "zdb://***@h/ns");
+        let odd = std::path::Path::new("/srv/a?b/100%/c d#e");
+        let url = StoreUrl::dir(odd).public();
+        assert_eq!(StoreUrl::parse(&url).unwrap().path, odd.to_str().unwrap());
+        assert_eq!(StoreUrl::parse(&url).unwrap().public(), url);
+        assert!(StoreSpec::parse("foo://bar").is_err());
+        assert_eq!(StoreSpec::parse("00-7f=dir:///a").unwrap().end, 0x7f);
     }
 
     #[test]

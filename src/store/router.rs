@@ -51,15 +51,14 @@ pub struct Router {
 }
 
 impl Router {
-    /// Opens the stores named by `args` (`[xx-yy=]URL` each).
-    pub fn open(args: &[String], timeout: Duration) -> Result<Self> {
+    /// Opens the stores `specs` name.
+    pub fn open(specs: &[super::StoreSpec], timeout: Duration) -> Result<Self> {
         let mut routes = Vec::new();
-        for arg in args {
-            let (start, end, url) = super::parse_range(arg)?;
+        for spec in specs {
             routes.push(Route {
-                start,
-                end,
-                store: Arc::from(super::open(url, timeout)?),
+                start: spec.start,
+                end: spec.end,
+                store: Arc::from(super::open(&spec.url, timeout)?),
             });
         }
         if routes.is_empty() {
@@ -111,7 +110,7 @@ impl Router {
                 match store.set(id, blob).await {
                     Ok(()) => break,
                     Err(StoreError::Unavailable { .. }) if attempt < self.attempts => {
-                        tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                        tokio::time::sleep(crate::retry::Backoff::STORE.delay(attempt)).await;
                     }
                     Err(e) => return Err(e),
                 }

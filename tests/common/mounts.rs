@@ -116,6 +116,22 @@ impl Mounted {
         log
     }
 
+    /// SIGKILL: the server dies without unmounting; its watcher must take
+    /// the mount down (within a generous deadline).
+    pub fn kill_and_wait_unmounted(&mut self) {
+        signal(self.pid(), libc::SIGKILL);
+        let _ = self.child.take().unwrap().wait();
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while is_mounted(&self.dir) {
+            assert!(
+                Instant::now() < deadline,
+                "the mount outlived its killed server:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGTERM, as systemd stops a unit.
     pub fn stop(mut self) -> String {
         signal(self.pid(), libc::SIGTERM);

@@ -1,0 +1,282 @@
+//! Running validated settings: the subcommands, and for `-image` the pull
+//! (through a configured mirror first) followed by what to do with the
+//! image (cache it, inspect, extract, export, bundle, overlay or FUSE mount,
+//! flist) and the hand-off files (`-saveconfig`, `-lxcconfig`).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+pub mod settings;
+
+use crate::image::pull::{self, PulledImage};
+use crate::image::workdir::Workdir;
+use crate::owned::{output, signals};
+use crate::progress::Progress;
+use crate::{admin, flist::commands, flist::fuse, runtime, write::extract, write::overlay};
+use settings::{Action, ContentOp, FlistOp, ImageJob, Output, Settings};
+
+/// Runs `s`. Synchronous: the caller has entered a tokio runtime, which
+/// the network parts (pulls, stores, FUSE reads) run on.
+pub fn run(s: Settings) -> Result<()> {
+    let workdir =
+        Workdir::open(&s.workdir).with_context(|| format!("opening workdir {}", s.workdir.display()))?;
+    let print_json = |value: serde_json::Value| {
+        if s.json {
+            println!("{value}");
+        }
+    };
+    // Interrupted work removes its temporaries; a FUSE server watches the
+    // signals itself (they unmount), so serving drops this first.
+    let watch = signals::watch();
+    match s.action {
+        Action::Image(job) => run_image(workdir, job, s.quiet, s.json, watch),
+        Action::Umount { target, stale_only } => umount(&workdir, &target, stale_only),
+        Action::Unpack {
+            flist,
+            stores,
+            target,
+            force,
+            cache,
+        } => {
+            let stats = commands::unpack(&flist, &stores, &cache, &target, force)?;
+            print_json(serde_json::json!({ "flist": flist, "target": target, "written": stats }));
+            Ok(())
+        }
+        Action::Pack { flist, stores, dir } => {
+            let stats = commands::pack_dir(&workdir, &dir, &flist, &stores)?;
+            print_json(serde_json::json!({ "flist": flist, "dir": dir, "packed": stats }));
+            Ok(())
+        }
+        Action::Serve { flist, stores, mount } => {
+            // A mount lives long: it must not keep `gc` waiting (gc spares
+            // what live FUSE mounts use).
+            drop(workdir);
+            drop(watch);
+            commands::serve(&flist, &stores, &mount)
+        }
+        Action::Flist(op) => match op {
+            FlistOp::Ls { flist } => admin::flists::ls(&flist),
+            FlistOp::Inspect { flist } => admin::flists::inspect(&flist, s.json),
+            FlistOp::Tag { flist, set, delete } => admin::flists::tag(&flist, &set, &delete),
+            FlistOp::Store { flist, routes } => admin::flists::store(&flist, &routes),
+        },
+        Action::Images => admin::images(&workdir, s.json),
+        Action::ForgetImages(refs) => admin::forget_images(&workdir, &refs),
+        Action::Content(ContentOp::Ls) => admin::content_ls(&workdir, s.json),
+        Action::Content(ContentOp::Path { digest }) => admin::content_path(&workdir, &digest),
+        Action::Content(ContentOp::Rm { digests }) => admin::content_rm(&workdir, &digests),
+        Action::Gc { dry_run } => {
+            drop(workdir);
+            let workdir = Workdir::open_exclusive(&s.workdir)?;
+            admin::gc(&workdir, dry_run, s.json)
+        }
+    }
+}
+
+/// `-umount DIR`: an flmount FUSE mount, or an overlay this workdir
+/// recorded; anything else is left mounted. With `stale_only`, only a FUSE
+/// mount whose server is gone.
+fn umount(workdir: &Workdir, target: &Path, stale_only: bool) -> Result<()> {
+    let mount = crate::owned::mounts::mount_at(target)?;
+    let fuse = mount
+        .as_ref()
+        .is_some_and(|m| m.fstype == crate::owned::mounts::FUSE_TYPE);
+    if stale_only {
+        if fuse && fuse::health(target) == fuse::Health::Dead {
+            fuse::unmount(target)?;
+            tracing::info!("cleared the dead mount at {}", target.display());
+        } else {
+            tracing::debug!("{}: no dead flmount mount to clear", target.display());
+        }
+        return Ok(());
+    }
+    if fuse {
+        fuse::unmount(target)?;
+    } else {
+        overlay::umount(workdir, target)?;
+    }
+    tracing::info!("unmounted {}", target.display());
+    Ok(())
+}
+
+/// `-image REF ...`: pull, then the output and the hand-off files.
+fn run_image(workdir: Workdir, job: ImageJob, quiet: bool, json: bool, watch: signals::Watch) -> Result<()> {
+    let progress = Progress::new(quiet);
+    let image = tokio::runtime::Handle::current().block_on(pull_image(&workdir, &job, &progress))?;
+    if let Some(path) = &job.saveconfig {
+        output::write(path, &image.config)
+            .with_context(|| format!("saving the image config to {}", path.display()))?;
+        tracing::info!("saved image config to {}", path.display());
+    }
+    let started = Instant::now();
+    let (kind, target) = describe(&job.output);
+    let served = matches!(job.output, Output::Fuse { .. });
+    // inspect prints its own JSON.
+    let summarise = json && !matches!(job.output, Output::Inspect);
+    if served {
+        // Serving lasts until unmounted: write it first, without the tree.
+        write_lxc_config(&image, job.lxcconfig.as_deref(), None)?;
+    }
+    let rootfs = match &job.output {
+        Output::Extract { target, .. } | Output::Overlay { target, .. } => Some(target.clone()),
+        Output::Bundle { dir, .. } => Some(dir.join("rootfs")),
+        _ => None,
+    };
+    let validate = job.pull.validate_cache;
+    produce(workdir, &image, job.output, json, started, watch, validate)?;
+    if !served {
+        write_lxc_config(&image, job.lxcconfig.as_deref(), rootfs.as_deref())?;
+    }
+    if summarise {
+        let summary = serde_json::json!({
+            "image": image.reference.to_string(),
+            "digest": image.manifest_digest.to_string(),
+            "pull": image.stats,
+            "output": kind,
+            "target": target,
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        println!("{summary}");
+    }
+    Ok(())
+}
+
+/// Resolves the source and pulls it, from the mirror when one answers.
+async fn pull_image(workdir: &Workdir, job: &ImageJob, progress: &Progress) -> Result<PulledImage> {
+    let wanted = job
+        .pull
+        .platform
+        .clone()
+        .unwrap_or_else(crate::image::manifest::Platform::host);
+    // Blocking is fine here: this runs on the caller's thread (block_on).
+    let image = job.source.resolve(workdir, &wanted)?;
+    if let Some(mirror) = &job.mirror {
+        match pull::pull(workdir, mirror, &job.pull, progress).await {
+            Ok(pulled) => {
+                tracing::info!("pulled {}", pulled.summary());
+                return Ok(pulled);
+            }
+            Err(e) => tracing::warn!(
+                "mirror {}: {e:#}; pulling from {}",
+                mirror.registry(),
+                image.registry()
+            ),
+        }
+    }
+    let pulled = pull::pull(workdir, &image, &job.pull, progress).await?;
+    tracing::info!("pulled {}", pulled.summary());
+    Ok(pulled)
+}
+
+/// The output's name and place, for the JSON summary.
+fn describe(output: &Output) -> (&'static str, Option<PathBuf>) {
+    match output {
+        Output::Cache => ("cache", None),
+        Output::Inspect => ("inspect", None),
+        Output::Extract { target, .. } => ("extract", Some(target.clone())),
+        Output::Export => ("export", None),
+        Output::Overlay { target, .. } => ("overlay", Some(target.clone())),
+        Output::Fuse { mount } => ("fuse", Some(mount.mountpoint.clone())),
+        Output::Bundle { dir, .. } => ("bundle", Some(dir.clone())),
+        Output::Flist { path, .. } => ("flist", Some(path.clone())),
+    }
+}
+
+fn write_lxc_config(image: &PulledImage, path: Option<&Path>, rootfs: Option<&Path>) -> Result<()> {
+    let Some(path) = path else { return Ok(()) };
+    let process = runtime::Process::from_image_config(&image.config, rootfs)?;
+    output::write(path, process.lxc_config(&image.reference.to_string()).as_bytes())
+        .with_context(|| format!("writing the LXC config {}", path.display()))?;
+    tracing::info!("wrote LXC config {}", path.display());
+    Ok(())
+}
+
+/// Does what `output` says with the pulled image.
+fn produce(
+    workdir: Workdir,
+    image: &PulledImage,
+    output: Output,
+    json: bool,
+    started: Instant,
+    watch: signals::Watch,
+    validate: bool,
+) -> Result<()> {
+    let layers = image.layer_blobs(&workdir)?;
+    let digests: Vec<_> = image.manifest.layers.iter().map(|l| l.digest.clone()).collect();
+    let secs = || started.elapsed().as_secs_f64();
+    match output {
+        Output::Cache => {}
+        Output::Inspect => admin::inspect(image, json)?,
+        Output::Extract { target, force } => {
+            let stats = extract::extract_layers(&layers, &target, force, &Default::default())
+                .with_context(|| format!("extracting {} into {}", image.reference, target.display()))?;
+            tracing::info!("extracted {stats} in {:.2}s", secs());
+        }
+        Output::Bundle { dir, force } => {
+            let rootfs = dir.join("rootfs");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let stats = extract::extract_layers(&layers, &rootfs, force, &Default::default())
+                .with_context(|| format!("extracting {} into {}", image.reference, rootfs.display()))?;
+            let hostname = image
+                .reference
+                .repository()
+                .rsplit('/')
+                .next()
+                .unwrap_or("flmount");
+            let spec =
+                runtime::Process::from_image_config(&image.config, Some(&rootfs))?.runtime_spec(hostname);
+            output::write(&dir.join("config.json"), &serde_json::to_vec_pretty(&spec)?)?;
+            tracing::info!(
+                "wrote an OCI runtime bundle in {}: rootfs ({stats}) and config.json in {:.2}s",
+                dir.display(),
+                secs()
+            );
+        }
+        Output::Export => {
+            let stdout = std::io::stdout().lock();
+            crate::write::export::export_layers(&layers, std::io::BufWriter::with_capacity(1 << 20, stdout))
+                .with_context(|| format!("writing {} as a tar stream", image.reference))?;
+            tracing::info!("exported the root filesystem in {:.2}s", secs());
+        }
+        Output::Flist { path, stores } => {
+            commands::pack_image(&workdir, &digests, &layers, &path, &stores)
+                .with_context(|| format!("packing {} into {}", image.reference, path.display()))?;
+        }
+        Output::Fuse { mount } => {
+            let flist =
+                commands::pack_into_workdir(&workdir, &image.manifest_digest, &digests, &layers, validate)
+                    .with_context(|| format!("packing {}", image.reference))?;
+            // The flist's lock keeps gc from it before serving holds it.
+            let _held = fuse::hold_flist(&flist)?;
+            // Read from this workdir's store, wherever the workdir was
+            // when the flist was packed (it may have moved).
+            let store = crate::store::StoreSpec::dir(&workdir.store_dir());
+            // Serving lasts: do not hold the workdir's lock meanwhile.
+            drop(workdir);
+            drop(watch);
+            commands::serve(&flist, &[store], &mount)?
+        }
+        Output::Overlay { target, overlaydir } => {
+            let (chains, stats) = overlay::prepare_layers(&workdir, &digests, &layers)
+                .with_context(|| format!("preparing the layers of {}", image.reference))?;
+            overlay::mount(
+                &workdir,
+                &chains,
+                &target,
+                overlaydir.as_deref(),
+                (&image.reference.to_string(), &image.manifest_digest.to_string()),
+            )?;
+            tracing::info!(
+                "mounted {} at {} ({} layers, {} extracted now) in {:.2}s",
+                image.reference,
+                target.display(),
+                stats.layers,
+                stats.layers_extracted,
+                secs()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! Turning flags (and the config file's defaults) into validated settings,
+//! or a usage error (exit 2).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use super::args::{parse_size, Args, Command, ImagesOp};
+use super::config::Config;
+use crate::app::settings::{Action, ImageJob, Output, Settings};
+use crate::flist::chunkcache::CacheOptions;
+use crate::flist::fuse::MountOptions;
+use crate::image::manifest::Platform;
+use crate::image::pull::PullOptions;
+use crate::image::reference::ImageRef;
+use crate::image::registry::{Credentials, Transport};
+use crate::image::source::Source;
+use crate::image::workdir::Workdir;
+
+/// Decoded chunks a reader keeps in memory (512 KiB each).
+const MEMORY_CHUNKS: usize = 32;
+
+impl Args {
+    /// Turns raw flags into settings, or a usage error.
+    pub fn settings(mut self, config: &Config) -> Result<Settings> {
+        let workdir = absolute(
+            self.workdir
+                .clone()
+                .or_else(|| config.workdir.clone())
+                .unwrap_or_else(Workdir::default_path),
+        )?;
+        let cache_size = match (self.cache_size, &config.cache_size) {
+            (Some(size), _) => size,
+            (None, Some(text)) => {
+                parse_size(text).map_err(|e| anyhow::anyhow!("cache_size in the config file: {e}"))?
+            }
+            (None, None) => CacheOptions::DEFAULT_SIZE,
+        };
+        if self.stores.is_empty() {
+            self.stores = config.stores.clone();
+        }
+        let (quiet, json) = (self.quiet, self.json);
+        let simple = |action: Action| Settings {
+            workdir: workdir.clone(),
+            quiet,
+            json,
+            action,
+        };
+        let mut inspect = false;
+        match self.command.take() {
+            Some(Command::Images { op: None }) => return Ok(simple(Action::Images)),
+            Some(Command::Images {
+                op: Some(ImagesOp::Rm { images }),
+            }) => {
+                let refs = images
+                    .iter()
+                    .map(|i| ImageRef::parse(i))
+                    .collect::<Result<Vec<_>>>()?;
+                return Ok(simple(Action::ForgetImages(refs)));
+            }
+            Some(Command::Content { op }) => return Ok(simple(Action::Content(op.into()))),
+            Some(Command::Gc { dry_run }) => return Ok(simple(Action::Gc { dry_run })),
+            Some(Command::Inspect { image }) => {
+                if self.image.is_some() {
+                    bail!("inspect takes the image as its argument, not -image");
+                }
+                self.image = Some(image);
+                inspect = true;
+            }
+            Some(Command::Unpack {
+                flist,
+                stores,
+                force,
+                cache,
+                target,
+            }) => {
+                let action = Action::Unpack {
+                    flist,
+                    stores: specs(&stores)?,
+                    target: absolute(target)?,
+                    force,
+                    cache: CacheOptions {
+                        dir: cache.map(absolute).transpose()?,
+                        size_limit: cache_size,
+                        memory_chunks: MEMORY_CHUNKS,
+                        timeout: Duration::from_secs(self.timeout),
+                        adopt_dir: false,
+                    },
+                };
+                return Ok(simple(action));
+            }
+            Some(Command::Pack { flist, stores, dir }) => {
+                let stores = if stores.is_empty() {
+                    config.stores.clone()
+                } else {
+                    stores
+                };
+                if stores.is_empty() {
+                    bail!("pack needs at least one -store (or `stores` in the config file)");
+                }
+                let action = Action::Pack {
+                    flist: absolute(flist)?,
+                    stores: specs(&stores)?,
+                    dir: absolute(dir)?,
+                };
+                return Ok(simple(action));
+            }
+            Some(Command::Completions { .. } | Command::Man) => {
+                bail!("completions and the man page are printed before settings are made")
+            }
+            Some(Command::Flist { op }) => {
+                return Ok(simple(Action::Flist(op.into())));
+            }
+            None => {}
+        }
+        if let Some(target) = self.umount {
+            if self.image.is_some() || self.extractto.is_some() || self.mount.is_some() {
+                bail!("-umount takes no -image, -extractto or -mount");
+            }
+            return Ok(simple(Action::Umount {
+                target: mount_point(target)?,
+                stale_only: self.stale,
+            }));
+        }
+        let mount_options = |target: PathBuf| -> Result<MountOptions> {
+            Ok(MountOptions {
+                mountpoint: mount_point(target)?,
+                default_cache_dir: Workdir::chunk_cache_dir(&workdir),
+                allow_other: self.allow_other,
+                prefetch: self.prefetch,
+                cache: CacheOptions {
+                    dir: self.cache.clone().map(absolute).transpose()?,
+                    size_limit: cache_size,
+                    memory_chunks: MEMORY_CHUNKS,
+                    timeout: Duration::from_secs(self.timeout),
+                    adopt_dir: false,
+                },
+            })
+        };
+        let fuse_only = self.cache.is_some() || self.prefetch || self.allow_other;
+        if self.image.is_none() {
+            if let (Some(flist), Some(target)) = (&self.flist, &self.mount) {
+                if self.extractto.is_some() {
+                    bail!("-flist with -mount serves the flist: it takes no -extractto");
+                }
+                return Ok(simple(Action::Serve {
+                    flist: absolute(flist.clone())?,
+                    stores: specs(&self.stores)?,
+                    mount: mount_options(target.clone())?,
+                }));
+            }
+        }
+        let Some(image) = self.image.as_deref() else {
+            bail!("nothing to do: give -image REF, -flist FILE -mount DIR, or -umount DIR (see flmount -h)");
+        };
+        let image = Source::parse(image);
+        let mut insecure = self.insecure;
+        let mut mirror = None;
+        if let Source::Registry(r) = &image {
+            let parsed = ImageRef::parse(r)?;
+            insecure |= config.is_insecure(parsed.registry());
+            if let Some(host) = config.mirror(parsed.registry()) {
+                mirror = Some(parsed.on_registry(host)?);
+            }
+        }
+        let credentials = match (self.username, self.password) {
+            (Some(u), Some(p)) => Some(Credentials::new(u, p)),
+            (None, None) => None,
+            (Some(_), None) => bail!("-username needs -password (or FLMOUNT_PASSWORD)"),
+            (None, Some(_)) => bail!("-password needs -username"),
+        };
+        if self.insecure && self.plain_http {
+            bail!("-insecure and -plain-http exclude each other");
+        }
+        let platform = self.platform.as_deref().map(Platform::parse).transpose()?;
+        if self.flist.is_some() && (self.extractto.is_some() || self.mount.is_some()) {
+            bail!("-flist does not go with -extractto or -mount");
+        }
+        if self.bundle.is_some() && (self.extractto.is_some() || self.mount.is_some() || self.flist.is_some())
+        {
+            bail!("-bundle does not go with -extractto, -mount or -flist");
+        }
+        let output = match (self.extractto, self.mount) {
+            (Some(_), Some(_)) => bail!("-extractto and -mount exclude each other"),
+            (None, None) if self.bundle.is_some() => Output::Bundle {
+                dir: absolute(self.bundle.clone().unwrap())?,
+                force: self.force,
+            },
+            (None, None) if self.flist.is_some() => {
+                if self.stores.is_empty() {
+                    bail!("-flist needs at least one -store for the content (e.g. -store dir:///srv/chunks)");
+                }
+                Output::Flist {
+                    path: absolute(self.flist.clone().unwrap())?,
+                    stores: specs(&self.stores)?,
+                }
+            }
+            (Some(target), None) if target.as_os_str() == "-" => Output::Export,
+            (Some(target), None) => Output::Extract {
+                target: absolute(target)?,
+                force: self.force,
+            },
+            (None, Some(target)) if self.fuse => Output::Fuse {
+                mount: mount_options(target)?,
+            },
+            (None, Some(target)) => Output::Overlay {
+                target: mount_point(target)?,
+                overlaydir: self.overlaydir.map(absolute).transpose()?,
+            },
+            (None, None) if inspect => Output::Inspect,
+            (None, None) => Output::Cache,
+        };
+        if self.json && matches!(output, Output::Export) {
+            bail!("-json does not go with -extractto -: standard output is the tar stream");
+        }
+        if inspect && !matches!(output, Output::Inspect) {
+            bail!("inspect only shows an image: no -extractto, -mount, -flist or -bundle");
+        }
+        if self.force && !matches!(output, Output::Extract { .. } | Output::Bundle { .. }) {
+            bail!("-force goes with -extractto or -bundle");
+        }
+        if self.fuse && !matches!(output, Output::Fuse { .. }) {
+            bail!("-fuse goes with -mount");
+        }
+        if fuse_only && !matches!(output, Output::Fuse { .. }) {
+            bail!("-cache, -prefetch and -allow-other go with FUSE mounts (-mount with -fuse or -flist)");
+        }
+        Ok(Settings {
+            workdir,
+            quiet: self.quiet,
+            json: self.json,
+            action: Action::Image(ImageJob {
+                source: image,
+                pull: PullOptions {
+                    transport: Transport {
+                        insecure,
+                        plain_http: self.plain_http,
+                        read_timeout: Duration::from_secs(self.timeout),
+                        ..Transport::default()
+                    },
+                    credentials,
+                    platform,
+                    parallel_downloads: self.parallel_downloads as usize,
+                    validate_cache: self.validate_cache,
+                    config_only: inspect,
+                },
+                saveconfig: self.saveconfig,
+                lxcconfig: self.lxcconfig.map(absolute).transpose()?,
+                mirror,
+                output,
+            }),
+        })
+    }
+}
+
+fn absolute(p: PathBuf) -> Result<PathBuf> {
+    std::path::absolute(&p).with_context(|| format!("resolving {}", p.display()))
+}
+
+/// A mount point as /proc/self/mounts will name it: absolute, its parent's
+/// `..` and symlinks resolved (the mount point itself is not followed: a
+/// dead FUSE mount there cannot be resolved).
+fn mount_point(p: PathBuf) -> Result<PathBuf> {
+    let p = absolute(p)?;
+    Ok(crate::owned::mounts::canonical(&p).unwrap_or(p))
+}
+
+/// Store arguments (`[xx-yy=]URL`), checked before any work is done.
+fn specs(args: &[String]) -> Result<Vec<crate::store::StoreSpec>> {
+    args.iter()
+        .map(|a| {
+            crate::store::StoreSpec::parse(a).with_context(|| format!("-store {}", crate::store::redact(a)))
+        })
+        .collect()
+}

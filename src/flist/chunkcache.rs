@@ -1,0 +1,589 @@
+//! The local chunk cache between the readers of an flist (the FUSE
+//! filesystem, `unpack`) and its stores.
+//!
+//! A chunk is looked for in three places, in order:
+//! 1. a small in-memory LRU of decoded chunks (hot data of open files);
+//! 2. a directory on local disk (`<dir>/<hh>/<key hex>`, the decoded piece
+//!    named by its BLAKE2b-256 key), bounded by a size limit with
+//!    least-recently-used eviction. Files are written to a temporary name
+//!    and renamed, and every file read back is hashed against its name: a
+//!    torn or corrupted file (crash, disk fault, tampering) is deleted and
+//!    fetched again, never served;
+//! 3. the stores, through the router, which verifies the blob and the
+//!    decoded piece. Fetches are retried until a deadline, so a store that
+//!    is down or slow gives an error within a bounded time, never a hang.
+//!
+//! Concurrent requests for the same missing chunk share one fetch.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use lru::LruCache;
+use tokio::sync::{OnceCell, Semaphore};
+use tokio::time::Instant;
+
+use crate::store::{codec, ChunkRef, Router, CHUNK_SIZE};
+use crate::store::{ChunkError, ChunkFailure};
+
+/// Store fetches at once: enough to hide a remote store's latency, few
+/// enough to bound memory (about 1 MiB each while decoding).
+const FETCHES_IN_FLIGHT: usize = 16;
+
+/// Disk cache writes at once (each holds its piece until written).
+const DISK_WRITES_IN_FLIGHT: usize = 4;
+
+/// A decoded chunk, shared by every reader that needs it.
+pub type Piece = Arc<Vec<u8>>;
+
+/// Chunk ids and keys are 32 bytes; the cache is keyed by the piece's key.
+type Key = [u8; 32];
+
+/// How the cache behaves.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// Where decoded chunks are kept on disk; `None` keeps none.
+    pub dir: Option<PathBuf>,
+    /// Bytes the disk cache may hold before it evicts.
+    pub size_limit: u64,
+    /// Decoded chunks kept in memory.
+    pub memory_chunks: usize,
+    /// How long one chunk fetch may take, retries included.
+    pub timeout: Duration,
+    /// `dir` is flmount's own (in the workdir): claimed even if it holds
+    /// files from before caches were marked.
+    pub adopt_dir: bool,
+}
+
+impl CacheOptions {
+    /// The default size limit of the disk cache (4 GiB).
+    pub const DEFAULT_SIZE: u64 = 4 << 30;
+}
+
+/// What the cache did, for logs and benchmarks.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub memory_hits: AtomicU64,
+    pub disk_hits: AtomicU64,
+    pub fetched: AtomicU64,
+    pub fetched_bytes: AtomicU64,
+    pub corrupt: AtomicU64,
+    pub evicted: AtomicU64,
+}
+
+type Flight = Arc<OnceCell<Result<Piece, ChunkError>>>;
+
+pub struct ChunkCache {
+    router: Router,
+    disk: Option<Arc<DiskCache>>,
+    memory: Mutex<LruCache<Key, Piece>>,
+    inflight: Mutex<HashMap<Key, Flight>>,
+    /// Bounds the disk writes in flight (each holds a piece in memory).
+    writes: Arc<Semaphore>,
+    /// Bounds the store fetches in flight, and so the memory they hold
+    /// (a blob and its decoded piece each).
+    fetches: Semaphore,
+    timeout: Duration,
+    pub stats: Arc<CacheStats>,
+}
+
+impl ChunkCache {
+    pub fn new(router: Router, options: &CacheOptions) -> Result<Self> {
+        let stats = Arc::new(CacheStats::default());
+        let disk = match &options.dir {
+            Some(dir) => {
+                for route in router.routes() {
+                    let Some(root) = route.store.local_root() else {
+                        continue;
+                    };
+                    let same = |a: &Path, b: &Path| {
+                        crate::owned::FileId::following(a).ok().is_some()
+                            && crate::owned::FileId::following(a).ok()
+                                == crate::owned::FileId::following(b).ok()
+                    };
+                    if same(dir, root) {
+                        crate::refuse!(
+                            "-cache {} is the store {}: a cache evicts what it holds; give another directory",
+                            dir.display(),
+                            route.store.public_url()
+                        );
+                    }
+                }
+                Some(Arc::new(DiskCache::open(
+                    dir,
+                    options.size_limit,
+                    options.adopt_dir,
+                    stats.clone(),
+                )?))
+            }
+            None => None,
+        };
+        Ok(ChunkCache {
+            router,
+            disk,
+            memory: Mutex::new(LruCache::new(
+                std::num::NonZeroUsize::new(options.memory_chunks.max(1)).unwrap(),
+            )),
+            inflight: Mutex::new(HashMap::new()),
+            writes: Arc::new(Semaphore::new(DISK_WRITES_IN_FLIGHT)),
+            fetches: Semaphore::new(FETCHES_IN_FLIGHT),
+            timeout: options.timeout,
+            stats,
+        })
+    }
+
+    /// The chunk if it is in memory: no waiting, no I/O.
+    pub fn get_in_memory(&self, chunk: &ChunkRef) -> Option<Piece> {
+        self.get_all_in_memory(std::slice::from_ref(chunk))
+            .and_then(|mut v| v.pop())
+    }
+
+    /// Every one of `chunks` if all are in memory (counted as hits only
+    /// then, since a caller that gets `None` fetches them all).
+    pub fn get_all_in_memory(&self, chunks: &[ChunkRef]) -> Option<Vec<Piece>> {
+        let mut memory = self.memory.lock().unwrap();
+        let pieces: Option<Vec<Piece>> = chunks.iter().map(|c| memory.get(&c.key).cloned()).collect();
+        if pieces.is_some() {
+            self.stats
+                .memory_hits
+                .fetch_add(chunks.len() as u64, Ordering::Relaxed);
+        }
+        pieces
+    }
+
+    /// Whether the chunk is in memory (not counted as a hit, not touched).
+    pub fn is_in_memory(&self, chunk: &ChunkRef) -> bool {
+        self.memory.lock().unwrap().contains(&chunk.key)
+    }
+
+    /// The decoded chunk, from memory, disk or the stores.
+    pub async fn get(&self, chunk: &ChunkRef) -> Result<Piece> {
+        if let Some(piece) = self.get_in_memory(chunk) {
+            return Ok(piece);
+        }
+        let piece = self.load_once(chunk).await?;
+        self.memory.lock().unwrap().put(chunk.key, piece.clone());
+        Ok(piece)
+    }
+
+    /// Makes sure the chunk is in the disk cache (for prefetching), without
+    /// pushing hot chunks out of memory.
+    pub async fn fill(&self, chunk: &ChunkRef) -> Result<()> {
+        if self.is_in_memory(chunk) {
+            return Ok(());
+        }
+        if let Some(disk) = &self.disk {
+            if disk.contains(&chunk.key) {
+                return Ok(());
+            }
+        }
+        self.load_once(chunk).await.map(drop)
+    }
+
+    /// Waits for the chunks being written to the disk cache.
+    pub async fn flush(&self) {
+        let _ = self.writes.acquire_many(DISK_WRITES_IN_FLIGHT as u32).await;
+    }
+
+    /// Whether a disk cache is in use, and its size limit.
+    pub fn disk_limit(&self) -> Option<u64> {
+        self.disk.as_ref().map(|d| d.limit)
+    }
+
+    /// Loads a chunk, sharing the work with every concurrent caller.
+    async fn load_once(&self, chunk: &ChunkRef) -> Result<Piece> {
+        let flight = self
+            .inflight
+            .lock()
+            .unwrap()
+            .entry(chunk.key)
+            .or_default()
+            .clone();
+        let result = flight.get_or_init(|| self.load(chunk)).await.clone();
+        {
+            let mut inflight = self.inflight.lock().unwrap();
+            if inflight.get(&chunk.key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+                inflight.remove(&chunk.key);
+            }
+        }
+        result.map_err(anyhow::Error::new)
+    }
+
+    async fn load(&self, chunk: &ChunkRef) -> Result<Piece, ChunkError> {
+        if let Some(disk) = self.disk.as_ref().filter(|d| d.contains(&chunk.key)) {
+            let (disk, key) = (disk.clone(), chunk.key);
+            if let Ok(Some(piece)) = tokio::task::spawn_blocking(move || disk.read(&key)).await {
+                self.stats.disk_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Arc::new(piece));
+            }
+        }
+        let piece = {
+            let _slot = self.fetches.acquire().await.map_err(|e| ChunkError {
+                message: e.to_string(),
+                failure: ChunkFailure::Unreachable,
+            })?;
+            Arc::new(self.fetch(chunk).await?)
+        };
+        self.stats.fetched.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .fetched_bytes
+            .fetch_add(piece.len() as u64, Ordering::Relaxed);
+        if let Some(disk) = &self.disk {
+            // Wait for a write slot (back-pressure), not for the write.
+            if let Ok(permit) = self.writes.clone().acquire_owned().await {
+                let (disk, key, piece) = (disk.clone(), chunk.key, piece.clone());
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = disk.write(&key, &piece) {
+                        tracing::warn!("caching chunk {}: {e:#}", hex::encode(key));
+                    }
+                    drop(permit);
+                });
+            }
+        }
+        Ok(piece)
+    }
+
+    /// Fetches from the stores, retrying until the deadline.
+    async fn fetch(&self, chunk: &ChunkRef) -> Result<Vec<u8>, ChunkError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let delay = crate::retry::Backoff::STORE.delay(attempt);
+            let error = match tokio::time::timeout_at(deadline, self.router.get_chunk(chunk)).await {
+                Ok(Ok(piece)) => return Ok(piece),
+                // Missing or corrupt everywhere: asking again will not help.
+                Ok(Err(e)) if !e.is_transient() => return Err(e),
+                Ok(Err(e)) => e.message,
+                Err(_) => format!("chunk {}: no store answered", chunk.id_hex()),
+            };
+            if Instant::now() + delay >= deadline {
+                return Err(ChunkError {
+                    message: format!("{error} (gave up after {:?})", self.timeout),
+                    failure: ChunkFailure::Unreachable,
+                });
+            }
+            tracing::debug!("{error}; retrying in {delay:?}");
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// Decoded chunks on local disk, with a size limit and LRU eviction. The
+/// directory is claimed with a marker ([`MARKER`]); only files named by a
+/// key, in a directory named by the key's first two hex digits, are ever
+/// read, evicted or deleted.
+struct DiskCache {
+    dir: PathBuf,
+    limit: u64,
+    index: Mutex<DiskIndex>,
+    stats: Arc<CacheStats>,
+    _claim: crate::owned::claim::Claimed,
+}
+
+/// The marker file of a chunk cache directory.
+pub const MARKER: &str = crate::owned::claim::CHUNK_CACHE;
+
+struct DiskIndex {
+    /// Every cached chunk and its size, least recently used first.
+    lru: LruCache<Key, u64>,
+    bytes: u64,
+}
+
+impl DiskCache {
+    fn open(dir: &Path, limit: u64, adopt: bool, stats: Arc<CacheStats>) -> Result<Self> {
+        let claim = crate::owned::claim::claim(dir, MARKER, "chunk cache", adopt)?;
+        let mut found: Vec<(SystemTime, Key, u64)> = Vec::new();
+        for shard in fs::read_dir(dir)? {
+            let shard = shard?;
+            let name = shard.file_name();
+            let is_shard = name.len() == 2
+                && name
+                    .to_str()
+                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_hexdigit()));
+            if !is_shard || !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for entry in fs::read_dir(shard.path())? {
+                let entry = entry?;
+                let Some(key) = entry.file_name().to_str().and_then(parse_key) else {
+                    continue;
+                };
+                let meta = entry.metadata()?;
+                if meta.is_file() && hex::encode(&key[..1]) == name.to_string_lossy() {
+                    // An oversized file is a corrupt chunk: read() removes it.
+                    found.push((meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), key, meta.len()))
+                }
+            }
+        }
+        found.sort();
+        let mut index = DiskIndex {
+            lru: LruCache::unbounded(),
+            bytes: 0,
+        };
+        for (_, key, size) in found {
+            index.lru.put(key, size);
+            index.bytes += size;
+        }
+        let cache = DiskCache {
+            dir: dir.to_owned(),
+            limit,
+            index: Mutex::new(index),
+            stats,
+            _claim: claim,
+        };
+        {
+            let mut index = cache.index.lock().unwrap();
+            cache.evict(&mut index);
+            tracing::debug!(
+                "chunk cache {}: {} chunks, {} bytes",
+                dir.display(),
+                index.lru.len(),
+                index.bytes
+            );
+        }
+        Ok(cache)
+    }
+
+    /// Deletes a cached chunk's file (never through a symlinked shard).
+    fn remove(&self, key: &Key) {
+        let hex = hex::encode(key);
+        let _ = crate::owned::temp::remove_in(&self.dir.join(&hex[..2]), &hex);
+    }
+
+    fn path(&self, key: &Key) -> PathBuf {
+        let hex = hex::encode(key);
+        self.dir.join(&hex[..2]).join(hex)
+    }
+
+    fn contains(&self, key: &Key) -> bool {
+        self.index.lock().unwrap().lru.contains(key)
+    }
+
+    /// The cached piece, if present and intact.
+    fn read(&self, key: &Key) -> Option<Vec<u8>> {
+        self.index.lock().unwrap().lru.get(key)?;
+        let path = self.path(key);
+        match fs::read(&path) {
+            Ok(piece) if codec::blake2b256(&piece) == *key => Some(piece),
+            Ok(_) => {
+                tracing::warn!(
+                    "cached chunk {} is corrupt: removing it and fetching it again",
+                    path.display()
+                );
+                self.stats.corrupt.fetch_add(1, Ordering::Relaxed);
+                self.forget(key);
+                self.remove(key);
+                None
+            }
+            Err(e) => {
+                if e.kind() != ErrorKind::NotFound {
+                    tracing::warn!("reading cached chunk {}: {e}", path.display());
+                }
+                self.forget(key);
+                None
+            }
+        }
+    }
+
+    fn forget(&self, key: &Key) {
+        let mut index = self.index.lock().unwrap();
+        if let Some(size) = index.lru.pop(key) {
+            index.bytes -= size;
+        }
+    }
+
+    /// Stores a verified piece: whole or not at all, even if killed.
+    fn write(&self, key: &Key, piece: &[u8]) -> Result<()> {
+        if piece.len() as u64 > self.limit || self.contains(key) {
+            return Ok(());
+        }
+        let path = self.path(key);
+        let shard = path.parent().expect("a chunk path has a parent");
+        let name = hex::encode(key);
+        let result = match crate::owned::temp::write_new_file(shard, &name, piece) {
+            Err(e) if e.kind() == ErrorKind::NotFound => fs::create_dir_all(shard)
+                .and_then(|()| crate::owned::temp::write_new_file(shard, &name, piece)),
+            other => other,
+        };
+        result.with_context(|| format!("writing {}", path.display()))?;
+        let mut index = self.index.lock().unwrap();
+        if index.lru.put(*key, piece.len() as u64).is_none() {
+            index.bytes += piece.len() as u64;
+        }
+        self.evict(&mut index);
+        Ok(())
+    }
+
+    /// Removes least recently used chunks until the cache fits its limit.
+    fn evict(&self, index: &mut DiskIndex) {
+        while index.bytes > self.limit {
+            let Some((key, size)) = index.lru.pop_lru() else {
+                break;
+            };
+            index.bytes -= size;
+            self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+            self.remove(&key);
+        }
+    }
+}
+
+fn parse_key(name: &str) -> Option<Key> {
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(name, &mut key).ok()?;
+    Some(key)
+}
+
+/// The length chunk `index` of `count` must have in a file of `size` bytes:
+/// every chunk but the last is exactly [`CHUNK_SIZE`].
+pub fn expected_len(size: u64, index: usize, count: usize) -> Option<usize> {
+    if count as u64 != size.div_ceil(CHUNK_SIZE as u64) || index >= count {
+        return None;
+    }
+    let start = index as u64 * CHUNK_SIZE as u64;
+    Some((size - start).min(CHUNK_SIZE as u64) as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{self, ChunkId, Route, Store, StoreError};
+    use futures_util::future::BoxFuture;
+
+    /// A real dir store that answers `get` after a delay, counting calls.
+    struct Slow {
+        inner: Box<dyn Store>,
+        delay: Duration,
+        gets: AtomicU64,
+    }
+
+    impl Store for Slow {
+        fn get<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Vec<u8>, StoreError>> {
+            Box::pin(async move {
+                self.gets.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(self.delay).await;
+                self.inner.get(id).await
+            })
+        }
+        fn set<'a>(&'a self, id: &'a ChunkId, blob: &'a [u8]) -> BoxFuture<'a, Result<(), StoreError>> {
+            self.inner.set(id, blob)
+        }
+        fn exists<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<bool, StoreError>> {
+            self.inner.exists(id)
+        }
+        fn public_url(&self) -> &str {
+            self.inner.public_url()
+        }
+    }
+
+    async fn slow_cache(dir: &Path, delay: Duration, timeout: Duration) -> (Arc<Slow>, ChunkCache, ChunkRef) {
+        let inner = store::open(&store::StoreUrl::dir(dir), timeout).unwrap();
+        let (chunk, blob) = codec::encode(&[7u8; 1000]);
+        inner.set(&chunk.id, &blob).await.unwrap();
+        let slow = Arc::new(Slow {
+            inner,
+            delay,
+            gets: AtomicU64::new(0),
+        });
+        let router = Router::from_routes(vec![Route {
+            start: 0,
+            end: 255,
+            store: slow.clone(),
+        }]);
+        let options = CacheOptions {
+            dir: None,
+            size_limit: 0,
+            memory_chunks: 4,
+            timeout,
+            adopt_dir: false,
+        };
+        (slow, ChunkCache::new(router, &options).unwrap(), chunk)
+    }
+
+    /// Eight readers ask before the store answers (it answers after 200 ms
+    /// of tokio's paused clock, so they overlap whatever the load).
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_misses_share_one_fetch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (slow, cache, chunk) =
+            slow_cache(dir.path(), Duration::from_millis(200), Duration::from_secs(10)).await;
+        let results = futures_util::future::join_all((0..8).map(|_| cache.get(&chunk))).await;
+        for r in results {
+            assert_eq!(r.unwrap().as_slice(), &[7u8; 1000][..]);
+        }
+        assert_eq!(slow.gets.load(Ordering::SeqCst), 1, "eight readers, one fetch");
+        assert_eq!(cache.stats.fetched.load(Ordering::SeqCst), 1);
+    }
+
+    /// On tokio's paused clock (it advances only when every task waits):
+    /// the store answers after an hour; the read gives up at its 300 ms
+    /// deadline, whatever the machine's load. A missing deadline would
+    /// give the store's answer after an hour of the clock instead.
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_store_fails_within_the_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let (slow, cache, chunk) =
+            slow_cache(dir.path(), Duration::from_secs(3600), Duration::from_millis(300)).await;
+        let started = tokio::time::Instant::now();
+        let err = cache.get(&chunk).await.unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+            "gave up after {took:?} of the clock, with a 300 ms timeout"
+        );
+        assert!(slow.gets.load(Ordering::SeqCst) >= 1, "the store was never asked");
+        assert!(format!("{err:#}").contains("gave up after"), "{err:#}");
+    }
+
+    #[test]
+    fn chunk_lengths() {
+        let c = CHUNK_SIZE as u64;
+        assert_eq!(expected_len(0, 0, 0), None);
+        assert_eq!(expected_len(10, 0, 1), Some(10));
+        assert_eq!(expected_len(c, 0, 1), Some(CHUNK_SIZE));
+        assert_eq!(expected_len(c + 1, 1, 2), Some(1));
+        assert_eq!(expected_len(c + 1, 0, 2), Some(CHUNK_SIZE));
+        assert_eq!(expected_len(c + 1, 0, 1), None, "too few chunks");
+        assert_eq!(expected_len(c, 1, 1), None, "index out of range");
+    }
+
+    #[test]
+    fn disk_cache_verifies_and_evicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let stats = Arc::new(CacheStats::default());
+        let cache = DiskCache::open(dir.path(), 250, false, stats.clone()).unwrap();
+        let pieces: Vec<Vec<u8>> = (0..3u8).map(|i| vec![i; 100]).collect();
+        let keys: Vec<Key> = pieces.iter().map(|p| codec::blake2b256(p)).collect();
+        cache.write(&keys[0], &pieces[0]).unwrap();
+        cache.write(&keys[1], &pieces[1]).unwrap();
+        assert_eq!(cache.read(&keys[0]).as_deref(), Some(&pieces[0][..]));
+        // keys[1] is now the least recently used: the third write evicts it.
+        cache.write(&keys[2], &pieces[2]).unwrap();
+        assert!(cache.read(&keys[1]).is_none());
+        assert!(!cache.path(&keys[1]).exists());
+        assert_eq!(stats.evicted.load(Ordering::Relaxed), 1);
+
+        // A corrupted file is detected, removed and not served.
+        fs::write(cache.path(&keys[2]), vec![9u8; 100]).unwrap();
+        assert!(cache.read(&keys[2]).is_none());
+        assert!(!cache.path(&keys[2]).exists());
+        assert_eq!(stats.corrupt.load(Ordering::Relaxed), 1);
+
+        // Reopening finds what is left, and never touches a name it does
+        // not write (even in a marked cache, even over the size limit).
+        let shard = cache.path(&keys[0]).parent().unwrap().to_owned();
+        fs::write(shard.join("notes.txt"), vec![1u8; 1000]).unwrap();
+        fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        fs::write(dir.path().join("tmp/123.1"), b"someone's").unwrap();
+        drop(cache);
+        let cache = DiskCache::open(dir.path(), 250, false, stats).unwrap();
+        assert_eq!(cache.read(&keys[0]).as_deref(), Some(&pieces[0][..]));
+        assert!(shard.join("notes.txt").exists());
+        assert!(dir.path().join("tmp/123.1").exists());
+    }
+}

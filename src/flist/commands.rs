@@ -1,0 +1,365 @@
+//! The flist commands: pack an image into an flist and stores, unpack an
+//! flist, and `flmount flist ls | inspect | tag | store`. Each is plumbing
+//! between the modules that do the work (tree, pack, flist, extract, store).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::runtime::Handle;
+
+use crate::flist::chunkcache::{CacheOptions, ChunkCache};
+use crate::flist::format::{self, Flist, RouteRow};
+use crate::flist::fuse::{self, MountOptions};
+use crate::flist::pack::{self, ChunkContent, KnownChunks};
+use crate::fs::content::{self, ContentSource};
+use crate::fs::layer::{Change, Kind, LayerBlob};
+use crate::fs::tree::{InodeKind, Source, Tree};
+use crate::image::digest::Digest;
+use crate::image::workdir::Workdir;
+use crate::progress::human_bytes;
+use crate::store::ChunkRef;
+use crate::store::{self, Router, StoreSpec};
+use crate::write::extract::{self, WriteOptions};
+use std::collections::HashMap;
+
+/// The routes an flist records for `router`: public URLs, no secrets.
+fn route_rows(router: &Router) -> Vec<RouteRow> {
+    router
+        .routes()
+        .iter()
+        .map(|r| RouteRow {
+            start: r.start,
+            end: r.end,
+            url: r.store.public_url().to_owned(),
+        })
+        .collect()
+}
+
+/// The key of a layer's packed entries in the chunk index: the layer's
+/// digest and the version of the reading of its entries (version 2 reads
+/// PAX sparse files expanded, where version 1 read their raw data).
+fn entries_key(digest: &Digest) -> String {
+    format!("{digest} entries-v2")
+}
+
+/// `-image REF -flist OUT -store URL...`: index the image's merged tree into
+/// an flist, its content into the stores.
+///
+/// One pass over each layer: its headers become changes for the tree while
+/// its files' content is packed as it streams by (a layer is inflated
+/// once). Content a later layer deletes is stored too, a small price for
+/// not reading the layers twice. Layer entries packed before (same blob,
+/// same entry) whose chunks the stores still hold are not hashed again.
+pub fn pack_image(
+    workdir: &Workdir,
+    digests: &[Digest],
+    layers: &[LayerBlob],
+    out: &Path,
+    stores: &[StoreSpec],
+) -> Result<()> {
+    let started = Instant::now();
+    let router = open_writing_router(stores)?;
+    let known = KnownChunks::load(&workdir.chunk_index_path(), &router, &Handle::current())?;
+    let mut reused: Vec<HashMap<u32, Vec<ChunkRef>>> = Vec::with_capacity(layers.len());
+    for digest in digests {
+        let mut entries = known.layer_entries(&entries_key(digest))?;
+        entries.retain(|_, chunks| chunks.iter().all(|c| known.all_have(&router, &c.id)));
+        reused.push(entries);
+    }
+    let changes: Vec<std::sync::Mutex<Vec<Change>>> = layers.iter().map(|_| Default::default()).collect();
+    let indices: Vec<usize> = (0..layers.len()).collect();
+    let (packed, mut stats) = pack::pack(
+        |sink| {
+            content::for_each_parallel(&indices, layers.len(), |&layer| {
+                // Every file of the layer packed before: its cached changes
+                // are all that is needed, and the layer is not read at all.
+                let cached = layers[layer].cached_changes();
+                let indexed = cached.is_some();
+                let all_reused = |changes: &Vec<Change>| {
+                    changes.iter().all(|c| match c {
+                        Change::Add(e) => match e.kind {
+                            Kind::File { size, .. } if size > 0 => reused[layer].contains_key(&e.index),
+                            _ => true,
+                        },
+                        _ => true,
+                    })
+                };
+                if let Some(cached) = cached.filter(all_reused) {
+                    *changes[layer].lock().unwrap() = cached;
+                    return Ok(());
+                }
+                let mut list = Vec::new();
+                layers[layer]
+                    .for_each(|change, reader| {
+                        if let Change::Add(e) = &change {
+                            if let Kind::File { size, .. } = e.kind {
+                                if size > 0 && !reused[layer].contains_key(&e.index) {
+                                    sink((layer, e.index), size, reader).with_context(|| {
+                                        format!("packing {}", String::from_utf8_lossy(&e.path))
+                                    })?;
+                                }
+                            }
+                        }
+                        list.push(change);
+                        Ok(())
+                    })
+                    .with_context(|| format!("reading layer {}", digests[layer]))?;
+                if !indexed {
+                    layers[layer].save_changes(&list);
+                }
+                *changes[layer].lock().unwrap() = list;
+                Ok(())
+            })
+        },
+        &router,
+        &known,
+        &Handle::current(),
+        content::io_workers(),
+    )?;
+    let changes: Vec<Vec<Change>> = changes.into_iter().map(|c| c.into_inner().unwrap()).collect();
+    let plan = Tree::from_layers(&changes)?.plan();
+    known.save_layer_entries(
+        &packed
+            .iter()
+            .map(|(&(layer, entry), chunks)| (entries_key(&digests[layer]), entry, chunks.clone()))
+            .collect::<Vec<_>>(),
+    )?;
+    let mut blocks = HashMap::new();
+    for (i, inode) in plan.inodes.iter().enumerate() {
+        if let InodeKind::File {
+            source: Some(Source::Layer { layer, entry }),
+            ..
+        } = inode.kind
+        {
+            let chunks = match packed.get(&(layer, entry)) {
+                Some(chunks) => chunks,
+                None => {
+                    let chunks = reused[layer]
+                        .get(&entry)
+                        .context("a file's content was not packed")?;
+                    stats.chunks += chunks.len() as u64;
+                    stats.skipped += chunks.len() as u64;
+                    chunks
+                }
+            };
+            blocks.insert(i, chunks.clone());
+        }
+    }
+    write_flist(out, &plan, &blocks, &router, stats, started).map(drop)
+}
+
+/// `flmount pack -flist OUT -store URL... DIR`: the same from a directory.
+pub fn pack_dir(workdir: &Workdir, dir: &Path, out: &Path, stores: &[StoreSpec]) -> Result<pack::PackStats> {
+    let started = Instant::now();
+    let plan = crate::fs::scan::scan(dir)?;
+    let content = crate::fs::scan::DiskContent {
+        root: dir.to_owned(),
+        threads: content::io_workers(),
+    };
+    let router = open_writing_router(stores)?;
+    let known = KnownChunks::load(&workdir.chunk_index_path(), &router, &Handle::current())?;
+    let (blocks, stats) = pack::pack(
+        |sink| {
+            content.deliver(&plan, &|i, reader| {
+                let InodeKind::File { size, .. } = plan.inodes[i].kind else {
+                    return Ok(());
+                };
+                sink(i, size, reader)
+                    .with_context(|| format!("packing {}", extract::show(&plan.inodes[i].paths[0])))
+            })
+        },
+        &router,
+        &known,
+        &Handle::current(),
+        content::io_workers(),
+    )
+    .with_context(|| format!("packing {}", dir.display()))?;
+    write_flist(out, &plan, &blocks, &router, stats, started)
+}
+
+fn open_writing_router(stores: &[StoreSpec]) -> Result<Router> {
+    let router = Router::open(stores, store::DEFAULT_TIMEOUT)?;
+    router.check_coverage()?;
+    Ok(router)
+}
+
+/// Writes the flist of `plan` (its files' chunks in `blocks`) and reports.
+fn write_flist(
+    out: &Path,
+    plan: &crate::fs::tree::Plan,
+    blocks: &HashMap<usize, Vec<ChunkRef>>,
+    router: &Router,
+    mut stats: pack::PackStats,
+    started: Instant,
+) -> Result<pack::PackStats> {
+    let tags = vec![
+        ("version".to_owned(), "v2".to_owned()),
+        (
+            "author".to_owned(),
+            concat!("flmount ", env!("CARGO_PKG_VERSION")).to_owned(),
+        ),
+    ];
+    format::write(out, plan, blocks, &route_rows(router), &tags)?;
+    // What the flist holds: each file once, however much was packed.
+    let (files, bytes) = plan.inodes.iter().fold((0, 0), |(n, b), inode| match inode.kind {
+        InodeKind::File { size, .. } => (n + 1, b + size),
+        _ => (n, b),
+    });
+    let secs = started.elapsed().as_secs_f64();
+    tracing::info!(
+        "packed {files} files ({}) into {}: {} chunks, {} uploaded, {} already stored; {:.2}s ({}/s)",
+        human_bytes(bytes),
+        out.display(),
+        stats.chunks,
+        stats.uploaded,
+        stats.skipped,
+        secs,
+        human_bytes((bytes as f64 / secs.max(1e-3)) as u64)
+    );
+    stats.files = files;
+    stats.bytes = bytes;
+    Ok(stats)
+}
+
+/// The router for reading an flist. Without `-store`, the flist's own
+/// routes. `-store` URLs that are some of those routes with credentials
+/// added keep the routes' ranges; any other `-store` set replaces the
+/// routes.
+fn reading_router(fl: &Flist, stores: &[StoreSpec], timeout: Duration) -> Result<Router> {
+    let mut specs = Vec::new();
+    for row in fl.routes()? {
+        specs.push(StoreSpec {
+            start: row.start,
+            end: row.end,
+            url: store::StoreUrl::parse(&row.url)
+                .with_context(|| format!("the flist's route {}", store::redact(&row.url)))?,
+        });
+    }
+    if !stores.is_empty() {
+        let adds_credentials = stores
+            .iter()
+            .all(|s| s.covers_all() && specs.iter().any(|r| r.url.public() == s.url.public()));
+        if adds_credentials {
+            for route in &mut specs {
+                if let Some(s) = stores.iter().find(|s| s.url.public() == route.url.public()) {
+                    route.url = s.url.clone();
+                }
+            }
+        } else {
+            specs = stores.to_vec();
+        }
+    }
+    if specs.is_empty() {
+        bail!("the flist names no stores: give -store URL");
+    }
+    Router::open(&specs, timeout)
+}
+
+/// `flmount unpack -flist F TARGET`: restore the whole tree.
+pub fn unpack(
+    flist_path: &Path,
+    stores: &[StoreSpec],
+    cache: &CacheOptions,
+    target: &Path,
+    force: bool,
+) -> Result<extract::WriteStats> {
+    let started = Instant::now();
+    let fl = Flist::open(flist_path)?;
+    let (plan, blocks) = fl.plan()?;
+    let cache = ChunkCache::new(reading_router(&fl, stores, cache.timeout)?, cache)?;
+    let content = ChunkContent {
+        blocks: &blocks,
+        cache: &cache,
+        rt: Handle::current(),
+        threads: content::io_workers(),
+    };
+    // The flist's all-zero chunks (a sparse file's holes) stay holes.
+    let stats = extract::into_target(target, force, |dir| {
+        extract::write_plan(
+            &plan,
+            &content::KeepHoles(&content),
+            dir,
+            &WriteOptions::default(),
+        )
+    })
+    .with_context(|| format!("unpacking {} into {}", flist_path.display(), target.display()))?;
+    content.rt.block_on(cache.flush());
+    tracing::info!("unpacked {stats} in {:.2}s", started.elapsed().as_secs_f64());
+    Ok(stats)
+}
+
+/// `-flist F -mount DIR`: serve an flist through FUSE until unmounted.
+pub fn serve(flist_path: &Path, stores: &[StoreSpec], mount: &MountOptions) -> Result<()> {
+    let router = reading_router(&Flist::open(flist_path)?, stores, mount.cache.timeout)?;
+    fuse::serve(flist_path, router, mount, Handle::current())
+}
+
+/// `-image REF -mount DIR -fuse`: the image's flist in the workdir
+/// (`flists/<manifest digest>.fl`, its chunks in the workdir's own dir
+/// store), packed on first use.
+pub fn pack_into_workdir(
+    workdir: &Workdir,
+    manifest: &Digest,
+    digests: &[Digest],
+    layers: &[LayerBlob],
+    validate: bool,
+) -> Result<PathBuf> {
+    let flist = workdir.flist_path(manifest);
+    let store_dir = workdir.store_dir();
+    let chunk_ids = match flist
+        .exists()
+        .then(|| Flist::open(&flist).and_then(|f| f.chunk_ids()))
+    {
+        Some(Ok(ids)) => Some(ids),
+        Some(Err(e)) => {
+            tracing::warn!("{}: {e:#}; packing the image again", flist.display());
+            None
+        }
+        None => None,
+    };
+    if let Some(ids) = chunk_ids {
+        let chunk_path = |id: &[u8; 32]| {
+            let hex = hex::encode(id);
+            store_dir.join(&hex[..2]).join(&hex)
+        };
+        if validate {
+            // -validate-cache: every chunk read and hashed; a bad one goes.
+            let mut bad = 0;
+            for id in &ids {
+                let path = chunk_path(id);
+                if let Ok(blob) = std::fs::read(&path) {
+                    if crate::store::codec::blake2b256(&blob) != *id {
+                        std::fs::remove_file(&path)
+                            .with_context(|| format!("removing {}", path.display()))?;
+                        bad += 1;
+                    }
+                }
+            }
+            if bad > 0 {
+                tracing::warn!(
+                    "{bad} corrupt chunks of {} removed from {}",
+                    flist.display(),
+                    store_dir.display()
+                );
+            }
+        }
+        // The flist is only as good as the store: a chunk gone from it
+        // (removed by hand, a disk repaired) means packing again.
+        let missing = ids.iter().filter(|id| !chunk_path(id).is_file()).count();
+        if missing == 0 {
+            tracing::debug!("using {}", flist.display());
+            return Ok(flist);
+        }
+        tracing::warn!(
+            "{} chunks of {} are missing from {}: packing the image again",
+            missing,
+            flist.display(),
+            store_dir.display()
+        );
+    }
+    std::fs::create_dir_all(flist.parent().unwrap())?;
+    let store = crate::store::StoreSpec::dir(&store_dir);
+    pack_image(workdir, digests, layers, &flist, &[store])?;
+    Ok(flist)
+}

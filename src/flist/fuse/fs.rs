@@ -1,0 +1,448 @@
+//! The FUSE filesystem over a mounted flist: metadata requests are answered
+//! at once from the in-memory [`Index`]; reads are answered from the
+//! [`ChunkCache`], on the request thread when every chunk is in memory and
+//! otherwise from a task on the async runtime, so a slow fetch for one file
+//! never holds up requests for others.
+//!
+//! The tree is immutable, so the kernel is told to cache everything: long
+//! entry and attribute timeouts, `open`/`opendir`/`flush` declined (the
+//! kernel then keeps the page cache and directory cache across opens
+//! without asking, and closes without a round trip),
+//! symlink caching, and readdirplus so a walk needs no separate lookups.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyXattr, Request,
+};
+use tokio::runtime::Handle;
+
+use super::index::{Index, Node, NodeKind};
+use crate::flist::chunkcache::{self, ChunkCache, Piece};
+use crate::fs::layer::Timestamp;
+use crate::fs::node::Special;
+use crate::store::{ChunkRef, CHUNK_SIZE};
+
+/// How long the kernel may trust entries and attributes: the tree never
+/// changes while mounted.
+const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Chunks fetched ahead of a sequential reader.
+const READ_AHEAD_CHUNKS: usize = 2;
+
+pub struct FlistFs {
+    index: Arc<Index>,
+    cache: Arc<ChunkCache>,
+    rt: Handle,
+    /// Where the last read of each file ended, to spot sequential readers.
+    read_ends: Mutex<HashMap<u64, u64>>,
+}
+
+impl FlistFs {
+    pub fn new(index: Arc<Index>, cache: Arc<ChunkCache>, rt: Handle) -> Self {
+        FlistFs {
+            index,
+            cache,
+            rt,
+            read_ends: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn attr(&self, ino: u64, node: &Node) -> FileAttr {
+        let mut blocks = None;
+        let (kind, size, rdev) = match &node.kind {
+            NodeKind::Dir { .. } => (FileType::Directory, 4096, 0),
+            NodeKind::File { size, blocks: b, .. } => {
+                blocks = Some(*b);
+                (FileType::RegularFile, *size, 0)
+            }
+            NodeKind::Special(s) => {
+                let size = match s {
+                    Special::Symlink { target } => target.len() as u64,
+                    _ => 0,
+                };
+                (file_type(&node.kind), size, s.fuse_rdev())
+            }
+        };
+        let time = system_time(node.meta.mtime);
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: blocks.unwrap_or(size.div_ceil(512)),
+            atime: time,
+            mtime: time,
+            ctime: time,
+            crtime: time,
+            kind,
+            perm: (node.meta.mode & 0o7777) as u16,
+            nlink: node.nlink,
+            uid: node.meta.uid,
+            gid: node.meta.gid,
+            rdev,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    /// Starts fetching the chunks after `last` when the file is read
+    /// sequentially, so they are ready when the reader gets there.
+    fn read_ahead(&self, ino: u64, offset: u64, end: u64, last: usize, chunks: &[ChunkRef]) {
+        let sequential = {
+            let mut ends = self.read_ends.lock().unwrap();
+            let sequential = offset == 0 || ends.get(&ino) == Some(&offset);
+            if ends.len() > 4096 {
+                ends.clear();
+            }
+            ends.insert(ino, end);
+            sequential
+        };
+        if !sequential {
+            return;
+        }
+        for chunk in chunks.iter().skip(last + 1).take(READ_AHEAD_CHUNKS) {
+            if self.cache.is_in_memory(chunk) {
+                continue;
+            }
+            let (cache, chunk) = (self.cache.clone(), *chunk);
+            self.rt.spawn(async move {
+                if let Err(e) = cache.get(&chunk).await {
+                    tracing::debug!("read-ahead: {e:#}");
+                }
+            });
+        }
+    }
+}
+
+fn system_time(t: Timestamp) -> SystemTime {
+    let nsec = Duration::from_nanos(t.nsec.min(999_999_999) as u64);
+    if t.sec >= 0 {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(t.sec as u64) + nsec
+    } else {
+        SystemTime::UNIX_EPOCH - Duration::from_secs(t.sec.unsigned_abs()) + nsec
+    }
+}
+
+fn file_type(kind: &NodeKind) -> FileType {
+    match kind {
+        NodeKind::Dir { .. } => FileType::Directory,
+        NodeKind::File { .. } => FileType::RegularFile,
+        NodeKind::Special(Special::Symlink { .. }) => FileType::Symlink,
+        NodeKind::Special(Special::CharDev { .. }) => FileType::CharDevice,
+        NodeKind::Special(Special::BlockDev { .. }) => FileType::BlockDevice,
+        NodeKind::Special(Special::Fifo) => FileType::NamedPipe,
+    }
+}
+
+/// Copies the part `[offset, end)` of a file out of its chunks
+/// `first..=first + pieces.len() - 1`, checking each chunk's length.
+fn assemble(
+    size: u64,
+    count: usize,
+    first: usize,
+    pieces: &[Piece],
+    offset: u64,
+    end: u64,
+) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity((end - offset) as usize);
+    for (i, piece) in pieces.iter().enumerate() {
+        let index = first + i;
+        let expected = chunkcache::expected_len(size, index, count)
+            .ok_or_else(|| format!("the flist lists {count} chunks for {size} bytes"))?;
+        if piece.len() != expected {
+            return Err(format!(
+                "chunk {index} holds {} bytes, expected {expected}",
+                piece.len()
+            ));
+        }
+        let start = index as u64 * CHUNK_SIZE as u64;
+        let from = offset.saturating_sub(start) as usize;
+        let to = ((end - start) as usize).min(piece.len());
+        out.extend_from_slice(&piece[from..to]);
+    }
+    Ok(out)
+}
+
+/// A directory's entries as readdir lists them: `.`, `..`, then the
+/// children; the offset of entry `i` is `i + 1`.
+fn dir_entries(ino: u64, node: &Node) -> Option<impl Iterator<Item = (u64, &[u8])>> {
+    let NodeKind::Dir { entries } = &node.kind else {
+        return None;
+    };
+    let dots = [(ino, &b"."[..]), (node.parent, &b".."[..])];
+    Some(
+        dots.into_iter()
+            .chain(entries.iter().map(|(name, child)| (*child, name.as_ref()))),
+    )
+}
+
+impl Filesystem for FlistFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_NO_OPEN_SUPPORT,
+            InitFlags::FUSE_NO_OPENDIR_SUPPORT,
+            // The kernel enforces the files' ACLs (system.posix_acl_*
+            // xattrs) along with their modes (default_permissions).
+            InitFlags::FUSE_POSIX_ACL,
+        ] {
+            if config.add_capabilities(flag).is_err() {
+                if flag == InitFlags::FUSE_POSIX_ACL {
+                    tracing::warn!("the kernel does not offer FUSE_POSIX_ACL: ACLs are shown, not enforced");
+                } else {
+                    tracing::debug!("the kernel does not offer {flag:?}");
+                }
+            }
+        }
+        // Concurrent background reads (readahead): enough to keep the
+        // stores busy, bounded by the cache's own fetch limit anyway.
+        let _ = config.set_max_background(32);
+        let _ = config.set_congestion_threshold(24);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.index.lookup(parent.0, name.as_bytes()) {
+            Some(ino) => {
+                let node = self.index.node(ino).expect("entries name existing inodes");
+                reply.entry(&TTL, &self.attr(ino, node), Generation(0));
+            }
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.index.node(ino.0) {
+            Some(node) => reply.attr(&TTL, &self.attr(ino.0, node)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.index.node(ino.0).map(|n| &n.kind) {
+            Some(NodeKind::Special(Special::Symlink { target })) => reply.data(target),
+            Some(_) => reply.error(Errno::EINVAL),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Declined: the kernel stops asking, and keeps the page cache.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _owner: LockOwner,
+        reply: fuser::ReplyEmpty,
+    ) {
+        // Nothing to flush in a read-only tree; declined, the kernel stops
+        // sending one on every close.
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let ino = ino.0;
+        let (file_size, range) = match self.index.node(ino).map(|n| &n.kind) {
+            Some(NodeKind::File { size, chunks, .. }) => (*size, chunks.clone()),
+            Some(NodeKind::Dir { .. }) => return reply.error(Errno::EISDIR),
+            Some(_) => return reply.error(Errno::EINVAL),
+            None => return reply.error(Errno::ENOENT),
+        };
+        let end = offset.saturating_add(size as u64).min(file_size);
+        if offset >= end {
+            return reply.data(&[]);
+        }
+        let chunks = self.index.chunks(&range);
+        let first = (offset / CHUNK_SIZE as u64) as usize;
+        let last = ((end - 1) / CHUNK_SIZE as u64) as usize;
+        if last >= chunks.len() {
+            tracing::warn!(
+                "{}: the flist lists {} chunks for {file_size} bytes",
+                self.index.path_of(ino),
+                chunks.len()
+            );
+            return reply.error(Errno::EIO);
+        }
+        self.read_ahead(ino, offset, end, last, chunks);
+        let wanted = &chunks[first..=last];
+        let count = chunks.len();
+        if let Some(pieces) = self.cache.get_all_in_memory(wanted) {
+            return match assemble(file_size, count, first, &pieces, offset, end) {
+                Ok(data) => reply.data(&data),
+                Err(e) => {
+                    tracing::warn!("reading {}: {e}", self.index.path_of(ino));
+                    reply.error(Errno::EIO)
+                }
+            };
+        }
+        let wanted = wanted.to_vec();
+        let (cache, index) = (self.cache.clone(), self.index.clone());
+        self.rt.spawn(async move {
+            let fetched = futures_util::future::join_all(wanted.iter().map(|c| cache.get(c))).await;
+            let result = fetched
+                .into_iter()
+                .collect::<anyhow::Result<Vec<Piece>>>()
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|pieces| assemble(file_size, count, first, &pieces, offset, end));
+            match result {
+                Ok(data) => reply.data(&data),
+                Err(e) => {
+                    tracing::warn!("reading {}: {e}", index.path_of(ino));
+                    reply.error(Errno::EIO)
+                }
+            }
+        });
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let Some(node) = self.index.node(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let Some(entries) = dir_entries(ino.0, node) else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        for (i, (child, name)) in entries.enumerate().skip(offset as usize) {
+            let kind = self
+                .index
+                .node(child)
+                .map_or(FileType::Directory, |n| file_type(&n.kind));
+            if reply.add(INodeNo(child), i as u64 + 1, kind, OsStr::from_bytes(name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(node) = self.index.node(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let Some(entries) = dir_entries(ino.0, node) else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        for (i, (child, name)) in entries.enumerate().skip(offset as usize) {
+            let Some(child_node) = self.index.node(child) else {
+                continue;
+            };
+            let attr = self.attr(child, child_node);
+            if reply.add(
+                INodeNo(child),
+                i as u64 + 1,
+                OsStr::from_bytes(name),
+                &TTL,
+                &attr,
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let blocks = self.index.content_bytes.div_ceil(4096);
+        reply.statfs(blocks, 0, 0, self.index.node_count() as u64, 0, 4096, 255, 4096);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let Some(node) = self.index.node(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let Some((_, value)) = node
+            .meta
+            .xattrs
+            .iter()
+            .find(|(n, _)| n.as_ref() == name.as_bytes())
+        else {
+            return reply.error(Errno::NO_XATTR);
+        };
+        reply_xattr(reply, size, value);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let Some(node) = self.index.node(ino.0) else {
+            return reply.error(Errno::ENOENT);
+        };
+        let mut names = Vec::new();
+        for (name, _) in &node.meta.xattrs {
+            names.extend_from_slice(name);
+            names.push(0);
+        }
+        reply_xattr(reply, size, &names);
+    }
+}
+
+/// The xattr protocol: size 0 asks for the length; too small a buffer is
+/// ERANGE.
+fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if (size as usize) < value.len() {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assemble_spans_chunks() {
+        let c = CHUNK_SIZE;
+        let size = (2 * c + 10) as u64;
+        let pieces: Vec<Piece> = vec![Arc::new(vec![1; c]), Arc::new(vec![2; c]), Arc::new(vec![3; 10])];
+        let out = assemble(size, 3, 0, &pieces, (c - 2) as u64, (2 * c + 3) as u64).unwrap();
+        assert_eq!(out.len(), c + 5);
+        assert_eq!(&out[..2], &[1, 1]);
+        assert_eq!(out[2], 2);
+        assert_eq!(&out[out.len() - 3..], &[3, 3, 3]);
+        let tail = assemble(size, 3, 2, &pieces[2..], (2 * c + 4) as u64, size).unwrap();
+        assert_eq!(tail, vec![3; 6]);
+        // A short chunk in the middle of a file is an error, not data.
+        let short: Vec<Piece> = vec![Arc::new(vec![1; c - 1])];
+        assert!(assemble(size, 3, 0, &short, 0, 10).is_err());
+    }
+
+    #[test]
+    fn negative_and_subsecond_times() {
+        let t = system_time(Timestamp { sec: -1, nsec: 5 });
+        assert_eq!(
+            SystemTime::UNIX_EPOCH.duration_since(t).unwrap(),
+            Duration::from_nanos(999_999_995)
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! flists: the rfs-compatible SQLite format ([`format`]); packing a tree's
+//! content into chunk stores and reading it back ([`pack`]); the readers'
+//! chunk cache ([`chunkcache`]); serving an flist through FUSE ([`fuse`]);
+//! and the commands over them ([`commands`]).
+
+pub mod chunkcache;
+pub mod commands;
+pub mod format;
+pub mod fuse;
+pub mod pack;

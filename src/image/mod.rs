@@ -1,0 +1,12 @@
+//! Images: naming one ([`reference`], [`digest`]), understanding what it
+//! is made of ([`manifest`]), fetching it from a registry ([`registry`]) or
+//! a local source ([`source`]) into the verified cache ([`workdir`]);
+//! [`pull`] puts those together.
+
+pub mod digest;
+pub mod manifest;
+pub mod pull;
+pub mod reference;
+pub mod registry;
+pub mod source;
+pub mod workdir;
