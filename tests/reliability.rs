@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::fixtures::RulesImage;
 use common::fstree::{assert_same_tree, Ignore};
+use common::mounts::OwnMount;
 use common::*;
 
 /// A small tmpfs at `dir`, unmounted on drop.
@@ -210,6 +211,9 @@ fn killed_mid_way_the_next_run_equals_a_clean_run() {
     let (out, mnt, fmnt) = (img.path("out"), img.path("mnt"), img.path("fmnt"));
     std::fs::create_dir_all(&mnt).unwrap();
     std::fs::create_dir_all(&fmnt).unwrap();
+    // Whatever is left mounted there if the test fails (a dead FUSE mount
+    // of a killed server, an overlay) is unmounted when it ends.
+    let _unmount = [OwnMount(mnt.clone()), OwnMount(fmnt.clone())];
     let fuse_mounted = || mounted_at(&fmnt, Some("fuse.flmount"));
     // Mounted and answering: statfs always reaches the server (a dead
     // server's mount answers ENOTCONN; attributes may come from a cache).
