@@ -373,6 +373,47 @@ fn namespace_passwords_are_sent_and_checked(port: u16, keys: &dyn Fn(&str) -> us
     }
 }
 
+/// A zdb store with a password and no namespace authenticates with AUTH
+/// (a redis `requirepass`, 0-db's admin password); a wrong password is an
+/// authentication failure (exit 4), never a store silently used without it.
+#[test]
+fn a_zdb_password_without_a_namespace_authenticates() {
+    let s = setup();
+    let redis = Server::redis_with(&["--requirepass", "srv-Secret-77"]);
+    let good = format!("zdb://:srv-Secret-77@127.0.0.1:{}", redis.1);
+    let (flist, log) = s.pack("auth.fl", std::slice::from_ref(&good));
+    assert!(!log.contains("srv-Secret-77"), "the password reached the log");
+    s.unpack_equals(&flist, &[good], "auth-out");
+    let bad = format!("zdb://:wrong@127.0.0.1:{}", redis.1);
+    let out = s.path("bad.fl");
+    let err = s.fl.fails(
+        &[
+            "-image",
+            &s.image,
+            "-flist",
+            out.to_str().unwrap(),
+            "-store",
+            &bad,
+        ],
+        4,
+    );
+    assert!(!err.contains("wrong"), "the password reached the error: {err}");
+    assert!(!out.exists());
+    // No password: refused by the server, not written anywhere.
+    let none = format!("zdb://127.0.0.1:{}", redis.1);
+    s.fl.fails(
+        &[
+            "-image",
+            &s.image,
+            "-flist",
+            out.to_str().unwrap(),
+            "-store",
+            &none,
+        ],
+        4,
+    );
+}
+
 #[test]
 fn zdb_namespace_passwords_are_sent_and_checked() {
     // 0-db's namespace protocol, as a stand-in on the wire: redis has no

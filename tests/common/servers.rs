@@ -28,19 +28,25 @@ impl Server {
         Server(child, port)
     }
     pub fn redis() -> Server {
+        Server::redis_with(&[])
+    }
+    /// A redis-server with extra arguments (e.g. `--requirepass`).
+    pub fn redis_with(extra: &[&str]) -> Server {
         need("redis-server");
         let port = free_port();
         Server::spawn(
-            Command::new("redis-server").args([
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--bind",
-                "127.0.0.1",
-            ]),
+            Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--bind",
+                    "127.0.0.1",
+                ])
+                .args(extra),
             port,
             "redis-server",
         )
