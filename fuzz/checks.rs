@@ -45,8 +45,8 @@ pub const ESCAPE_NAME: &str = "flmount-fuzz-escaped";
 /// Extraction: the bytes as a layer applied twice (lower and upper) are
 /// written into a target or refused, and nothing beside the target is
 /// created, changed or linked; nor is [`ESCAPE_NAME`] created in `/` or
-/// `/tmp`.
-pub fn extract(data: &[u8]) {
+/// `/tmp`. Returns whether the extraction succeeded (was written).
+pub fn extract(data: &[u8]) -> bool {
     let dir = tempfile::tempdir().unwrap();
     let host = dir.path().join("host");
     std::fs::create_dir(&host).unwrap();
@@ -94,6 +94,7 @@ pub fn extract(data: &[u8]) {
     if result.is_ok() {
         assert_links_inside(&target);
     }
+    result.is_ok()
 }
 
 /// Every hard link of every file in `root` is inside `root`.
@@ -118,8 +119,10 @@ fn assert_links_inside(root: &Path) {
 
 /// Registry documents and names: manifests and indexes (under every
 /// content type a registry may claim), image configs, references, digests
-/// and platforms give values or errors.
-pub fn manifest(data: &[u8]) {
+/// and platforms give values or errors. Returns whether the bytes parsed
+/// as a manifest or index under some content type.
+pub fn manifest(data: &[u8]) -> bool {
+    let mut parsed = false;
     for content_type in [
         None,
         Some("application/json"),
@@ -128,13 +131,14 @@ pub fn manifest(data: &[u8]) {
         Some("application/vnd.docker.distribution.manifest.v2+json"),
         Some("application/vnd.docker.distribution.manifest.list.v2+json"),
     ] {
-        let _ = Manifest::parse(data, content_type);
+        parsed |= Manifest::parse(data, content_type).is_ok();
     }
     let _ = Process::from_image_config(data, flmount::runtime::ImageFiles::None);
     let text = String::from_utf8_lossy(data);
     let _ = ImageRef::parse(&text);
     let _ = Digest::parse(&text);
     let _ = Platform::parse(&text);
+    parsed
 }
 
 /// The flist reader as a mount uses it: the bytes, opened as an flist, are

@@ -43,6 +43,15 @@ install_venv() {
   "$venv/bin/pip" install -q 'moto[server]' cramjam cryptography
 }
 
+# In CI (CI=true, or FLMOUNT_STRICT=1 as .ci/run sets) every test runs
+# for real, and most need root: say so here, whatever is installed.
+if [ "${CI:-}" = true ] || [ "${FLMOUNT_STRICT:-}" = 1 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "test bed: CI runs the tests as root (mounts, FUSE, device nodes); this is uid $(id -u)" >&2
+    exit 1
+  fi
+fi
+
 if [ "${#missing[@]}" -eq 0 ]; then
   echo "test bed: all packages present"
   install_venv

@@ -112,19 +112,35 @@ fn basic_auth_over_tls_with_flags_and_auth_files() {
     .unwrap();
     let out3 = fl3.ok(&["-image", &image, "-vv"]);
 
-    // REGISTRY_AUTH_FILE (podman / skopeo) takes precedence.
+    // REGISTRY_AUTH_FILE (podman / skopeo) takes precedence over a
+    // config.json naming other credentials for the same registry: with the
+    // right ones in the file and wrong ones in config.json the pull works,
+    // and the other way round it is refused.
+    let wrong = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:wrong-pw-2718"));
+    let entry = |creds: &str| {
+        format!(
+            r#"{{"auths": {{"https://{}": {{"auth": "{creds}"}}}}}}"#,
+            reg.addr()
+        )
+    };
     let mut fl4 = Flmount::new();
     let auth_file = fl4.home.path().join("auth.json");
-    std::fs::write(
-        &auth_file,
-        format!(
-            r#"{{"auths": {{"https://{}": {{"auth": "{auth}"}}}}}}"#,
-            reg.addr()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&auth_file, entry(&auth)).unwrap();
+    std::fs::create_dir_all(fl4.home.path().join(".docker")).unwrap();
+    std::fs::write(fl4.home.path().join(".docker/config.json"), entry(&wrong)).unwrap();
     fl4.env("REGISTRY_AUTH_FILE", auth_file.to_str().unwrap());
     let out4 = fl4.ok(&["-image", &image, "-vv"]);
+    let mut fl4b = Flmount::new();
+    let auth_file = fl4b.home.path().join("auth.json");
+    std::fs::write(&auth_file, entry(&wrong)).unwrap();
+    std::fs::create_dir_all(fl4b.home.path().join(".docker")).unwrap();
+    std::fs::write(fl4b.home.path().join(".docker/config.json"), entry(&auth)).unwrap();
+    fl4b.env("REGISTRY_AUTH_FILE", auth_file.to_str().unwrap());
+    let err = fl4b.fails(&["-image", &image], 4);
+    assert!(
+        err.contains("authentication"),
+        "config.json was used over REGISTRY_AUTH_FILE: {err}"
+    );
 
     // A credential helper named in credHelpers, run as Docker runs it.
     let mut fl5 = Flmount::new();
@@ -165,15 +181,20 @@ fn basic_auth_over_tls_with_flags_and_auth_files() {
     );
 
     assert_no_secret(&[&out2, &out3, &out4, &out5]);
-    // The workdir holds no credentials either.
-    for entry in files_under(&fl.workdir) {
+    // The workdirs of the runs that pulled hold no credentials either.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    let workdirs = [&fl, &fl2, &fl3, &fl4, &fl5].map(|f| files_under(&f.workdir));
+    assert!(workdirs.iter().all(|w| w.len() >= 4), "a workdir holds no blobs");
+    for entry in workdirs.into_iter().flatten() {
         if entry.is_file() {
             let data = std::fs::read(&entry).unwrap();
-            assert!(
-                !data.windows(PASSWORD.len()).any(|w| w == PASSWORD.as_bytes()),
-                "{} holds the password",
-                entry.display()
-            );
+            for secret in [PASSWORD, b64.as_str()] {
+                assert!(
+                    !data.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{} holds the credentials",
+                    entry.display()
+                );
+            }
         }
     }
 }
@@ -197,6 +218,30 @@ fn bearer_token_challenge_flow() {
         reg.tokens().0 > issued_before,
         "the pull did not go through the token issuer"
     );
+    // The bearer tokens issued are in neither the log nor the workdir (a
+    // token's signature is what makes it usable: looked for on its own).
+    let tokens = reg.issued_tokens();
+    assert!(!tokens.is_empty());
+    let files: Vec<(String, Vec<u8>)> = files_under(&fl.workdir)
+        .into_iter()
+        .chain(files_under(fl.home.path()))
+        .filter(|p| p.is_file())
+        .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+        .collect();
+    assert!(files.len() > 3, "{} files", files.len());
+    for token in &tokens {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(signature.len() > 100);
+        for needle in [token.as_str(), signature] {
+            assert!(!out.contains(needle), "a bearer token is in the log:\n{out}");
+            for (path, data) in &files {
+                assert!(
+                    !data.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                    "{path} holds a bearer token"
+                );
+            }
+        }
+    }
     let (_, refused_before) = reg.tokens();
     let err = fl.fails(
         &[

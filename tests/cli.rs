@@ -230,6 +230,10 @@ fn inspect_shows_an_index_with_its_platforms_and_the_digest_images_shows() {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn rfs_spellings_and_a_daemon_mount_that_exists_when_the_command_returns() {
     if !common::mounts::fuse_or_skip("rfs_spellings_and_a_daemon_mount_that_exists_when_the_command_returns")
     {

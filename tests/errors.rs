@@ -267,6 +267,7 @@ fn a_corrupt_cached_layer_is_an_integrity_error_with_a_way_out() {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn a_busy_mount_is_a_local_error_naming_it() {
     if !root_or_skip("a_busy_mount_is_a_local_error_naming_it", "overlay mounts") {
         return;

@@ -205,20 +205,19 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Whether `test` cannot run here (root and FUSE are needed): a failure
+/// in CI (see `common::skip`).
 fn skip(test: &str) -> bool {
-    if !root_or_skip(test, "owners, capabilities, ACLs, overlay and FUSE mounts") {
-        return true;
-    }
-    if !Path::new("/dev/fuse").exists() {
-        eprintln!("SKIPPED {test}: /dev/fuse is missing");
-        return true;
-    }
-    false
+    !common::mounts::fuse_or_skip(test)
 }
 
 /// Issue 13, case 1: PAX values holding a newline byte (a capability
 /// blob, an ACL naming uid 10, a long name with a newline in it).
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn pax_values_with_newlines_are_read_by_their_length() {
     if skip("pax_values_with_newlines_are_read_by_their_length") {
         return;
@@ -295,6 +294,10 @@ fn allocated(path: &Path) -> u64 {
 /// 1.0 and its old GNU format with more than four regions, each a layer;
 /// content equal to GNU `tar -x` in every view, holes kept.
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn sparse_files_of_every_gnu_format_are_exact_and_keep_their_holes() {
     if skip("sparse_files_of_every_gnu_format_are_exact_and_keep_their_holes") {
         return;
@@ -381,6 +384,10 @@ fn sparse_files_of_every_gnu_format_are_exact_and_keep_their_holes() {
 /// Issue 13, case 5: parents no entry names (GNU tar given a file's path)
 /// are 0755 and root's, and `nobody` reaches the file through them.
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn implicit_parents_are_0755_and_root_owned() {
     if skip("implicit_parents_are_0755_and_root_owned") {
         return;
@@ -421,6 +428,10 @@ fn implicit_parents_are_0755_and_root_owned() {
 /// Issue 13, case 6: the `-mount` root is the image root (mode, owner,
 /// mtime, xattrs) when the top layer does not touch `/`.
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn the_mount_root_is_the_image_root() {
     if skip("the_mount_root_is_the_image_root") {
         return;
@@ -479,6 +490,10 @@ fn the_mount_root_is_the_image_root() {
 /// directory (GNU tar keeps it) does not hide the lower layer's content;
 /// the xattr is dropped with a warning, as umoci drops it.
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn overlay_xattrs_from_layers_are_dropped_and_lower_content_stays() {
     if skip("overlay_xattrs_from_layers_are_dropped_and_lower_content_stays") {
         return;
@@ -528,6 +543,10 @@ fn overlay_xattrs_from_layers_are_dropped_and_lower_content_stays() {
 /// denied to `nobody` by `user:nobody:---`, a 0600 one granted by
 /// `user:nobody:r--`.
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn acls_are_enforced_in_every_view() {
     if skip("acls_are_enforced_in_every_view") {
         return;
@@ -563,6 +582,10 @@ fn acls_are_enforced_in_every_view() {
 /// Issue 13, case 9: an xattr name that is not UTF-8 (GNU tar writes it
 /// as raw bytes) is kept in every view and in the tar export.
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn non_utf8_xattr_names_are_kept_as_bytes() {
     if skip("non_utf8_xattr_names_are_kept_as_bytes") {
         return;
@@ -612,6 +635,10 @@ fn non_utf8_xattr_names_are_kept_as_bytes() {
 /// a whiteout of that file: applied in stream order (umoci, containerd),
 /// the link keeps the content.
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn a_hard_link_then_a_whiteout_of_its_target_keeps_the_link() {
     if skip("a_hard_link_then_a_whiteout_of_its_target_keeps_the_link") {
         return;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use common::fixtures::{assert_modes_and_setuid_hold_for_nobody, permissions_layer, RulesImage};
 use common::fstree::{assert_same_tree, Ignore};
 use common::mounts::{fuse_or_skip, is_mounted, signal, Mounted};
-use common::servers::Server;
+use common::servers::{CountingHttp, Server};
 use common::*;
 
 fn rules_image() -> RulesImage {
@@ -85,6 +85,16 @@ fn chunky(files: usize) -> Chunky {
     }
 }
 
+/// The paths an HTTP store serves the chunks of a dir store at
+/// (`/<hh>/<id>`), from the chunk files in it.
+fn chunk_paths(store: &Path) -> std::collections::BTreeSet<String> {
+    files_under(store)
+        .iter()
+        .filter(|p| p.file_name().unwrap().len() == 64)
+        .map(|p| format!("/{}", p.strip_prefix(store).unwrap().display()))
+        .collect()
+}
+
 /// sha256 of every regular file below `root`, by relative path.
 fn contents(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
@@ -106,6 +116,10 @@ fn contents(root: &Path) -> BTreeMap<String, String> {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn mounted_flists_equal_extraction_from_dir_zdb_and_s3_stores() {
     if !fuse_or_skip("mounted_flists_equal_extraction_from_dir_zdb_and_s3_stores") {
         return;
@@ -211,6 +225,10 @@ fn processes_named(name: &str) -> Vec<(i32, String)> {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn a_busybox_image_served_lazily_runs_in_a_chroot() {
     if !fuse_or_skip("a_busybox_image_served_lazily_runs_in_a_chroot") {
         return;
@@ -253,6 +271,10 @@ fn a_busybox_image_served_lazily_runs_in_a_chroot() {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn file_modes_and_setuid_hold_for_other_users() {
     if !fuse_or_skip("file_modes_and_setuid_hold_for_other_users") {
         return;
@@ -273,6 +295,10 @@ fn file_modes_and_setuid_hold_for_other_users() {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn a_small_cache_evicts_and_a_corrupted_cached_chunk_is_fetched_again() {
     if !fuse_or_skip("a_small_cache_evicts_and_a_corrupted_cached_chunk_is_fetched_again") {
         return;
@@ -325,14 +351,28 @@ fn a_small_cache_evicts_and_a_corrupted_cached_chunk_is_fetched_again() {
         }
     }
     assert!(damaged >= 24, "only {damaged} chunks were cached");
-    let m = Mounted::start(&c.fl, &big, &mnt);
+    // Read back through a store that counts what it serves.
+    let http = CountingHttp::start(&c.chunks);
+    let from_http = [
+        "-flist",
+        flist,
+        "-store",
+        &http.url(),
+        "-cache",
+        cache.to_str().unwrap(),
+    ];
+    let m = Mounted::start(&c.fl, &from_http, &mnt);
     assert_eq!(contents(&mnt), expected);
     let log = m.stop();
     assert!(log.contains("is corrupt"), "{log}");
-    assert!(
-        log.contains(&format!("{damaged} chunks")),
-        "not every chunk was fetched again:\n{log}"
+    let gets = http.gets();
+    assert_eq!(
+        gets.len(),
+        damaged,
+        "{} of {damaged} damaged chunks were fetched again",
+        gets.len()
     );
+    assert!(gets.values().all(|&n| n == 1), "{gets:?}");
 }
 
 /// Reads a file through the mount, returning the error kind and how long it took.
@@ -343,6 +383,10 @@ fn timed_read(path: &Path) -> (std::io::Result<Vec<u8>>, Duration) {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn a_down_or_hung_store_gives_eio_within_the_timeout_and_reads_recover() {
     if !fuse_or_skip("a_down_or_hung_store_gives_eio_within_the_timeout_and_reads_recover") {
         return;
@@ -352,8 +396,8 @@ fn a_down_or_hung_store_gives_eio_within_the_timeout_and_reads_recover() {
     let mnt = c.tmp.path().join("mnt");
     let cache = c.tmp.path().join("cache");
     // The dir store served over HTTP, which can be stopped and restarted.
-    let http = Server::http(&c.chunks);
-    let port = http.1;
+    let http = CountingHttp::start(&c.chunks);
+    let port = http.port;
     let store = format!("http://127.0.0.1:{port}");
     let args = [
         "-flist",
@@ -384,7 +428,7 @@ fn a_down_or_hung_store_gives_eio_within_the_timeout_and_reads_recover() {
         std::fs::read(c.src.join("data/f00")).unwrap()
     );
 
-    let http = Server::http_on(&c.chunks, port); // back again
+    let http = CountingHttp::start_on(&c.chunks, port); // back again
     assert_eq!(contents(&mnt), expected);
     let log = m.stop();
     assert!(
@@ -419,6 +463,10 @@ fn a_down_or_hung_store_gives_eio_within_the_timeout_and_reads_recover() {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn concurrent_readers_agree_and_sigterm_during_reads_unmounts() {
     if !fuse_or_skip("concurrent_readers_agree_and_sigterm_during_reads_unmounts") {
         return;
@@ -427,9 +475,14 @@ fn concurrent_readers_agree_and_sigterm_during_reads_unmounts() {
     let expected = contents(&c.src);
     let mnt = c.tmp.path().join("mnt");
     let cache = c.tmp.path().join("cache");
+    // The store served over HTTP by a server that counts the fetches.
+    let http = CountingHttp::start(&c.chunks);
+    let store = http.url();
     let args = [
         "-flist",
         c.flist.to_str().unwrap(),
+        "-store",
+        &store,
         "-cache",
         cache.to_str().unwrap(),
     ];
@@ -444,62 +497,118 @@ fn concurrent_readers_agree_and_sigterm_during_reads_unmounts() {
         }
         std::fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
     }
-    // Two readers of the same missing chunks: fetched once.
-    let log = m.stop();
-    let fetched: u64 = log
-        .split("unmounted")
-        .nth(1)
-        .and_then(|l| l.split(": ").nth(1))
-        .and_then(|l| l.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no statistics in the log:\n{log}"));
-    let distinct_chunks: u64 = std::fs::read_dir(c.src.join("data"))
-        .unwrap()
-        .map(|f| f.unwrap().metadata().unwrap().len().div_ceil(512 << 10))
-        .sum::<u64>()
-        + 1;
-    assert!(
-        fetched <= distinct_chunks,
-        "{fetched} fetches for {distinct_chunks} chunks:\n{log}"
-    );
+    m.stop();
+    // Eight readers of every file, three times over: each chunk was
+    // fetched from the store once, and every chunk was.
+    let gets = http.gets();
+    let chunks = chunk_paths(&c.chunks);
+    let fetched: std::collections::BTreeSet<String> = gets.keys().cloned().collect();
+    assert_eq!(fetched, chunks, "the chunks fetched are not the chunks stored");
+    let again: Vec<_> = gets.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(again.is_empty(), "chunks fetched more than once: {again:?}");
 
-    // SIGTERM while readers hold files open: the mount goes away, readers
-    // finish or fail, and the server exits cleanly.
+    // SIGTERM while readers hold files open: the mount goes away, each
+    // reader either reads its file whole and right or gets an error, never
+    // wrong or missing bytes; the server exits cleanly.
     std::fs::remove_dir_all(&cache).unwrap();
     let mut m = Mounted::start(&c.fl, &args, &mnt);
+    let sources: Vec<Vec<u8>> = (0..4)
+        .map(|i| std::fs::read(c.src.join(format!("data/f{i:02}"))).unwrap())
+        .collect();
+    let started = std::sync::atomic::AtomicUsize::new(0);
     let stop = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|s| {
-        for i in 0..4 {
-            let (mnt, stop) = (&mnt, &stop);
-            s.spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let Ok(mut f) = File::open(mnt.join(format!("data/f{i:02}"))) else {
-                        return;
-                    };
-                    while f.read(&mut buf).is_ok_and(|n| n > 0) {}
-                }
-            });
+    let sent = std::sync::atomic::AtomicBool::new(false);
+    use std::sync::atomic::Ordering::SeqCst;
+    let outcomes: Vec<(usize, Vec<String>)> = std::thread::scope(|s| {
+        let readers: Vec<_> = (0..4)
+            .map(|i| {
+                let (mnt, stop, started, sent, source) = (&mnt, &stop, &started, &sent, &sources[i]);
+                s.spawn(move || {
+                    let (mut whole, mut errors) = (0, Vec::new());
+                    let mut buf = vec![0u8; 65536];
+                    let mut first = true;
+                    while !stop.load(SeqCst) {
+                        let mut f = match File::open(mnt.join(format!("data/f{i:02}"))) {
+                            Ok(f) => f,
+                            Err(e) => {
+                                errors.push(format!("open: {e}"));
+                                break;
+                            }
+                        };
+                        let mut at = 0;
+                        loop {
+                            match f.read(&mut buf) {
+                                Ok(0) => {
+                                    assert_eq!(at, source.len(), "f{i:02}: end of file after {at} bytes");
+                                    whole += 1;
+                                    break;
+                                }
+                                Ok(n) => {
+                                    assert!(buf[..n] == source[at..at + n], "f{i:02}: wrong bytes at {at}");
+                                    at += n;
+                                    if first {
+                                        // Hold the file open, mid-read,
+                                        // until the server has its SIGTERM.
+                                        first = false;
+                                        started.fetch_add(1, SeqCst);
+                                        while !sent.load(SeqCst) {
+                                            std::thread::sleep(Duration::from_millis(1));
+                                        }
+                                    }
+                                }
+                                Err(e) => {
+                                    errors.push(format!("read at {at}: {e}"));
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    (whole, errors)
+                })
+            })
+            .collect();
+        // Every reader holds its file open, part read (a state, not a
+        // time), then SIGTERM.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while started.load(SeqCst) < 4 {
+            assert!(Instant::now() < deadline, "the readers did not start");
+            std::thread::sleep(Duration::from_millis(5));
         }
-        std::thread::sleep(Duration::from_millis(300));
         signal(m.pid(), libc::SIGTERM);
-        std::thread::sleep(Duration::from_millis(300));
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        sent.store(true, SeqCst);
+        m.wait_exit(Duration::from_secs(20));
+        stop.store(true, SeqCst);
+        readers.into_iter().map(|r| r.join().unwrap()).collect()
     });
-    m.wait_exit(Duration::from_secs(20));
+    eprintln!("readers (whole reads, errors): {outcomes:?}");
+    // Each reader ended its file open at SIGTERM whole and right (checked
+    // byte by byte as read) or with an error, and then found the mount gone.
+    for (i, (whole, errors)) in outcomes.iter().enumerate() {
+        assert!(*whole + errors.len() >= 1, "reader {i}: no outcome");
+        assert!(
+            errors
+                .last()
+                .is_some_and(|e| e.starts_with("open") || e.starts_with("read")),
+            "reader {i} did not see the mount go: {errors:?}"
+        );
+    }
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn prefetch_fills_the_cache_so_reads_need_no_store() {
     if !fuse_or_skip("prefetch_fills_the_cache_so_reads_need_no_store") {
         return;
     }
     let c = chunky(4);
     let expected = contents(&c.src);
-    let http = Server::http(&c.chunks);
+    let http = CountingHttp::start(&c.chunks);
     let mnt = c.tmp.path().join("mnt");
     let cache = c.tmp.path().join("cache");
-    let store = format!("http://127.0.0.1:{}", http.1);
+    let store = http.url();
     let m = Mounted::start(
         &c.fl,
         &[
@@ -510,16 +619,21 @@ fn prefetch_fills_the_cache_so_reads_need_no_store() {
             "-cache",
             cache.to_str().unwrap(),
             "-prefetch",
-            "-timeout",
-            "2",
         ],
         &mnt,
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(120);
     while !m.log().contains("prefetched") {
         assert!(Instant::now() < deadline, "prefetch did not finish:\n{}", m.log());
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Every chunk was fetched, once, before anything was read.
+    let gets = http.gets();
+    assert_eq!(
+        gets.keys().cloned().collect::<std::collections::BTreeSet<_>>(),
+        chunk_paths(&c.chunks)
+    );
+    assert!(gets.values().all(|&n| n == 1), "{gets:?}");
     drop(http);
     assert_eq!(contents(&mnt), expected);
     m.stop();
@@ -565,6 +679,10 @@ fn sql(flist: &Path, statements: &str) {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn hostile_flists_are_refused_or_served_safely() {
     if !fuse_or_skip("hostile_flists_are_refused_or_served_safely") {
         return;
@@ -630,6 +748,10 @@ fn hostile_flists_are_refused_or_served_safely() {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn a_full_chunk_cache_disk_still_serves_correct_reads() {
     if !fuse_or_skip("a_full_chunk_cache_disk_still_serves_correct_reads") {
         return;

@@ -13,17 +13,36 @@ use serde_json::Value;
 
 /// Two images sharing a base layer: `inv/a:t` and `inv/b:t`.
 fn two_images(reg: &Registry, tmp: &Path) -> (String, String) {
+    let ((a, _), (b, _)) = two_images_written(reg, tmp);
+    (a, b)
+}
+
+/// [`two_images`], with the digests pushed: what the workdir must hold.
+fn two_images_written(reg: &Registry, tmp: &Path) -> ((String, Written), (String, Written)) {
     let base = tar(&[E::dir("etc"), E::file("etc/base", pseudo_random(300_000, 1))]);
     let a = tar(&[E::file("etc/a", pseudo_random(200_000, 2))]);
     let b = tar(&[E::file("etc/b", pseudo_random(200_000, 3))]);
     let image = |name: &str, top: Vec<u8>| {
-        reg.push_layers(
+        reg.push_layers_written(
             name,
             vec![(Compression::Gzip, base.clone()), (Compression::Gzip, top)],
             &tmp.join(name.replace('/', "-")),
         )
     };
     (image("inv/a", a), image("inv/b", b))
+}
+
+/// The digests of the blobs in a workdir, from its files (not from flmount).
+fn blobs_on_disk(fl: &Flmount) -> std::collections::BTreeSet<String> {
+    files_under(&fl.workdir.join("blobs/sha256"))
+        .iter()
+        .map(|p| format!("sha256:{}", p.file_name().unwrap().to_string_lossy()))
+        .collect()
+}
+
+/// Every blob of an image, as pushed.
+fn blobs_of(w: &Written) -> std::collections::BTreeSet<String> {
+    w.layers.iter().chain([&w.config, &w.manifest]).cloned().collect()
 }
 
 fn json(fl: &Flmount, args: &[&str]) -> Value {
@@ -54,11 +73,19 @@ fn roles(fl: &Flmount) -> Vec<(String, String)> {
 fn images_content_and_inspect() {
     let reg = Registry::start();
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = two_images(&reg, tmp.path());
+    let ((a, wa), (b, wb)) = two_images_written(&reg, tmp.path());
 
     // inspect fetches the manifest and config, not the layers.
     let fl = Flmount::new();
     let info = json(&fl, &["inspect", &a, "-json"]);
+    assert_eq!(info["digest"], wa.manifest.as_str());
+    assert_eq!(info["layers"][0]["digest"], wa.layers[0].as_str());
+    assert_eq!(info["layers"][1]["digest"], wa.layers[1].as_str());
+    assert_eq!(
+        blobs_on_disk(&fl),
+        [wa.manifest.clone(), wa.config.clone()].into(),
+        "inspect fetched more than the manifest and config"
+    );
     assert_eq!(info["layers"].as_array().unwrap().len(), 2);
     assert_eq!(info["platform"], "linux/amd64");
     assert_eq!(info["config"]["config"]["Entrypoint"][0], "/bin/sh");
@@ -73,8 +100,15 @@ fn images_content_and_inspect() {
     let summary = json(&fl, &["-image", &a, "-json"]);
     assert_eq!(summary["pull"]["layers"], 2);
     assert_eq!(summary["output"], "cache");
-    assert_eq!(summary["digest"], info["digest"]);
+    assert_eq!(summary["digest"], wa.manifest.as_str());
     fl.ok(&["-image", &b]);
+    let mut both = blobs_of(&wa);
+    both.extend(blobs_of(&wb));
+    assert_eq!(
+        blobs_on_disk(&fl),
+        both,
+        "the workdir does not hold exactly both images"
+    );
     // A local I/O failure has its own exit code.
     fl.fails(&["-image", &b, "-extractto", "/etc/hostname/rootfs"], 7);
     let images = json(&fl, &["images", "-json"]);
@@ -89,13 +123,21 @@ fn images_content_and_inspect() {
         "{images}"
     );
     assert!(images[0]["size"].as_u64().unwrap() > 400_000);
+    // content ls names each blob on disk once, with the role it was pushed in.
     let roles = roles(&fl);
-    assert_eq!(
-        roles.iter().filter(|(_, r)| r == "layer").count(),
-        3,
-        "one shared base layer: {roles:?}"
-    );
-    assert_eq!(roles.iter().filter(|(_, r)| r == "manifest").count(), 2);
+    let listed: std::collections::BTreeSet<String> = roles.iter().map(|(d, _)| d.clone()).collect();
+    assert_eq!(listed, both, "{roles:?}");
+    assert_eq!(roles.len(), both.len(), "{roles:?}");
+    for (digest, role) in &roles {
+        let expected = if [&wa, &wb].iter().any(|w| w.layers.contains(digest)) {
+            "layer"
+        } else if [&wa.config, &wb.config].contains(&digest) {
+            "config"
+        } else {
+            "manifest"
+        };
+        assert_eq!(role, expected, "{digest}");
+    }
 
     let out = fl.run(&["content", "path", &layer]);
     let path = String::from_utf8_lossy(&out.stdout).trim().to_owned();
@@ -110,13 +152,14 @@ fn images_content_and_inspect() {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn gc_keeps_what_images_and_live_mounts_use() {
     if !root_or_skip("gc_keeps_what_images_and_live_mounts_use", "overlay mounts") {
         return;
     }
     let reg = Registry::start();
     let tmp = tempfile::tempdir().unwrap();
-    let (a, b) = two_images(&reg, tmp.path());
+    let ((a, wa), (b, wb)) = two_images_written(&reg, tmp.path());
     let fl = Flmount::new();
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
@@ -127,21 +170,40 @@ fn gc_keeps_what_images_and_live_mounts_use() {
     // b forgotten, a forgotten but mounted: only b's own blobs go.
     fl.ok(&["images", "rm", &b]);
     fl.ok(&["images", "rm", &a]);
+    // What gc must remove, from the pushed digests: b's manifest, config
+    // and top layer; the shared base layer and all of a stay.
+    let before = blobs_on_disk(&fl);
+    let mut both = blobs_of(&wa);
+    both.extend(blobs_of(&wb));
+    assert_eq!(before, both);
+    let gone: std::collections::BTreeSet<String> =
+        [wb.manifest.clone(), wb.config.clone(), wb.layers[1].clone()].into();
     let dry = json(&fl, &["gc", "-dry-run", "-json"]);
     assert_eq!(dry["dry_run"], true);
-    let before = roles(&fl).len();
+    assert_eq!(dry["removed"]["blobs"], gone.len(), "{dry}");
+    assert_eq!(blobs_on_disk(&fl), before, "the dry run removed blobs");
+    assert!(
+        fl.workdir.join("tmp/leftover.partial").exists(),
+        "the dry run removed a partial"
+    );
     fl.ok(&["gc"]);
-    let after = roles(&fl);
+    let after = blobs_on_disk(&fl);
     assert_eq!(
-        before - after.len(),
-        dry["removed"]["blobs"].as_u64().unwrap() as usize
+        after,
+        blobs_of(&wa),
+        "a's manifest, config and two layers stay, nothing else"
     );
     assert_eq!(
-        after.len(),
-        4,
-        "a's manifest, config and two layers stay: {after:?}"
+        before
+            .difference(&after)
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        gone
     );
-    assert!(after.iter().all(|(_, r)| r != "unreferenced"));
+    for digest in &after {
+        let hex = digest.strip_prefix("sha256:").unwrap();
+        assert_eq!(sha256_hex(&std::fs::read(fl.blob(digest)).unwrap()), hex);
+    }
     assert!(!fl.workdir.join("tmp/leftover.partial").exists());
     assert_eq!(std::fs::read_dir(fl.workdir.join("overlays")).unwrap().count(), 2);
     assert!(mnt.join("etc/a").is_file(), "the live overlay mount broke");
@@ -149,12 +211,17 @@ fn gc_keeps_what_images_and_live_mounts_use() {
     // Unmounted, nothing references a's content any more.
     fl.ok(&["-umount", mnt.to_str().unwrap()]);
     fl.ok(&["gc"]);
+    assert!(blobs_on_disk(&fl).is_empty());
     assert!(roles(&fl).is_empty());
     assert_eq!(std::fs::read_dir(fl.workdir.join("overlays")).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(fl.workdir.join("l")).unwrap().count(), 0);
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn gc_spares_a_live_fuse_mount_and_forgets_removed_chunks() {
     if !root_or_skip(
         "gc_spares_a_live_fuse_mount_and_forgets_removed_chunks",

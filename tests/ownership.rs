@@ -104,6 +104,7 @@ fn mknod_null(path: &Path) {
 // ------------------------------------------------------------------ -umount
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn umount_leaves_every_mount_flmount_did_not_make() {
     if !root_or_skip("umount_leaves_every_mount_flmount_did_not_make", "mounts") {
         return;
@@ -177,6 +178,7 @@ fn umount_leaves_every_mount_flmount_did_not_make() {
 // ------------------------------------------------------------------ outputs
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn outputs_never_replace_devices_symlinks_or_directories() {
     if !root_or_skip("outputs_never_replace_devices_symlinks_or_directories", "mknod") {
         return;
@@ -399,6 +401,10 @@ fn a_cache_directory_must_be_flmounts_own() {
 // ------------------------------------------------------------------ gc
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn gc_keeps_what_a_live_fuse_mount_serves_whatever_names_the_workdir() {
     if !fuse_or_skip("gc_keeps_what_a_live_fuse_mount_serves_whatever_names_the_workdir") {
         return;
@@ -444,6 +450,7 @@ fn drop_caches() {
 // ------------------------------------------------------------------ overlay
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn an_overlay_upper_stays_with_its_image() {
     if !root_or_skip("an_overlay_upper_stays_with_its_image", "overlay mounts") {
         return;
@@ -567,6 +574,10 @@ fn a_store_that_lost_its_chunks_is_filled_again() {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn a_fuse_mounts_workdir_flist_is_packed_again_when_its_store_lost_chunks() {
     if !fuse_or_skip("a_fuse_mounts_workdir_flist_is_packed_again_when_its_store_lost_chunks") {
         return;
@@ -725,6 +736,10 @@ fn interrupted_extractions_and_packs_leave_no_temporaries() {
 // ------------------------------------------------------------------ FUSE
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn fuse_mounts_with_commas_in_their_paths() {
     if !fuse_or_skip("fuse_mounts_with_commas_in_their_paths") {
         return;
@@ -754,6 +769,10 @@ fn read_as_nobody(path: &Path) -> bool {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn fuse_access_is_the_kernels_whatever_is_cached() {
     if !fuse_or_skip("fuse_access_is_the_kernels_whatever_is_cached") {
         return;
@@ -809,6 +828,10 @@ fn mounted_options(dir: &Path) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
 fn the_units_stop_clears_only_a_dead_flmount_mount() {
     if !fuse_or_skip("the_units_stop_clears_only_a_dead_flmount_mount") {
         return;

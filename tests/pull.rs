@@ -312,7 +312,14 @@ fn registry_down_is_retried_then_reported() {
         err.contains("cannot connect to registry") && err.contains("after 5 tries"),
         "{err}"
     );
-    assert!(start.elapsed().as_secs() < 30, "retries are not bounded");
+    // Five tries, four waits of the backoff (250 ms doubling): at least
+    // 3.75 s; a retry without backoff would take a few milliseconds.
+    let took = start.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(3750),
+        "gave up after {took:?}: the retries did not back off"
+    );
+    assert!(took.as_secs() < 30, "retries are not bounded: {took:?}");
     assert!(std::fs::read_dir(fl.workdir.join("blobs/sha256"))
         .unwrap()
         .next()
@@ -369,8 +376,22 @@ fn validate_cache_refetches_a_corrupted_blob() {
     let mut data = std::fs::read(&path).unwrap();
     data[10] ^= 1;
     std::fs::write(&path, &data).unwrap();
-    let err = fl.ok(&["-image", &image, "-validate-cache"]);
+    // Seen at a proxy: the corrupted layer is fetched again, whole; the
+    // intact one is not.
+    let proxy = FaultProxy::start(reg.port, 0, "503 Service Unavailable");
+    let err = fl.ok(&[
+        "-image",
+        &image.replace(&reg.addr(), &proxy.addr()),
+        "-validate-cache",
+    ]);
     assert_eq!(fetched_layers(&err), 1, "{err}");
+    let gets = |d: &str| proxy.requests_for("GET", &format!("/blobs/{d}"));
+    let refetched = gets(&w.layers[0]);
+    assert!(
+        refetched.len() == 1 && refetched[0].range.is_none(),
+        "{refetched:?}"
+    );
+    assert!(gets(&w.layers[1]).is_empty(), "an intact layer was fetched again");
     assert_blob(&fl, &w.layers[0]);
 }
 
@@ -390,27 +411,47 @@ fn an_interrupted_download_is_resumed_and_a_bad_partial_discarded() {
         &[],
     );
     let layer = std::fs::read(reg.blob_data_path(w.layers[0].strip_prefix("sha256:").unwrap())).unwrap();
-    let image = format!("{}/resume/app:1", reg.addr());
     let partial_name = format!("sha256-{}.partial", w.layers[0].strip_prefix("sha256:").unwrap());
+    // What the registry is asked for the layer, seen at a proxy in front of it.
+    let layer_gets = |proxy: &FaultProxy| -> Vec<Option<String>> {
+        proxy
+            .requests_for("GET", &format!("/blobs/{}", w.layers[0]))
+            .into_iter()
+            .map(|r| r.range)
+            .collect()
+    };
 
-    // A good half left by a killed run: resumed.
+    // A good half left by a killed run: resumed with one range request
+    // for the rest, never downloaded whole.
+    let proxy = FaultProxy::start(reg.port, 0, "503 Service Unavailable");
+    let image = format!("{}/resume/app:1", proxy.addr());
     let fl = Flmount::new();
     std::fs::create_dir_all(fl.workdir.join("tmp")).unwrap();
-    std::fs::write(
-        fl.workdir.join("tmp").join(&partial_name),
-        &layer[..layer.len() / 2],
-    )
-    .unwrap();
+    let half = layer.len() / 2;
+    std::fs::write(fl.workdir.join("tmp").join(&partial_name), &layer[..half]).unwrap();
     fl.ok(&["-image", &image, "-v"]);
     assert_blob(&fl, &w.layers[0]);
+    assert_eq!(
+        layer_gets(&proxy),
+        [Some(format!("bytes={half}-"))],
+        "the partial download was not resumed from where it stopped"
+    );
 
-    // A partial file with wrong bytes: detected, downloaded again whole.
+    // A partial file with wrong bytes: resumed, found bad when verified
+    // whole, then downloaded again from the start (no range).
+    let proxy = FaultProxy::start(reg.port, 0, "503 Service Unavailable");
+    let image = format!("{}/resume/app:1", proxy.addr());
     let fl = Flmount::new();
     std::fs::create_dir_all(fl.workdir.join("tmp")).unwrap();
     std::fs::write(fl.workdir.join("tmp").join(&partial_name), vec![0u8; 1000]).unwrap();
     let err = fl.ok(&["-image", &image]);
     assert!(err.contains("again from the start"), "{err}");
     assert_blob(&fl, &w.layers[0]);
+    assert_eq!(
+        layer_gets(&proxy),
+        [Some("bytes=1000-".to_owned()), None],
+        "a bad partial was not resumed, then fetched whole"
+    );
 }
 
 #[test]
@@ -432,12 +473,14 @@ fn concurrent_processes_share_one_workdir() {
             &[],
         ));
     }
+    // Counted at a proxy in front of the registry: each blob is asked for once.
+    let proxy = FaultProxy::start(reg.port, 0, "503 Service Unavailable");
     let fl = Flmount::new();
     let children: Vec<_> = ["c/a:1", "c/b:1", "c/a:1", "c/b:1"]
         .iter()
         .map(|n| {
             fl.command()
-                .args(["-image", &format!("{}/{n}", reg.addr()), "-q"])
+                .args(["-image", &format!("{}/{n}", proxy.addr()), "-q"])
                 .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
@@ -451,6 +494,20 @@ fn concurrent_processes_share_one_workdir() {
         for d in w.layers.iter().chain([&w.config, &w.manifest]) {
             assert_blob(&fl, d);
         }
+    }
+    // Seven distinct blobs (the busybox layer is shared; each image has two
+    // more layers and a config): each downloaded by one of the four
+    // processes only.
+    let mut blobs: Vec<&String> = written
+        .iter()
+        .flat_map(|w| w.layers.iter().chain([&w.config]))
+        .collect();
+    blobs.sort();
+    blobs.dedup();
+    assert_eq!(blobs.len(), 7, "the two images share one layer");
+    for d in blobs {
+        let gets = proxy.requests_for("GET", &format!("/blobs/{d}"));
+        assert_eq!(gets.len(), 1, "{d} was downloaded {} times: {gets:?}", gets.len());
     }
     assert!(std::fs::read_dir(fl.workdir.join("tmp"))
         .unwrap()

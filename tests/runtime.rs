@@ -46,6 +46,7 @@ fn app_image(reg: &Registry, tmp: &std::path::Path) -> String {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn a_bundle_runs_with_runc() {
     if !root_or_skip("a_bundle_runs_with_runc", "runc runs containers as root") {
         return;
@@ -169,6 +170,7 @@ fn lxc_container(dir: &std::path::Path, name: &str, rootfs: &std::path::Path, in
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn an_lxc_config_starts_with_lxc_start_and_lxc_execute() {
     if !root_or_skip(
         "an_lxc_config_starts_with_lxc_start_and_lxc_execute",

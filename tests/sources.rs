@@ -24,6 +24,7 @@ fn skopeo_copy(img: &RulesImage, dest: &str) {
 }
 
 #[test]
+#[cfg_attr(flmount_no_root, ignore = "needs root: run as root (CI does)")]
 fn layouts_and_archives_extract_like_the_registry_image() {
     if !root_or_skip(
         "layouts_and_archives_extract_like_the_registry_image",

@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use crate::flist::format::{Flist, RouteRow};
+use crate::fs::node::Special;
 use crate::fs::tree::InodeKind;
 use crate::progress::human_bytes;
 use crate::store;
@@ -26,10 +27,12 @@ pub fn ls(flist: &Path, json: bool) -> Result<()> {
     for inode in &plan.inodes {
         let (t, size, extra) = match &inode.kind {
             InodeKind::File { size, .. } => ('-', *size, String::new()),
-            InodeKind::Symlink { target } => ('l', 0, format!(" -> {}", String::from_utf8_lossy(target))),
-            InodeKind::CharDev { major, minor } => ('c', 0, format!(" ({major},{minor})")),
-            InodeKind::BlockDev { major, minor } => ('b', 0, format!(" ({major},{minor})")),
-            InodeKind::Fifo => ('p', 0, String::new()),
+            InodeKind::Special(Special::Symlink { target }) => {
+                ('l', 0, format!(" -> {}", String::from_utf8_lossy(target)))
+            }
+            InodeKind::Special(Special::CharDev { major, minor }) => ('c', 0, format!(" ({major},{minor})")),
+            InodeKind::Special(Special::BlockDev { major, minor }) => ('b', 0, format!(" ({major},{minor})")),
+            InodeKind::Special(Special::Fifo) => ('p', 0, String::new()),
             InodeKind::Dir => ('d', 0, String::new()),
         };
         let m = &inode.meta;
@@ -69,12 +72,16 @@ fn ls_json(plan: &crate::fs::tree::Plan) -> Result<()> {
     for inode in &plan.inodes {
         let (kind, extra) = match &inode.kind {
             InodeKind::File { size, .. } => ("file", json!({ "size": size })),
-            InodeKind::Symlink { target } => {
+            InodeKind::Special(Special::Symlink { target }) => {
                 ("symlink", json!({ "target": String::from_utf8_lossy(target) }))
             }
-            InodeKind::CharDev { major, minor } => ("char", json!({ "major": major, "minor": minor })),
-            InodeKind::BlockDev { major, minor } => ("block", json!({ "major": major, "minor": minor })),
-            InodeKind::Fifo => ("fifo", json!({})),
+            InodeKind::Special(Special::CharDev { major, minor }) => {
+                ("char", json!({ "major": major, "minor": minor }))
+            }
+            InodeKind::Special(Special::BlockDev { major, minor }) => {
+                ("block", json!({ "major": major, "minor": minor }))
+            }
+            InodeKind::Special(Special::Fifo) => ("fifo", json!({})),
             InodeKind::Dir => ("dir", json!({})),
         };
         for p in &inode.paths {

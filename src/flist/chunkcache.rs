@@ -505,7 +505,9 @@ mod tests {
         (slow, ChunkCache::new(router, &options).unwrap(), chunk)
     }
 
-    #[tokio::test]
+    /// Eight readers ask before the store answers (it answers after 200 ms
+    /// of tokio's paused clock, so they overlap whatever the load).
+    #[tokio::test(start_paused = true)]
     async fn concurrent_misses_share_one_fetch() {
         let dir = tempfile::tempdir().unwrap();
         let (slow, cache, chunk) =
@@ -518,18 +520,23 @@ mod tests {
         assert_eq!(cache.stats.fetched.load(Ordering::SeqCst), 1);
     }
 
-    #[tokio::test]
+    /// On tokio's paused clock (it advances only when every task waits):
+    /// the store answers after an hour; the read gives up at its 300 ms
+    /// deadline, whatever the machine's load. A missing deadline would
+    /// give the store's answer after an hour of the clock instead.
+    #[tokio::test(start_paused = true)]
     async fn a_hung_store_fails_within_the_timeout() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, cache, chunk) =
+        let (slow, cache, chunk) =
             slow_cache(dir.path(), Duration::from_secs(3600), Duration::from_millis(300)).await;
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let err = cache.get(&chunk).await.unwrap_err();
+        let took = started.elapsed();
         assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "{:?}",
-            started.elapsed()
+            took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+            "gave up after {took:?} of the clock, with a 300 ms timeout"
         );
+        assert!(slow.gets.load(Ordering::SeqCst) >= 1, "the store was never asked");
         assert!(format!("{err:#}").contains("gave up after"), "{err:#}");
     }
 

@@ -41,6 +41,7 @@ use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::fs::layer::{Meta, Timestamp, Xattr};
+use crate::fs::node::Special;
 use crate::fs::tree::{InodeKind, Plan, PlanDir, PlanInode, Source};
 use crate::store::ChunkRef;
 
@@ -100,10 +101,7 @@ fn type_bits(kind: &InodeKind) -> u32 {
     match kind {
         InodeKind::File { .. } => libc::S_IFREG,
         InodeKind::Dir => libc::S_IFDIR,
-        InodeKind::Symlink { .. } => libc::S_IFLNK,
-        InodeKind::CharDev { .. } => libc::S_IFCHR,
-        InodeKind::BlockDev { .. } => libc::S_IFBLK,
-        InodeKind::Fifo => libc::S_IFIFO,
+        InodeKind::Special(s) => s.type_bits(),
     }
 }
 
@@ -198,11 +196,9 @@ fn write_rows(tx: &rusqlite::Transaction, plan: &Plan, blocks: &HashMap<usize, V
     for (i, inode) in plan.inodes.iter().enumerate() {
         let (size, rdev) = match &inode.kind {
             InodeKind::File { size, .. } => (*size, 0),
-            InodeKind::Symlink { target } => (target.len() as u64, 0),
-            InodeKind::CharDev { major, minor } | InodeKind::BlockDev { major, minor } => {
-                (0, libc::makedev(*major, *minor))
-            }
-            _ => (0, 0),
+            InodeKind::Special(Special::Symlink { target }) => (target.len() as u64, 0),
+            InodeKind::Special(s) => (0, s.rdev()),
+            InodeKind::Dir => (0, 0),
         };
         let mode = type_bits(&inode.kind) | inode.meta.mode;
         let mut first = None;
@@ -212,7 +208,7 @@ fn write_rows(tx: &rusqlite::Transaction, plan: &Plan, blocks: &HashMap<usize, V
                 .get(parent_path)
                 .context("an entry before its directory")?;
             let ino = row(parent, name, size, &inode.meta, mode, rdev)?;
-            if let InodeKind::Symlink { target } = &inode.kind {
+            if let InodeKind::Special(Special::Symlink { target }) = &inode.kind {
                 extra.execute(params![ino, name_value(target)])?;
             }
             for c in blocks.get(&i).map(Vec::as_slice).unwrap_or(&[]) {
@@ -471,18 +467,18 @@ impl Flist {
                             source: Some(Source::Flist { ino: row.ino }),
                         }
                     }
-                    libc::S_IFLNK => InodeKind::Symlink {
+                    libc::S_IFLNK => InodeKind::Special(Special::Symlink {
                         target: extras.get(&row.ino).cloned().unwrap_or_default().into(),
-                    },
-                    libc::S_IFCHR => InodeKind::CharDev {
+                    }),
+                    libc::S_IFCHR => InodeKind::Special(Special::CharDev {
                         major: libc::major(row.rdev),
                         minor: libc::minor(row.rdev),
-                    },
-                    libc::S_IFBLK => InodeKind::BlockDev {
+                    }),
+                    libc::S_IFBLK => InodeKind::Special(Special::BlockDev {
                         major: libc::major(row.rdev),
                         minor: libc::minor(row.rdev),
-                    },
-                    libc::S_IFIFO => InodeKind::Fifo,
+                    }),
+                    libc::S_IFIFO => InodeKind::Special(Special::Fifo),
                     other => {
                         tracing::warn!(ino = row.ino, "skipping an entry of unsupported type {other:o}");
                         continue;

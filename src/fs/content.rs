@@ -28,32 +28,48 @@ impl ContentSource for LayerContent<'_> {
         let sources: Vec<_> = plan.sources().into_iter().collect();
         // One thread per layer: they are read concurrently.
         for_each_parallel(&sources, sources.len(), |(layer, wanted)| {
-            let blob = &self.0[*layer];
-            let mut remaining = wanted.len();
-            let result = blob.for_each(|change, reader| {
-                let Change::Add(entry) = change else { return Ok(()) };
-                let Some(&index) = wanted.get(&entry.index) else {
-                    return Ok(());
-                };
+            walk_wanted(&self.0[*layer], wanted, |index, entry, reader| {
                 let sparse = matches!(entry.kind, crate::fs::layer::Kind::File { sparse: true, .. });
-                with_holes(sparse, || sink(index, reader))?;
-                remaining -= 1;
-                if remaining == 0 {
-                    bail!(Finished);
-                }
-                Ok(())
-            });
-            match result {
-                Err(e) if e.is::<Finished>() && remaining == 0 => Ok(()),
-                Err(e) if e.is::<Finished>() => Err(e),
-                Err(e) => Err(e.context(format!("extracting from layer {}", blob.path.display()))),
-                Ok(()) if remaining > 0 => Err(anyhow!(
-                    "layer {} ended before {remaining} of its files were found",
-                    blob.path.display()
-                )),
-                Ok(()) => Ok(()),
-            }
+                with_holes(sparse, || sink(index, reader))
+            })
         })
+    }
+}
+
+/// Reads `blob` for the entries `wanted` names (entry index in the layer ->
+/// inode index in the plan), handing each to `f` with its content, and
+/// stops as soon as the last one was handed over. The one walk over a
+/// layer for a plan's content (extraction, the tar export).
+pub fn walk_wanted(
+    blob: &LayerBlob,
+    wanted: &std::collections::HashMap<u32, usize>,
+    mut f: impl FnMut(usize, &crate::fs::layer::Entry, &mut dyn Read) -> Result<()>,
+) -> Result<()> {
+    let mut remaining = wanted.len();
+    if remaining == 0 {
+        return Ok(());
+    }
+    let result = blob.for_each(|change, reader| {
+        let Change::Add(entry) = change else { return Ok(()) };
+        let Some(&index) = wanted.get(&entry.index) else {
+            return Ok(());
+        };
+        f(index, &entry, reader)?;
+        remaining -= 1;
+        if remaining == 0 {
+            bail!(Finished);
+        }
+        Ok(())
+    });
+    match result {
+        Err(e) if e.is::<Finished>() && remaining == 0 => Ok(()),
+        Err(e) if e.is::<Finished>() => Err(e),
+        Err(e) => Err(e.context(format!("reading layer {}", blob.path.display()))),
+        Ok(()) if remaining > 0 => Err(anyhow!(
+            "layer {} ended before {remaining} of its files were found",
+            blob.path.display()
+        )),
+        Ok(()) => Ok(()),
     }
 }
 

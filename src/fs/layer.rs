@@ -15,6 +15,8 @@ use anyhow::{bail, Context, Result};
 
 use serde::{Deserialize, Serialize};
 
+use crate::fs::node::Special;
+
 /// Longest path accepted (bytes): Linux's PATH_MAX.
 pub const MAX_PATH: usize = 4096;
 
@@ -49,22 +51,11 @@ pub enum Kind {
         sparse: bool,
     },
     Dir,
-    Symlink {
-        target: Box<[u8]>,
-    },
     /// A hard link to the (layer-relative) path `target`.
     Hardlink {
         target: Box<[u8]>,
     },
-    CharDev {
-        major: u32,
-        minor: u32,
-    },
-    BlockDev {
-        major: u32,
-        minor: u32,
-    },
-    Fifo,
+    Special(Special),
 }
 
 /// One tar entry that adds something to the tree.
@@ -320,11 +311,11 @@ fn classify(member: crate::fs::tarstream::Member, index: u32) -> Result<Option<C
             sparse: member.sparse,
         },
         b'5' => Kind::Dir,
-        b'2' => Kind::Symlink { target: link()? },
+        b'2' => Kind::Special(Special::Symlink { target: link()? }),
         b'1' => Kind::Hardlink { target: link()? },
-        b'3' => Kind::CharDev { major, minor },
-        b'4' => Kind::BlockDev { major, minor },
-        b'6' => Kind::Fifo,
+        b'3' => Kind::Special(Special::CharDev { major, minor }),
+        b'4' => Kind::Special(Special::BlockDev { major, minor }),
+        b'6' => Kind::Special(Special::Fifo),
         other => {
             tracing::warn!(
                 path = %String::from_utf8_lossy(&path),

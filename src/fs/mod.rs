@@ -2,10 +2,12 @@
 //! ([`tarstream`]), classified into changes ([`layer`]), merged with the
 //! OCI rules into one tree and planned for writing ([`tree`]); or a
 //! directory on disk scanned into the same plan ([`scan`]); where the
-//! content of a plan's files comes from ([`content`]).
+//! content of a plan's files comes from ([`content`]); the kinds of node
+//! every stage shares ([`node`]).
 
 pub mod content;
 pub mod layer;
+pub mod node;
 pub mod scan;
 pub mod tarstream;
 pub mod tree;

@@ -18,6 +18,7 @@ use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 
 use crate::fs::content::ContentSource;
 use crate::fs::layer::{Meta, Timestamp, Xattr};
+use crate::fs::node::Special;
 use crate::fs::tree::{InodeKind, Plan, PlanDir, PlanInode, Source};
 
 fn meta_of(path: &Path, md: &std::fs::Metadata) -> Meta {
@@ -88,17 +89,17 @@ pub fn scan(root: &Path) -> Result<Plan> {
                     source: (md.len() > 0).then_some(Source::Disk),
                 }
             } else if ft.is_symlink() {
-                InodeKind::Symlink {
+                InodeKind::Special(Special::Symlink {
                     target: std::fs::read_link(&path)?.as_os_str().as_bytes().into(),
-                }
+                })
             } else if ft.is_char_device() {
                 let (major, minor) = rdev();
-                InodeKind::CharDev { major, minor }
+                InodeKind::Special(Special::CharDev { major, minor })
             } else if ft.is_block_device() {
                 let (major, minor) = rdev();
-                InodeKind::BlockDev { major, minor }
+                InodeKind::Special(Special::BlockDev { major, minor })
             } else if ft.is_fifo() {
-                InodeKind::Fifo
+                InodeKind::Special(Special::Fifo)
             } else {
                 tracing::warn!("skipping socket {}", path.display());
                 continue;

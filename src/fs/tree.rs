@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use anyhow::{bail, Result};
 
 use crate::fs::layer::{self, Change, Entry, Kind, Meta};
+use crate::fs::node::Special;
 
 pub type NodeId = usize;
 pub type InodeId = usize;
@@ -51,18 +52,7 @@ pub enum InodeKind {
         source: Option<Source>,
     },
     Dir,
-    Symlink {
-        target: Box<[u8]>,
-    },
-    CharDev {
-        major: u32,
-        minor: u32,
-    },
-    BlockDev {
-        major: u32,
-        minor: u32,
-    },
-    Fifo,
+    Special(Special),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,7 +206,7 @@ impl Tree {
             };
             match &self.inodes[self.nodes[next].inode].kind {
                 InodeKind::Dir => cur = next,
-                InodeKind::Symlink { target } => {
+                InodeKind::Special(Special::Symlink { target }) => {
                     links += 1;
                     if links > MAX_SYMLINKS {
                         bail!("too many levels of symbolic links");
@@ -372,27 +362,7 @@ impl Tree {
                 });
                 self.new_inode(InodeKind::File { size: *size, source }, entry)
             }
-            Kind::Symlink { target } => self.new_inode(
-                InodeKind::Symlink {
-                    target: target.clone(),
-                },
-                entry,
-            ),
-            Kind::CharDev { major, minor } => self.new_inode(
-                InodeKind::CharDev {
-                    major: *major,
-                    minor: *minor,
-                },
-                entry,
-            ),
-            Kind::BlockDev { major, minor } => self.new_inode(
-                InodeKind::BlockDev {
-                    major: *major,
-                    minor: *minor,
-                },
-                entry,
-            ),
-            Kind::Fifo => self.new_inode(InodeKind::Fifo, entry),
+            Kind::Special(special) => self.new_inode(InodeKind::Special(special.clone()), entry),
         };
         if let Some(old) = existing {
             self.detach(old);
@@ -636,9 +606,9 @@ mod tests {
         add(
             i,
             path,
-            Kind::Symlink {
+            Kind::Special(Special::Symlink {
                 target: target.as_bytes().into(),
-            },
+            }),
         )
     }
     fn hardlink(i: u32, path: &str, target: &str) -> Change {
@@ -676,7 +646,9 @@ mod tests {
                     ..
                 } => format!("file@{layer}.{entry}"),
                 InodeKind::File { source: None, .. } => "empty".into(),
-                InodeKind::Symlink { target } => format!("-> {}", String::from_utf8_lossy(target)),
+                InodeKind::Special(Special::Symlink { target }) => {
+                    format!("-> {}", String::from_utf8_lossy(target))
+                }
                 other => format!("{other:?}"),
             };
             let names: Vec<String> = inode

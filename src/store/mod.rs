@@ -25,7 +25,7 @@ mod zdb;
 use std::fmt;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use futures_util::future::BoxFuture;
 
 pub use codec::{ChunkRef, CHUNK_SIZE};
@@ -145,54 +145,24 @@ impl fmt::Debug for StoreUrl {
 
 impl StoreUrl {
     pub fn parse(s: &str) -> Result<Self> {
-        let (scheme, rest) = s
-            .split_once("://")
-            .with_context(|| format!("invalid store URL {:?}: expected scheme://...", redact(s)))?;
-        let (rest, query) = match rest.split_once('?') {
-            Some((r, q)) => (r, q),
-            None => (rest, ""),
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        let (userinfo, hostport) = match authority.rsplit_once('@') {
-            Some((u, h)) => (Some(u), h),
-            None => (None, authority),
-        };
-        let (user, password) = match userinfo {
-            Some(u) => match u.split_once(':') {
-                Some((a, b)) => (Some(decode(a)), Some(decode(b))),
-                None => (Some(decode(u)), None),
-            },
-            None => (None, None),
-        };
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => (
-                h.to_owned(),
-                Some(
-                    p.parse::<u16>()
-                        .with_context(|| format!("invalid port in store URL {:?}", redact(s)))?,
-                ),
-            ),
-            _ => (hostport.to_owned(), None),
-        };
-        let query = query
-            .split('&')
-            .filter(|kv| !kv.is_empty())
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                (decode(k), decode(v))
-            })
-            .collect();
+        let u = url::Url::parse(s).map_err(|e| anyhow::anyhow!("invalid store URL {:?}: {e}", redact(s)))?;
+        if u.fragment().is_some() || !s.contains("://") {
+            bail!(
+                "invalid store URL {:?}: expected scheme://[user[:secret]@]host[:port]/path[?query] (write # as %23)",
+                redact(s)
+            );
+        }
         Ok(StoreUrl {
-            scheme: scheme.to_ascii_lowercase(),
-            user,
-            password,
-            host,
-            port,
-            path: decode(path),
-            query,
+            scheme: u.scheme().to_owned(),
+            user: (!u.username().is_empty()).then(|| decode(u.username())),
+            password: u.password().map(decode),
+            host: u.host_str().unwrap_or_default().to_owned(),
+            port: u.port(),
+            path: decode(u.path()),
+            query: u
+                .query_pairs()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
         })
     }
 
@@ -243,41 +213,28 @@ impl StoreUrl {
 }
 
 fn decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// A path as a URL's path: what would end it or be decoded (`%`, `?`,
 /// `#`) and what would be unreadable (spaces, controls) percent-encoded.
 fn encode_path(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'%' | b'?' | b'#' | b' ' | 0..=0x1f | 0x7f => format!("%{b:02X}"),
-            _ => (b as char).to_string(),
-        })
-        .collect::<String>()
+    const PATH: &percent_encoding::AsciiSet =
+        &percent_encoding::CONTROLS.add(b'%').add(b'?').add(b'#').add(b' ');
+    percent_encoding::utf8_percent_encode(s, PATH).to_string()
 }
 
+/// Everything but unreserved characters (RFC 3986) encoded.
+const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
 fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(s, COMPONENT).to_string()
 }
 
 /// A URL for messages before it could be parsed: everything between

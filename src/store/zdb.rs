@@ -64,6 +64,17 @@ impl ZdbStore {
                 .query_async::<()>(&mut conn)
                 .await
                 .map_err(|e| StoreError::refused(&self.url, format!("selecting namespace {ns}: {e}")))?;
+        } else if let Some(p) = &self.password {
+            // No namespace: the server's own password (0-db's admin one, a
+            // redis `requirepass`).
+            let mut auth = redis::cmd("AUTH");
+            auth.arg(p);
+            match auth.query_async::<()>(&mut conn).await {
+                Ok(()) => {}
+                // A server that asks for no password takes the store as is.
+                Err(e) if e.to_string().contains("without any password configured") => {}
+                Err(e) => return Err(StoreError::refused(&self.url, format!("authenticating: {e}"))),
+            }
         }
         *guard = Some(conn.clone());
         Ok(conn)

@@ -16,7 +16,8 @@ use std::os::unix::ffi::OsStrExt;
 use anyhow::{Context, Result};
 use tar::{EntryType, Header};
 
-use crate::fs::layer::{Change, LayerBlob, Meta};
+use crate::fs::layer::{LayerBlob, Meta};
+use crate::fs::node::Special;
 use crate::fs::tree::{InodeKind, Plan, PlanInode, Tree};
 
 /// Writes the merged tree of `layers` (lowest first) to `out` as a tar stream.
@@ -56,21 +57,9 @@ fn write_tar(plan: &Plan, layers: &[LayerBlob], out: impl Write) -> Result<()> {
         append_inode(&mut tar, inode, std::io::empty())?;
     }
     for (&layer, wanted) in &plan.sources() {
-        let mut remaining = wanted.len();
-        layers[layer].for_each(|change, reader| {
-            if let Change::Add(entry) = change {
-                if let Some(&i) = wanted.get(&entry.index) {
-                    append_inode(&mut tar, &plan.inodes[i], reader)?;
-                    remaining -= 1;
-                }
-            }
-            Ok(())
+        crate::fs::content::walk_wanted(&layers[layer], wanted, |i, _, reader| {
+            append_inode(&mut tar, &plan.inodes[i], reader)
         })?;
-        anyhow::ensure!(
-            remaining == 0,
-            "layer {} ended before all its files were found",
-            layers[layer].path.display()
-        );
     }
     // The files above changed their directories' mtimes: name every
     // directory once more, deepest first, so `tar -x` (which restores a
@@ -88,7 +77,7 @@ fn append_inode<W: Write>(tar: &mut tar::Builder<W>, inode: &PlanInode, content:
     let meta = &inode.meta;
     match &inode.kind {
         InodeKind::File { size, .. } => append(tar, primary, EntryType::Regular, meta, *size, content, None)?,
-        InodeKind::Symlink { target } => append(
+        InodeKind::Special(Special::Symlink { target }) => append(
             tar,
             primary,
             EntryType::Symlink,
@@ -97,18 +86,21 @@ fn append_inode<W: Write>(tar: &mut tar::Builder<W>, inode: &PlanInode, content:
             std::io::empty(),
             Some(target),
         )?,
-        InodeKind::CharDev { major, minor } | InodeKind::BlockDev { major, minor } => {
-            let kind = if matches!(inode.kind, InodeKind::CharDev { .. }) {
-                EntryType::Char
-            } else {
-                EntryType::Block
-            };
-            let mut h = header(kind, meta, 0);
+        InodeKind::Special(Special::CharDev { major, minor }) => {
+            let mut h = header(EntryType::Char, meta, 0);
             h.set_device_major(*major)?;
             h.set_device_minor(*minor)?;
             write_entry(tar, h, primary, meta, std::io::empty(), None)?;
         }
-        InodeKind::Fifo => append(tar, primary, EntryType::Fifo, meta, 0, std::io::empty(), None)?,
+        InodeKind::Special(Special::BlockDev { major, minor }) => {
+            let mut h = header(EntryType::Block, meta, 0);
+            h.set_device_major(*major)?;
+            h.set_device_minor(*minor)?;
+            write_entry(tar, h, primary, meta, std::io::empty(), None)?;
+        }
+        InodeKind::Special(Special::Fifo) => {
+            append(tar, primary, EntryType::Fifo, meta, 0, std::io::empty(), None)?
+        }
         InodeKind::Dir => unreachable!("directories are not inodes of the plan"),
     }
     for link in &inode.paths[1..] {

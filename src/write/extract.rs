@@ -30,6 +30,7 @@ use nix::sys::stat::Mode;
 
 use crate::fs::content::{ContentSource, LayerContent};
 use crate::fs::layer::{LayerBlob, Meta, Timestamp};
+use crate::fs::node::Special;
 use crate::fs::tree::{InodeKind, Plan, PlanInode};
 
 /// Content up to this size is read by the layer's thread and handed to a
@@ -417,7 +418,7 @@ fn create_one(
             counters.files.fetch_add(1, Ordering::Relaxed);
             apply_meta_fd(file.as_raw_fd(), meta, opts, Some(perms & !crate::owned::umask()))?;
         }
-        InodeKind::Symlink { target } => {
+        InodeKind::Special(Special::Symlink { target }) => {
             let target = CString::new(target.as_ref()).map_err(|_| anyhow!("NUL in symlink target"))?;
             // SAFETY: valid fd and NUL-terminated strings.
             create_at(parent, name, || unsafe {
@@ -426,22 +427,13 @@ fn create_one(
             counters.symlinks.fetch_add(1, Ordering::Relaxed);
             apply_meta_at(parent, name, meta, opts, false)?;
         }
-        InodeKind::CharDev { major, minor } | InodeKind::BlockDev { major, minor } => {
-            if !opts.devices {
+        InodeKind::Special(special) => {
+            let device = !matches!(special, Special::Fifo);
+            if device && !opts.devices {
                 counters.skipped_devices.fetch_add(1, Ordering::Relaxed);
                 return Ok(false);
             }
-            let kind = if matches!(inode.kind, InodeKind::CharDev { .. }) {
-                libc::S_IFCHR
-            } else {
-                libc::S_IFBLK
-            };
-            mknod(parent, name, kind, libc::makedev(*major, *minor))?;
-            counters.specials.fetch_add(1, Ordering::Relaxed);
-            apply_meta_at(parent, name, meta, opts, true)?;
-        }
-        InodeKind::Fifo => {
-            mknod(parent, name, libc::S_IFIFO, 0)?;
+            mknod(parent, name, special.type_bits(), special.rdev())?;
             counters.specials.fetch_add(1, Ordering::Relaxed);
             apply_meta_at(parent, name, meta, opts, true)?;
         }

@@ -130,6 +130,8 @@ pub fn prepare_layers(
                 continue;
             }
             let plan = tree.plan_diff(&diff);
+            // A staging tree a killed preparation left is removed first.
+            crate::owned::temp::remove_stale(&overlays, &chains[i][..12]);
             let staging = Staging::new_in(&overlays, &chains[i][..12])?;
             let diff_dir = staging.path().join("diff");
             std::fs::create_dir(&diff_dir)?;

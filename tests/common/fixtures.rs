@@ -6,10 +6,11 @@ use std::process::Command;
 use super::tarball::{tar, E};
 use super::{pseudo_random, Compression, Flmount, Registry};
 
-/// The rules image in a registry, and its `-extractto` result: the
-/// reference every other way of materialising it is compared with.
+/// The rules image in a registry, and the reference every other way of
+/// materialising it is compared with: `umoci unpack` of it (an independent
+/// implementation), which flmount's `-extractto` is checked to equal.
 pub struct RulesImage {
-    _reg: Registry,
+    pub reg: Registry,
     pub tmp: tempfile::TempDir,
     pub image: String,
     pub fl: Flmount,
@@ -25,12 +26,23 @@ impl RulesImage {
             .iter()
             .map(|e| (Compression::Gzip, tar(e)))
             .collect();
-        let image = reg.push_layers(repo, layers, &tmp.path().join("layout"));
+        let layout = tmp.path().join("layout");
+        let image = reg.push_layers(repo, layers, &layout);
         let fl = Flmount::new();
-        let flat = tmp.path().join("flat");
-        fl.ok(&["-image", &image, "-extractto", flat.to_str().unwrap()]);
+        let ours = tmp.path().join("flmount-flat");
+        fl.ok(&["-image", &image, "-extractto", ours.to_str().unwrap()]);
+        super::need("umoci");
+        let bundle = tmp.path().join("umoci-bundle");
+        super::run_ok(
+            Command::new("umoci")
+                .args(["unpack", "--image"])
+                .arg(format!("{}:t", layout.display()))
+                .arg(&bundle),
+        );
+        let flat = bundle.join("rootfs");
+        super::fstree::assert_same_tree(&flat, &ours, &super::fstree::Ignore::default());
         RulesImage {
-            _reg: reg,
+            reg,
             tmp,
             image,
             fl,

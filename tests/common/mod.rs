@@ -54,7 +54,11 @@ pub fn strict() -> bool {
 }
 
 /// Reports a test that cannot run here: a failure when [`strict`],
-/// otherwise a SKIPPED line on stdout and stderr.
+/// otherwise a SKIPPED line on stdout and stderr. Root-only tests are
+/// normally compiled as ignored where they cannot run (`build.rs`:
+/// `cfg(flmount_no_root)`, `cfg(flmount_no_fuse)`), so `cargo test`
+/// counts them as ignored; this is the fallback for a test binary built
+/// as root and run by another user.
 pub fn skip(test: &str, why: &str) {
     assert!(
         !strict(),
@@ -183,6 +187,12 @@ impl Registry {
         (t.issued.load(SeqCst), t.refused.load(SeqCst))
     }
 
+    /// Every bearer token the issuer has handed out.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        let t = self.token_server.as_ref().expect("not a token-auth registry");
+        t.tokens.lock().unwrap().clone()
+    }
+
     /// `127.0.0.1:PORT`
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
@@ -304,6 +314,21 @@ impl Registry {
 
     /// Pushes one image described by `spec` as `repo:t`; returns its reference.
     pub fn push_spec(&self, repo: &str, spec: &ImageSpec, layout_dir: &Path) -> String {
+        self.push_spec_written(repo, spec, layout_dir).0
+    }
+
+    /// As [`Registry::push_layers`], also returning the digests pushed.
+    pub fn push_layers_written(
+        &self,
+        repo: &str,
+        layers: Vec<(Compression, Vec<u8>)>,
+        layout_dir: &Path,
+    ) -> (String, Written) {
+        self.push_spec_written(repo, &ImageSpec::new(repo, layers), layout_dir)
+    }
+
+    /// As [`Registry::push_spec`], also returning the digests pushed.
+    pub fn push_spec_written(&self, repo: &str, spec: &ImageSpec, layout_dir: &Path) -> (String, Written) {
         let mut l = Layout::new(layout_dir);
         let w = l.image(spec);
         l.tag_image("t", &w);
@@ -315,7 +340,7 @@ impl Registry {
             &l.blob(&w.manifest),
             "application/vnd.oci.image.manifest.v1+json",
         );
-        format!("{}/{repo}:t", self.addr())
+        (format!("{}/{repo}:t", self.addr()), w)
     }
 }
 
@@ -814,6 +839,53 @@ pub struct FaultProxy {
     pub ranged: Arc<AtomicUsize>,
     /// (when, faulted) for each HTTP connection, in order.
     pub connections: Arc<Mutex<Vec<(Instant, bool)>>>,
+    /// Every request forwarded to the server, in order.
+    pub requests: Arc<Mutex<Vec<Request>>>,
+}
+
+/// A request a [`FaultProxy`] forwarded: what the server was asked.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    /// The `Range` header's value, if any (`bytes=N-`).
+    pub range: Option<String>,
+}
+
+impl FaultProxy {
+    /// The requests forwarded so far with this method and a path ending in `suffix`.
+    pub fn requests_for(&self, method: &str, suffix: &str) -> Vec<Request> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.method == method && r.path.ends_with(suffix))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Takes each complete request head (up to its blank line) out of `pending`:
+/// the requests flmount sends a registry have no body.
+fn parse_requests(pending: &mut Vec<u8>, out: &Mutex<Vec<Request>>) {
+    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+        pending.drain(..end + 4);
+        let mut lines = head.split("\r\n");
+        let mut first = lines.next().unwrap_or_default().split(' ');
+        let (Some(method), Some(path)) = (first.next(), first.next()) else {
+            continue;
+        };
+        let range = lines
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.eq_ignore_ascii_case("range"))
+            .map(|(_, v)| v.trim().to_owned());
+        out.lock().unwrap().push(Request {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            range,
+        });
+    }
 }
 
 impl FaultProxy {
@@ -832,11 +904,13 @@ impl FaultProxy {
             failed: Arc::default(),
             ranged: Arc::default(),
             connections: Arc::default(),
+            requests: Arc::default(),
         };
-        let (failed, ranged, connections) = (
+        let (failed, ranged, connections, requests) = (
             proxy.failed.clone(),
             proxy.ranged.clone(),
             proxy.connections.clone(),
+            proxy.requests.clone(),
         );
         std::thread::spawn(move || {
             for client in listener.incoming() {
@@ -881,12 +955,15 @@ impl FaultProxy {
                 };
                 let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let (mut c1, mut s1) = (client, server);
-                let ranged = ranged.clone();
+                let (ranged, requests) = (ranged.clone(), requests.clone());
                 std::thread::spawn(move || {
                     let mut buf = vec![0u8; 64 << 10];
+                    let mut pending = Vec::new();
                     while let Ok(n @ 1..) = c1.read(&mut buf) {
                         let text = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
                         ranged.fetch_add(text.matches("\r\nrange: bytes=").count(), SeqCst);
+                        pending.extend_from_slice(&buf[..n]);
+                        parse_requests(&mut pending, &requests);
                         if s1.write_all(&buf[..n]).is_err() {
                             break;
                         }

@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -21,6 +21,8 @@ pub struct TokenServer {
     pub issued: Arc<AtomicUsize>,
     /// Requests refused for bad credentials.
     pub refused: Arc<AtomicUsize>,
+    /// Every token issued, to look for where it must never be.
+    pub tokens: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -38,8 +40,9 @@ impl TokenServer {
         let issued = Arc::new(AtomicUsize::new(0));
         let refused = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let tokens: Arc<Mutex<Vec<String>>> = Arc::default();
         let expected = format!("Basic {}", STANDARD.encode(format!("{user}:{password}")));
-        let (i, r, s) = (issued.clone(), refused.clone(), stop.clone());
+        let (i, r, s, t) = (issued.clone(), refused.clone(), stop.clone(), tokens.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if s.load(Ordering::SeqCst) {
@@ -73,6 +76,7 @@ impl TokenServer {
                 let response = if authorization.as_deref() == Some(expected.as_str()) {
                     i.fetch_add(1, Ordering::SeqCst);
                     let token = sign_jwt(&key, &x5c, &user, &scopes);
+                    t.lock().unwrap().push(token.clone());
                     let body = json!({"token": token, "access_token": token, "expires_in": 300}).to_string();
                     format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -93,6 +97,7 @@ impl TokenServer {
             port,
             issued,
             refused,
+            tokens,
             stop,
         }
     }

@@ -26,6 +26,7 @@ use tokio::runtime::Handle;
 use super::index::{Index, Node, NodeKind};
 use crate::flist::chunkcache::{self, ChunkCache, Piece};
 use crate::fs::layer::Timestamp;
+use crate::fs::node::Special;
 use crate::store::{ChunkRef, CHUNK_SIZE};
 
 /// How long the kernel may trust entries and attributes: the tree never
@@ -61,10 +62,13 @@ impl FlistFs {
                 blocks = Some(*b);
                 (FileType::RegularFile, *size, 0)
             }
-            NodeKind::Symlink { target } => (FileType::Symlink, target.len() as u64, 0),
-            NodeKind::CharDev { rdev } => (FileType::CharDevice, 0, *rdev),
-            NodeKind::BlockDev { rdev } => (FileType::BlockDevice, 0, *rdev),
-            NodeKind::Fifo => (FileType::NamedPipe, 0, 0),
+            NodeKind::Special(s) => {
+                let size = match s {
+                    Special::Symlink { target } => target.len() as u64,
+                    _ => 0,
+                };
+                (file_type(&node.kind), size, s.fuse_rdev())
+            }
         };
         let time = system_time(node.meta.mtime);
         FileAttr {
@@ -128,10 +132,10 @@ fn file_type(kind: &NodeKind) -> FileType {
     match kind {
         NodeKind::Dir { .. } => FileType::Directory,
         NodeKind::File { .. } => FileType::RegularFile,
-        NodeKind::Symlink { .. } => FileType::Symlink,
-        NodeKind::CharDev { .. } => FileType::CharDevice,
-        NodeKind::BlockDev { .. } => FileType::BlockDevice,
-        NodeKind::Fifo => FileType::NamedPipe,
+        NodeKind::Special(Special::Symlink { .. }) => FileType::Symlink,
+        NodeKind::Special(Special::CharDev { .. }) => FileType::CharDevice,
+        NodeKind::Special(Special::BlockDev { .. }) => FileType::BlockDevice,
+        NodeKind::Special(Special::Fifo) => FileType::NamedPipe,
     }
 }
 
@@ -223,7 +227,7 @@ impl Filesystem for FlistFs {
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.index.node(ino.0).map(|n| &n.kind) {
-            Some(NodeKind::Symlink { target }) => reply.data(target),
+            Some(NodeKind::Special(Special::Symlink { target })) => reply.data(target),
             Some(_) => reply.error(Errno::EINVAL),
             None => reply.error(Errno::ENOENT),
         }

@@ -13,6 +13,7 @@ use std::ops::Range;
 use anyhow::{bail, Context, Result};
 
 use crate::fs::layer::Meta;
+use crate::fs::node::Special;
 use crate::fs::tree::{InodeKind, Plan, Source};
 use crate::store::ChunkRef;
 
@@ -61,16 +62,7 @@ pub enum NodeKind {
         chunks: Range<usize>,
         blocks: u64,
     },
-    Symlink {
-        target: Box<[u8]>,
-    },
-    CharDev {
-        rdev: u32,
-    },
-    BlockDev {
-        rdev: u32,
-    },
-    Fifo,
+    Special(Special),
 }
 
 #[derive(Debug)]
@@ -141,16 +133,7 @@ impl Index {
                     }
                 }
                 InodeKind::Dir => bail!("a directory among the flist's other inodes"),
-                InodeKind::Symlink { target } => NodeKind::Symlink {
-                    target: target.clone(),
-                },
-                InodeKind::CharDev { major, minor } => NodeKind::CharDev {
-                    rdev: encode_dev(*major, *minor),
-                },
-                InodeKind::BlockDev { major, minor } => NodeKind::BlockDev {
-                    rdev: encode_dev(*major, *minor),
-                },
-                InodeKind::Fifo => NodeKind::Fifo,
+                InodeKind::Special(special) => NodeKind::Special(special.clone()),
             };
             nodes.push(Node {
                 kind,
@@ -239,12 +222,6 @@ fn link(dir_ino: &HashMap<&[u8], u64>, entries: &mut [Vec<Entry>], path: &[u8], 
     Ok(parent)
 }
 
-/// A device number as the FUSE protocol carries it (the kernel's
-/// `new_encode_dev`: 12 bits of major, 20 of minor).
-fn encode_dev(major: u32, minor: u32) -> u32 {
-    (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & 0xfff00) << 12)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,7 +262,7 @@ mod tests {
                 },
                 PlanInode {
                     paths: vec![b"etc/null".to_vec()],
-                    kind: InodeKind::CharDev { major: 1, minor: 3 },
+                    kind: InodeKind::Special(Special::CharDev { major: 1, minor: 3 }),
                     meta: meta(0o666),
                 },
             ],
@@ -313,7 +290,7 @@ mod tests {
         let null = index.lookup(etc, b"null").unwrap();
         assert!(matches!(
             index.node(null).unwrap().kind,
-            NodeKind::CharDev { rdev: 0x103 }
+            NodeKind::Special(Special::CharDev { major: 1, minor: 3 })
         ));
         assert_eq!(index.content_bytes, 3);
         assert_eq!(index.path_of(null), "/etc/null");
@@ -322,10 +299,15 @@ mod tests {
 
     #[test]
     fn device_numbers_use_the_kernel_encoding() {
-        assert_eq!(encode_dev(8, 1), 0x801);
-        assert_eq!(
-            encode_dev(259, 0x12345),
-            0x12345 & 0xff | (259 << 8) | (0x12300 << 12)
-        );
+        // Below 2^12 majors and 2^20 minors the kernel's 32-bit encoding is
+        // glibc's 64-bit one (an independent implementation) cut to 32 bits.
+        for (major, minor) in [(8, 1), (1, 3), (259, 0x12345), (4095, 0xfffff)] {
+            let d = Special::CharDev { major, minor };
+            assert_eq!(
+                u64::from(d.fuse_rdev()),
+                libc::makedev(major, minor),
+                "{major}:{minor}"
+            );
+        }
     }
 }
