@@ -238,20 +238,8 @@ fn gc_spares_a_live_fuse_mount_and_forgets_removed_chunks() {
     let fl = Flmount::new();
     let mnt = tmp.path().join("fuse");
     std::fs::create_dir_all(&mnt).unwrap();
-    let mut server = fl
-        .command()
-        .args(["-image", &a, "-fuse", "-mount", mnt.to_str().unwrap()])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !mnt.join("etc/a").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the FUSE mount did not come up"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    // Killed and unmounted when dropped, should an assertion fail.
+    let mut server = common::mounts::Mounted::start(&fl, &["-image", &a, "-fuse"], &mnt);
     let store = fl.workdir.join("store");
     let chunks = |dir: &Path| {
         files_under(dir)
@@ -272,7 +260,7 @@ fn gc_spares_a_live_fuse_mount_and_forgets_removed_chunks() {
     );
 
     fl.ok(&["-umount", mnt.to_str().unwrap()]);
-    assert!(server.wait().unwrap().success());
+    server.wait_exit(std::time::Duration::from_secs(20));
     fl.ok(&["gc"]);
     assert_eq!(chunks(&store), 0);
     assert_eq!(std::fs::read_dir(fl.workdir.join("flists")).unwrap().count(), 0);
