@@ -17,6 +17,7 @@ packages=(
   curl            # readiness checks in scripts
   debootstrap     # the realistic benchmark image (scripts/bench-image.sh)
   redis-server    # a zdb-protocol chunk store peer
+  redis-tools     # redis-cli: flushing a store in tests
   fuse3           # fusermount3 for FUSE mounts (auto_unmount)
   util-linux      # setpriv: reading a FUSE mount as another user
   runc            # runs the OCI runtime bundles -bundle writes

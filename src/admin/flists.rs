@@ -124,11 +124,7 @@ pub fn inspect(flist: &Path, json: bool) -> Result<()> {
             .collect::<std::collections::HashSet<_>>()
             .len();
         if json {
-            let routes: Vec<_> = fl
-                .routes()?
-                .into_iter()
-                .map(|r| serde_json::json!({"start": r.start, "end": r.end, "url": r.url}))
-                .collect();
+            let routes = routes_json(&fl)?;
             let tags: std::collections::BTreeMap<_, _> = fl.tags()?.into_iter().collect();
             println!(
                 "{}",
@@ -206,11 +202,7 @@ pub fn store(flist: &Path, routes: &[String], json: bool) -> Result<()> {
             fl.replace_routes(&rows)?;
         }
         if json {
-            let routes: Vec<_> = fl
-                .routes()?
-                .into_iter()
-                .map(|r| serde_json::json!({"start": r.start, "end": r.end, "url": r.url}))
-                .collect();
+            let routes = routes_json(&fl)?;
             println!("{}", serde_json::json!(routes));
             return Ok(());
         }
@@ -219,6 +211,15 @@ pub fn store(flist: &Path, routes: &[String], json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// An flist's routes as JSON objects (`start`, `end`, `url`).
+fn routes_json(fl: &Flist) -> Result<Vec<serde_json::Value>> {
+    Ok(fl
+        .routes()?
+        .into_iter()
+        .map(|r| serde_json::json!({"start": r.start, "end": r.end, "url": r.url}))
+        .collect())
 }
 
 /// Writes a line; a closed pipe (`| head`) ends the listing quietly.
