@@ -791,3 +791,147 @@ fn a_full_chunk_cache_disk_still_serves_correct_reads() {
         "the failed cache writes were not logged:\n{log}"
     );
 }
+
+/// The chunk paths (`/<hh>/<id>`) of an flist's trace, in order, read with
+/// Python's sqlite3 (an independent reader).
+fn traced_paths(flist: &Path) -> Vec<String> {
+    let out = run_ok(Command::new("python3").args([
+        "-c",
+        "import sqlite3, sys\n\
+         for (i,) in sqlite3.connect(sys.argv[1]).execute('SELECT id FROM fl_trace ORDER BY seq'):\n\
+         \x20   print(f'/{i.hex()[:2]}/{i.hex()}')",
+        flist.to_str().unwrap(),
+    ]));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The chunk paths of one file of an flist, in order.
+fn file_chunk_paths(flist: &Path, name: &str) -> Vec<String> {
+    let out = run_ok(Command::new("python3").args([
+        "-c",
+        "import sqlite3, sys\n\
+         c = sqlite3.connect(sys.argv[1])\n\
+         (ino,) = c.execute('SELECT ino FROM inode WHERE name = ?', (sys.argv[2],)).fetchone()\n\
+         for (i,) in c.execute('SELECT id FROM block WHERE ino = ? ORDER BY rowid', (ino,)):\n\
+         \x20   print(f'/{i.hex()[:2]}/{i.hex()}')",
+        flist.to_str().unwrap(),
+        name,
+    ]));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
+fn a_trace_recorded_on_one_mount_is_fetched_first_by_the_next() {
+    if !fuse_or_skip("a_trace_recorded_on_one_mount_is_fetched_first_by_the_next") {
+        return;
+    }
+    let c = chunky(4);
+    let http = CountingHttp::start(&c.chunks);
+    let store = http.url();
+    let (cache1, cache2) = (c.tmp.path().join("cache1"), c.tmp.path().join("cache2"));
+    // Record: what `cat` of two files reads, in order (f02 first).
+    let out = c.fl.run(&[
+        "-json",
+        "flist",
+        "trace",
+        c.flist.to_str().unwrap(),
+        "-store",
+        &store,
+        "-cache",
+        cache1.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "cat {}/data/f02 {}/small > /dev/null",
+    ]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    let mut expected = file_chunk_paths(&c.flist, "f02");
+    expected.extend(file_chunk_paths(&c.flist, "small"));
+    assert_eq!(
+        traced_paths(&c.flist),
+        expected,
+        "the trace: f02's chunks, then small's"
+    );
+    assert!(
+        stdout.contains(&format!("\"chunks\":{}", expected.len())),
+        "{stdout}"
+    );
+    // The private mount point is gone.
+    assert!(!std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .contains(".flmount-trace-"));
+
+    // A new mount with an empty cache fetches the traced chunks before
+    // anything is read, and only those (no -prefetch).
+    let before = http.gets();
+    let mnt = c.tmp.path().join("mnt");
+    let m = Mounted::start(
+        &c.fl,
+        &[
+            "-flist",
+            c.flist.to_str().unwrap(),
+            "-store",
+            &store,
+            "-cache",
+            cache2.to_str().unwrap(),
+        ],
+        &mnt,
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !m.log().contains("the start-up trace:") {
+        assert!(
+            Instant::now() < deadline,
+            "the trace was not fetched:\n{}",
+            m.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let fetched: std::collections::BTreeSet<String> = http
+        .gets()
+        .into_iter()
+        .filter(|(path, n)| before.get(path) != Some(n))
+        .map(|(path, _)| path)
+        .collect();
+    assert_eq!(
+        fetched,
+        expected.iter().cloned().collect(),
+        "fetched at mount: the trace"
+    );
+    // Reading the traced files asks the store for nothing more.
+    let gets = http.gets();
+    assert_eq!(
+        std::fs::read(mnt.join("data/f02")).unwrap(),
+        std::fs::read(c.src.join("data/f02")).unwrap()
+    );
+    assert_eq!(http.gets(), gets);
+    m.stop();
+
+    // The trace table does not disturb an independent rfs reader.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/rfs_format.py");
+    run_ok(
+        Command::new(common::servers::venv_bin("python"))
+            .arg(&script)
+            .args([
+                "check",
+                c.flist.to_str().unwrap(),
+                c.chunks.to_str().unwrap(),
+                c.src.to_str().unwrap(),
+            ]),
+    );
+}

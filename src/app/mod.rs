@@ -66,6 +66,24 @@ pub fn run(s: Settings) -> Result<()> {
             FlistOp::Inspect { flist } => admin::flists::inspect(&flist, s.json),
             FlistOp::Tag { flist, set, delete } => admin::flists::tag(&flist, &set, &delete, s.json),
             FlistOp::Store { flist, routes } => admin::flists::store(&flist, &routes, s.json),
+            FlistOp::Trace {
+                flist,
+                stores,
+                cache,
+                command,
+            } => {
+                let options = crate::flist::trace::TraceOptions {
+                    workdir: s.workdir.clone(),
+                    stores,
+                    cache,
+                    command,
+                };
+                let (chunks, bytes) = crate::flist::trace::record(&flist, &options)?;
+                print_json(
+                    serde_json::json!({ "flist": flist, "trace": { "chunks": chunks, "bytes": bytes } }),
+                );
+                Ok(())
+            }
         },
         Action::Images => admin::images(&workdir, s.json),
         Action::ForgetImages(refs) => admin::forget_images(&workdir, &refs, s.json),

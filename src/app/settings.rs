@@ -131,4 +131,11 @@ pub enum FlistOp {
         flist: PathBuf,
         routes: Vec<String>,
     },
+    /// `flist trace F -- CMD`: stores as given (passed to the mount).
+    Trace {
+        flist: PathBuf,
+        stores: Vec<String>,
+        cache: Option<PathBuf>,
+        command: Vec<String>,
+    },
 }

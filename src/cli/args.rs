@@ -94,6 +94,10 @@ pub struct Args {
     #[arg(long)]
     pub allow_other: bool,
 
+    /// FUSE mounts: write the chunks read, in order, to FILE when unmounted (what `flist trace` records with)
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub record_trace: Option<PathBuf>,
+
     /// Network patience in seconds: how long one chunk fetch may take, retries included, before a read fails (EIO on a FUSE mount); and how long a registry transfer may stall before it is retried (resuming where it stopped)
     #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), global = true)]
     pub timeout: u64,
@@ -294,6 +298,19 @@ pub enum FlistCmd {
     },
     /// Show the store routes, or replace them with [xx-yy=]URL routes (secrets are not written)
     Store { flist: PathBuf, routes: Vec<String> },
+    /// Record which chunks a start reads, in order, into the flist; later mounts fetch them first (e.g. flist trace app.fl -- chroot {} python3 -c pass; {} is the mount point)
+    Trace {
+        flist: PathBuf,
+        /// Stores to read from instead of the flist's routes ([xx-yy=]URL)
+        #[arg(long = "store", short = 's', value_name = "URL")]
+        stores: Vec<String>,
+        /// Where fetched chunks are cached (as -cache)
+        #[arg(long, short = 'c', value_name = "DIR")]
+        cache: Option<PathBuf>,
+        /// The command to trace, after --; {} stands for the mount point
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
 }
 
 impl From<ContentCmd> for ContentOp {
@@ -313,6 +330,17 @@ impl From<FlistCmd> for FlistOp {
             FlistCmd::Inspect { flist } => FlistOp::Inspect { flist },
             FlistCmd::Tag { flist, set, delete } => FlistOp::Tag { flist, set, delete },
             FlistCmd::Store { flist, routes } => FlistOp::Store { flist, routes },
+            FlistCmd::Trace {
+                flist,
+                stores,
+                cache,
+                command,
+            } => FlistOp::Trace {
+                flist,
+                stores,
+                cache,
+                command,
+            },
         }
     }
 }

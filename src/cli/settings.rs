@@ -153,6 +153,7 @@ impl Args {
                 default_cache_dir: Workdir::chunk_cache_dir(&workdir),
                 allow_other: self.allow_other,
                 prefetch: self.prefetch,
+                record_trace: self.record_trace.clone().map(absolute).transpose()?,
                 cache: CacheOptions {
                     dir: self.cache.clone().map(absolute).transpose()?,
                     size_limit: cache_size,
@@ -162,7 +163,8 @@ impl Args {
                 },
             })
         };
-        let fuse_only = self.cache.is_some() || self.prefetch || self.allow_other;
+        let fuse_only =
+            self.cache.is_some() || self.prefetch || self.allow_other || self.record_trace.is_some();
         if self.daemon
             && !(self.fuse || (self.image.is_none() && self.flist.is_some() && self.mount.is_some()))
         {

@@ -13,7 +13,9 @@
 //!    decoded piece. Fetches are retried until a deadline, so a store that
 //!    is down or slow gives an error within a bounded time, never a hang.
 //!
-//! Concurrent requests for the same missing chunk share one fetch.
+//! Concurrent requests for the same missing chunk share one fetch, which
+//! runs at the priority of its most urgent reader: [`fetch`] decides which
+//! fetches run and how many at once.
 
 use std::collections::HashMap;
 use std::fs;
@@ -28,12 +30,13 @@ use lru::LruCache;
 use tokio::sync::{OnceCell, Semaphore};
 use tokio::time::Instant;
 
+use super::fetch::{self, Priority, Scheduler, Ticket};
 use crate::store::{codec, ChunkRef, Router, CHUNK_SIZE};
 use crate::store::{ChunkError, ChunkFailure};
 
-/// Store fetches at once: enough to hide a remote store's latency, few
-/// enough to bound memory (about 1 MiB each while decoding).
-const FETCHES_IN_FLIGHT: usize = 16;
+/// Expected bytes of the background fetches in flight: a fetch holds its
+/// blob and then its decoded piece, so this bounds their memory.
+const FETCH_BYTES_IN_FLIGHT: u64 = 16 << 20;
 
 /// Disk cache writes at once (each holds its piece until written).
 const DISK_WRITES_IN_FLIGHT: usize = 4;
@@ -76,18 +79,23 @@ pub struct CacheStats {
     pub evicted: AtomicU64,
 }
 
-type Flight = Arc<OnceCell<Result<Piece, ChunkError>>>;
+/// One chunk being loaded, and every reader waiting for it.
+#[derive(Default)]
+struct Flight {
+    result: OnceCell<Result<Piece, ChunkError>>,
+    /// Set by the first reader; raised by more urgent ones.
+    ticket: OnceCell<Arc<Ticket>>,
+}
 
 pub struct ChunkCache {
     router: Router,
     disk: Option<Arc<DiskCache>>,
     memory: Mutex<LruCache<Key, Piece>>,
-    inflight: Mutex<HashMap<Key, Flight>>,
+    inflight: Mutex<HashMap<Key, Arc<Flight>>>,
     /// Bounds the disk writes in flight (each holds a piece in memory).
     writes: Arc<Semaphore>,
-    /// Bounds the store fetches in flight, and so the memory they hold
-    /// (a blob and its decoded piece each).
-    fetches: Semaphore,
+    /// Orders the store fetches and bounds how many run at once.
+    scheduler: Arc<Scheduler>,
     timeout: Duration,
     pub stats: Arc<CacheStats>,
 }
@@ -131,7 +139,7 @@ impl ChunkCache {
             )),
             inflight: Mutex::new(HashMap::new()),
             writes: Arc::new(Semaphore::new(DISK_WRITES_IN_FLIGHT)),
-            fetches: Semaphore::new(FETCHES_IN_FLIGHT),
+            scheduler: Scheduler::new(FETCH_BYTES_IN_FLIGHT),
             timeout: options.timeout,
             stats,
         })
@@ -161,28 +169,43 @@ impl ChunkCache {
         self.memory.lock().unwrap().contains(&chunk.key)
     }
 
-    /// The decoded chunk, from memory, disk or the stores.
+    /// The decoded chunk, from memory, disk or the stores, for a reader
+    /// that waits for it.
     pub async fn get(&self, chunk: &ChunkRef) -> Result<Piece> {
         if let Some(piece) = self.get_in_memory(chunk) {
             return Ok(piece);
         }
-        let piece = self.load_once(chunk).await?;
+        let piece = self.load_once(chunk, Priority::Demand, CHUNK_SIZE as u64).await?;
         self.memory.lock().unwrap().put(chunk.key, piece.clone());
         Ok(piece)
     }
 
-    /// Makes sure the chunk is in the disk cache (for prefetching), without
-    /// pushing hot chunks out of memory.
-    pub async fn fill(&self, chunk: &ChunkRef) -> Result<()> {
+    /// Makes sure the chunk (of about `bytes` bytes) is in the disk cache,
+    /// without pushing hot chunks out of memory: read-ahead, traces and
+    /// prefetching. Without a disk cache, it is kept in memory instead.
+    pub async fn fill(&self, chunk: &ChunkRef, priority: Priority, bytes: u64) -> Result<()> {
         if self.is_in_memory(chunk) {
             return Ok(());
         }
-        if let Some(disk) = &self.disk {
-            if disk.contains(&chunk.key) {
-                return Ok(());
+        match &self.disk {
+            Some(disk) if disk.contains(&chunk.key) => Ok(()),
+            Some(_) => self.load_once(chunk, priority, bytes).await.map(drop),
+            None => {
+                let piece = self.load_once(chunk, priority, bytes).await?;
+                self.memory.lock().unwrap().put(chunk.key, piece);
+                Ok(())
             }
         }
-        self.load_once(chunk).await.map(drop)
+    }
+
+    /// Whether the chunk is in memory or on disk (not counted as a hit).
+    pub fn is_cached(&self, chunk: &ChunkRef) -> bool {
+        self.is_in_memory(chunk) || self.disk.as_ref().is_some_and(|d| d.contains(&chunk.key))
+    }
+
+    /// What the fetch scheduler is doing.
+    pub fn fetch_load(&self) -> fetch::Load {
+        self.scheduler.load()
     }
 
     /// Waits for the chunks being written to the disk cache.
@@ -195,8 +218,9 @@ impl ChunkCache {
         self.disk.as_ref().map(|d| d.limit)
     }
 
-    /// Loads a chunk, sharing the work with every concurrent caller.
-    async fn load_once(&self, chunk: &ChunkRef) -> Result<Piece> {
+    /// Loads a chunk, sharing the work with every concurrent caller; the
+    /// fetch runs at the priority of the most urgent one.
+    async fn load_once(&self, chunk: &ChunkRef, priority: Priority, bytes: u64) -> Result<Piece> {
         let flight = self
             .inflight
             .lock()
@@ -204,7 +228,16 @@ impl ChunkCache {
             .entry(chunk.key)
             .or_default()
             .clone();
-        let result = flight.get_or_init(|| self.load(chunk)).await.clone();
+        let ticket = flight
+            .ticket
+            .get_or_init(|| async { self.scheduler.ticket(priority, bytes) })
+            .await;
+        self.scheduler.raise(ticket, priority);
+        let result = flight
+            .result
+            .get_or_init(|| self.load(chunk, ticket))
+            .await
+            .clone();
         {
             let mut inflight = self.inflight.lock().unwrap();
             if inflight.get(&chunk.key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
@@ -214,7 +247,7 @@ impl ChunkCache {
         result.map_err(anyhow::Error::new)
     }
 
-    async fn load(&self, chunk: &ChunkRef) -> Result<Piece, ChunkError> {
+    async fn load(&self, chunk: &ChunkRef, ticket: &Arc<Ticket>) -> Result<Piece, ChunkError> {
         if let Some(disk) = self.disk.as_ref().filter(|d| d.contains(&chunk.key)) {
             let (disk, key) = (disk.clone(), chunk.key);
             if let Ok(Some(piece)) = tokio::task::spawn_blocking(move || disk.read(&key)).await {
@@ -222,34 +255,41 @@ impl ChunkCache {
                 return Ok(Arc::new(piece));
             }
         }
-        let piece = {
-            let _slot = self.fetches.acquire().await.map_err(|e| ChunkError {
-                message: e.to_string(),
-                failure: ChunkFailure::Unreachable,
-            })?;
-            Arc::new(self.fetch(chunk).await?)
-        };
+        let permit = self.scheduler.admit(ticket).await;
+        let piece = Arc::new(self.fetch(chunk, &permit).await?);
+        permit.succeeded();
         self.stats.fetched.fetch_add(1, Ordering::Relaxed);
         self.stats
             .fetched_bytes
             .fetch_add(piece.len() as u64, Ordering::Relaxed);
         if let Some(disk) = &self.disk {
-            // Wait for a write slot (back-pressure), not for the write.
-            if let Ok(permit) = self.writes.clone().acquire_owned().await {
-                let (disk, key, piece) = (disk.clone(), chunk.key, piece.clone());
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = disk.write(&key, &piece) {
-                        tracing::warn!("caching chunk {}: {e:#}", hex::encode(key));
-                    }
-                    drop(permit);
-                });
+            let (disk, key, writes) = (disk.clone(), chunk.key, self.writes.clone());
+            let write = async move |piece: Piece| {
+                // Wait for a write slot (back-pressure), not for the write.
+                if let Ok(permit) = writes.acquire_owned().await {
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = disk.write(&key, &piece) {
+                            tracing::warn!("caching chunk {}: {e:#}", hex::encode(key));
+                        }
+                        drop(permit);
+                    });
+                }
+            };
+            if ticket.priority() == Priority::Demand {
+                // A blocked reader never waits behind background writes.
+                tokio::spawn(write(piece.clone()));
+            } else {
+                // The fetch keeps its place (and so its memory counted)
+                // until the piece is handed to a write.
+                write(piece.clone()).await;
             }
         }
+        drop(permit);
         Ok(piece)
     }
 
     /// Fetches from the stores, retrying until the deadline.
-    async fn fetch(&self, chunk: &ChunkRef) -> Result<Vec<u8>, ChunkError> {
+    async fn fetch(&self, chunk: &ChunkRef, permit: &fetch::Permit) -> Result<Vec<u8>, ChunkError> {
         let deadline = Instant::now() + self.timeout;
         let mut attempt = 0;
         loop {
@@ -268,6 +308,7 @@ impl ChunkCache {
                     failure: ChunkFailure::Unreachable,
                 });
             }
+            permit.congested();
             tracing::debug!("{error}; retrying in {delay:?}");
             tokio::time::sleep(delay).await;
         }
@@ -454,6 +495,7 @@ mod tests {
     use super::*;
     use crate::store::{self, ChunkId, Route, Store, StoreError};
     use futures_util::future::BoxFuture;
+    use std::collections::HashMap;
 
     /// A real dir store that answers `get` after a delay, counting calls.
     struct Slow {
@@ -538,6 +580,121 @@ mod tests {
         );
         assert!(slow.gets.load(Ordering::SeqCst) >= 1, "the store was never asked");
         assert!(format!("{err:#}").contains("gave up after"), "{err:#}");
+    }
+
+    /// A store a round trip away, holding blobs in memory (so tokio's
+    /// paused clock measures only the round trips); `lie` returns every
+    /// blob with a byte changed.
+    struct Far {
+        blobs: HashMap<ChunkId, Vec<u8>>,
+        delay: Duration,
+        lie: bool,
+        gets: AtomicU64,
+    }
+
+    impl Store for Far {
+        fn get<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Vec<u8>, StoreError>> {
+            Box::pin(async move {
+                self.gets.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(self.delay).await;
+                let mut blob = self
+                    .blobs
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| StoreError::NotFound(hex::encode(id)))?;
+                if self.lie {
+                    let last = blob.len() - 1;
+                    blob[last] ^= 1;
+                }
+                Ok(blob)
+            })
+        }
+        fn set<'a>(&'a self, _: &'a ChunkId, _: &'a [u8]) -> BoxFuture<'a, Result<(), StoreError>> {
+            unimplemented!("read-only")
+        }
+        fn exists<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<bool, StoreError>> {
+            Box::pin(async move { Ok(self.blobs.contains_key(id)) })
+        }
+        fn public_url(&self) -> &str {
+            "test://far"
+        }
+    }
+
+    /// A cache over a store 30 ms away holding `n` distinct chunks.
+    fn far_cache(n: usize, lie: bool) -> (Arc<Far>, Arc<ChunkCache>, Vec<ChunkRef>) {
+        let mut blobs = HashMap::new();
+        let mut chunks = Vec::new();
+        for i in 0..n {
+            let (chunk, blob) = codec::encode(format!("chunk {i}").as_bytes());
+            blobs.insert(chunk.id, blob);
+            chunks.push(chunk);
+        }
+        let far = Arc::new(Far {
+            blobs,
+            delay: Duration::from_millis(30),
+            lie,
+            gets: AtomicU64::new(0),
+        });
+        let router = Router::from_routes(vec![Route {
+            start: 0,
+            end: 255,
+            store: far.clone(),
+        }]);
+        let options = CacheOptions {
+            dir: None,
+            size_limit: 0,
+            memory_chunks: 4,
+            timeout: Duration::from_secs(30),
+            adopt_dir: false,
+        };
+        (far, Arc::new(ChunkCache::new(router, &options).unwrap()), chunks)
+    }
+
+    /// On tokio's paused clock: 3,000 prefetches are queued behind a store
+    /// 30 ms away; a demand read of another chunk, and one of a chunk at
+    /// the back of the prefetch queue, each take one round trip.
+    #[tokio::test(start_paused = true)]
+    async fn a_demand_read_overtakes_thousands_of_queued_prefetches() {
+        let (far, cache, chunks) = far_cache(3002, false);
+        for chunk in &chunks[..3001] {
+            let (cache, chunk) = (cache.clone(), *chunk);
+            tokio::spawn(async move { cache.fill(&chunk, Priority::Prefetch, 10).await });
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let load = cache.fetch_load();
+        assert!(load.queued > 2500, "{load:?}");
+        for wanted in [&chunks[3001], &chunks[3000]] {
+            let started = Instant::now();
+            let piece = cache.get(wanted).await.unwrap();
+            assert_eq!(codec::blake2b256(&piece), wanted.key);
+            let took = started.elapsed();
+            assert!(
+                took <= Duration::from_millis(3 * 30),
+                "a demand read took {took:?} behind a prefetch"
+            );
+        }
+        assert!(cache.fetch_load().queued > 2000, "the prefetch was still queued");
+        // Each chunk was fetched once: the raised one was not fetched twice.
+        while cache.fetch_load().running + cache.fetch_load().queued > 0 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        assert_eq!(far.gets.load(Ordering::SeqCst), 3002);
+    }
+
+    /// A store that answers slowly with altered blobs: every read fails,
+    /// none gives bytes (demand, read-ahead and prefetch alike).
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_lying_store_never_yields_wrong_bytes() {
+        let (_, cache, chunks) = far_cache(50, true);
+        for (i, chunk) in chunks.iter().enumerate() {
+            if i % 2 == 0 {
+                let err = cache.get(chunk).await.unwrap_err();
+                assert!(format!("{err:#}").contains("could not be read"), "{err:#}");
+            } else {
+                assert!(cache.fill(chunk, Priority::Prefetch, 10).await.is_err());
+                assert!(!cache.is_cached(chunk));
+            }
+        }
     }
 
     #[test]

@@ -24,6 +24,9 @@
 //!     -- `target`; each name keeps its own inode and block rows, so rfs can
 //!     -- read it (the chunks are shared in the store anyway)
 //! fl_time(ino INTEGER PRIMARY KEY, mtime_nsec INTEGER)  -- sub-second mtimes
+//! fl_trace(seq INTEGER PRIMARY KEY, id BLOB, key BLOB)
+//!     -- a start-up trace: the chunks a recorded start read, in order
+//!     -- (`flmount flist trace`); a mount fetches them first
 //! ```
 //!
 //! Names and link targets are TEXT when they are UTF-8 and BLOB otherwise.
@@ -69,6 +72,7 @@ CREATE TABLE IF NOT EXISTS fl_xattr (ino INTEGER, name BLOB, value BLOB);
 CREATE INDEX IF NOT EXISTS fl_xattr_ino ON fl_xattr (ino);
 CREATE TABLE IF NOT EXISTS fl_link (ino INTEGER PRIMARY KEY, target INTEGER);
 CREATE TABLE IF NOT EXISTS fl_time (ino INTEGER PRIMARY KEY, mtime_nsec INTEGER);
+CREATE TABLE IF NOT EXISTS fl_trace (seq INTEGER PRIMARY KEY, id BLOB, key BLOB);
 ";
 
 /// Files larger than this are refused when reading an flist (1 TiB).
@@ -539,6 +543,41 @@ impl Flist {
             }
         }
         Ok(out)
+    }
+
+    /// The start-up trace: chunks in the order a recorded start read them
+    /// (empty if none was recorded).
+    pub fn trace(&self) -> Result<Vec<ChunkRef>> {
+        if !self.has_table("fl_trace")? {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        let mut stmt = self.conn.prepare("SELECT id, key FROM fl_trace ORDER BY seq")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let (Ok(id), Ok(key)) = (
+                <[u8; 32]>::try_from(value_bytes(r.get_ref(0)?)?.as_slice()),
+                <[u8; 32]>::try_from(value_bytes(r.get_ref(1)?)?.as_slice()),
+            ) else {
+                bail!("the flist's trace holds an id or key that is not 32 bytes");
+            };
+            out.push(ChunkRef { id, key });
+        }
+        Ok(out)
+    }
+
+    /// Replaces the start-up trace (an flist opened with [`Flist::open_rw`]).
+    pub fn set_trace(&mut self, chunks: &[ChunkRef]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM fl_trace", [])?;
+        {
+            let mut insert = tx.prepare("INSERT INTO fl_trace (seq, id, key) VALUES (?1, ?2, ?3)")?;
+            for (seq, chunk) in chunks.iter().enumerate() {
+                insert.execute(params![seq as i64, &chunk.id[..], &chunk.key[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     fn map_bytes(&self, sql: &str) -> Result<HashMap<i64, Vec<u8>>> {

@@ -5,6 +5,8 @@
 
 pub mod chunkcache;
 pub mod commands;
+pub mod fetch;
 pub mod format;
 pub mod fuse;
 pub mod pack;
+pub mod trace;

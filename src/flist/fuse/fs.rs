@@ -10,10 +10,9 @@
 //! without asking, and closes without a round trip),
 //! symlink caching, and readdirplus so a walk needs no separate lookups.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
@@ -23,8 +22,11 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
+use super::ahead::ReadAhead;
 use super::index::{Index, Node, NodeKind};
 use crate::flist::chunkcache::{self, ChunkCache, Piece};
+use crate::flist::fetch::Priority;
+use crate::flist::trace::Recorder;
 use crate::fs::layer::Timestamp;
 use crate::fs::node::Special;
 use crate::store::{ChunkRef, CHUNK_SIZE};
@@ -33,24 +35,31 @@ use crate::store::{ChunkRef, CHUNK_SIZE};
 /// changes while mounted.
 const TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// Chunks fetched ahead of a sequential reader.
-const READ_AHEAD_CHUNKS: usize = 2;
-
 pub struct FlistFs {
     index: Arc<Index>,
     cache: Arc<ChunkCache>,
     rt: Handle,
-    /// Where the last read of each file ended, to spot sequential readers.
-    read_ends: Mutex<HashMap<u64, u64>>,
+    ahead: ReadAhead,
+    /// Records what is read, for `flist trace`.
+    recorder: Option<Arc<Recorder>>,
 }
 
 impl FlistFs {
-    pub fn new(index: Arc<Index>, cache: Arc<ChunkCache>, rt: Handle) -> Self {
+    pub fn new(
+        index: Arc<Index>,
+        cache: Arc<ChunkCache>,
+        rt: Handle,
+        recorder: Option<Arc<Recorder>>,
+    ) -> Self {
+        // Whole files and walks are read ahead into a disk cache; without
+        // one (local stores) only a sequential reader's next chunks.
+        let ahead = ReadAhead::new(&index, cache.disk_limit().is_some());
         FlistFs {
             index,
             cache,
             rt,
-            read_ends: Mutex::new(HashMap::new()),
+            ahead,
+            recorder,
         }
     }
 
@@ -90,32 +99,25 @@ impl FlistFs {
         }
     }
 
-    /// Starts fetching the chunks after `last` when the file is read
-    /// sequentially, so they are ready when the reader gets there.
+    /// Starts fetching what the reader of `[offset, end)` of `ino` will
+    /// want next (see [`ReadAhead`]), below demand reads.
     fn read_ahead(&self, ino: u64, offset: u64, end: u64, last: usize, chunks: &[ChunkRef]) {
-        let sequential = {
-            let mut ends = self.read_ends.lock().unwrap();
-            let sequential = offset == 0 || ends.get(&ino) == Some(&offset);
-            if ends.len() > 4096 {
-                ends.clear();
-            }
-            ends.insert(ino, end);
-            sequential
-        };
-        if !sequential {
+        let mut wanted = self.ahead.after_read(&self.index, ino, offset, end, last, chunks);
+        wanted.retain(|(chunk, _)| !self.cache.is_cached(chunk));
+        if wanted.is_empty() {
             return;
         }
-        for chunk in chunks.iter().skip(last + 1).take(READ_AHEAD_CHUNKS) {
-            if self.cache.is_in_memory(chunk) {
-                continue;
-            }
-            let (cache, chunk) = (self.cache.clone(), *chunk);
-            self.rt.spawn(async move {
-                if let Err(e) = cache.get(&chunk).await {
+        let cache = self.cache.clone();
+        self.rt.spawn(async move {
+            let fills = wanted
+                .iter()
+                .map(|(chunk, bytes)| cache.fill(chunk, Priority::Ahead, *bytes));
+            for result in futures_util::future::join_all(fills).await {
+                if let Err(e) = result {
                     tracing::debug!("read-ahead: {e:#}");
                 }
-            });
-        }
+            }
+        });
     }
 }
 
@@ -288,8 +290,11 @@ impl Filesystem for FlistFs {
             );
             return reply.error(Errno::EIO);
         }
-        self.read_ahead(ino, offset, end, last, chunks);
         let wanted = &chunks[first..=last];
+        if let Some(recorder) = &self.recorder {
+            recorder.record(wanted);
+        }
+        self.read_ahead(ino, offset, end, last, chunks);
         let count = chunks.len();
         if let Some(pieces) = self.cache.get_all_in_memory(wanted) {
             return match assemble(file_size, count, first, &pieces, offset, end) {

@@ -201,10 +201,25 @@ impl Index {
         &self.chunks[range.clone()]
     }
 
-    /// Every file's chunks, each distinct chunk once, in tree order.
-    pub fn distinct_chunks(&self) -> Vec<&ChunkRef> {
+    /// Every file's chunks with their sizes, each distinct chunk once, in
+    /// inode order.
+    pub fn distinct_chunks(&self) -> Vec<(ChunkRef, u64)> {
         let mut seen = std::collections::HashSet::new();
-        self.chunks.iter().filter(|c| seen.insert(c.key)).collect()
+        let mut out = Vec::new();
+        for node in &self.nodes {
+            let NodeKind::File { size, chunks, .. } = &node.kind else {
+                continue;
+            };
+            let count = chunks.len();
+            for (i, chunk) in self.chunks[chunks.clone()].iter().enumerate() {
+                if seen.insert(chunk.key) {
+                    let bytes = crate::flist::chunkcache::expected_len(*size, i, count)
+                        .unwrap_or(crate::store::CHUNK_SIZE);
+                    out.push((*chunk, bytes as u64));
+                }
+            }
+        }
+        out
     }
 }
 

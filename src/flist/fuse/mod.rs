@@ -13,10 +13,12 @@
 //! mount made by root allows setuid programs and device nodes, as the
 //! overlay mount does: the tree is the image's root filesystem.
 
+mod ahead;
 mod fs;
 pub mod index;
 pub mod watcher;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,10 +29,12 @@ use fuser::{Config, MountOption, Session, SessionACL};
 use tokio::runtime::Handle;
 
 use crate::flist::chunkcache::{CacheOptions, ChunkCache};
+use crate::flist::fetch::Priority;
 use crate::flist::format::Flist;
+use crate::flist::trace::Recorder;
 use crate::owned::mounts;
 use crate::progress::human_bytes;
-use crate::store::Router;
+use crate::store::{ChunkRef, Router};
 use fs::FlistFs;
 use index::Index;
 
@@ -47,6 +51,9 @@ pub struct MountOptions {
     /// a cache of its own: a second copy would only cost disk and time).
     pub cache: CacheOptions,
     pub default_cache_dir: PathBuf,
+    /// Record the chunks read, in order, into this file when unmounted
+    /// (see `flist::trace`).
+    pub record_trace: Option<PathBuf>,
 }
 
 /// Mounts `flist_path` at `options.mountpoint`, reading chunks through
@@ -62,9 +69,17 @@ pub fn serve(flist_path: &Path, router: Router, options: &MountOptions, rt: Hand
     }
     // Held while serving: `gc` keeps an flist that a live mount holds.
     let _serving = hold_flist(flist_path)?;
-    let index = {
-        let (plan, blocks) = Flist::open(flist_path)?.plan()?;
-        Arc::new(Index::build(&plan, &blocks).with_context(|| format!("loading {}", flist_path.display()))?)
+    let (index, trace) = {
+        let fl = Flist::open(flist_path)?;
+        let (plan, blocks) = fl.plan()?;
+        let index = Arc::new(
+            Index::build(&plan, &blocks).with_context(|| format!("loading {}", flist_path.display()))?,
+        );
+        let trace = fl.trace().unwrap_or_else(|e| {
+            tracing::warn!("{}: ignoring its start-up trace: {e:#}", flist_path.display());
+            Vec::new()
+        });
+        (index, trace)
     };
     let mut cache_options = options.cache.clone();
     if cache_options.dir.is_none() && !router.is_local() {
@@ -110,7 +125,11 @@ pub fn serve(flist_path: &Path, router: Router, options: &MountOptions, rt: Hand
         let _runtime = rt.enter();
         Signals::new()
     };
-    let fs = FlistFs::new(index.clone(), cache.clone(), rt.clone());
+    let recorder = options
+        .record_trace
+        .as_ref()
+        .map(|_| Arc::new(Recorder::default()));
+    let fs = FlistFs::new(index.clone(), cache.clone(), rt.clone(), recorder.clone());
     let session = if root {
         // Mounted by flmount itself, as type `fuse.flmount`: fuser's own
         // mount(2) would drop the subtype, and fusermount3 is not needed.
@@ -156,11 +175,18 @@ pub fn serve(flist_path: &Path, router: Router, options: &MountOptions, rt: Hand
             Err(e) => tracing::warn!("unmounting: {e}"),
         }
     });
+    if !trace.is_empty() && cache.disk_limit().is_some() {
+        rt.spawn(fetch_trace(index.clone(), cache.clone(), trace));
+    }
     if options.prefetch {
         rt.spawn(prefetch(index.clone(), cache.clone()));
     }
     session.run().context("serving the FUSE mount")?;
     rt.block_on(cache.flush());
+    if let (Some(recorder), Some(path)) = (&recorder, &options.record_trace) {
+        let n = recorder.save(path)?;
+        tracing::info!("recorded a trace of {n} chunks");
+    }
     let stats = &cache.stats;
     tracing::info!(
         "unmounted {}: {} chunks ({}) fetched, {} from the disk cache, {} from memory",
@@ -173,12 +199,28 @@ pub fn serve(flist_path: &Path, router: Router, options: &MountOptions, rt: Hand
     Ok(())
 }
 
-/// Fetches every chunk of the flist into the disk cache, a few at a time.
+/// Background fetches handed to the scheduler at once (more than it ever
+/// runs, so it always has the next ones).
+const BACKGROUND_QUEUED: usize = 1024;
+
+/// Fetches the chunks of the flist's start-up trace that are among its
+/// chunks, in the trace's order, above `-prefetch`.
+async fn fetch_trace(index: Arc<Index>, cache: Arc<ChunkCache>, trace: Vec<ChunkRef>) {
+    let sizes: HashMap<[u8; 32], u64> = index
+        .distinct_chunks()
+        .into_iter()
+        .map(|(c, n)| (c.key, n))
+        .collect();
+    let chunks: Vec<(ChunkRef, u64)> = trace
+        .into_iter()
+        .filter_map(|c| sizes.get(&c.key).map(|&n| (c, n)))
+        .collect();
+    drop(sizes);
+    fetch_all(cache, chunks, Priority::Trace, "the start-up trace").await;
+}
+
+/// Fetches every chunk of the flist into the disk cache.
 async fn prefetch(index: Arc<Index>, cache: Arc<ChunkCache>) {
-    use futures_util::StreamExt;
-    let started = Instant::now();
-    let chunks: Vec<_> = index.distinct_chunks().into_iter().cloned().collect();
-    let total = chunks.len();
     let Some(limit) = cache.disk_limit() else {
         tracing::info!(
             "-prefetch: the stores are local directories and no -cache was given: nothing to fetch"
@@ -193,23 +235,33 @@ async fn prefetch(index: Arc<Index>, cache: Arc<ChunkCache>) {
             human_bytes(limit)
         );
     }
+    fetch_all(cache, index.distinct_chunks(), Priority::Prefetch, "prefetched").await;
+}
+
+/// Fills the cache with `chunks` at `priority`; logs the outcome.
+async fn fetch_all(cache: Arc<ChunkCache>, chunks: Vec<(ChunkRef, u64)>, priority: Priority, what: &str) {
+    use futures_util::StreamExt;
+    let started = Instant::now();
+    let total = chunks.len();
     let errors: Vec<anyhow::Error> = futures_util::stream::iter(chunks)
-        .map(|chunk| {
+        .map(|(chunk, bytes)| {
             let cache = cache.clone();
-            async move { cache.fill(&chunk).await.err() }
+            async move { cache.fill(&chunk, priority, bytes).await.err() }
         })
-        .buffer_unordered(8)
+        // The fetch scheduler decides how many run; these only wait in
+        // its queue, below demand reads (and read-ahead).
+        .buffer_unordered(BACKGROUND_QUEUED)
         .filter_map(std::future::ready)
         .collect()
         .await;
     if let Some(first) = errors.first() {
         tracing::warn!(
-            "prefetch: {} of {total} chunks could not be fetched (first: {first:#})",
+            "{what}: {} of {total} chunks could not be fetched (first: {first:#})",
             errors.len()
         );
     } else {
         tracing::info!(
-            "prefetched {total} chunks in {:.1}s",
+            "{what}: {total} chunks in {:.1}s",
             started.elapsed().as_secs_f64()
         );
     }

@@ -1,0 +1,399 @@
+//! Read-ahead: which chunks to fetch before a reader asks for them, so a
+//! remote store costs bandwidth rather than one round trip per chunk.
+//!
+//! Three rules, each bounded so that a random reader is not flooded:
+//! - **the rest of a small file** when it is first read (offset 0): a
+//!   file is read whole far more often than not, and its chunks then come
+//!   in one round trip instead of one each;
+//! - **ahead of a sequential reader** of a larger file, a window of chunks
+//!   that doubles while the reader keeps going;
+//! - **the next files of a walk**: every file has a rank in the tree's
+//!   depth-first, name-ordered walk (the order of `tar`, `cp -r`, `find`).
+//!   When files are first read at nearby, rising ranks (a stream), the
+//!   files after them are fetched, a window that doubles with every read
+//!   the stream makes (up to [`MAX_WALK_FILES`] files ahead). A reader
+//!   that jumps around starts a new stream each time, and a stream reads
+//!   nothing ahead until its second read;
+//! - **the files of a directory in use**: a program loading its modules,
+//!   libraries or assets reads several files of one directory, in no
+//!   useful order. The second file first read in a directory fetches
+//!   [`DIR_FILES`] of its files around it, the fourth four times as many,
+//!   the eighth the whole directory (at most [`DIR_MAX_FILES`] files).
+//!
+//! What is read ahead is fetched below demand reads (see `flist::fetch`).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use super::index::{Index, NodeKind, ROOT};
+use crate::flist::chunkcache;
+use crate::store::{ChunkRef, CHUNK_SIZE};
+
+/// A file up to this size is fetched whole on its first read.
+const WHOLE_FILE: u64 = 16 << 20;
+/// The sequential window of a larger file: first, and at most (chunks).
+const FIRST_WINDOW: usize = 4;
+const MAX_WINDOW: usize = 32;
+/// A stream's window of files: first, and at most.
+const FIRST_WALK_FILES: u32 = 8;
+pub const MAX_WALK_FILES: u32 = 256;
+/// A first read this close to a stream (in ranks) continues it.
+const GAP: u32 = 16;
+/// Streams followed at once.
+const STREAMS: usize = 8;
+/// A file up to this size is read ahead whole by a walk, and by a
+/// directory's rule; of a larger one, its first chunk.
+const WALK_FILE_BYTES: u64 = WHOLE_FILE;
+const DIR_FILE_BYTES: u64 = 1 << 20;
+/// Bytes read ahead at most at once, for walks and directories together.
+const MAX_AHEAD_BYTES: u64 = 64 << 20;
+/// Files of a directory read ahead at its second distinct read, and at
+/// most (at its eighth).
+pub const DIR_FILES: usize = 16;
+pub const DIR_MAX_FILES: usize = 1024;
+/// Directories followed at once.
+const DIRS: usize = 4096;
+
+/// A chunk to fetch ahead, and its expected size.
+pub type Wanted = (ChunkRef, u64);
+
+pub struct ReadAhead {
+    /// File inode numbers in walk order, and each inode's rank (u32::MAX
+    /// for what is not a file).
+    walk: Vec<u64>,
+    rank: Vec<u32>,
+    /// Whether whole files and walks are read ahead (only with a disk
+    /// cache to hold them).
+    wide: bool,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Where the last read of each file ended, and its window.
+    files: HashMap<u64, (u64, usize)>,
+    streams: VecDeque<Stream>,
+    /// Per directory: files first read in it, and the last one.
+    dirs: HashMap<u64, (u32, u64)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Stream {
+    /// The rank read last, and the rank read-ahead reached (exclusive).
+    last: u32,
+    ahead: u32,
+    window: u32,
+    reads: u32,
+}
+
+impl ReadAhead {
+    pub fn new(index: &Index, wide: bool) -> Self {
+        let (walk, rank) = walk_order(index);
+        ReadAhead {
+            walk,
+            rank,
+            wide,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// What to fetch ahead of a read of `[offset, end)` from file `ino`,
+    /// whose chunks are `chunks` and whose read ends in chunk `last`.
+    pub fn after_read(
+        &self,
+        index: &Index,
+        ino: u64,
+        offset: u64,
+        end: u64,
+        last: usize,
+        chunks: &[ChunkRef],
+    ) -> Vec<Wanted> {
+        let size = match index.node(ino).map(|n| &n.kind) {
+            Some(NodeKind::File { size, .. }) => *size,
+            _ => return Vec::new(),
+        };
+        let mut wanted = Vec::new();
+        let mut state = self.state.lock().unwrap();
+        if self.wide && offset == 0 && size <= WHOLE_FILE {
+            state.files.remove(&ino);
+            push_chunks(&mut wanted, size, chunks, last + 1, chunks.len());
+        } else {
+            let window = match state.files.get(&ino) {
+                Some(&(prev_end, window)) if prev_end == offset => (window * 2).min(MAX_WINDOW),
+                _ if offset == 0 => FIRST_WINDOW,
+                // Not sequential: nothing ahead.
+                _ => 0,
+            };
+            if state.files.len() > 4096 {
+                state.files.clear();
+            }
+            state.files.insert(ino, (end, window.max(FIRST_WINDOW)));
+            push_chunks(&mut wanted, size, chunks, last + 1, last + 1 + window);
+        }
+        if self.wide && offset == 0 {
+            let walk = self.stream(&mut state, ino);
+            let dir = self.directory(&mut state, index, ino);
+            drop(state);
+            // A walker reads whole files; a program using a directory
+            // reads some: its small files whole, a large one's start.
+            let walk = walk
+                .into_iter()
+                .flat_map(|r| self.walk[r].iter().map(|&f| (f, WALK_FILE_BYTES)));
+            let dir = dir.into_iter().map(|f| (f, DIR_FILE_BYTES));
+            let mut bytes = 0;
+            for (file, most) in walk.chain(dir) {
+                if let Some(NodeKind::File { size, chunks, .. }) = index.node(file).map(|n| &n.kind) {
+                    let take = if *size <= most { *size } else { CHUNK_SIZE as u64 };
+                    bytes += take;
+                    if bytes > MAX_AHEAD_BYTES {
+                        break;
+                    }
+                    let n = take.div_ceil(CHUNK_SIZE as u64) as usize;
+                    push_chunks(&mut wanted, *size, index.chunks(chunks), 0, n);
+                }
+            }
+        }
+        wanted
+    }
+
+    /// Feeds the first read of `ino` to its directory's count; returns the
+    /// files of the directory to read ahead, if any.
+    fn directory(&self, state: &mut State, index: &Index, ino: u64) -> Vec<u64> {
+        let Some(parent) = index.node(ino).map(|n| n.parent) else {
+            return Vec::new();
+        };
+        if state.dirs.len() >= DIRS && !state.dirs.contains_key(&parent) {
+            state.dirs.clear();
+        }
+        let (reads, last) = state.dirs.entry(parent).or_insert((0, 0));
+        if *last == ino {
+            return Vec::new();
+        }
+        *last = ino;
+        *reads += 1;
+        let want = match *reads {
+            2 => DIR_FILES,
+            4 => DIR_FILES * 4,
+            8 => DIR_MAX_FILES,
+            _ => return Vec::new(),
+        };
+        let Some(NodeKind::Dir { entries }) = index.node(parent).map(|n| &n.kind) else {
+            return Vec::new();
+        };
+        // The directory's other files, in name order, and where `ino` is
+        // among them.
+        let mut files = Vec::new();
+        let mut at = 0;
+        for (_, child) in entries.iter() {
+            if *child == ino {
+                at = files.len();
+            } else if matches!(index.node(*child).map(|n| &n.kind), Some(NodeKind::File { .. })) {
+                files.push(*child);
+            }
+        }
+        // Around the file read: a quarter before it, the rest after.
+        let start = at.saturating_sub(want / 4).min(files.len().saturating_sub(want));
+        files.into_iter().skip(start).take(want).collect()
+    }
+
+    /// Feeds the first read of `ino` to the streams; returns the ranks of
+    /// the files to read ahead, if any.
+    fn stream(&self, state: &mut State, ino: u64) -> Option<std::ops::Range<usize>> {
+        let rank = *self.rank.get(usize::try_from(ino).ok()?.checked_sub(1)?)?;
+        if rank == u32::MAX {
+            return None;
+        }
+        let found = state
+            .streams
+            .iter()
+            .position(|s| rank > s.last && rank <= s.ahead.max(s.last + 1) + GAP);
+        let Some(i) = found else {
+            if state.streams.len() == STREAMS {
+                state.streams.pop_back();
+            }
+            state.streams.push_front(Stream {
+                last: rank,
+                ahead: rank + 1,
+                window: FIRST_WALK_FILES,
+                reads: 1,
+            });
+            return None;
+        };
+        let mut s = state.streams.remove(i).expect("found above");
+        s.reads += 1;
+        if s.reads > 2 {
+            s.window = (s.window * 2).min(MAX_WALK_FILES);
+        }
+        s.last = rank;
+        let from = s.ahead.max(rank + 1);
+        let to = (rank + s.window).min(self.walk.len() as u32);
+        // Issued in batches of at least half a window, not file by file.
+        let issue = to > from && (to - from) * 2 >= s.window.min(self.walk.len() as u32 - from);
+        if issue {
+            s.ahead = to;
+        }
+        state.streams.push_front(s);
+        issue.then_some(from as usize..to as usize)
+    }
+}
+
+/// Chunks `from..to` of a file of `size` bytes, with their sizes.
+fn push_chunks(out: &mut Vec<Wanted>, size: u64, chunks: &[ChunkRef], from: usize, to: usize) {
+    let count = chunks.len();
+    for (i, chunk) in chunks.iter().enumerate().take(to.min(count)).skip(from) {
+        let bytes = chunkcache::expected_len(size, i, count).unwrap_or(CHUNK_SIZE) as u64;
+        out.push((*chunk, bytes));
+    }
+}
+
+/// The files in depth-first, name-ordered walk order (a hard-linked file
+/// at its first name), and the rank of every inode.
+fn walk_order(index: &Index) -> (Vec<u64>, Vec<u32>) {
+    let mut walk = Vec::new();
+    let mut rank = vec![u32::MAX; index.node_count()];
+    let mut stack: Vec<(u64, usize)> = vec![(ROOT, 0)];
+    while let Some((dir, next)) = stack.pop() {
+        let Some(NodeKind::Dir { entries }) = index.node(dir).map(|n| &n.kind) else {
+            continue;
+        };
+        let Some((_, child)) = entries.get(next) else {
+            continue;
+        };
+        stack.push((dir, next + 1));
+        match index.node(*child).map(|n| &n.kind) {
+            Some(NodeKind::Dir { .. }) => stack.push((*child, 0)),
+            Some(NodeKind::File { .. }) => {
+                let slot = &mut rank[*child as usize - 1];
+                if *slot == u32::MAX {
+                    *slot = walk.len() as u32;
+                    walk.push(*child);
+                }
+            }
+            _ => {}
+        }
+    }
+    (walk, rank)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::layer::Meta;
+    use crate::fs::tree::{InodeKind, Plan, PlanDir, PlanInode, Source};
+    use std::collections::HashMap as Map;
+
+    /// A tree of `dirs` directories of `files` one-chunk files each.
+    fn index(dirs: usize, files: usize) -> Index {
+        let mut plan = Plan::default();
+        let mut blocks = Map::new();
+        plan.dirs.push(PlanDir {
+            path: Vec::new(),
+            meta: Meta::default(),
+            implicit: false,
+            opaque: false,
+        });
+        for d in 0..dirs {
+            plan.dirs.push(PlanDir {
+                path: format!("d{d:03}").into_bytes(),
+                meta: Meta::default(),
+                implicit: false,
+                opaque: false,
+            });
+            for f in 0..files {
+                let ino = (d * files + f) as i64;
+                plan.inodes.push(PlanInode {
+                    paths: vec![format!("d{d:03}/f{f:03}").into_bytes()],
+                    kind: InodeKind::File {
+                        size: 100,
+                        source: Some(Source::Flist { ino }),
+                    },
+                    meta: Meta::default(),
+                });
+                let mut id = [0u8; 32];
+                id[..8].copy_from_slice(&ino.to_le_bytes());
+                blocks.insert(ino, vec![ChunkRef { id, key: id }]);
+            }
+        }
+        Index::build(&plan, &blocks).unwrap()
+    }
+
+    fn file(index: &Index, path: &str) -> u64 {
+        let (dir, name) = path.split_once('/').unwrap();
+        let d = index.lookup(ROOT, dir.as_bytes()).unwrap();
+        index.lookup(d, name.as_bytes()).unwrap()
+    }
+
+    fn first_read(ahead: &ReadAhead, index: &Index, path: &str) -> usize {
+        let ino = file(index, path);
+        let NodeKind::File { chunks, .. } = &index.node(ino).unwrap().kind else {
+            unreachable!()
+        };
+        ahead
+            .after_read(index, ino, 0, 100, 0, index.chunks(chunks))
+            .len()
+    }
+
+    #[test]
+    fn walk_order_is_depth_first_by_name() {
+        let index = index(3, 2);
+        let ahead = ReadAhead::new(&index, true);
+        let names: Vec<String> = ahead.walk.iter().map(|&i| index.path_of(i)).collect();
+        assert_eq!(
+            names,
+            [
+                "/d000/f000",
+                "/d000/f001",
+                "/d001/f000",
+                "/d001/f001",
+                "/d002/f000",
+                "/d002/f001"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_walk_is_read_ahead_across_directories_and_grows() {
+        let index = index(20, 10);
+        let ahead = ReadAhead::new(&index, true);
+        assert_eq!(
+            first_read(&ahead, &index, "d000/f000"),
+            0,
+            "one read is not a stream"
+        );
+        let n = first_read(&ahead, &index, "d000/f001");
+        assert_eq!(n as u32, FIRST_WALK_FILES - 1, "the second read starts a window");
+        // The reader goes on through the next directory: the window doubles
+        // and reaches across directories.
+        let mut total = n;
+        for f in 2..10 {
+            total += first_read(&ahead, &index, &format!("d000/f{f:03}"));
+        }
+        total += first_read(&ahead, &index, "d001/f000");
+        assert!(total >= 40, "a growing walk read {total} files ahead");
+    }
+
+    #[test]
+    fn random_reads_read_nothing_ahead() {
+        let index = index(20, 10);
+        let ahead = ReadAhead::new(&index, true);
+        for path in [
+            "d005/f003",
+            "d017/f001",
+            "d002/f008",
+            "d011/f004",
+            "d000/f009",
+            "d019/f000",
+        ] {
+            assert_eq!(first_read(&ahead, &index, path), 0, "{path}");
+        }
+    }
+
+    #[test]
+    fn without_a_disk_cache_only_the_file_itself_is_read_ahead() {
+        let index = index(2, 10);
+        let ahead = ReadAhead::new(&index, false);
+        for f in 0..10 {
+            assert_eq!(first_read(&ahead, &index, &format!("d000/f{f:03}")), 0);
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Start-up traces: which chunks a real start of the image reads, in order,
+//! kept in the flist (its `fl_trace` table, which rfs ignores) so that every
+//! later mount, on any machine, fetches them first and in parallel (as
+//! nydus and eStargz prefetch a recorded file list).
+//!
+//! `flmount flist trace F -- CMD...` records one: it serves F through FUSE
+//! at a private mount point (a child `flmount -flist F -mount DIR
+//! -record-trace FILE`), runs CMD with every `{}` replaced by that mount
+//! point (e.g. `chroot {} python3 -c pass`), unmounts, and writes the
+//! chunks the reads asked for into F, each once, in the order first read.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::format::Flist;
+use crate::progress::human_bytes;
+use crate::store::ChunkRef;
+
+/// Records the chunks a mount's readers ask for, each once, in order.
+#[derive(Default)]
+pub struct Recorder {
+    state: Mutex<(HashSet<[u8; 32]>, Vec<ChunkRef>)>,
+}
+
+impl Recorder {
+    pub fn record(&self, chunks: &[ChunkRef]) {
+        let mut state = self.state.lock().unwrap();
+        let (seen, order) = &mut *state;
+        for chunk in chunks {
+            if seen.insert(chunk.key) {
+                order.push(*chunk);
+            }
+        }
+    }
+
+    /// Writes what was recorded to `path` (64 bytes a chunk: id, key).
+    pub fn save(&self, path: &Path) -> Result<usize> {
+        let state = self.state.lock().unwrap();
+        let mut bytes = Vec::with_capacity(state.1.len() * 64);
+        for chunk in &state.1 {
+            bytes.extend_from_slice(&chunk.id);
+            bytes.extend_from_slice(&chunk.key);
+        }
+        crate::owned::output::write(path, &bytes)?;
+        Ok(state.1.len())
+    }
+}
+
+/// Reads what [`Recorder::save`] wrote.
+fn load(path: &Path) -> Result<Vec<ChunkRef>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading the trace {}", path.display()))?;
+    if bytes.len() % 64 != 0 {
+        bail!("the trace {} is cut short", path.display());
+    }
+    Ok(bytes
+        .chunks_exact(64)
+        .map(|r| ChunkRef {
+            id: r[..32].try_into().expect("32 bytes"),
+            key: r[32..].try_into().expect("32 bytes"),
+        })
+        .collect())
+}
+
+/// What `flist trace` needs to serve the flist as a mount would.
+pub struct TraceOptions {
+    pub workdir: PathBuf,
+    /// `-store` arguments, passed on as given.
+    pub stores: Vec<String>,
+    pub cache: Option<PathBuf>,
+    /// The command; `{}` stands for the mount point.
+    pub command: Vec<String>,
+}
+
+/// `flmount flist trace F -- CMD...`: records CMD's reads into F's trace.
+/// Returns the number of chunks and their bytes.
+pub fn record(flist: &Path, options: &TraceOptions) -> Result<(usize, u64)> {
+    let Some(program) = options.command.first() else {
+        bail!("flist trace needs a command after --, e.g. flist trace F -- chroot {{}} python3 -c pass");
+    };
+    // Opened for writing first: a file flmount cannot edit fails now, not
+    // after the command ran.
+    let mut fl = Flist::open_rw(flist)?;
+    let sizes = chunk_sizes(&fl)?;
+    let private = Private::new()?;
+    let mountpoint = private.0.join("mnt");
+    let trace_file = private.0.join("trace");
+    std::fs::create_dir(&mountpoint)?;
+    let mut server = Server(
+        Command::new(std::env::current_exe().context("finding flmount's own binary")?)
+            .arg("-workdir")
+            .arg(&options.workdir)
+            .arg("-flist")
+            .arg(flist)
+            .arg("-mount")
+            .arg(&mountpoint)
+            .arg("-record-trace")
+            .arg(&trace_file)
+            .args(options.stores.iter().flat_map(|s| ["-store", s.as_str()]))
+            .args(
+                options
+                    .cache
+                    .iter()
+                    .flat_map(|c| [Path::new("-cache"), c.as_path()]),
+            )
+            .spawn()
+            .context("starting the mount to trace")?,
+    );
+    server.wait_mounted(&mountpoint)?;
+    let mnt = mountpoint.to_string_lossy();
+    let args: Vec<String> = options.command[1..]
+        .iter()
+        .map(|a| a.replace("{}", &mnt))
+        .collect();
+    let program = program.replace("{}", &mnt);
+    tracing::info!("tracing `{program} {}`", args.join(" "));
+    let status = Command::new(&program)
+        .args(&args)
+        .env("FLMOUNT_MOUNT", &mountpoint)
+        .status()
+        .with_context(|| format!("running {program}"));
+    server.stop(&mountpoint)?;
+    let status = status?;
+    if !status.success() {
+        tracing::warn!("{program} exited with {status}: its reads are recorded all the same");
+    }
+    let mut trace = load(&trace_file)?;
+    trace.retain(|c| sizes.contains_key(&c.key));
+    fl.set_trace(&trace)?;
+    let total = trace.iter().map(|c| sizes[&c.key]).sum();
+    tracing::info!(
+        "{}: a trace of {} chunks ({}) recorded",
+        flist.display(),
+        trace.len(),
+        human_bytes(total)
+    );
+    Ok((trace.len(), total))
+}
+
+/// The size of every chunk of the flist, by key.
+pub fn chunk_sizes(fl: &Flist) -> Result<HashMap<[u8; 32], u64>> {
+    use crate::fs::tree::{InodeKind, Source};
+    let (plan, blocks) = fl.plan()?;
+    let mut sizes = HashMap::new();
+    for inode in &plan.inodes {
+        if let InodeKind::File {
+            size,
+            source: Some(Source::Flist { ino }),
+        } = &inode.kind
+        {
+            let chunks = blocks.get(ino).map(Vec::as_slice).unwrap_or(&[]);
+            for (i, chunk) in chunks.iter().enumerate() {
+                let len = super::chunkcache::expected_len(*size, i, chunks.len()).unwrap_or(0);
+                sizes.insert(chunk.key, len as u64);
+            }
+        }
+    }
+    Ok(sizes)
+}
+
+/// A private directory for the mount point and the trace file; removed
+/// entry by entry (never recursively: the mount point may still be one).
+struct Private(PathBuf);
+
+impl Private {
+    fn new() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix(".flmount-trace-")
+            .tempdir()
+            .context("making a private mount point")?;
+        Ok(Private(dir.keep()))
+    }
+}
+
+impl Drop for Private {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0.join("trace"));
+        let _ = std::fs::remove_dir(self.0.join("mnt"));
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// The child serving the traced mount; stopped (and its mount gone) when
+/// dropped, even if recording fails.
+struct Server(Child);
+
+impl Server {
+    fn wait_mounted(&mut self, mountpoint: &Path) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !super::fuse::is_mounted_at(mountpoint) {
+            if let Some(status) = self.0.try_wait()? {
+                bail!("the mount to trace ended before it was up ({status})");
+            }
+            if Instant::now() > deadline {
+                bail!("the mount to trace was not up after 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// SIGTERM: the server unmounts, saves the trace and exits.
+    fn stop(&mut self, mountpoint: &Path) -> Result<()> {
+        if self.0.try_wait()?.is_none() {
+            terminate(&self.0);
+        }
+        let status = self.0.wait()?;
+        if super::fuse::is_mounted_at(mountpoint) {
+            super::fuse::unmount(mountpoint)?;
+        }
+        if !status.success() {
+            bail!("the traced mount's server failed ({status})");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            terminate(&self.0);
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Sends SIGTERM to the child (it unmounts and exits).
+fn terminate(child: &Child) {
+    // SAFETY: kill(2) on the pid of a child not yet waited for.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+}
