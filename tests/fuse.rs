@@ -935,3 +935,84 @@ fn a_trace_recorded_on_one_mount_is_fetched_first_by_the_next() {
             ]),
     );
 }
+
+#[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
+fn a_shared_cache_store_serves_the_second_machine() {
+    if !fuse_or_skip("a_shared_cache_store_serves_the_second_machine") {
+        return;
+    }
+    let c = chunky(3);
+    let expected = contents(&c.src);
+    let origin = CountingHttp::start(&c.chunks);
+    // The fleet's cache: a redis-server speaking zdb's protocol.
+    let redis = Server::redis();
+    let tier = format!("zdb://127.0.0.1:{}", redis.1);
+    let machine = |name: &str| {
+        let mnt = c.tmp.path().join(format!("mnt-{name}"));
+        let cache = c.tmp.path().join(format!("cache-{name}"));
+        let m = Mounted::start(
+            &c.fl,
+            &[
+                "-flist",
+                c.flist.to_str().unwrap(),
+                "-store",
+                &origin.url(),
+                "-cache-store",
+                &tier,
+                "-cache",
+                cache.to_str().unwrap(),
+            ],
+            &mnt,
+        );
+        assert_eq!(contents(&mnt), expected, "{name}");
+        m.stop()
+    };
+    let first = machine("a");
+    let fetched_from_origin: usize = origin.gets().values().sum();
+    assert_eq!(
+        origin
+            .gets()
+            .keys()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        chunk_paths(&c.chunks),
+        "the first machine read every chunk from the origin:\n{first}"
+    );
+    // Its fills are written in the background: wait until redis has them.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = run_ok(Command::new("redis-cli").args(["-p", &redis.1.to_string(), "DBSIZE"]));
+        let keys: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+        if keys >= chunk_paths(&c.chunks).len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cache store holds {keys} chunks");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = machine("b");
+    assert_eq!(
+        origin.gets().values().sum::<usize>(),
+        fetched_from_origin,
+        "the second machine asked the origin:\n{second}"
+    );
+    // "N chunks (..) fetched, N of them from the cache store"
+    let summary = second
+        .lines()
+        .find(|l| l.contains("unmounted"))
+        .unwrap_or_default();
+    let numbers: Vec<usize> = summary
+        .split(|ch: char| !ch.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let tier_hits = summary
+        .split(" of them from the cache store")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse::<usize>().ok());
+    assert!(numbers.first().is_some(), "{summary}");
+    assert_eq!(tier_hits, Some(chunk_paths(&c.chunks).len()), "{summary}");
+}

@@ -82,6 +82,10 @@ pub struct Args {
     #[arg(long, value_name = "SIZE", value_parser = parse_size, global = true)]
     pub cache_size: Option<u64>,
 
+    /// FUSE mounts and unpack: a chunk store shared by many readers (e.g. a zdb or HTTP cache near them, in front of S3), read before the flist's stores and filled on a miss; [xx-yy=]URL, repeatable. Chunks are verified whichever store gave them
+    #[arg(long = "cache-store", value_name = "URL", global = true)]
+    pub cache_store: Vec<String>,
+
     /// FUSE mounts: fetch every chunk of the flist into the cache in the background
     #[arg(long)]
     pub prefetch: bool,

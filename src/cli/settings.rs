@@ -41,6 +41,18 @@ impl Args {
             self.stores = config.stores.clone();
         }
         let (quiet, json) = (self.quiet, self.json);
+        let tier = specs(&self.cache_store).context("-cache-store")?;
+        let timeout = Duration::from_secs(self.timeout);
+        let cache_options = |dir: Option<PathBuf>| -> Result<CacheOptions> {
+            Ok(CacheOptions {
+                dir: dir.map(absolute).transpose()?,
+                size_limit: cache_size,
+                memory_chunks: MEMORY_CHUNKS,
+                timeout,
+                adopt_dir: false,
+                tier: tier.clone(),
+            })
+        };
         let simple = |action: Action| Settings {
             workdir: workdir.clone(),
             quiet,
@@ -85,13 +97,7 @@ impl Args {
                     stores: specs(&stores)?,
                     target: absolute(target)?,
                     force,
-                    cache: CacheOptions {
-                        dir: cache.map(absolute).transpose()?,
-                        size_limit: cache_size,
-                        memory_chunks: MEMORY_CHUNKS,
-                        timeout: Duration::from_secs(self.timeout),
-                        adopt_dir: false,
-                    },
+                    cache: cache_options(cache)?,
                 };
                 return Ok(simple(action));
             }
@@ -154,17 +160,14 @@ impl Args {
                 allow_other: self.allow_other,
                 prefetch: self.prefetch,
                 record_trace: self.record_trace.clone().map(absolute).transpose()?,
-                cache: CacheOptions {
-                    dir: self.cache.clone().map(absolute).transpose()?,
-                    size_limit: cache_size,
-                    memory_chunks: MEMORY_CHUNKS,
-                    timeout: Duration::from_secs(self.timeout),
-                    adopt_dir: false,
-                },
+                cache: cache_options(self.cache.clone())?,
             })
         };
-        let fuse_only =
-            self.cache.is_some() || self.prefetch || self.allow_other || self.record_trace.is_some();
+        let fuse_only = self.cache.is_some()
+            || self.prefetch
+            || self.allow_other
+            || self.record_trace.is_some()
+            || !self.cache_store.is_empty();
         if self.daemon
             && !(self.fuse || (self.image.is_none() && self.flist.is_some() && self.mount.is_some()))
         {
@@ -262,7 +265,7 @@ impl Args {
             bail!("-fuse goes with -mount");
         }
         if fuse_only && !matches!(output, Output::Fuse { .. }) {
-            bail!("-cache, -prefetch and -allow-other go with FUSE mounts (-mount with -fuse or -flist)");
+            bail!("-cache, -cache-store, -prefetch and -allow-other go with FUSE mounts (-mount with -fuse or -flist)");
         }
         Ok(Settings {
             workdir,

@@ -9,9 +9,16 @@
 //!    and renamed, and every file read back is hashed against its name: a
 //!    torn or corrupted file (crash, disk fault, tampering) is deleted and
 //!    fetched again, never served;
-//! 3. the stores, through the router, which verifies the blob and the
+//! 3. a cache store shared by a fleet (`-cache-store`: a zdb, dir, S3 or
+//!    HTTP store near the readers), if one is given: read first, and
+//!    filled with what the stores gave on a miss;
+//! 4. the stores, through the router, which verifies the blob and the
 //!    decoded piece. Fetches are retried until a deadline, so a store that
 //!    is down or slow gives an error within a bounded time, never a hang.
+//!
+//! Whatever gave a chunk, it is verified against the flist's id and key
+//! before use: a cache store that lies costs a fetch from the stores, never
+//! a wrong byte.
 //!
 //! Concurrent requests for the same missing chunk share one fetch, which
 //! runs at the priority of its most urgent reader: [`fetch`] decides which
@@ -31,7 +38,7 @@ use tokio::sync::{OnceCell, Semaphore};
 use tokio::time::Instant;
 
 use super::fetch::{self, Priority, Scheduler, Ticket};
-use crate::store::{codec, ChunkRef, Router, CHUNK_SIZE};
+use crate::store::{codec, ChunkRef, Router, StoreSpec, CHUNK_SIZE};
 use crate::store::{ChunkError, ChunkFailure};
 
 /// Expected bytes of the background fetches in flight: a fetch holds its
@@ -61,6 +68,8 @@ pub struct CacheOptions {
     /// `dir` is flmount's own (in the workdir): claimed even if it holds
     /// files from before caches were marked.
     pub adopt_dir: bool,
+    /// A shared cache store in front of the stores (`-cache-store`).
+    pub tier: Vec<StoreSpec>,
 }
 
 impl CacheOptions {
@@ -73,6 +82,8 @@ impl CacheOptions {
 pub struct CacheStats {
     pub memory_hits: AtomicU64,
     pub disk_hits: AtomicU64,
+    /// Chunks the cache store gave.
+    pub tier_hits: AtomicU64,
     pub fetched: AtomicU64,
     pub fetched_bytes: AtomicU64,
     pub corrupt: AtomicU64,
@@ -92,13 +103,27 @@ pub struct ChunkCache {
     disk: Option<Arc<DiskCache>>,
     memory: Mutex<LruCache<Key, Piece>>,
     inflight: Mutex<HashMap<Key, Arc<Flight>>>,
+    /// Fetched pieces on their way to the disk cache: found here until
+    /// written, so a reader in between does not fetch them again.
+    pending: Arc<Mutex<HashMap<Key, Piece>>>,
     /// Bounds the disk writes in flight (each holds a piece in memory).
     writes: Arc<Semaphore>,
     /// Orders the store fetches and bounds how many run at once.
     scheduler: Arc<Scheduler>,
     timeout: Duration,
+    tier: Option<Tier>,
     pub stats: Arc<CacheStats>,
 }
+
+/// The shared cache store, and a bound on the fills in flight (a fill that
+/// finds none free is skipped: the tier saves work, it is never needed).
+struct Tier {
+    router: Arc<Router>,
+    fills: Arc<Semaphore>,
+}
+
+/// Cache store fills at once.
+const TIER_FILLS_IN_FLIGHT: usize = 16;
 
 impl ChunkCache {
     pub fn new(router: Router, options: &CacheOptions) -> Result<Self> {
@@ -138,9 +163,17 @@ impl ChunkCache {
                 std::num::NonZeroUsize::new(options.memory_chunks.max(1)).unwrap(),
             )),
             inflight: Mutex::new(HashMap::new()),
+            pending: Arc::new(Mutex::new(HashMap::new())),
             writes: Arc::new(Semaphore::new(DISK_WRITES_IN_FLIGHT)),
             scheduler: Scheduler::new(FETCH_BYTES_IN_FLIGHT),
             timeout: options.timeout,
+            tier: match options.tier.as_slice() {
+                [] => None,
+                specs => Some(Tier {
+                    router: Arc::new(Router::open(specs, options.timeout)?),
+                    fills: Arc::new(Semaphore::new(TIER_FILLS_IN_FLIGHT)),
+                }),
+            },
             stats,
         })
     }
@@ -155,7 +188,11 @@ impl ChunkCache {
     /// then, since a caller that gets `None` fetches them all).
     pub fn get_all_in_memory(&self, chunks: &[ChunkRef]) -> Option<Vec<Piece>> {
         let mut memory = self.memory.lock().unwrap();
-        let pieces: Option<Vec<Piece>> = chunks.iter().map(|c| memory.get(&c.key).cloned()).collect();
+        let pending = self.pending.lock().unwrap();
+        let pieces: Option<Vec<Piece>> = chunks
+            .iter()
+            .map(|c| memory.get(&c.key).or_else(|| pending.get(&c.key)).cloned())
+            .collect();
         if pieces.is_some() {
             self.stats
                 .memory_hits
@@ -167,6 +204,7 @@ impl ChunkCache {
     /// Whether the chunk is in memory (not counted as a hit, not touched).
     pub fn is_in_memory(&self, chunk: &ChunkRef) -> bool {
         self.memory.lock().unwrap().contains(&chunk.key)
+            || self.pending.lock().unwrap().contains_key(&chunk.key)
     }
 
     /// The decoded chunk, from memory, disk or the stores, for a reader
@@ -264,6 +302,8 @@ impl ChunkCache {
             .fetch_add(piece.len() as u64, Ordering::Relaxed);
         if let Some(disk) = &self.disk {
             let (disk, key, writes) = (disk.clone(), chunk.key, self.writes.clone());
+            let pending = self.pending.clone();
+            pending.lock().unwrap().insert(key, piece.clone());
             let write = async move |piece: Piece| {
                 // Wait for a write slot (back-pressure), not for the write.
                 if let Ok(permit) = writes.acquire_owned().await {
@@ -271,8 +311,11 @@ impl ChunkCache {
                         if let Err(e) = disk.write(&key, &piece) {
                             tracing::warn!("caching chunk {}: {e:#}", hex::encode(key));
                         }
+                        pending.lock().unwrap().remove(&key);
                         drop(permit);
                     });
+                } else {
+                    pending.lock().unwrap().remove(&key);
                 }
             };
             if ticket.priority() == Priority::Demand {
@@ -291,12 +334,18 @@ impl ChunkCache {
     /// Fetches from the stores, retrying until the deadline.
     async fn fetch(&self, chunk: &ChunkRef, permit: &fetch::Permit) -> Result<Vec<u8>, ChunkError> {
         let deadline = Instant::now() + self.timeout;
+        if let Some(piece) = self.read_tier(chunk).await {
+            return Ok(piece);
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
             let delay = crate::retry::Backoff::STORE.delay(attempt);
             let error = match tokio::time::timeout_at(deadline, self.router.get_chunk(chunk)).await {
-                Ok(Ok(piece)) => return Ok(piece),
+                Ok(Ok(piece)) => {
+                    self.fill_tier(chunk, &piece);
+                    return Ok(piece);
+                }
                 // Missing or corrupt everywhere: asking again will not help.
                 Ok(Err(e)) if !e.is_transient() => return Err(e),
                 Ok(Err(e)) => e.message,
@@ -312,6 +361,53 @@ impl ChunkCache {
             tracing::debug!("{error}; retrying in {delay:?}");
             tokio::time::sleep(delay).await;
         }
+    }
+}
+
+impl ChunkCache {
+    /// The chunk from the cache store, verified; `None` on a miss, a
+    /// corrupt copy, or a cache store that does not answer within a
+    /// quarter of the timeout (the stores are then asked).
+    async fn read_tier(&self, chunk: &ChunkRef) -> Option<Vec<u8>> {
+        let tier = self.tier.as_ref()?;
+        match tokio::time::timeout(self.timeout / 4, tier.router.get_chunk(chunk)).await {
+            Ok(Ok(piece)) => {
+                self.stats.tier_hits.fetch_add(1, Ordering::Relaxed);
+                Some(piece)
+            }
+            Ok(Err(e)) => {
+                if e.failure != ChunkFailure::Missing {
+                    tracing::debug!("cache store: {e}");
+                }
+                None
+            }
+            Err(_) => {
+                tracing::debug!("cache store: no answer for chunk {}", chunk.id_hex());
+                None
+            }
+        }
+    }
+
+    /// Puts a chunk the stores gave into the cache store, in the
+    /// background; skipped when too many fills are in flight.
+    fn fill_tier(&self, chunk: &ChunkRef, piece: &[u8]) {
+        let Some(tier) = &self.tier else { return };
+        let Ok(slot) = tier.fills.clone().try_acquire_owned() else {
+            return;
+        };
+        let (router, chunk, piece) = (tier.router.clone(), *chunk, piece.to_vec());
+        tokio::spawn(async move {
+            // Encoding is deterministic: the same piece gives the same blob
+            // the stores hold, under the same id.
+            let blob = match tokio::task::spawn_blocking(move || codec::encode(&piece)).await {
+                Ok((encoded, blob)) if encoded == chunk => blob,
+                _ => return,
+            };
+            if let Err(e) = router.set(&chunk.id, &blob).await {
+                tracing::debug!("filling the cache store: {e}");
+            }
+            drop(slot);
+        });
     }
 }
 
@@ -543,6 +639,7 @@ mod tests {
             memory_chunks: 4,
             timeout,
             adopt_dir: false,
+            tier: Vec::new(),
         };
         (slow, ChunkCache::new(router, &options).unwrap(), chunk)
     }
@@ -580,6 +677,72 @@ mod tests {
         );
         assert!(slow.gets.load(Ordering::SeqCst) >= 1, "the store was never asked");
         assert!(format!("{err:#}").contains("gave up after"), "{err:#}");
+    }
+
+    /// A cache store in front of a far store: the first reader fills it,
+    /// a second cache (another machine) reads from it without asking the
+    /// far store; a cache store that lies costs a fetch, never a wrong byte.
+    #[tokio::test]
+    async fn a_cache_store_is_filled_on_a_miss_and_read_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tier_dir = tmp.path().join("tier");
+        let (far, _, chunks) = far_cache(20, false);
+        let cache_over = |far: &Arc<Far>| {
+            let router = Router::from_routes(vec![Route {
+                start: 0,
+                end: 255,
+                store: far.clone(),
+            }]);
+            let options = CacheOptions {
+                dir: None,
+                size_limit: 0,
+                memory_chunks: 1,
+                timeout: Duration::from_secs(30),
+                adopt_dir: false,
+                tier: vec![store::StoreSpec::parse(&format!("dir://{}", tier_dir.display())).unwrap()],
+            };
+            ChunkCache::new(router, &options).unwrap()
+        };
+        let first = cache_over(&far);
+        for chunk in &chunks {
+            assert_eq!(codec::blake2b256(&first.get(chunk).await.unwrap()), chunk.key);
+        }
+        assert_eq!(far.gets.load(Ordering::SeqCst), 20);
+        // The fills run in the background.
+        let tier = store::open(&store::StoreUrl::dir(&tier_dir), Duration::from_secs(5)).unwrap();
+        for _ in 0..200 {
+            let mut all = true;
+            for chunk in &chunks {
+                all &= tier.exists(&chunk.id).await.unwrap();
+            }
+            if all {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let second = cache_over(&far);
+        for chunk in &chunks {
+            assert_eq!(codec::blake2b256(&second.get(chunk).await.unwrap()), chunk.key);
+        }
+        assert_eq!(
+            far.gets.load(Ordering::SeqCst),
+            20,
+            "the second reader asked the far store"
+        );
+        assert_eq!(second.stats.tier_hits.load(Ordering::SeqCst), 20);
+        // A corrupted copy in the cache store: the far store is asked.
+        let hex = chunks[0].id_hex();
+        let path = tier_dir.join(&hex[..2]).join(&hex);
+        let mut blob = std::fs::read(&path).unwrap();
+        blob[0] ^= 1;
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, blob).unwrap();
+        let third = cache_over(&far);
+        assert_eq!(
+            codec::blake2b256(&third.get(&chunks[0]).await.unwrap()),
+            chunks[0].key
+        );
+        assert_eq!(far.gets.load(Ordering::SeqCst), 21);
     }
 
     /// A store a round trip away, holding blobs in memory (so tokio's
@@ -646,6 +809,7 @@ mod tests {
             memory_chunks: 4,
             timeout: Duration::from_secs(30),
             adopt_dir: false,
+            tier: Vec::new(),
         };
         (far, Arc::new(ChunkCache::new(router, &options).unwrap()), chunks)
     }

@@ -353,23 +353,50 @@ mod tests {
 
     #[test]
     fn a_walk_is_read_ahead_across_directories_and_grows() {
-        let index = index(20, 10);
+        // One file a directory: only the walk's rule applies.
+        let index = index(400, 1);
         let ahead = ReadAhead::new(&index, true);
         assert_eq!(
             first_read(&ahead, &index, "d000/f000"),
             0,
             "one read is not a stream"
         );
-        let n = first_read(&ahead, &index, "d000/f001");
+        let n = first_read(&ahead, &index, "d001/f000");
         assert_eq!(n as u32, FIRST_WALK_FILES - 1, "the second read starts a window");
-        // The reader goes on through the next directory: the window doubles
-        // and reaches across directories.
         let mut total = n;
-        for f in 2..10 {
-            total += first_read(&ahead, &index, &format!("d000/f{f:03}"));
+        for d in 2..40 {
+            total += first_read(&ahead, &index, &format!("d{d:03}/f000"));
         }
-        total += first_read(&ahead, &index, "d001/f000");
-        assert!(total >= 40, "a growing walk read {total} files ahead");
+        assert!(total >= 150, "a growing walk read {total} files ahead");
+        assert!(
+            total as u32 <= 40 + MAX_WALK_FILES,
+            "{total} files ahead of 40 read"
+        );
+        // Going backwards is not a walk.
+        let ahead = ReadAhead::new(&index, true);
+        for d in (300..310).rev() {
+            assert_eq!(first_read(&ahead, &index, &format!("d{d:03}/f000")), 0);
+        }
+    }
+
+    #[test]
+    fn a_directory_in_use_is_read_ahead_in_growing_steps() {
+        let index = index(2, 500);
+        let ahead = ReadAhead::new(&index, true);
+        // Files of one directory, in no order (so no walk).
+        let order = [250, 40, 410, 7, 333, 121, 480, 66, 199];
+        let got: Vec<usize> = order
+            .iter()
+            .map(|f| first_read(&ahead, &index, &format!("d001/f{f:03}")))
+            .collect();
+        assert_eq!(got[0], 0);
+        assert_eq!(got[1], DIR_FILES, "the second file");
+        assert_eq!(got[2], 0);
+        assert_eq!(got[3], DIR_FILES * 4, "the fourth");
+        assert_eq!(got[7], 499, "the eighth: the rest of the directory");
+        assert_eq!(got[4] + got[5] + got[6] + got[8], 0);
+        // The other directory is not touched by any of it.
+        assert_eq!(first_read(&ahead, &index, "d000/f000"), 0);
     }
 
     #[test]

@@ -189,10 +189,11 @@ pub fn serve(flist_path: &Path, router: Router, options: &MountOptions, rt: Hand
     }
     let stats = &cache.stats;
     tracing::info!(
-        "unmounted {}: {} chunks ({}) fetched, {} from the disk cache, {} from memory",
+        "unmounted {}: {} chunks ({}) fetched, {} of them from the cache store, {} from the disk cache, {} from memory",
         mountpoint.display(),
         stats.fetched.load(Ordering::Relaxed),
         human_bytes(stats.fetched_bytes.load(Ordering::Relaxed)),
+        stats.tier_hits.load(Ordering::Relaxed),
         stats.disk_hits.load(Ordering::Relaxed),
         stats.memory_hits.load(Ordering::Relaxed),
     );
