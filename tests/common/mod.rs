@@ -478,45 +478,6 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 
 // ---------------------------------------------------------------- fixtures
 
-/// An entry of a fixture layer.
-pub enum Entry {
-    File(&'static str, Vec<u8>),
-    Dir(&'static str),
-    Symlink(&'static str, &'static str),
-}
-
-/// Builds an uncompressed tar from entries.
-pub fn tar_of(entries: &[Entry]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for e in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_mtime(1_700_000_000);
-        h.set_uid(0);
-        h.set_gid(0);
-        match e {
-            Entry::File(path, data) => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(0o755);
-                h.set_size(data.len() as u64);
-                b.append_data(&mut h, path, data.as_slice()).unwrap();
-            }
-            Entry::Dir(path) => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_mode(0o755);
-                h.set_size(0);
-                b.append_data(&mut h, path, std::io::empty()).unwrap();
-            }
-            Entry::Symlink(path, target) => {
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_mode(0o777);
-                h.set_size(0);
-                b.append_link(&mut h, path, target).unwrap();
-            }
-        }
-    }
-    b.into_inner().unwrap()
-}
-
 #[derive(Clone, Copy, Debug)]
 pub enum Compression {
     None,
