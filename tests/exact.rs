@@ -206,7 +206,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Whether `test` cannot run here (root and FUSE are needed): a failure
-/// in CI (see `common::skip`).
+/// in CI (see `common::host::skip`).
 fn skip(test: &str) -> bool {
     !common::mounts::fuse_or_skip(test)
 }

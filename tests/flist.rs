@@ -9,9 +9,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::faults::CutProxy;
 use common::fixtures::{rules_layers, RulesImage};
 use common::fstree::{assert_same_tree, Ignore};
-use common::servers::{venv_bin, CountingHttp, CutProxy, Server, ZdbNamespaces};
+use common::servers::{venv_bin, CountingHttp, Server, ZdbNamespaces};
 use common::tarball::tar;
 use common::*;
 

@@ -1,10 +1,15 @@
-//! Shared fixture images.
+//! Shared fixtures: the rules image and its reference extraction, the
+//! permissions layer, and deterministic file content.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::fstree::{assert_same_tree, Ignore};
+use super::host::need;
+use super::oci::Compression;
+use super::registry::Registry;
+use super::run::{run_ok, Flmount};
 use super::tarball::{tar, E};
-use super::{pseudo_random, Compression, Flmount, Registry};
 
 /// The rules image in a registry, and the reference every other way of
 /// materialising it is compared with: `umoci unpack` of it (an independent
@@ -31,16 +36,16 @@ impl RulesImage {
         let fl = Flmount::new();
         let ours = tmp.path().join("flmount-flat");
         fl.ok(&["-image", &image, "-extractto", ours.to_str().unwrap()]);
-        super::need("umoci");
+        need("umoci");
         let bundle = tmp.path().join("umoci-bundle");
-        super::run_ok(
+        run_ok(
             Command::new("umoci")
                 .args(["unpack", "--image"])
                 .arg(format!("{}:t", layout.display()))
                 .arg(&bundle),
         );
         let flat = bundle.join("rootfs");
-        super::fstree::assert_same_tree(&flat, &ours, &super::fstree::Ignore::default());
+        assert_same_tree(&flat, &ours, &Ignore::default());
         RulesImage {
             reg,
             tmp,
@@ -181,6 +186,21 @@ pub fn assert_modes_and_setuid_hold_for_nobody(mnt: &Path, suid: bool) {
         );
     };
     euid(if suid { "0" } else { "65534" });
-    super::run_ok(Command::new("mount").args(["-o", "remount,bind,nosuid"]).arg(mnt));
+    run_ok(Command::new("mount").args(["-o", "remount,bind,nosuid"]).arg(mnt));
     euid("65534");
+}
+
+/// Deterministic incompressible-ish bytes.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
