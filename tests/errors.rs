@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::servers::Server;
@@ -55,10 +54,6 @@ fn row(what: &str, args: &[&str], code: i32, says: &[&str]) -> Row<'static> {
         code,
         says: says.iter().map(|s| s.to_string()).collect(),
     }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]

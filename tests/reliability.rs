@@ -51,6 +51,7 @@ fn a_full_disk_is_a_clear_error_and_leaves_nothing_half_done() {
     let small = SmallFs::mount(&img.path("small-target"), "1m");
     let target = small.0.join("rootfs");
     let err = img
+        .bed
         .fl
         .fails(&["-image", &img.image, "-extractto", target.to_str().unwrap()], 7);
     assert!(err.contains("No space left on device"), "{err}");
@@ -65,7 +66,7 @@ fn a_full_disk_is_a_clear_error_and_leaves_nothing_half_done() {
     // I/O error (exit 7), not a store to retry, and no flist.
     let small_store = SmallFs::mount(&img.path("small-store"), "256k");
     let flist = img.path("full.fl");
-    let err = img.fl.fails(
+    let err = img.bed.fl.fails(
         &[
             "-image",
             &img.image,
@@ -200,7 +201,7 @@ fn killed_mid_way_the_next_run_equals_a_clean_run() {
                     pseudo_random(3 << 20, 1000 + r as u64),
                 )]),
             ));
-            img.reg.push_layers(
+            img.bed.reg.push_layers(
                 &format!("rel/kill-{r}"),
                 layers,
                 &img.path(&format!("layout-{r}")),
@@ -234,8 +235,8 @@ fn killed_mid_way_the_next_run_equals_a_clean_run() {
         // pull: through a proxy that stops the first long answer (a layer)
         // after 1 MiB and holds the connection: killed with a partial
         // download in tmp/, always.
-        let proxy = FaultProxy::with(img.reg.port, 1, Fault::StallAfter(1 << 20));
-        let via_proxy = image.replacen(&img.reg.addr(), &proxy.addr(), 1);
+        let proxy = FaultProxy::with(img.bed.reg.port, 1, Fault::StallAfter(1 << 20));
+        let via_proxy = image.replacen(&img.bed.reg.addr(), &proxy.addr(), 1);
         let mut child = spawn(&["-image", &via_proxy]);
         let partial = || {
             proxy.failed.load(std::sync::atomic::Ordering::SeqCst) == 1
@@ -277,7 +278,7 @@ fn killed_mid_way_the_next_run_equals_a_clean_run() {
             let reached = match what {
                 "pull" => true,
                 "extract" => wait_for_state(&mut child, what, || {
-                    has_entry(img.tmp.path(), ".out", ".flmount-")
+                    has_entry(img.bed.tmp.path(), ".out", ".flmount-")
                 }),
                 "pack" => wait_for_state(&mut child, what, || {
                     chunk_files(&img.path(&format!("chunks-{round}"))) > 0
@@ -363,7 +364,7 @@ fn killed_mid_way_the_next_run_equals_a_clean_run() {
     // Staging lives beside its target (`.out.flmount-*`): the next run to
     // that target removed what the killed ones left.
     assert!(
-        !has_entry(img.tmp.path(), ".out", ".flmount-"),
+        !has_entry(img.bed.tmp.path(), ".out", ".flmount-"),
         "staging of a killed extraction left beside the target"
     );
     let last = &images[rounds - 1];

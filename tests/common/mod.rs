@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod bed;
 pub mod faults;
 pub mod fixtures;
 pub mod fstree;
@@ -24,6 +25,7 @@ pub mod token;
 // Each test binary uses some of these, none uses them all.
 #[allow(unused_imports)]
 pub use self::{
+    bed::Bed,
     faults::{Fault, FaultProxy},
     fixtures::pseudo_random,
     fstree::{bytes_under, files_under, untar},
@@ -31,5 +33,5 @@ pub use self::{
     mounts::mounted_at,
     oci::{sha256_hex, Compression, ImageSpec, Layout, PrebuiltLayer, Written},
     registry::{Registry, RegistryAuth},
-    run::{run_measuring_memory, run_ok, Flmount},
+    run::{as_nobody, run_measuring_memory, run_ok, s, Flmount},
 };

@@ -1,9 +1,18 @@
 //! Running programs from tests: the flmount binary with a private HOME
-//! and workdir ([`Flmount`]), a command that must succeed ([`run_ok`]), and
-//! a command's peak memory ([`run_measuring_memory`]).
+//! and workdir ([`Flmount`]), a command that must succeed ([`run_ok`]), a
+//! command run as `nobody` ([`as_nobody`]), and a command's peak memory
+//! ([`run_measuring_memory`]).
 
-use std::path::PathBuf;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use super::host::need;
+
+/// A path as a command-line argument (the tests' paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
 
 /// Runs the flmount binary with a private HOME and DOCKER_CONFIG, so the
 /// host's credentials never leak into a test.
@@ -124,4 +133,20 @@ pub fn run_ok(cmd: &mut Command) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Runs `program args` as `nobody` (uid and gid 65534, no groups):
+/// whether it succeeded, its stdout (trimmed) and its stderr.
+pub fn as_nobody<A: AsRef<OsStr>>(program: &str, args: &[A]) -> (bool, String, String) {
+    need("setpriv");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", program])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
