@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::fixtures::RulesImage;
 use common::fstree::{assert_same_tree, Ignore};
-use common::mounts::OwnMount;
+use common::mounts::{Mounted, OwnMount};
 use common::*;
 
 /// A small tmpfs at `dir`, unmounted on drop.
@@ -107,32 +107,6 @@ fn a_full_disk_is_a_clear_error_and_leaves_nothing_half_done() {
     fl.ok(&["-image", &img.image, "-extractto", out.to_str().unwrap()]);
     assert_same_tree(&img.flat, &out, &Ignore::default());
     drop(work_fs);
-}
-
-/// A FUSE server and its mount point: on drop (a failing test) the server
-/// is killed and the mount lazily unmounted, so nothing is left behind.
-struct FuseServer {
-    child: Option<std::process::Child>,
-    mountpoint: PathBuf,
-}
-
-impl FuseServer {
-    /// Waits for the server to end by itself (after `-umount`).
-    fn wait(mut self) -> std::process::ExitStatus {
-        self.child.take().unwrap().wait().unwrap()
-    }
-}
-
-impl Drop for FuseServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if mounted_at(&self.mountpoint, None) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
-        }
-    }
 }
 
 /// Whether some entry directly in `dir` has a name starting with `prefix`
@@ -409,28 +383,12 @@ fn killed_mid_way_the_next_run_equals_a_clean_run() {
     );
     // The same mount point serves the image through FUSE again, and once
     // unmounted nothing is left there (no dead mount stacked below).
-    let server = FuseServer {
-        child: Some(spawn(&[
-            "-image",
-            last,
-            "-fuse",
-            "-mount",
-            fmnt.to_str().unwrap(),
-        ])),
-        mountpoint: fmnt.clone(),
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !fuse_serving() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the FUSE mount did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut server = Mounted::start(&fl, &["-image", last, "-fuse"], &fmnt);
+    assert!(fuse_serving());
     assert_same_tree(&out, &fmnt, &Ignore::default());
     fl.ok(&["-umount", fmnt.to_str().unwrap()]);
-    assert!(server.wait().success());
-    assert!(!fuse_mounted(), "a mount is left at {}", fmnt.display());
+    // A clean exit, and no mount left at fmnt.
+    server.wait_exit(Duration::from_secs(120));
 }
 
 #[test]

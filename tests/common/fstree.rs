@@ -207,6 +207,15 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The largest entry directly in `dir` (in a blob directory: a layer).
+pub fn largest_file(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| p.metadata().unwrap().len())
+        .unwrap()
+}
+
 /// The bytes of the regular files below `dir`.
 pub fn bytes_under(dir: &Path) -> u64 {
     files_under(dir)

@@ -28,7 +28,7 @@ pub use self::{
     bed::Bed,
     faults::{Fault, FaultProxy},
     fixtures::pseudo_random,
-    fstree::{bytes_under, files_under, untar},
+    fstree::{bytes_under, files_under, largest_file, untar},
     host::{free_port, need, root_or_skip},
     mounts::mounted_at,
     oci::{sha256_hex, Compression, ImageSpec, Layout, PrebuiltLayer, Written},
