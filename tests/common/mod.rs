@@ -1,7 +1,8 @@
 //! The test bed for integration tests, one concern a module: real servers
 //! on free loopback ports (a registry, chunk stores, a token issuer, fault
-//! proxies), fixture images written as OCI layouts, the flmount runner,
-//! mounts and directory trees. Every server is killed and reaped on drop.
+//! proxies), fixture layers and images (tar, OCI layouts, the shared
+//! fixtures), the bed a test starts from, the flmount runner, mounts and
+//! directory trees. Every server is killed and reaped on drop.
 //!
 //! Tests `use common::*` for what most of them need (re-exported here) and
 //! name a module for the rest.
