@@ -4,7 +4,7 @@
 //! passes. `cfg(flmount_no_root)`: built by a user who is not root;
 //! `cfg(flmount_no_fuse)`: no `/dev/fuse`. Neither is ever set in CI
 //! (`CI=true`, or `FLMOUNT_STRICT=1` as `.ci/run` sets): there every test
-//! runs, and one that cannot fails (`tests/common/mod.rs: skip`).
+//! runs, and one that cannot fails (`tests/common/host.rs: skip`).
 
 use std::os::unix::fs::MetadataExt;
 

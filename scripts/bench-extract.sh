@@ -153,22 +153,8 @@ for blob in "${layer_blobs[@]}"; do
 	fi
 done
 
-# run_timed NAME CMD...: run CMD under /usr/bin/time -v, output to
-# $logs/NAME.log, resource report to $logs/NAME.time; print wall seconds.
-run_timed() {
-	local name=$1 start rc=0 secs
-	shift
-	sync
-	start=$(now)
-	/usr/bin/time -v -o "$logs/$name.time" "$@" >"$logs/$name.log" 2>&1 || rc=$?
-	secs=$(elapsed "$start")
-	if [[ $rc != 0 ]]; then
-		echo "bench-extract: command failed (exit $rc): $*" >&2
-		cat "$logs/$name.log" >&2
-		return "$rc"
-	fi
-	printf '%s\n' "$secs"
-}
+# Each timed run: `timed -r $logs/NAME.time $logs/NAME.log CMD...`
+# (scripts/lib/testbed.sh), after a `sync`.
 
 # peak_rss_kib NAME: the peak RSS (KiB) /usr/bin/time recorded for NAME.
 peak_rss_kib() {
@@ -186,21 +172,24 @@ warm() {
 
 run_flmount() {
 	warm "${fl_blobs[@]}"
-	run_timed "flmount-$1" \
+	sync
+	timed -r "$logs/flmount-$1.time" "$logs/flmount-$1.log" \
 		"$flmount" -image "$ref" -workdir "$workdir" -extractto "$fl_target" -q
 }
 
 run_umoci() {
 	warm "${layer_blobs[@]}"
-	run_timed "umoci-$1" \
+	sync
+	timed -r "$logs/umoci-$1.time" "$logs/umoci-$1.log" \
 		umoci unpack --image "$BENCH_IMAGE" "$um_bundle"
 }
 
 run_tar() {
 	mkdir -p "$tar_target"
 	warm "${layer_blobs[@]}"
+	sync
 	# shellcheck disable=SC2016 # expanded by the inner bash
-	run_timed "tar-$1" \
+	timed -r "$logs/tar-$1.time" "$logs/tar-$1.log" \
 		bash -c 'set -euo pipefail
 			target=$1
 			shift
@@ -219,7 +208,8 @@ run_tar() {
 # has no such history at all.
 log "warm-up extraction (untimed), absorbing the cost of earlier deletions"
 mkdir -p "$trees/warm-up"
-run_timed warm-up \
+sync
+timed -r "$logs/warm-up.time" "$logs/warm-up.log" \
 	"$flmount" -image "$ref" -workdir "$workdir" -extractto "$trees/warm-up/rootfs" -q >/dev/null
 
 tools=(flmount umoci tar)

@@ -220,17 +220,10 @@ to_bytes() {
 read_all() { tar -cf - . | cat >/dev/null; }
 walk_meta() { tar -cf /dev/null .; }
 
-# timed_in DIR FN: run FN in DIR; print the wall seconds.
-timed_in() {
-	local dir=$1 fn=$2 start out
-	out="$logs/$fn.err"
-	start=$(now)
-	if ! (cd "$dir" && "$fn") 2>"$out"; then
-		echo "bench-fuse: $fn failed in $dir:" >&2
-		tail -n 20 "$out" >&2
-		return 1
-	fi
-	elapsed "$start"
+# in_dir DIR FN: run FN in DIR, in a subshell (the caller stays where it
+# is); timed as `timed $logs/FN.err in_dir DIR FN` (scripts/lib/testbed.sh).
+in_dir() {
+	(cd "$1" && "$2")
 }
 
 # verdict EXPR VALUE: "ok" when VALUE satisfies the awk condition on v.
@@ -343,7 +336,7 @@ log "python3 -c pass: native ${native_py} s, FUSE ${fuse_py} s; $py_unmounted (c
 # --- 3. read every file, cold; 6. peak memory -------------------------------
 
 drop_caches
-cold_native=$(timed_in "$native" read_all)
+cold_native=$(timed "$logs/read_all.err" in_dir "$native" read_all)
 log "cold read, native: $cold_native s"
 
 hot="$tmp/mnt-hot"
@@ -353,7 +346,7 @@ fuse_start "$hot" "$tmp/cache-hot"
 fuse_wait "$hot"
 hot_pid=${fuse_pid[$hot]}
 cpu0=$(cpu_ticks "$hot_pid")
-cold_fuse=$(timed_in "$hot" read_all)
+cold_fuse=$(timed "$logs/read_all.err" in_dir "$hot" read_all)
 cpu1=$(cpu_ticks "$hot_pid")
 cold_cpu=$(awk -v a="$cpu0" -v b="$cpu1" -v t="$clk_tck" 'BEGIN { printf "%.2f\n", (b - a) / t }')
 hwm_kib=$(vmhwm_kib "$hot_pid")
@@ -387,7 +380,7 @@ declare -A secs=()
 hot_cpu_ticks=0
 for fn in read_all walk_meta; do
 	for tree in "${trees[@]}"; do
-		timed_in "${dir[$tree]}" "$fn" >/dev/null # warm
+		timed "$logs/$fn.err" in_dir "${dir[$tree]}" "$fn" >/dev/null # warm
 	done
 	for ((r = 1; r <= rounds; r++)); do
 		for ((i = 0; i < ${#trees[@]}; i++)); do
@@ -395,7 +388,7 @@ for fn in read_all walk_meta; do
 			if [[ $tree == fuse && $fn == read_all ]]; then
 				cpu0=$(cpu_ticks "$hot_pid")
 			fi
-			secs[$fn,$tree,$r]=$(timed_in "${dir[$tree]}" "$fn")
+			secs[$fn,$tree,$r]=$(timed "$logs/$fn.err" in_dir "${dir[$tree]}" "$fn")
 			if [[ $tree == fuse && $fn == read_all ]]; then
 				hot_cpu_ticks=$((hot_cpu_ticks + $(cpu_ticks "$hot_pid") - cpu0))
 			fi

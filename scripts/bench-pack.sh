@@ -42,15 +42,11 @@ workdir="$tmp/workdir"
 out='' # set by bench_output_dir
 bench_output_dir out "$tmp" 8
 
-timed() { # timed LOG CMD...: run CMD (output to LOG.out), print seconds
-	local start end logfile=$1
-	shift
+# settle: what precedes each timed run (`timed LOG CMD...`, in
+# scripts/lib/testbed.sh): a sync, and memory warmed.
+settle() {
 	sync
 	warm_memory
-	start=$(now)
-	"$@" >"$logfile.out" 2>&1 || { cat "$logfile.out" >&2; return 1; }
-	end=$(now)
-	elapsed "$start" "$end"
 }
 
 # An untimed extraction first: file creation on this ext4 is slow right
@@ -58,14 +54,19 @@ timed() { # timed LOG CMD...: run CMD (output to LOG.out), print seconds
 # that. Its layer index is dropped so that pack starts as after a pull.
 "$flmount" -q -image "$ref" -workdir "$workdir" -extractto "$out/warm-up"
 rm -rf "$workdir/index"
-pack1=$(timed "$tmp/pack1" "$flmount" -image "$ref" -workdir "$workdir" -flist "$out/a.fl" -store "dir://$out/store")
-pack2=$(timed "$tmp/pack2" "$flmount" -image "$ref" -workdir "$workdir" -flist "$out/b.fl" -store "dir://$out/store")
-unpack=$(timed "$tmp/unpack" "$flmount" unpack -workdir "$workdir" -flist "$out/a.fl" "$out/unpacked")
+settle
+pack1=$(timed "$tmp/pack1.out" "$flmount" -image "$ref" -workdir "$workdir" -flist "$out/a.fl" -store "dir://$out/store")
+settle
+pack2=$(timed "$tmp/pack2.out" "$flmount" -image "$ref" -workdir "$workdir" -flist "$out/b.fl" -store "dir://$out/store")
+settle
+unpack=$(timed "$tmp/unpack.out" "$flmount" unpack -workdir "$workdir" -flist "$out/a.fl" "$out/unpacked")
 # -extractto twice: first as after a pull (no layer index yet: the layers'
 # headers are read), then again (the workdir's layer index is used).
 rm -rf "$workdir/index"
-extract=$(timed "$tmp/extract" "$flmount" -image "$ref" -workdir "$workdir" -extractto "$out/extracted")
-extract2=$(timed "$tmp/extract2" "$flmount" -image "$ref" -workdir "$workdir" -extractto "$out/extracted2")
+settle
+extract=$(timed "$tmp/extract.out" "$flmount" -image "$ref" -workdir "$workdir" -extractto "$out/extracted")
+settle
+extract2=$(timed "$tmp/extract2.out" "$flmount" -image "$ref" -workdir "$workdir" -extractto "$out/extracted2")
 
 summary=$(grep -o 'packed .*' "$tmp/pack1.out" | tail -1)
 bytes=$(grep -o '([0-9.]* MiB)' <<<"$summary" | head -1 | tr -d '()' | awk '{print $1}')

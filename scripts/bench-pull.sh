@@ -68,34 +68,20 @@ log "pushed $ref in $(elapsed "$start") s"
 logs="$tmp/logs"
 mkdir -p "$logs"
 
-# run_timed LOGFILE CMD...: run CMD with output to LOGFILE, print seconds.
-run_timed() {
-	local logfile=$1 start rc=0
-	shift
-	start=$(now)
-	"$@" >"$logfile" 2>&1 || rc=$?
-	local secs
-	secs=$(elapsed "$start")
-	if [[ $rc != 0 ]]; then
-		echo "bench-pull: command failed (exit $rc): $*" >&2
-		cat "$logfile" >&2
-		return "$rc"
-	fi
-	printf '%s\n' "$secs"
-}
+# Each timed run: `sync`, then `timed LOG CMD...` (scripts/lib/testbed.sh).
 
 flmount_cold() {
 	local round=$1 workdir="$tmp/flmount-workdir"
 	rm -rf -- "$workdir"
 	sync
-	run_timed "$logs/flmount-cold-$round.log" \
+	timed "$logs/flmount-cold-$round.log" \
 		"$flmount" -image "$ref" -workdir "$workdir" "${flmount_args[@]}"
 }
 
 flmount_warm() {
 	local round=$1 workdir="$tmp/flmount-workdir"
 	sync
-	run_timed "$logs/flmount-warm-$round.log" \
+	timed "$logs/flmount-warm-$round.log" \
 		"$flmount" -image "$ref" -workdir "$workdir" "${flmount_args[@]}"
 }
 
@@ -103,7 +89,7 @@ skopeo_cold() {
 	local round=$1 dest="$tmp/skopeo-dir"
 	rm -rf -- "$dest"
 	sync
-	run_timed "$logs/skopeo-cold-$round.log" \
+	timed "$logs/skopeo-cold-$round.log" \
 		skopeo copy --quiet --src-tls-verify=false "docker://$ref" "dir:$dest"
 }
 

@@ -7,6 +7,7 @@
 mod common;
 
 use base64::Engine;
+use common::tarball::{tar, E};
 use common::*;
 
 const USER: &str = "alice";
@@ -19,12 +20,9 @@ fn push_busybox(reg: &Registry, repo_tag: &str) {
     let layers = vec![
         (
             Compression::Gzip,
-            tar_of(&[Entry::File("bin/busybox", std::fs::read("/bin/busybox").unwrap())]),
+            tar(&[E::file("bin/busybox", std::fs::read("/bin/busybox").unwrap()).mode(0o755)]),
         ),
-        (
-            Compression::Gzip,
-            tar_of(&[Entry::File("etc/motd", b"auth\n".to_vec())]),
-        ),
+        (Compression::Gzip, tar(&[E::file("etc/motd", b"auth\n")])),
     ];
     let w = layout.image(&ImageSpec::new("auth", layers));
     layout.tag_image("t", &w);

@@ -11,10 +11,6 @@ use std::process::Command;
 use common::tarball::{tar, E};
 use common::*;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// A small image with a file a later layer replaces.
 fn image(reg: &Registry, tmp: &Path) -> String {
     let first = tar(&[

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::servers::Server;
@@ -55,10 +54,6 @@ fn row(what: &str, args: &[&str], code: i32, says: &[&str]) -> Row<'static> {
         code,
         says: says.iter().map(|s| s.to_string()).collect(),
     }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]
@@ -237,12 +232,7 @@ fn a_corrupt_cached_layer_is_an_integrity_error_with_a_way_out() {
     let fl = Flmount::new();
     fl.ok(&["-image", &image]);
     // Damage the cached layer in the middle of its deflate stream.
-    let blobs = fl.workdir.join("blobs/sha256");
-    let biggest = std::fs::read_dir(&blobs)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .max_by_key(|p| p.metadata().unwrap().len())
-        .unwrap();
+    let biggest = largest_file(&fl.workdir.join("blobs/sha256"));
     let mut data = std::fs::read(&biggest).unwrap();
     let mid = data.len() / 2;
     for b in &mut data[mid..mid + 64] {

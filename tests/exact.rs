@@ -10,55 +10,35 @@ mod common;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use common::fixtures::umoci_unpack;
 use common::fstree::{assert_same_tree, describe, Ignore};
+use common::mounts::Mounted;
 use common::tarball::{tar, E};
 use common::*;
 
-/// An image pushed to its own registry, and a scratch directory every
+/// An image pushed to the registry of a bed whose scratch directory every
 /// user may enter (for the `nobody` checks).
 struct Img {
-    _reg: Registry,
-    tmp: tempfile::TempDir,
-    layout: PathBuf,
+    bed: Bed,
     image: String,
-    fl: Flmount,
 }
 
 impl Img {
     fn push(name: &str, layers: Vec<Vec<u8>>) -> Img {
-        let reg = Registry::start();
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let layout = tmp.path().join("layout");
-        let layers = layers.into_iter().map(|t| (Compression::Gzip, t)).collect();
-        let image = reg.push_layers(&format!("exact/{name}"), layers, &layout);
-        Img {
-            _reg: reg,
-            tmp,
-            layout,
-            image,
-            fl: Flmount::new(),
-        }
+        let bed = Bed::open_to_others();
+        let image = bed.push_gzip(&format!("exact/{name}"), "layout", layers);
+        Img { bed, image }
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
+        self.bed.path(name)
     }
 
     /// `umoci unpack` of the image: the reference.
     fn umoci(&self) -> PathBuf {
-        need("umoci");
-        let bundle = self.path("umoci");
-        run_ok(
-            Command::new("umoci")
-                .args(["unpack", "--image"])
-                .arg(format!("{}:t", self.layout.display()))
-                .arg(&bundle),
-        );
-        bundle.join("rootfs")
+        umoci_unpack(&self.path("layout"), &self.path("umoci"))
     }
 }
 
@@ -71,15 +51,14 @@ struct Views<'a> {
     unpacked: PathBuf,
     /// stderr of the extraction.
     log: String,
-    fuse_server: Option<Child>,
+    fuse_server: Option<Mounted>,
 }
 
 impl<'a> Views<'a> {
     fn new(img: &'a Img) -> Views<'a> {
-        let fl = &img.fl;
-        let s = |p: &Path| p.to_str().unwrap().to_owned();
+        let fl = &img.bed.fl;
         let flat = img.path("flat");
-        let log = fl.ok(&["-image", &img.image, "-extractto", &s(&flat)]);
+        let log = fl.ok(&["-image", &img.image, "-extractto", s(&flat)]);
         let mut views = Views {
             img,
             flat,
@@ -89,32 +68,15 @@ impl<'a> Views<'a> {
             log,
             fuse_server: None,
         };
-        fl.ok(&["-image", &img.image, "-mount", &s(&views.overlay)]);
+        fl.ok(&["-image", &img.image, "-mount", s(&views.overlay)]);
         let flist = img.path("image.fl");
-        let store = format!("dir://{}", img.path("chunks").display());
-        fl.ok(&["-image", &img.image, "-flist", &s(&flist), "-store", &store]);
-        fl.ok(&["unpack", "-flist", &s(&flist), &s(&views.unpacked)]);
-        std::fs::create_dir_all(&views.fuse).unwrap();
-        let server_log = img.path("fuse.log");
-        let mut child = fl
-            .command()
-            .args(["-flist", &s(&flist), "-mount", &s(&views.fuse), "-allow-other"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&server_log).unwrap())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !mounted_at(&views.fuse, Some("fuse.flmount")) {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!(
-                    "the FUSE server exited with {status}:\n{}",
-                    std::fs::read_to_string(&server_log).unwrap_or_default()
-                );
-            }
-            assert!(Instant::now() < deadline, "the FUSE mount did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        views.fuse_server = Some(child);
+        img.bed.pack(&img.image, &flist, &img.path("chunks"));
+        fl.ok(&["unpack", "-flist", s(&flist), s(&views.unpacked)]);
+        views.fuse_server = Some(Mounted::start(
+            fl,
+            &["-flist", s(&flist), "-allow-other"],
+            &views.fuse,
+        ));
         views
     }
 
@@ -137,7 +99,7 @@ impl<'a> Views<'a> {
 
     /// The overlay layer directories in the workdir.
     fn layer_dirs(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(self.img.fl.workdir.join("overlays"))
+        std::fs::read_dir(self.img.bed.fl.workdir.join("overlays"))
             .unwrap()
             .map(|e| e.unwrap().path().join("diff"))
             .filter(|p| p.is_dir())
@@ -147,14 +109,8 @@ impl<'a> Views<'a> {
 
 impl Drop for Views<'_> {
     fn drop(&mut self) {
-        let _ = self.img.fl.run(&["-umount", self.overlay.to_str().unwrap()]);
-        if let Some(mut child) = self.fuse_server.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if mounted_at(&self.fuse, None) {
-            let _ = Command::new("umount").arg("-l").arg(&self.fuse).status();
-        }
+        let _ = self.img.bed.fl.run(&["-umount", s(&self.overlay)]);
+        // fuse_server drops next: the server killed, its mount taken down.
     }
 }
 
@@ -183,20 +139,6 @@ fn src_dir(tmp: &Path, name: &str) -> PathBuf {
     dir
 }
 
-/// Runs `program args` as `nobody`: (succeeded, stderr).
-fn as_nobody(program: &str, args: &[&Path]) -> (bool, String) {
-    need("setpriv");
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", program])
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn xattr_of(path: &Path, name: &[u8]) -> Option<Vec<u8>> {
     xattr::get(path, std::ffi::OsStr::from_bytes(name)).unwrap()
 }
@@ -206,7 +148,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Whether `test` cannot run here (root and FUSE are needed): a failure
-/// in CI (see `common::skip`).
+/// in CI (see `common::host::skip`).
 fn skip(test: &str) -> bool {
     !common::mounts::fuse_or_skip(test)
 }
@@ -420,7 +362,7 @@ fn implicit_parents_are_0755_and_root_owned() {
                 "{view}: /{parent}"
             );
         }
-        let (ok, err) = as_nobody("cat", &[&dir.join("a/b/c/file")]);
+        let (ok, _, err) = as_nobody("cat", &[&dir.join("a/b/c/file")]);
         assert!(ok, "{view}: nobody cannot read through implicit parents: {err}");
     }
 }
@@ -569,12 +511,12 @@ fn acls_are_enforced_in_every_view() {
     let reference = img.umoci();
     views.assert_equal_to(&reference, &Ignore::default());
     for (view, dir) in views.all() {
-        let (ok, err) = as_nobody("cat", &[&dir.join("denied")]);
+        let (ok, _, err) = as_nobody("cat", &[&dir.join("denied")]);
         assert!(
             !ok && err.contains("Permission denied"),
             "{view}: nobody read a file its ACL denies ({err})"
         );
-        let (ok, err) = as_nobody("cat", &[&dir.join("granted")]);
+        let (ok, _, err) = as_nobody("cat", &[&dir.join("granted")]);
         assert!(ok, "{view}: nobody could not read a file its ACL grants: {err}");
     }
 }
@@ -615,6 +557,7 @@ fn non_utf8_xattr_names_are_kept_as_bytes() {
     }
     // The tar export too, as GNU tar reads it back.
     let out = img
+        .bed
         .fl
         .command()
         .args(["-image", &img.image, "-extractto", "-"])

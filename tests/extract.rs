@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::fixtures::rules_layers;
+use common::fixtures::{rules_layers, umoci_unpack};
 use common::fstree::{assert_same_tree, describe, Ignore};
 use common::tarball::{tar, E};
 use common::*;
@@ -32,18 +32,6 @@ fn fixture(name: &str, layers: Vec<(Compression, Vec<u8>)>) -> Fixture {
         _reg: reg,
         image,
     }
-}
-
-fn umoci_unpack(layout: &Path, dest: &Path) -> PathBuf {
-    need("umoci");
-    let bundle = dest.join("bundle");
-    run_ok(
-        Command::new("umoci")
-            .args(["unpack", "--image"])
-            .arg(format!("{}:t", layout.display()))
-            .arg(&bundle),
-    );
-    bundle.join("rootfs")
 }
 
 fn rules_fixture(name: &str, compression: Compression) -> Fixture {
@@ -70,7 +58,7 @@ fn extraction_equals_umoci_on_every_rule() {
     let ours = out.path().join("rootfs");
     let fl = Flmount::new();
     fl.ok(&["-image", &fx.image, "-extractto", ours.to_str().unwrap()]);
-    let reference = umoci_unpack(&fx.layout, out.path());
+    let reference = umoci_unpack(&fx.layout, &out.path().join("bundle"));
     assert_same_tree(&ours, &reference, &Ignore::default());
 
     // Spot checks that the comparison really covers the rules.

@@ -9,9 +9,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::faults::CutProxy;
 use common::fixtures::{rules_layers, RulesImage};
 use common::fstree::{assert_same_tree, Ignore};
-use common::servers::{venv_bin, CountingHttp, CutProxy, Server, ZdbNamespaces};
+use common::servers::{venv_bin, CountingHttp, Server, ZdbNamespaces};
 use common::tarball::tar;
 use common::*;
 
@@ -36,7 +37,7 @@ impl Setup {
             args.push(s.clone());
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let log = self.fl.ok(&args);
+        let log = self.bed.fl.ok(&args);
         (out, log)
     }
     /// Unpacks and compares with the flat extraction.
@@ -57,7 +58,7 @@ impl Setup {
         }
         args.push(target.to_str().unwrap().into());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.fl.ok(&args);
+        self.bed.fl.ok(&args);
         assert_same_tree(&self.flat, &target, &Ignore::default());
     }
 }
@@ -129,21 +130,25 @@ fn dir_store_round_trip_equals_extraction_and_repack_uploads_nothing() {
     assert_eq!(stored(), first, "a pack from a fresh workdir wrote chunks");
 
     // ls and inspect read it back.
-    let out =
-        s.fl.command()
-            .args(["flist", "ls", flist.to_str().unwrap()])
-            .output()
-            .unwrap();
+    let out = s
+        .bed
+        .fl
+        .command()
+        .args(["flist", "ls", flist.to_str().unwrap()])
+        .output()
+        .unwrap();
     let ls = String::from_utf8_lossy(&out.stdout);
     assert!(
         ls.contains(" /bin/busybox") && ls.contains("-> busybox") && ls.contains(" /dev/sda (8,0)"),
         "{ls}"
     );
-    let out =
-        s.fl.command()
-            .args(["flist", "tag", flist.to_str().unwrap(), "description=rules"])
-            .output()
-            .unwrap();
+    let out = s
+        .bed
+        .fl
+        .command()
+        .args(["flist", "tag", flist.to_str().unwrap(), "description=rules"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("description=rules"));
 }
 
@@ -207,7 +212,7 @@ fn sharded_and_replicated_stores_survive_a_lost_replica() {
     std::fs::remove_dir_all(&a).unwrap();
     s.unpack_equals(&flist, &[], "one-replica-lost");
     std::fs::remove_dir_all(&c).unwrap();
-    let err = s.fl.fails(
+    let err = s.bed.fl.fails(
         &[
             "unpack",
             "-flist",
@@ -219,7 +224,7 @@ fn sharded_and_replicated_stores_survive_a_lost_replica() {
     assert!(err.contains("could not be read from any store"), "{err}");
     assert!(!s.path("all-lost").exists());
     // Ranges that leave ids uncovered are refused before anything is stored.
-    let err = s.fl.fails(
+    let err = s.bed.fl.fails(
         &[
             "-image",
             &s.image,
@@ -251,17 +256,19 @@ fn zdb_store_on_redis_and_secrets_stay_out() {
         !String::from_utf8_lossy(&raw).contains("zdb-Secret-77"),
         "the password was written into the flist"
     );
-    let out =
-        s.fl.command()
-            .args(["flist", "store", flist.to_str().unwrap()])
-            .output()
-            .unwrap();
+    let out = s
+        .bed
+        .fl
+        .command()
+        .args(["flist", "store", flist.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("zdb://flmuser@127.0.0.1:{}", redis.1)));
     s.unpack_equals(&flist, &[], "from-zdb");
     // The store goes down: a clear error naming it, and no flist.
     drop(redis);
     let started = std::time::Instant::now();
-    let err = s.fl.fails(
+    let err = s.bed.fl.fails(
         &[
             "unpack",
             "-flist",
@@ -395,7 +402,7 @@ fn a_zdb_password_without_a_namespace_authenticates() {
     s.unpack_equals(&flist, &[good], "auth-out");
     let bad = format!("zdb://:wrong@127.0.0.1:{}", redis.1);
     let out = s.path("bad.fl");
-    let err = s.fl.fails(
+    let err = s.bed.fl.fails(
         &[
             "-image",
             &s.image,
@@ -410,7 +417,7 @@ fn a_zdb_password_without_a_namespace_authenticates() {
     assert!(!out.exists());
     // No password: refused by the server, not written anywhere.
     let none = format!("zdb://127.0.0.1:{}", redis.1);
-    s.fl.fails(
+    s.bed.fl.fails(
         &[
             "-image",
             &s.image,
@@ -676,7 +683,7 @@ fn packing_a_directory_round_trips_it() {
     let s = setup();
     let store = format!("dir://{}", s.path("dir-chunks").display());
     let flist = s.path("dir.fl");
-    s.fl.ok(&[
+    s.bed.fl.ok(&[
         "pack",
         "-flist",
         flist.to_str().unwrap(),
@@ -685,7 +692,10 @@ fn packing_a_directory_round_trips_it() {
         s.flat.to_str().unwrap(),
     ]);
     s.unpack_equals(&flist, &[], "dir-round-trip");
-    let out = s.fl.run(&["flist", "inspect", "-json", flist.to_str().unwrap()]);
+    let out = s
+        .bed
+        .fl
+        .run(&["flist", "inspect", "-json", flist.to_str().unwrap()]);
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // Regular files in the tree, hard-linked names counted once.
     let files = files_under(&s.flat)
@@ -700,7 +710,7 @@ fn packing_a_directory_round_trips_it() {
     assert_eq!(info["routes"][0]["url"], store);
     // Packed again, as JSON: nothing uploaded.
     let again = s.path("dir-again.fl");
-    let out = s.fl.run(&[
+    let out = s.bed.fl.run(&[
         "pack",
         "-json",
         "-flist",

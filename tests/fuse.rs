@@ -30,7 +30,7 @@ impl RulesImage {
     /// Packs into one store; returns the flist's path.
     fn pack_into(&self, name: &str, store: &str) -> PathBuf {
         let out = self.path(name);
-        self.fl.ok(&[
+        self.bed.fl.ok(&[
             "-image",
             &self.image,
             "-flist",
@@ -142,7 +142,7 @@ fn mounted_flists_equal_extraction_from_dir_zdb_and_s3_stores() {
         }
         let cache = img.path(&format!("cache-{kind}"));
         args.extend(["-cache", cache.to_str().unwrap()]);
-        let m = Mounted::start(&img.fl, &args, &mnt);
+        let m = Mounted::start(&img.bed.fl, &args, &mnt);
         assert_same_tree(&img.flat, &mnt, &Ignore::default());
 
         // Read-only, whoever asks.
@@ -161,17 +161,17 @@ fn mounted_flists_equal_extraction_from_dir_zdb_and_s3_stores() {
     // -umount works on FUSE mounts too, and the server exits by itself.
     let flist = img.path("dir.fl");
     let mnt = img.path("mnt-umount");
-    let mut m = Mounted::start(&img.fl, &["-flist", flist.to_str().unwrap()], &mnt);
-    img.fl.ok(&["-umount", mnt.to_str().unwrap()]);
+    let mut m = Mounted::start(&img.bed.fl, &["-flist", flist.to_str().unwrap()], &mnt);
+    img.bed.fl.ok(&["-umount", mnt.to_str().unwrap()]);
     m.wait_exit(Duration::from_secs(20));
 
     // A killed server leaves no mount behind (auto_unmount).
-    Mounted::start(&img.fl, &["-flist", flist.to_str().unwrap()], &mnt).kill_and_wait_unmounted();
+    Mounted::start(&img.bed.fl, &["-flist", flist.to_str().unwrap()], &mnt).kill_and_wait_unmounted();
 
     // A dead mount (its server and its unmount watcher both killed, as
     // when the server dies while fusermount3 mounts): the next server at
     // that mount point clears it, and a live mount there is refused.
-    let mut m = Mounted::start(&img.fl, &["-flist", flist.to_str().unwrap()], &mnt);
+    let mut m = Mounted::start(&img.bed.fl, &["-flist", flist.to_str().unwrap()], &mnt);
     // The root's attributes are now in the kernel's cache, where they
     // outlive the server: only asking the server tells a dead mount.
     std::fs::metadata(&mnt).unwrap();
@@ -188,14 +188,14 @@ fn mounted_flists_equal_extraction_from_dir_zdb_and_s3_stores() {
         nix::sys::statfs::statfs(&mnt).map(drop),
         Err(nix::errno::Errno::ENOTCONN)
     );
-    let m = Mounted::start(&img.fl, &["-flist", flist.to_str().unwrap()], &mnt);
+    let m = Mounted::start(&img.bed.fl, &["-flist", flist.to_str().unwrap()], &mnt);
     assert!(
         m.log().contains("killed flmount server left mounted"),
         "{}",
         m.log()
     );
     assert_same_tree(&img.flat, &mnt, &Ignore::default());
-    let err = img.fl.fails(
+    let err = img.bed.fl.fails(
         &["-flist", flist.to_str().unwrap(), "-mount", mnt.to_str().unwrap()],
         1,
     );
@@ -235,7 +235,7 @@ fn a_busybox_image_served_lazily_runs_in_a_chroot() {
     }
     let img = rules_image();
     let mnt = img.path("rootfs");
-    let m = Mounted::start(&img.fl, &["-image", &img.image, "-fuse"], &mnt);
+    let m = Mounted::start(&img.bed.fl, &["-image", &img.image, "-fuse"], &mnt);
     let out = run_ok(Command::new("chroot").arg(&mnt).args([
         "/bin/sh",
         "-c",
@@ -265,7 +265,7 @@ fn a_busybox_image_served_lazily_runs_in_a_chroot() {
     assert!(!log.contains("Not Implemented"), "{log}");
 
     // A second mount of the same image reuses its flist: nothing is packed.
-    let m = Mounted::start(&img.fl, &["-image", &img.image, "-fuse", "-v"], &mnt);
+    let m = Mounted::start(&img.bed.fl, &["-image", &img.image, "-fuse", "-v"], &mnt);
     let log = m.stop();
     assert!(!log.contains("packed"), "the image was packed again:\n{log}");
 }

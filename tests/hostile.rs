@@ -7,7 +7,7 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,45 +16,17 @@ use common::servers::Server;
 use common::tarball::{tar, E};
 use common::*;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// One small image in a registry, a temporary directory that other users
-/// may traverse (0755), and flmount with its own workdir.
-struct Bed {
-    _reg: Registry,
-    tmp: tempfile::TempDir,
-    fl: Flmount,
-    a: String,
-}
-
-fn bed(name: &str) -> Bed {
-    let reg = Registry::start();
-    let tmp = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+/// One small image in a bed whose scratch directory other users may
+/// traverse (0755); returns the bed and the image.
+fn bed(name: &str) -> (Bed, String) {
+    let b = Bed::open_to_others();
     let layer = tar(&[
         E::dir("etc"),
         E::file("etc/a", "made by image a\n"),
         E::file("big", pseudo_random(3 << 20, 7)),
     ]);
-    let a = reg.push_layers(
-        &format!("hostile/{name}-a"),
-        vec![(Compression::Gzip, layer)],
-        &tmp.path().join("layout-a"),
-    );
-    Bed {
-        _reg: reg,
-        tmp,
-        fl: Flmount::new(),
-        a,
-    }
-}
-
-impl Bed {
-    fn path(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
-    }
+    let a = b.push_gzip(&format!("hostile/{name}-a"), "layout-a", vec![layer]);
+    (b, a)
 }
 
 /// Mounts of anything at `dir` (all of them, bottom first).
@@ -117,9 +89,9 @@ fn umount_never_removes_the_upper_of_an_overlay_still_mounted() {
     ) {
         return;
     }
-    let b = bed("bindself");
+    let (b, a) = bed("bindself");
     let m = b.path("m");
-    b.fl.ok(&["-image", &b.a, "-mount", s(&m)]);
+    b.fl.ok(&["-image", &a, "-mount", s(&m)]);
     std::fs::write(m.join("written"), b"user data").unwrap();
     run_ok(Command::new("mount").arg("--bind").arg(&m).arg(&m));
     let out = b.fl.run(&["-umount", s(&m)]);
@@ -138,7 +110,7 @@ fn umount_never_removes_the_upper_of_an_overlay_still_mounted() {
     // Bound elsewhere: the operator's bind keeps working.
     let m = b.path("m2");
     let bound = b.path("bound");
-    b.fl.ok(&["-image", &b.a, "-mount", s(&m)]);
+    b.fl.ok(&["-image", &a, "-mount", s(&m)]);
     std::fs::write(m.join("written"), b"user data").unwrap();
     let _bind = OwnMount::bind(&m, &bound);
     let out = b.fl.run(&["-umount", s(&m)]);
@@ -159,9 +131,9 @@ fn umount_leaves_a_bind_mount_of_an_flmount_fuse_mount() {
     if !fuse_or_skip("umount_leaves_a_bind_mount_of_an_flmount_fuse_mount") {
         return;
     }
-    let b = bed("fusebind");
+    let (b, a) = bed("fusebind");
     let mnt = b.path("mnt");
-    let m = Mounted::start(&b.fl, &["-image", &b.a, "-fuse"], &mnt);
+    let m = Mounted::start(&b.fl, &["-image", &a, "-fuse"], &mnt);
     let bound = b.path("bound");
     let _bind = OwnMount::bind(&mnt.join("etc"), &bound);
     let out = b.fl.run(&["-umount", s(&bound)]);
@@ -186,13 +158,13 @@ fn a_workdir_with_a_question_mark_keeps_its_store_inside() {
     if !fuse_or_skip("a_workdir_with_a_question_mark_keeps_its_store_inside") {
         return;
     }
-    let mut b = bed("qmark");
+    let (mut b, a) = bed("qmark");
     let victim = b.path("victim");
     std::fs::create_dir_all(&victim).unwrap();
     std::fs::write(victim.join("notes"), b"mine").unwrap();
     b.fl.workdir = b.path("victim?x");
     let mnt = b.path("mnt");
-    let m = Mounted::start(&b.fl, &["-image", &b.a, "-fuse"], &mnt);
+    let m = Mounted::start(&b.fl, &["-image", &a, "-fuse"], &mnt);
     let read = std::fs::read(mnt.join("etc/a"));
     m.stop();
     assert_eq!(read.unwrap(), b"made by image a\n");
@@ -212,13 +184,13 @@ fn a_fuse_mount_of_a_moved_workdir_reads_its_own_store() {
     if !fuse_or_skip("a_fuse_mount_of_a_moved_workdir_reads_its_own_store") {
         return;
     }
-    let mut b = bed("moved");
+    let (mut b, a) = bed("moved");
     b.fl.workdir = b.path("wdA");
     let mnt = b.path("mnt");
-    Mounted::start(&b.fl, &["-image", &b.a, "-fuse"], &mnt).stop();
+    Mounted::start(&b.fl, &["-image", &a, "-fuse"], &mnt).stop();
     std::fs::rename(b.path("wdA"), b.path("wdB")).unwrap();
     b.fl.workdir = b.path("wdB");
-    let m = Mounted::start(&b.fl, &["-image", &b.a, "-fuse"], &mnt);
+    let m = Mounted::start(&b.fl, &["-image", &a, "-fuse"], &mnt);
     let read = std::fs::read(mnt.join("etc/a"));
     m.stop();
     assert!(!b.path("wdA").exists(), "the old workdir's path was made again");
@@ -238,11 +210,11 @@ fn an_overlaydir_upper_symlink_is_never_followed() {
     if !root_or_skip("an_overlaydir_upper_symlink_is_never_followed", "mounts") {
         return;
     }
-    let b = bed("ovlink");
+    let (b, a) = bed("ovlink");
     // A genuine marker for image a, from a mount the user was given.
     let first = b.path("ov0");
     let m0 = b.path("m0");
-    b.fl.ok(&["-image", &b.a, "-mount", s(&m0), "-overlaydir", s(&first)]);
+    b.fl.ok(&["-image", &a, "-mount", s(&m0), "-overlaydir", s(&first)]);
     b.fl.ok(&["-umount", s(&m0)]);
     let marker = std::fs::read(first.join(".flmount-overlay.json")).unwrap();
 
@@ -258,8 +230,7 @@ fn an_overlaydir_upper_symlink_is_never_followed() {
         std::os::unix::fs::lchown(&p, Some(uid), Some(gid)).unwrap();
     }
     let m = b.path("m");
-    let out =
-        b.fl.run(&["-image", &b.a, "-mount", s(&m), "-overlaydir", s(&ov)]);
+    let out = b.fl.run(&["-image", &a, "-mount", s(&m), "-overlaydir", s(&ov)]);
     if out.status.success() {
         let _ = std::fs::write(m.join("passwd"), b"evil::0:0\n");
         let _ = b.fl.run(&["-umount", s(&m)]);
@@ -477,7 +448,7 @@ fn outputs_never_follow_another_users_symlink_in_a_sticky_directory() {
     ) {
         return;
     }
-    let b = bed("sticky");
+    let (b, a) = bed("sticky");
     let shared = b.path("shared");
     std::fs::create_dir_all(&shared).unwrap();
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
@@ -495,7 +466,7 @@ fn outputs_never_follow_another_users_symlink_in_a_sticky_directory() {
     }
     let _ = b.fl.run(&[
         "-image",
-        &b.a,
+        &a,
         "-saveconfig",
         s(&shared.join("config.json")),
         "-lxcconfig",
@@ -512,7 +483,7 @@ fn outputs_never_follow_another_users_symlink_in_a_sticky_directory() {
 /// open(2) cannot open a socket (ENXIO): the output fails.
 #[test]
 fn a_socket_output_is_written_through() {
-    let b = bed("socket");
+    let (b, a) = bed("socket");
     let path = b.path("sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     let reader = std::thread::spawn(move || {
@@ -523,7 +494,7 @@ fn a_socket_output_is_written_through() {
         let _ = conn.read_to_end(&mut out);
         out
     });
-    let out = b.fl.run(&["-image", &b.a, "-saveconfig", s(&path)]);
+    let out = b.fl.run(&["-image", &a, "-saveconfig", s(&path)]);
     assert!(
         out.status.success(),
         "{:?}: {}",

@@ -16,18 +16,9 @@ use common::mounts::{fuse_or_skip, is_mounted, signal, Mounted, OwnMount};
 use common::tarball::{tar, E};
 use common::*;
 
-/// Two small images in a registry, and a workdir.
-struct Bed {
-    reg: Registry,
-    tmp: tempfile::TempDir,
-    fl: Flmount,
-    a: String,
-    b: String,
-}
-
-fn bed(name: &str) -> Bed {
-    let reg = Registry::start();
-    let tmp = tempfile::tempdir().unwrap();
+/// Two small images in a bed; returns the bed and the images a and b.
+fn bed(name: &str) -> (Bed, String, String) {
+    let bed = Bed::new();
     let busybox = std::fs::read("/bin/busybox").unwrap();
     let layer = |marker: &str| {
         tar(&[
@@ -39,45 +30,9 @@ fn bed(name: &str) -> Bed {
             E::file("etc/public", "anyone\n").mode(0o644),
         ])
     };
-    let a = reg.push_layers(
-        &format!("own/{name}-a"),
-        vec![(Compression::Gzip, layer("a"))],
-        &tmp.path().join("layout-a"),
-    );
-    let b = reg.push_layers(
-        &format!("own/{name}-b"),
-        vec![(Compression::Gzip, layer("b"))],
-        &tmp.path().join("layout-b"),
-    );
-    Bed {
-        reg,
-        tmp,
-        fl: Flmount::new(),
-        a,
-        b,
-    }
-}
-
-impl Bed {
-    fn path(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
-    }
-
-    /// Packs image a into the flist `flist`, its chunks in the dir store `store`.
-    fn pack_a(&self, flist: &Path, store: &Path) {
-        self.fl.ok(&[
-            "-image",
-            &self.a,
-            "-flist",
-            s(flist),
-            "-store",
-            &format!("dir://{}", s(store)),
-        ]);
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    let a = bed.push_gzip(&format!("own/{name}-a"), "layout-a", vec![layer("a")]);
+    let b = bed.push_gzip(&format!("own/{name}-b"), "layout-b", vec![layer("b")]);
+    (bed, a, b)
 }
 
 /// What a path is, without following it: type, device, inode, contents.
@@ -109,7 +64,7 @@ fn umount_leaves_every_mount_flmount_did_not_make() {
     if !root_or_skip("umount_leaves_every_mount_flmount_did_not_make", "mounts") {
         return;
     }
-    let b = bed("umount");
+    let (b, a, _) = bed("umount");
     // A tmpfs holding a file, as a user's mount would.
     let t = b.path("t1");
     let _tmpfs = OwnMount::tmpfs(&t);
@@ -159,7 +114,7 @@ fn umount_leaves_every_mount_flmount_did_not_make() {
 
     // flmount's own overlay, asked of another workdir: not this one's.
     let m = b.path("m");
-    b.fl.ok(&["-image", &b.a, "-mount", s(&m)]);
+    b.fl.ok(&["-image", &a, "-mount", s(&m)]);
     let other = Flmount::new();
     other.fails(&["-umount", s(&m)], 8);
     assert!(mounted_at(&m, Some("overlay")));
@@ -183,8 +138,8 @@ fn outputs_never_replace_devices_symlinks_or_directories() {
     if !root_or_skip("outputs_never_replace_devices_symlinks_or_directories", "mknod") {
         return;
     }
-    let b = bed("outputs");
-    let config = |out: &Path| b.fl.run(&["-image", &b.a, "-saveconfig", s(out)]);
+    let (b, a, _) = bed("outputs");
+    let config = |out: &Path| b.fl.run(&["-image", &a, "-saveconfig", s(out)]);
 
     // A character device (a /dev/null of the test's own): written through.
     let null = b.path("null");
@@ -193,7 +148,7 @@ fn outputs_never_replace_devices_symlinks_or_directories() {
     assert!(config(&null).status.success());
     let fl = b.fl.run(&[
         "-image",
-        &b.a,
+        &a,
         "-flist",
         s(&null),
         "-store",
@@ -229,7 +184,7 @@ fn outputs_never_replace_devices_symlinks_or_directories() {
     assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("real.json"));
     let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&target).unwrap()).unwrap();
     assert!(saved.get("rootfs").is_some(), "{saved}");
-    b.fl.ok(&["-image", &b.a, "-lxcconfig", s(&link)]);
+    b.fl.ok(&["-image", &a, "-lxcconfig", s(&link)]);
     assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
     assert!(std::fs::read_to_string(&target).unwrap().contains("lxc.init.cmd"));
 
@@ -260,7 +215,7 @@ fn outputs_never_replace_devices_symlinks_or_directories() {
     b.fl.fails(
         &[
             "-image",
-            &b.a,
+            &a,
             "-flist",
             s(&dir),
             "-store",
@@ -274,7 +229,7 @@ fn outputs_never_replace_devices_symlinks_or_directories() {
     let out =
         b.fl.command()
             .current_dir(b.tmp.path())
-            .args(["-image", &b.a, "-saveconfig", "-"])
+            .args(["-image", &a, "-saveconfig", "-"])
             .output()
             .unwrap();
     assert!(out.status.success());
@@ -306,10 +261,10 @@ fn files_and_contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 
 #[test]
 fn a_cache_directory_must_be_flmounts_own() {
-    let b = bed("cache");
+    let (b, a, _) = bed("cache");
     let store = b.path("store");
     let flist = b.path("a.fl");
-    b.pack_a(&flist, &store);
+    b.pack(&a, &flist, &store);
 
     // A user's directory shaped like a cache: a tmp/, two-character
     // subdirectories, a big file.
@@ -409,21 +364,21 @@ fn gc_keeps_what_a_live_fuse_mount_serves_whatever_names_the_workdir() {
     if !fuse_or_skip("gc_keeps_what_a_live_fuse_mount_serves_whatever_names_the_workdir") {
         return;
     }
-    let mut b = bed("gc");
+    let (mut b, a, _) = bed("gc");
     // The mount names the workdir through a symlink; gc by its real path.
     let real = b.path("wd");
     std::fs::create_dir_all(&real).unwrap();
     std::os::unix::fs::symlink(&real, b.path("wdlink")).unwrap();
     b.fl.workdir = b.path("wdlink");
     let mnt = b.path("mnt");
-    let m = Mounted::start(&b.fl, &["-image", &b.a, "-fuse"], &mnt);
+    let m = Mounted::start(&b.fl, &["-image", &a, "-fuse"], &mnt);
     let flists = files_under(&real.join("flists"));
     let chunks = files_under(&real.join("store"));
     assert_eq!(flists.len(), 1);
     assert!(chunks.len() > 1);
     // The image is forgotten: only the live mount still needs its flist.
     b.fl.workdir = real.clone();
-    b.fl.ok(&["images", "rm", &b.a]);
+    b.fl.ok(&["images", "rm", &a]);
     b.fl.ok(&["gc"]);
     assert_eq!(
         files_under(&real.join("flists")),
@@ -455,44 +410,47 @@ fn an_overlay_upper_stays_with_its_image() {
     if !root_or_skip("an_overlay_upper_stays_with_its_image", "overlay mounts") {
         return;
     }
-    let b = bed("upper");
+    let (b, a, image_b) = bed("upper");
     let m = b.path("m");
-    b.fl.ok(&["-image", &b.a, "-mount", s(&m)]);
+    b.fl.ok(&["-image", &a, "-mount", s(&m)]);
     std::fs::write(m.join("etc/written-on-a"), b"a's data").unwrap();
     std::fs::remove_file(m.join("etc/public")).unwrap();
     // Unmounted behind flmount's back (or a reboot): the record stays.
     run_ok(Command::new("umount").arg(&m));
-    let err = b.fl.fails(&["-image", &b.b, "-mount", s(&m)], 8);
+    let err = b.fl.fails(&["-image", &image_b, "-mount", s(&m)], 8);
     assert!(err.contains("another image") && err.contains("-umount"), "{err}");
     assert!(!mounted_at(&m, None));
     // The same image gets its writable layer back.
-    b.fl.ok(&["-image", &b.a, "-mount", s(&m)]);
+    b.fl.ok(&["-image", &a, "-mount", s(&m)]);
     assert_eq!(std::fs::read(m.join("etc/written-on-a")).unwrap(), b"a's data");
     b.fl.ok(&["-umount", s(&m)]);
     // Discarded by -umount of the unmounted point: B starts clean.
-    b.fl.ok(&["-image", &b.b, "-mount", s(&m)]);
+    b.fl.ok(&["-image", &image_b, "-mount", s(&m)]);
     assert!(!m.join("etc/written-on-a").exists());
     assert!(m.join("etc/public").exists() && m.join("etc/b").exists());
     b.fl.ok(&["-umount", s(&m)]);
 
     // A user's -overlaydir, with a comma and a colon in its path.
     let ovdir = b.path("ov,1:x");
-    b.fl.ok(&["-image", &b.a, "-mount", s(&m), "-overlaydir", s(&ovdir)]);
+    b.fl.ok(&["-image", &a, "-mount", s(&m), "-overlaydir", s(&ovdir)]);
     std::fs::write(m.join("etc/kept"), b"k").unwrap();
     b.fl.ok(&["-umount", s(&m)]);
     assert!(
         ovdir.join("upper/etc/kept").exists(),
         "-umount removed a user's upper"
     );
-    b.fl.fails(&["-image", &b.b, "-mount", s(&m), "-overlaydir", s(&ovdir)], 8);
-    b.fl.ok(&["-image", &b.a, "-mount", s(&m), "-overlaydir", s(&ovdir)]);
+    b.fl.fails(
+        &["-image", &image_b, "-mount", s(&m), "-overlaydir", s(&ovdir)],
+        8,
+    );
+    b.fl.ok(&["-image", &a, "-mount", s(&m), "-overlaydir", s(&ovdir)]);
     assert!(m.join("etc/kept").exists());
     b.fl.ok(&["-umount", s(&m)]);
 
     // A failed mount leaves no record (which would pin the image for gc).
     let busy = b.path("busy");
     let _t = OwnMount::tmpfs(&busy);
-    b.fl.fails(&["-image", &b.a, "-mount", s(&busy)], 1);
+    b.fl.fails(&["-image", &a, "-mount", s(&busy)], 1);
     let records: Vec<_> = files_under(&b.fl.workdir.join("mounts"))
         .into_iter()
         .filter(|p| p.ends_with("mount.json"))
@@ -511,21 +469,13 @@ fn store_chunks(dir: &Path) -> usize {
 
 #[test]
 fn a_store_that_lost_its_chunks_is_filled_again() {
-    let b = bed("lost");
+    let (b, a, _) = bed("lost");
     let store = b.path("store");
     let url = format!("dir://{}", s(&store));
     let pack = |name: &str| {
         let out =
             b.fl.command()
-                .args([
-                    "-json",
-                    "-image",
-                    &b.a,
-                    "-flist",
-                    s(&b.path(name)),
-                    "-store",
-                    &url,
-                ])
+                .args(["-json", "-image", &a, "-flist", s(&b.path(name)), "-store", &url])
                 .output()
                 .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -558,10 +508,10 @@ fn a_store_that_lost_its_chunks_is_filled_again() {
     // A redis (zdb) store flushed.
     let redis = common::servers::Server::redis();
     let zdb = format!("zdb://127.0.0.1:{}", redis.1);
-    b.fl.ok(&["-image", &b.a, "-flist", s(&b.path("z1.fl")), "-store", &zdb]);
+    b.fl.ok(&["-image", &a, "-flist", s(&b.path("z1.fl")), "-store", &zdb]);
     run_ok(Command::new("redis-cli").args(["-p", &redis.1.to_string(), "FLUSHALL"]));
     let log =
-        b.fl.ok(&["-image", &b.a, "-flist", s(&b.path("z2.fl")), "-store", &zdb]);
+        b.fl.ok(&["-image", &a, "-flist", s(&b.path("z2.fl")), "-store", &zdb]);
     assert!(!log.contains(" 0 uploaded"), "{log}");
     b.fl.ok(&["unpack", "-flist", s(&b.path("z2.fl")), s(&b.path("uz"))]);
     assert_eq!(std::fs::read(b.path("uz/etc/a")).unwrap(), b"made by image a\n");
@@ -582,11 +532,11 @@ fn a_fuse_mounts_workdir_flist_is_packed_again_when_its_store_lost_chunks() {
     if !fuse_or_skip("a_fuse_mounts_workdir_flist_is_packed_again_when_its_store_lost_chunks") {
         return;
     }
-    let b = bed("refuse");
+    let (b, a, _) = bed("refuse");
     let mnt = b.path("mnt");
-    Mounted::start(&b.fl, &["-image", &b.a, "-fuse"], &mnt).stop();
+    Mounted::start(&b.fl, &["-image", &a, "-fuse"], &mnt).stop();
     std::fs::remove_dir_all(b.fl.workdir.join("store")).unwrap();
-    let m = Mounted::start(&b.fl, &["-image", &b.a, "-fuse"], &mnt);
+    let m = Mounted::start(&b.fl, &["-image", &a, "-fuse"], &mnt);
     assert!(m.log().contains("missing"), "{}", m.log());
     drop_caches();
     assert_eq!(std::fs::read(mnt.join("etc/a")).unwrap(), b"made by image a\n");
@@ -602,7 +552,7 @@ fn a_fuse_mounts_workdir_flist_is_packed_again_when_its_store_lost_chunks() {
         data[10] ^= 1;
         std::fs::write(c, data).unwrap();
     }
-    let m = Mounted::start(&b.fl, &["-image", &b.a, "-fuse", "-validate-cache"], &mnt);
+    let m = Mounted::start(&b.fl, &["-image", &a, "-fuse", "-validate-cache"], &mnt);
     assert!(m.log().contains("corrupt chunks"), "{}", m.log());
     drop_caches();
     assert_eq!(
@@ -613,7 +563,7 @@ fn a_fuse_mounts_workdir_flist_is_packed_again_when_its_store_lost_chunks() {
     // A workdir flist that is not one any more: packed again.
     let flist = files_under(&b.fl.workdir.join("flists")).pop().unwrap();
     std::fs::write(&flist, b"garbage").unwrap();
-    let m = Mounted::start(&b.fl, &["-image", &b.a, "-fuse"], &mnt);
+    let m = Mounted::start(&b.fl, &["-image", &a, "-fuse"], &mnt);
     assert_eq!(std::fs::read(mnt.join("etc/a")).unwrap(), b"made by image a\n");
     m.stop();
 }
@@ -644,7 +594,7 @@ fn many_files_image(b: &Bed) -> String {
 
 #[test]
 fn interrupted_extractions_and_packs_leave_no_temporaries() {
-    let b = bed("signals");
+    let (b, _, _) = bed("signals");
     let image = many_files_image(&b);
     b.fl.ok(&["-image", &image]); // pulled: what follows is extraction only
     for (sig, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
@@ -744,10 +694,10 @@ fn fuse_mounts_with_commas_in_their_paths() {
     if !fuse_or_skip("fuse_mounts_with_commas_in_their_paths") {
         return;
     }
-    let b = bed("commas");
+    let (b, a, _) = bed("commas");
     let flist = b.path("a,b.fl");
     let store = b.path("st,1");
-    b.pack_a(&flist, &store);
+    b.pack(&a, &flist, &store);
     let mnt = b.path("mnt,x");
     let m = Mounted::start(&b.fl, &["-flist", s(&flist)], &mnt);
     assert_eq!(std::fs::read(mnt.join("etc/a")).unwrap(), b"made by image a\n");
@@ -756,16 +706,9 @@ fn fuse_mounts_with_commas_in_their_paths() {
     m.wait_exit(Duration::from_secs(20));
 }
 
-/// Reads `path` as user nobody.
+/// Whether user nobody can read `path`.
 fn read_as_nobody(path: &Path) -> bool {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
-        .arg(path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap()
-        .success()
+    as_nobody("cat", &[path]).0
 }
 
 #[test]
@@ -778,9 +721,9 @@ fn fuse_access_is_the_kernels_whatever_is_cached() {
         return;
     }
     need("setpriv");
-    let b = bed("access");
+    let (b, a, _) = bed("access");
     let flist = b.path("a.fl");
-    b.pack_a(&flist, &b.path("st"));
+    b.pack(&a, &flist, &b.path("st"));
     let mnt = b.path("mnt");
     // Without -allow-other: nobody else gets in, whether or not root has
     // read (and so cached) the file.
@@ -851,9 +794,9 @@ fn the_units_stop_clears_only_a_dead_flmount_mount() {
         !unit.contains("ExecStartPre=/bin/mkdir"),
         "mkdir fails on a dead mount"
     );
-    let b = bed("unit");
+    let (b, a, _) = bed("unit");
     let flist = b.path("a.fl");
-    b.pack_a(&flist, &b.path("st"));
+    b.pack(&a, &flist, &b.path("st"));
     // The stop after a clean exit: nothing mounted, no error.
     let mnt = b.path("mnt");
     b.fl.ok(&["-q", "-umount", s(&mnt), "-stale"]);

@@ -5,6 +5,7 @@ mod common;
 
 use std::path::Path;
 
+use common::tarball::{tar, E};
 use common::*;
 
 /// A small busybox-based image: a layer with busybox, a layer with config.
@@ -13,17 +14,17 @@ fn busybox_layers(label: &str) -> Vec<(Compression, Vec<u8>)> {
     vec![
         (
             Compression::Gzip,
-            tar_of(&[
-                Entry::Dir("bin/"),
-                Entry::File("bin/busybox", busybox),
-                Entry::Symlink("bin/sh", "busybox"),
+            tar(&[
+                E::dir("bin/"),
+                E::file("bin/busybox", busybox).mode(0o755),
+                E::symlink("bin/sh", "busybox"),
             ]),
         ),
         (
             Compression::Gzip,
-            tar_of(&[
-                Entry::Dir("etc/"),
-                Entry::File("etc/motd", format!("hello from {label}\n").into_bytes()),
+            tar(&[
+                E::dir("etc/"),
+                E::file("etc/motd", format!("hello from {label}\n")),
             ]),
         ),
     ]
@@ -164,12 +165,9 @@ fn docker_media_types_and_every_layer_compression() {
 
     // OCI layers: gzip, zstd and plain tar in one image.
     let layers = vec![
-        (Compression::Gzip, tar_of(&[Entry::File("a", b"gzip".to_vec())])),
-        (
-            Compression::Zstd,
-            tar_of(&[Entry::File("b", pseudo_random(300_000, 1))]),
-        ),
-        (Compression::None, tar_of(&[Entry::File("c", b"plain".to_vec())])),
+        (Compression::Gzip, tar(&[E::file("a", b"gzip")])),
+        (Compression::Zstd, tar(&[E::file("b", pseudo_random(300_000, 1))])),
+        (Compression::None, tar(&[E::file("c", b"plain")])),
     ];
     let mut layout = Layout::new(&tmp.path().join("z"));
     let w = layout.image(&ImageSpec::new("z", layers));
@@ -401,7 +399,7 @@ fn an_interrupted_download_is_resumed_and_a_bad_partial_discarded() {
     let tmp = tempfile::tempdir().unwrap();
     let layers = vec![(
         Compression::Gzip,
-        tar_of(&[Entry::File("big", pseudo_random(3 << 20, 7))]),
+        tar(&[E::file("big", pseudo_random(3 << 20, 7))]),
     )];
     let w = push_single(
         &reg,
@@ -463,7 +461,7 @@ fn concurrent_processes_share_one_workdir() {
         let mut layers = busybox_layers(name);
         layers.push((
             Compression::Gzip,
-            tar_of(&[Entry::File("blob", pseudo_random(2 << 20, i as u64))]),
+            tar(&[E::file("blob", pseudo_random(2 << 20, i as u64))]),
         ));
         written.push(push_single(
             &reg,
@@ -648,7 +646,7 @@ fn a_stalled_transfer_is_resumed_after_the_timeout() {
     let tmp = tempfile::tempdir().unwrap();
     let layers = vec![(
         Compression::Gzip,
-        tar_of(&[Entry::File("big", pseudo_random(3 << 20, 11))]),
+        tar(&[E::file("big", pseudo_random(3 << 20, 11))]),
     )];
     let w = push_single(
         &reg,

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::fixtures::RulesImage;
 use common::fstree::{assert_same_tree, Ignore};
-use common::mounts::OwnMount;
+use common::mounts::{Mounted, OwnMount};
 use common::*;
 
 /// A small tmpfs at `dir`, unmounted on drop.
@@ -51,6 +51,7 @@ fn a_full_disk_is_a_clear_error_and_leaves_nothing_half_done() {
     let small = SmallFs::mount(&img.path("small-target"), "1m");
     let target = small.0.join("rootfs");
     let err = img
+        .bed
         .fl
         .fails(&["-image", &img.image, "-extractto", target.to_str().unwrap()], 7);
     assert!(err.contains("No space left on device"), "{err}");
@@ -65,7 +66,7 @@ fn a_full_disk_is_a_clear_error_and_leaves_nothing_half_done() {
     // I/O error (exit 7), not a store to retry, and no flist.
     let small_store = SmallFs::mount(&img.path("small-store"), "256k");
     let flist = img.path("full.fl");
-    let err = img.fl.fails(
+    let err = img.bed.fl.fails(
         &[
             "-image",
             &img.image,
@@ -106,32 +107,6 @@ fn a_full_disk_is_a_clear_error_and_leaves_nothing_half_done() {
     fl.ok(&["-image", &img.image, "-extractto", out.to_str().unwrap()]);
     assert_same_tree(&img.flat, &out, &Ignore::default());
     drop(work_fs);
-}
-
-/// A FUSE server and its mount point: on drop (a failing test) the server
-/// is killed and the mount lazily unmounted, so nothing is left behind.
-struct FuseServer {
-    child: Option<std::process::Child>,
-    mountpoint: PathBuf,
-}
-
-impl FuseServer {
-    /// Waits for the server to end by itself (after `-umount`).
-    fn wait(mut self) -> std::process::ExitStatus {
-        self.child.take().unwrap().wait().unwrap()
-    }
-}
-
-impl Drop for FuseServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if mounted_at(&self.mountpoint, None) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
-        }
-    }
 }
 
 /// Whether some entry directly in `dir` has a name starting with `prefix`
@@ -200,7 +175,7 @@ fn killed_mid_way_the_next_run_equals_a_clean_run() {
                     pseudo_random(3 << 20, 1000 + r as u64),
                 )]),
             ));
-            img.reg.push_layers(
+            img.bed.reg.push_layers(
                 &format!("rel/kill-{r}"),
                 layers,
                 &img.path(&format!("layout-{r}")),
@@ -234,8 +209,8 @@ fn killed_mid_way_the_next_run_equals_a_clean_run() {
         // pull: through a proxy that stops the first long answer (a layer)
         // after 1 MiB and holds the connection: killed with a partial
         // download in tmp/, always.
-        let proxy = FaultProxy::with(img.reg.port, 1, Fault::StallAfter(1 << 20));
-        let via_proxy = image.replacen(&img.reg.addr(), &proxy.addr(), 1);
+        let proxy = FaultProxy::with(img.bed.reg.port, 1, Fault::StallAfter(1 << 20));
+        let via_proxy = image.replacen(&img.bed.reg.addr(), &proxy.addr(), 1);
         let mut child = spawn(&["-image", &via_proxy]);
         let partial = || {
             proxy.failed.load(std::sync::atomic::Ordering::SeqCst) == 1
@@ -277,7 +252,7 @@ fn killed_mid_way_the_next_run_equals_a_clean_run() {
             let reached = match what {
                 "pull" => true,
                 "extract" => wait_for_state(&mut child, what, || {
-                    has_entry(img.tmp.path(), ".out", ".flmount-")
+                    has_entry(img.bed.tmp.path(), ".out", ".flmount-")
                 }),
                 "pack" => wait_for_state(&mut child, what, || {
                     chunk_files(&img.path(&format!("chunks-{round}"))) > 0
@@ -363,7 +338,7 @@ fn killed_mid_way_the_next_run_equals_a_clean_run() {
     // Staging lives beside its target (`.out.flmount-*`): the next run to
     // that target removed what the killed ones left.
     assert!(
-        !has_entry(img.tmp.path(), ".out", ".flmount-"),
+        !has_entry(img.bed.tmp.path(), ".out", ".flmount-"),
         "staging of a killed extraction left beside the target"
     );
     let last = &images[rounds - 1];
@@ -408,28 +383,12 @@ fn killed_mid_way_the_next_run_equals_a_clean_run() {
     );
     // The same mount point serves the image through FUSE again, and once
     // unmounted nothing is left there (no dead mount stacked below).
-    let server = FuseServer {
-        child: Some(spawn(&[
-            "-image",
-            last,
-            "-fuse",
-            "-mount",
-            fmnt.to_str().unwrap(),
-        ])),
-        mountpoint: fmnt.clone(),
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !fuse_serving() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the FUSE mount did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut server = Mounted::start(&fl, &["-image", last, "-fuse"], &fmnt);
+    assert!(fuse_serving());
     assert_same_tree(&out, &fmnt, &Ignore::default());
     fl.ok(&["-umount", fmnt.to_str().unwrap()]);
-    assert!(server.wait().success());
-    assert!(!fuse_mounted(), "a mount is left at {}", fmnt.display());
+    // A clean exit, and no mount left at fmnt.
+    server.wait_exit(Duration::from_secs(120));
 }
 
 #[test]

@@ -76,12 +76,7 @@ fn tampered_layouts_and_ambiguous_names_are_refused() {
     assert!(err.contains("no image tagged \"three\""), "{err}");
 
     // Change one byte of the biggest blob (a layer): refused, not imported.
-    let blobs = layout.join("blobs/sha256");
-    let biggest = std::fs::read_dir(&blobs)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .max_by_key(|p| p.metadata().unwrap().len())
-        .unwrap();
+    let biggest = largest_file(&layout.join("blobs/sha256"));
     let mut data = std::fs::read(&biggest).unwrap();
     let last = data.len() - 1;
     data[last] ^= 1;

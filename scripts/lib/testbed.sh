@@ -45,6 +45,12 @@
 #   now                   print the time as seconds.nanoseconds
 #   elapsed START [END]   print END - START (default END: now) in seconds,
 #                         3 decimals
+#   timed [-r REPORT] LOG CMD...
+#                         run CMD, its output to LOG, and print its wall
+#                         seconds (3 decimals); -r: under GNU time -v, its
+#                         resource report in REPORT (see the function)
+#   median X...           the median of numbers, 3 decimals
+#   ratio A B             A / B, 2 decimals
 #
 # Every process these helpers start is recorded by PID and stopped at cleanup;
 # nothing is ever killed by name.
@@ -161,6 +167,37 @@ elapsed() {
 	local start=${1:?elapsed: START required} end=${2:-}
 	[[ -n "$end" ]] || end=$(now)
 	awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f\n", b - a }'
+}
+
+# timed [-r REPORT] LOG CMD...: the benchmarks' one timer. Runs CMD (a
+# program or a shell function), its stdout and stderr to LOG, and prints its
+# wall seconds, 3 decimals. With -r, CMD runs under GNU time -v, which
+# writes its resource report (peak RSS, ...) to REPORT. Nothing runs between
+# the clock's start and CMD: callers sync, warm memory or drop caches before,
+# as their benchmark wants. If CMD fails: "SCRIPT: command failed (exit N):
+# CMD" and LOG on stderr, and CMD's status is returned.
+timed() {
+	local report='' logfile start rc=0 secs
+	if [[ "${1:-}" == -r ]]; then
+		report=${2:?timed: -r REPORT required}
+		shift 2
+	fi
+	logfile=${1:?timed: LOG required}
+	shift
+	(($#)) || { echo "timed: CMD required" >&2; return 2; }
+	start=$(now)
+	if [[ -n "$report" ]]; then
+		/usr/bin/time -v -o "$report" "$@" >"$logfile" 2>&1 || rc=$?
+	else
+		"$@" >"$logfile" 2>&1 || rc=$?
+	fi
+	secs=$(elapsed "$start")
+	if [[ $rc != 0 ]]; then
+		echo "$(basename "$0" .sh): command failed (exit $rc): $*" >&2
+		cat "$logfile" >&2
+		return "$rc"
+	fi
+	printf '%s\n' "$secs"
 }
 
 # median X...: the median of numbers, 3 decimals.

@@ -1,59 +1,54 @@
-//! Shared fixture images.
+//! Shared fixtures: the rules image and its reference extraction (umoci),
+//! the permissions layer and its checks, and deterministic file content.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::bed::Bed;
+use super::fstree::{assert_same_tree, Ignore};
+use super::host::need;
+use super::run::{as_nobody, run_ok, s};
 use super::tarball::{tar, E};
-use super::{pseudo_random, Compression, Flmount, Registry};
 
-/// The rules image in a registry, and the reference every other way of
-/// materialising it is compared with: `umoci unpack` of it (an independent
-/// implementation), which flmount's `-extractto` is checked to equal.
+/// The rules image in a bed's registry, and the reference every other way
+/// of materialising it is compared with: `umoci unpack` of it (an
+/// independent implementation), which flmount's `-extractto` is checked to
+/// equal.
 pub struct RulesImage {
-    pub reg: Registry,
-    pub tmp: tempfile::TempDir,
+    pub bed: Bed,
     pub image: String,
-    pub fl: Flmount,
     pub flat: PathBuf,
 }
 
 impl RulesImage {
     /// Pushes the rules layers as `repo` and extracts them.
     pub fn new(repo: &str) -> RulesImage {
-        let reg = Registry::start();
-        let tmp = tempfile::tempdir().unwrap();
-        let layers = rules_layers()
-            .iter()
-            .map(|e| (Compression::Gzip, tar(e)))
-            .collect();
-        let layout = tmp.path().join("layout");
-        let image = reg.push_layers(repo, layers, &layout);
-        let fl = Flmount::new();
-        let ours = tmp.path().join("flmount-flat");
-        fl.ok(&["-image", &image, "-extractto", ours.to_str().unwrap()]);
-        super::need("umoci");
-        let bundle = tmp.path().join("umoci-bundle");
-        super::run_ok(
-            Command::new("umoci")
-                .args(["unpack", "--image"])
-                .arg(format!("{}:t", layout.display()))
-                .arg(&bundle),
-        );
-        let flat = bundle.join("rootfs");
-        super::fstree::assert_same_tree(&flat, &ours, &super::fstree::Ignore::default());
-        RulesImage {
-            reg,
-            tmp,
-            image,
-            fl,
-            flat,
-        }
+        let bed = Bed::new();
+        let image = bed.push_gzip(repo, "layout", rules_layers().iter().map(|e| tar(e)).collect());
+        let ours = bed.path("flmount-flat");
+        bed.fl.ok(&["-image", &image, "-extractto", s(&ours)]);
+        let flat = umoci_unpack(&bed.path("layout"), &bed.path("umoci-bundle"));
+        assert_same_tree(&flat, &ours, &Ignore::default());
+        RulesImage { bed, image, flat }
     }
 
     /// A path in the image's scratch directory.
     pub fn path(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
+        self.bed.path(name)
     }
+}
+
+/// `umoci unpack` of the layout's image tagged `t` into the bundle
+/// `bundle`: the reference extraction. Returns the bundle's rootfs.
+pub fn umoci_unpack(layout: &Path, bundle: &Path) -> PathBuf {
+    need("umoci");
+    run_ok(
+        Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:t", layout.display()))
+            .arg(bundle),
+    );
+    bundle.join("rootfs")
 }
 
 /// Every rule of the issue in three layers.
@@ -151,18 +146,6 @@ pub fn permissions_layer() -> Vec<E> {
 /// program runs as root exactly when `suid` (the mount allows it); then the
 /// same with the mount remounted `nosuid`, where it never does.
 pub fn assert_modes_and_setuid_hold_for_nobody(mnt: &Path, suid: bool) {
-    let as_nobody = |program: &str, args: &[&str]| {
-        let out = Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", program])
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
     let path = |p: &str| mnt.join(p).to_str().unwrap().to_owned();
     let (ok, _, err) = as_nobody("cat", &[&path("etc/shadow")]);
     assert!(
@@ -181,6 +164,21 @@ pub fn assert_modes_and_setuid_hold_for_nobody(mnt: &Path, suid: bool) {
         );
     };
     euid(if suid { "0" } else { "65534" });
-    super::run_ok(Command::new("mount").args(["-o", "remount,bind,nosuid"]).arg(mnt));
+    run_ok(Command::new("mount").args(["-o", "remount,bind,nosuid"]).arg(mnt));
     euid("65534");
+}
+
+/// Deterministic incompressible-ish bytes.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }

@@ -1,14 +1,18 @@
-//! An independent description of a directory tree, for comparing two
-//! extractions (flmount vs umoci, overlay mount vs flat directory):
-//! type, mode, owner, size, content digest, link target, device numbers,
-//! xattrs, hard-link groups and mtimes of every entry.
+//! Directory trees on disk: unpacked with GNU tar ([`untar`]), their files
+//! and bytes, and an independent description for comparing two
+//! extractions (flmount vs umoci, overlay mount vs flat directory): type,
+//! mode, owner, size, content digest, link target, device numbers, xattrs,
+//! hard-link groups and mtimes of every entry.
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use sha2::Digest as _;
+
+use super::run::run_ok;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Info {
@@ -168,4 +172,56 @@ pub fn assert_same_tree(first: &Path, second: &Path, ignore: &Ignore) {
         a.len().max(b.len()),
         diffs.iter().take(40).cloned().collect::<Vec<_>>().join("\n")
     );
+}
+
+/// Unpacks a tar file with GNU tar, keeping owners, modes and xattrs.
+pub fn untar(tarball: &Path, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    run_ok(
+        Command::new("tar")
+            .args(["-xpf"])
+            .arg(tarball)
+            .arg("-C")
+            .arg(dest)
+            .args(["--numeric-owner", "--xattrs", "--xattrs-include=*"]),
+    );
+}
+
+/// Every non-directory entry below `dir` (symlinks not followed); none
+/// when `dir` is missing.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// The largest entry directly in `dir` (in a blob directory: a layer).
+pub fn largest_file(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| p.metadata().unwrap().len())
+        .unwrap()
+}
+
+/// The bytes of the regular files below `dir`.
+pub fn bytes_under(dir: &Path) -> u64 {
+    files_under(dir)
+        .iter()
+        .filter_map(|p| std::fs::symlink_metadata(p).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }

@@ -1,6 +1,8 @@
-//! A served flist: `flmount ... -mount DIR` started as systemd would
+//! Mounts in tests: what is mounted where ([`mounted_at`]); a served
+//! flist ([`Mounted`]): `flmount ... -mount DIR` started as systemd would
 //! (a NOTIFY_SOCKET), returned once it reported READY=1, and stopped,
-//! killed and unmounted whatever happens to the test.
+//! killed and unmounted whatever happens to the test; and the test's own
+//! mounts ([`OwnMount`]).
 
 use std::fs::File;
 use std::os::unix::net::UnixDatagram;
@@ -8,7 +10,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{mounted_at, need, root_or_skip, Flmount};
+use super::host::{need, root_or_skip, skip};
+use super::run::{run_ok, Flmount};
+
+/// Whether something of type `fstype` (any type for `None`) is mounted at
+/// `dir`, from /proc/self/mounts (no stat of `dir`, which could hang).
+pub fn mounted_at(dir: &Path, fstype: Option<&str>) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts.lines().any(|l| {
+        let mut f = l.split(' ').skip(1);
+        f.next() == dir.to_str() && fstype.is_none_or(|t| f.next() == Some(t))
+    })
+}
 
 /// True when FUSE mounts can be made here; otherwise says why the test skips.
 pub fn fuse_or_skip(test: &str) -> bool {
@@ -16,7 +29,7 @@ pub fn fuse_or_skip(test: &str) -> bool {
         return false;
     }
     if !Path::new("/dev/fuse").exists() {
-        super::skip(test, "/dev/fuse is missing (no FUSE in this kernel or container)");
+        skip(test, "/dev/fuse is missing (no FUSE in this kernel or container)");
         return false;
     }
     need("fusermount3");
@@ -158,7 +171,7 @@ pub struct OwnMount(pub PathBuf);
 impl OwnMount {
     pub fn tmpfs(dir: &Path) -> OwnMount {
         std::fs::create_dir_all(dir).unwrap();
-        super::run_ok(
+        run_ok(
             Command::new("mount")
                 .args(["-t", "tmpfs", "-o", "size=4m", "flmount-test"])
                 .arg(dir),
@@ -168,7 +181,7 @@ impl OwnMount {
 
     pub fn bind(from: &Path, dir: &Path) -> OwnMount {
         std::fs::create_dir_all(dir).unwrap();
-        super::run_ok(Command::new("mount").arg("--bind").arg(from).arg(dir));
+        run_ok(Command::new("mount").arg("--bind").arg(from).arg(dir));
         OwnMount(dir.to_owned())
     }
 }

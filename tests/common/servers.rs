@@ -1,11 +1,13 @@
-//! Chunk-store servers for tests: redis-server (the zdb protocol), moto
-//! (S3) and a plain HTTP server, each a child process on a free loopback
-//! port, killed and reaped on drop.
+//! Chunk stores for tests, each on a free loopback port: redis-server
+//! (the zdb protocol), moto (S3) and python's HTTP server as child
+//! processes killed and reaped on drop; and in-process stand-ins: an HTTP
+//! store that counts its GETs, and 0-db's namespaces.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use super::{free_port, need, wait_for_port};
+use super::host::{free_port, need, wait_for_port};
+use super::run::run_ok;
 
 pub fn venv_bin(name: &str) -> PathBuf {
     let venv = std::env::var("FLMOUNT_TESTBED_VENV").unwrap_or_else(|_| "/opt/flmount-testbed/venv".into());
@@ -79,7 +81,7 @@ impl Server {
     /// URL, credentials included.
     pub fn moto_bucket(bucket: &str) -> (Server, String) {
         let moto = Server::moto();
-        super::run_ok(std::process::Command::new("curl").args([
+        run_ok(Command::new("curl").args([
             "-sf",
             "-X",
             "PUT",
@@ -216,75 +218,6 @@ impl Drop for CountingHttp {
         for c in self.connections.lock().unwrap().drain(..) {
             let _ = c.shutdown(std::net::Shutdown::Both);
         }
-    }
-}
-
-/// A TCP proxy that goes down mid-way: it forwards connections to
-/// `target` until `after` bytes from clients have been forwarded, then
-/// drops every connection and stops listening (new connections are
-/// refused), as a store that dies during a transfer.
-pub struct CutProxy {
-    pub port: u16,
-    /// Bytes from clients forwarded so far.
-    pub forwarded: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    pub cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl CutProxy {
-    pub fn start(target: u16, after: usize) -> CutProxy {
-        use std::io::{Read, Write};
-        use std::sync::atomic::Ordering::SeqCst;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let proxy = CutProxy {
-            port,
-            forwarded: Default::default(),
-            cut: Default::default(),
-        };
-        let (forwarded, cut) = (proxy.forwarded.clone(), proxy.cut.clone());
-        std::thread::spawn(move || {
-            let mut sockets: Vec<std::net::TcpStream> = Vec::new();
-            while !cut.load(SeqCst) {
-                match listener.accept() {
-                    Ok((client, _)) => {
-                        client.set_nonblocking(false).unwrap();
-                        let server = std::net::TcpStream::connect(("127.0.0.1", target)).unwrap();
-                        sockets.push(client.try_clone().unwrap());
-                        sockets.push(server.try_clone().unwrap());
-                        let (mut c1, mut s1) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                        let (mut c2, mut s2) = (client, server);
-                        let (forwarded, cut) = (forwarded.clone(), cut.clone());
-                        std::thread::spawn(move || {
-                            let mut buf = vec![0u8; 16 << 10];
-                            while let Ok(n @ 1..) = c1.read(&mut buf) {
-                                if cut.load(SeqCst) {
-                                    return;
-                                }
-                                let total = forwarded.fetch_add(n, SeqCst) + n;
-                                if total >= after {
-                                    cut.store(true, SeqCst);
-                                    return;
-                                }
-                                if s1.write_all(&buf[..n]).is_err() {
-                                    return;
-                                }
-                            }
-                        });
-                        std::thread::spawn(move || {
-                            let _ = std::io::copy(&mut s2, &mut c2);
-                        });
-                    }
-                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(2)),
-                }
-            }
-            // Down: every connection dropped, the port no longer listens.
-            drop(listener);
-            for s in sockets {
-                let _ = s.shutdown(std::net::Shutdown::Both);
-            }
-        });
-        proxy
     }
 }
 

@@ -1,9 +1,9 @@
-//! Hand-made tar layers with full control over every header field: raw
-//! (even hostile or non-UTF-8) names, every entry type, owners, modes,
-//! PAX xattrs and sub-second mtimes. The `tar` crate's builder refuses
-//! names with `..`, which is exactly what malicious-layer tests need, so
-//! names are written into the header fields directly (PAX `path` /
-//! `linkpath` records for long ones).
+//! The one tar builder of the fixtures: [`tar`] of [`E`] entries, with
+//! full control over every header field: raw (even hostile or non-UTF-8)
+//! names, every entry type, owners, modes, PAX xattrs and sub-second
+//! mtimes. The `tar` crate's builder refuses names with `..`, which is
+//! exactly what malicious-layer tests need, so names are written into the
+//! header fields directly (PAX `path` / `linkpath` records for long ones).
 
 use tar::{EntryType, Header};
 
