@@ -43,7 +43,7 @@ use crate::store::{ChunkError, ChunkFailure};
 
 /// Expected bytes of the background fetches in flight: a fetch holds its
 /// blob and then its decoded piece, so this bounds their memory.
-const FETCH_BYTES_IN_FLIGHT: u64 = 16 << 20;
+const FETCH_BYTES_IN_FLIGHT: u64 = 8 << 20;
 
 /// Disk cache writes at once (each holds its piece until written).
 const DISK_WRITES_IN_FLIGHT: usize = 4;
@@ -122,8 +122,9 @@ struct Tier {
     fills: Arc<Semaphore>,
 }
 
-/// Cache store fills at once.
+/// Cache store fills at once, and how long an unmount waits for them.
 const TIER_FILLS_IN_FLIGHT: usize = 16;
+const TIER_FLUSH: Duration = Duration::from_secs(10);
 
 impl ChunkCache {
     pub fn new(router: Router, options: &CacheOptions) -> Result<Self> {
@@ -247,8 +248,16 @@ impl ChunkCache {
     }
 
     /// Waits for the chunks being written to the disk cache.
+    /// Waits for the chunks being written to the disk cache, and (for a
+    /// few seconds at most) for the cache store's fills.
     pub async fn flush(&self) {
         let _ = self.writes.acquire_many(DISK_WRITES_IN_FLIGHT as u32).await;
+        if let Some(tier) = &self.tier {
+            let all = tier.fills.acquire_many(TIER_FILLS_IN_FLIGHT as u32);
+            if tokio::time::timeout(TIER_FLUSH, all).await.is_err() {
+                tracing::warn!("the cache store did not take every chunk within {TIER_FLUSH:?}");
+            }
+        }
     }
 
     /// Whether a disk cache is in use, and its size limit.
@@ -294,8 +303,13 @@ impl ChunkCache {
             }
         }
         let permit = self.scheduler.admit(ticket).await;
-        let piece = Arc::new(self.fetch(chunk, &permit).await?);
+        let (piece, from_stores) = self.fetch(chunk, &permit).await?;
+        let piece = Arc::new(piece);
         permit.succeeded();
+        let demand = ticket.priority() == Priority::Demand;
+        if from_stores {
+            self.fill_tier(chunk, &piece, !demand).await;
+        }
         self.stats.fetched.fetch_add(1, Ordering::Relaxed);
         self.stats
             .fetched_bytes
@@ -318,7 +332,7 @@ impl ChunkCache {
                     pending.lock().unwrap().remove(&key);
                 }
             };
-            if ticket.priority() == Priority::Demand {
+            if demand {
                 // A blocked reader never waits behind background writes.
                 tokio::spawn(write(piece.clone()));
             } else {
@@ -332,20 +346,19 @@ impl ChunkCache {
     }
 
     /// Fetches from the stores, retrying until the deadline.
-    async fn fetch(&self, chunk: &ChunkRef, permit: &fetch::Permit) -> Result<Vec<u8>, ChunkError> {
+    /// Fetches from the cache store or else the stores, retrying until
+    /// the deadline; says whether the stores gave it.
+    async fn fetch(&self, chunk: &ChunkRef, permit: &fetch::Permit) -> Result<(Vec<u8>, bool), ChunkError> {
         let deadline = Instant::now() + self.timeout;
         if let Some(piece) = self.read_tier(chunk).await {
-            return Ok(piece);
+            return Ok((piece, false));
         }
         let mut attempt = 0;
         loop {
             attempt += 1;
             let delay = crate::retry::Backoff::STORE.delay(attempt);
             let error = match tokio::time::timeout_at(deadline, self.router.get_chunk(chunk)).await {
-                Ok(Ok(piece)) => {
-                    self.fill_tier(chunk, &piece);
-                    return Ok(piece);
-                }
+                Ok(Ok(piece)) => return Ok((piece, true)),
                 // Missing or corrupt everywhere: asking again will not help.
                 Ok(Err(e)) if !e.is_transient() => return Err(e),
                 Ok(Err(e)) => e.message,
@@ -389,13 +402,19 @@ impl ChunkCache {
     }
 
     /// Puts a chunk the stores gave into the cache store, in the
-    /// background; skipped when too many fills are in flight.
-    fn fill_tier(&self, chunk: &ChunkRef, piece: &[u8]) {
+    /// background. `wait`: for a free fill slot (a background fetch, whose
+    /// place in the scheduler then bounds the pieces waiting); otherwise
+    /// the fill is skipped when none is free (a blocked reader waits for
+    /// nothing; the cache store only saves work).
+    async fn fill_tier(&self, chunk: &ChunkRef, piece: &Piece, wait: bool) {
         let Some(tier) = &self.tier else { return };
-        let Ok(slot) = tier.fills.clone().try_acquire_owned() else {
-            return;
+        let slot = if wait {
+            tier.fills.clone().acquire_owned().await.ok()
+        } else {
+            tier.fills.clone().try_acquire_owned().ok()
         };
-        let (router, chunk, piece) = (tier.router.clone(), *chunk, piece.to_vec());
+        let Some(slot) = slot else { return };
+        let (router, chunk, piece) = (tier.router.clone(), *chunk, piece.clone());
         tokio::spawn(async move {
             // Encoding is deterministic: the same piece gives the same blob
             // the stores hold, under the same id.
