@@ -612,67 +612,15 @@ mod tests {
     use futures_util::future::BoxFuture;
     use std::collections::HashMap;
 
-    /// A real dir store that answers `get` after a delay, counting calls.
-    struct Slow {
-        inner: Box<dyn Store>,
-        delay: Duration,
-        gets: AtomicU64,
-    }
-
-    impl Store for Slow {
-        fn get<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Vec<u8>, StoreError>> {
-            Box::pin(async move {
-                self.gets.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(self.delay).await;
-                self.inner.get(id).await
-            })
-        }
-        fn set<'a>(&'a self, id: &'a ChunkId, blob: &'a [u8]) -> BoxFuture<'a, Result<(), StoreError>> {
-            self.inner.set(id, blob)
-        }
-        fn exists<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<bool, StoreError>> {
-            self.inner.exists(id)
-        }
-        fn public_url(&self) -> &str {
-            self.inner.public_url()
-        }
-    }
-
-    async fn slow_cache(dir: &Path, delay: Duration, timeout: Duration) -> (Arc<Slow>, ChunkCache, ChunkRef) {
-        let inner = store::open(&store::StoreUrl::dir(dir), timeout).unwrap();
-        let (chunk, blob) = codec::encode(&[7u8; 1000]);
-        inner.set(&chunk.id, &blob).await.unwrap();
-        let slow = Arc::new(Slow {
-            inner,
-            delay,
-            gets: AtomicU64::new(0),
-        });
-        let router = Router::from_routes(vec![Route {
-            start: 0,
-            end: 255,
-            store: slow.clone(),
-        }]);
-        let options = CacheOptions {
-            dir: None,
-            size_limit: 0,
-            memory_chunks: 4,
-            timeout,
-            adopt_dir: false,
-            tier: Vec::new(),
-        };
-        (slow, ChunkCache::new(router, &options).unwrap(), chunk)
-    }
-
     /// Eight readers ask before the store answers (it answers after 200 ms
     /// of tokio's paused clock, so they overlap whatever the load).
     #[tokio::test(start_paused = true)]
     async fn concurrent_misses_share_one_fetch() {
-        let dir = tempfile::tempdir().unwrap();
-        let (slow, cache, chunk) =
-            slow_cache(dir.path(), Duration::from_millis(200), Duration::from_secs(10)).await;
-        let results = futures_util::future::join_all((0..8).map(|_| cache.get(&chunk))).await;
+        let (slow, cache, chunks) =
+            far_cache_with(1, Duration::from_millis(200), Duration::from_secs(10), false);
+        let results = futures_util::future::join_all((0..8).map(|_| cache.get(&chunks[0]))).await;
         for r in results {
-            assert_eq!(r.unwrap().as_slice(), &[7u8; 1000][..]);
+            assert_eq!(codec::blake2b256(&r.unwrap()), chunks[0].key);
         }
         assert_eq!(slow.gets.load(Ordering::SeqCst), 1, "eight readers, one fetch");
         assert_eq!(cache.stats.fetched.load(Ordering::SeqCst), 1);
@@ -684,11 +632,10 @@ mod tests {
     /// give the store's answer after an hour of the clock instead.
     #[tokio::test(start_paused = true)]
     async fn a_hung_store_fails_within_the_timeout() {
-        let dir = tempfile::tempdir().unwrap();
-        let (slow, cache, chunk) =
-            slow_cache(dir.path(), Duration::from_secs(3600), Duration::from_millis(300)).await;
+        let (slow, cache, chunks) =
+            far_cache_with(1, Duration::from_secs(3600), Duration::from_millis(300), false);
         let started = tokio::time::Instant::now();
-        let err = cache.get(&chunk).await.unwrap_err();
+        let err = cache.get(&chunks[0]).await.unwrap_err();
         let took = started.elapsed();
         assert!(
             took >= Duration::from_millis(300) && took < Duration::from_secs(2),
@@ -706,22 +653,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let tier_dir = tmp.path().join("tier");
         let (far, _, chunks) = far_cache(20, false);
-        let cache_over = |far: &Arc<Far>| {
-            let router = Router::from_routes(vec![Route {
-                start: 0,
-                end: 255,
-                store: far.clone(),
-            }]);
-            let options = CacheOptions {
-                dir: None,
-                size_limit: 0,
-                memory_chunks: 1,
-                timeout: Duration::from_secs(30),
-                adopt_dir: false,
-                tier: vec![store::StoreSpec::parse(&format!("dir://{}", tier_dir.display())).unwrap()],
-            };
-            ChunkCache::new(router, &options).unwrap()
-        };
+        let tier = || vec![store::StoreSpec::parse(&format!("dir://{}", tier_dir.display())).unwrap()];
+        let cache_over = |far: &Arc<Far>| cache_over(far, Duration::from_secs(30), tier());
         let first = cache_over(&far);
         for chunk in &chunks {
             assert_eq!(codec::blake2b256(&first.get(chunk).await.unwrap()), chunk.key);
@@ -804,6 +737,17 @@ mod tests {
 
     /// A cache over a store 30 ms away holding `n` distinct chunks.
     fn far_cache(n: usize, lie: bool) -> (Arc<Far>, Arc<ChunkCache>, Vec<ChunkRef>) {
+        far_cache_with(n, Duration::from_millis(30), Duration::from_secs(30), lie)
+    }
+
+    /// A cache over a store `delay` away holding `n` distinct chunks, whose
+    /// fetches give up after `timeout`.
+    fn far_cache_with(
+        n: usize,
+        delay: Duration,
+        timeout: Duration,
+        lie: bool,
+    ) -> (Arc<Far>, Arc<ChunkCache>, Vec<ChunkRef>) {
         let mut blobs = HashMap::new();
         let mut chunks = Vec::new();
         for i in 0..n {
@@ -813,10 +757,16 @@ mod tests {
         }
         let far = Arc::new(Far {
             blobs,
-            delay: Duration::from_millis(30),
+            delay,
             lie,
             gets: AtomicU64::new(0),
         });
+        let cache = Arc::new(cache_over(&far, timeout, Vec::new()));
+        (far, cache, chunks)
+    }
+
+    /// A cache without a disk cache over `far` (and the cache store `tier`).
+    fn cache_over(far: &Arc<Far>, timeout: Duration, tier: Vec<StoreSpec>) -> ChunkCache {
         let router = Router::from_routes(vec![Route {
             start: 0,
             end: 255,
@@ -826,11 +776,11 @@ mod tests {
             dir: None,
             size_limit: 0,
             memory_chunks: 4,
-            timeout: Duration::from_secs(30),
+            timeout,
             adopt_dir: false,
-            tier: Vec::new(),
+            tier,
         };
-        (far, Arc::new(ChunkCache::new(router, &options).unwrap()), chunks)
+        ChunkCache::new(router, &options).unwrap()
     }
 
     /// On tokio's paused clock: 3,000 prefetches are queued behind a store

@@ -9,62 +9,15 @@
 //! point (e.g. `chroot {} python3 -c pass`), unmounts, and writes the
 //! chunks the reads asked for into F, each once, in the order first read.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use super::format::Flist;
 use crate::progress::human_bytes;
-use crate::store::ChunkRef;
-
-/// Records the chunks a mount's readers ask for, each once, in order.
-#[derive(Default)]
-pub struct Recorder {
-    state: Mutex<(HashSet<[u8; 32]>, Vec<ChunkRef>)>,
-}
-
-impl Recorder {
-    pub fn record(&self, chunks: &[ChunkRef]) {
-        let mut state = self.state.lock().unwrap();
-        let (seen, order) = &mut *state;
-        for chunk in chunks {
-            if seen.insert(chunk.key) {
-                order.push(*chunk);
-            }
-        }
-    }
-
-    /// Writes what was recorded to `path` (64 bytes a chunk: id, key).
-    pub fn save(&self, path: &Path) -> Result<usize> {
-        let state = self.state.lock().unwrap();
-        let mut bytes = Vec::with_capacity(state.1.len() * 64);
-        for chunk in &state.1 {
-            bytes.extend_from_slice(&chunk.id);
-            bytes.extend_from_slice(&chunk.key);
-        }
-        crate::owned::output::write(path, &bytes)?;
-        Ok(state.1.len())
-    }
-}
-
-/// Reads what [`Recorder::save`] wrote.
-fn load(path: &Path) -> Result<Vec<ChunkRef>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading the trace {}", path.display()))?;
-    if bytes.len() % 64 != 0 {
-        bail!("the trace {} is cut short", path.display());
-    }
-    Ok(bytes
-        .chunks_exact(64)
-        .map(|r| ChunkRef {
-            id: r[..32].try_into().expect("32 bytes"),
-            key: r[32..].try_into().expect("32 bytes"),
-        })
-        .collect())
-}
 
 /// What `flist trace` needs to serve the flist as a mount would.
 pub struct TraceOptions {
@@ -128,7 +81,7 @@ pub fn record(flist: &Path, options: &TraceOptions) -> Result<(usize, u64)> {
     if !status.success() {
         tracing::warn!("{program} exited with {status}: its reads are recorded all the same");
     }
-    let mut trace = load(&trace_file)?;
+    let mut trace = super::fuse::recorder::load(&trace_file)?;
     trace.retain(|c| sizes.contains_key(&c.key));
     fl.set_trace(&trace)?;
     let total = trace.iter().map(|c| sizes[&c.key]).sum();

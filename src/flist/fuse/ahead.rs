@@ -17,8 +17,9 @@
 //! - **the files of a directory in use**: a program loading its modules,
 //!   libraries or assets reads several files of one directory, in no
 //!   useful order. The second file first read in a directory fetches
-//!   [`DIR_FILES`] of its files around it, the fourth four times as many,
-//!   the eighth the whole directory (at most [`DIR_MAX_FILES`] files).
+//!   [`DIR_FILES`] of its files around it (all of them if they are small
+//!   in all), the fourth four times as many, the eighth the whole
+//!   directory (at most [`DIR_MAX_FILES`] files).
 //!
 //! What is read ahead is fetched below demand reads (see `flist::fetch`).
 
@@ -48,8 +49,10 @@ const DIR_FILE_BYTES: u64 = 1 << 20;
 /// Bytes read ahead at most at once, for walks and directories together.
 const MAX_AHEAD_BYTES: u64 = 64 << 20;
 /// Files of a directory read ahead at its second distinct read, and at
-/// most (at its eighth).
+/// most (at its eighth); a directory whose files hold no more than
+/// [`SMALL_DIR_BYTES`] is read ahead whole at its second.
 pub const DIR_FILES: usize = 16;
+const SMALL_DIR_BYTES: u64 = 8 << 20;
 pub const DIR_MAX_FILES: usize = 1024;
 /// Directories followed at once.
 const DIRS: usize = 4096;
@@ -191,6 +194,17 @@ impl ReadAhead {
                 files.push(*child);
             }
         }
+        // A small directory (a package's modules) is read ahead whole.
+        let small = || {
+            let mut bytes = 0;
+            files.iter().all(|&f| {
+                if let Some(NodeKind::File { size, .. }) = index.node(f).map(|n| &n.kind) {
+                    bytes += (*size).min(DIR_FILE_BYTES);
+                }
+                bytes <= SMALL_DIR_BYTES
+            })
+        };
+        let want = if small() { files.len() } else { want };
         // Around the file read: a quarter before it, the rest after.
         let start = at.saturating_sub(want / 4).min(files.len().saturating_sub(want));
         files.into_iter().skip(start).take(want).collect()
@@ -282,8 +296,9 @@ mod tests {
     use crate::fs::tree::{InodeKind, Plan, PlanDir, PlanInode, Source};
     use std::collections::HashMap as Map;
 
-    /// A tree of `dirs` directories of `files` one-chunk files each.
-    fn index(dirs: usize, files: usize) -> Index {
+    /// A tree of `dirs` directories of `files` one-chunk files each, of
+    /// `size` bytes.
+    fn index_of(dirs: usize, files: usize, size: u64) -> Index {
         let mut plan = Plan::default();
         let mut blocks = Map::new();
         plan.dirs.push(PlanDir {
@@ -304,7 +319,7 @@ mod tests {
                 plan.inodes.push(PlanInode {
                     paths: vec![format!("d{d:03}/f{f:03}").into_bytes()],
                     kind: InodeKind::File {
-                        size: 100,
+                        size,
                         source: Some(Source::Flist { ino }),
                     },
                     meta: Meta::default(),
@@ -315,6 +330,11 @@ mod tests {
             }
         }
         Index::build(&plan, &blocks).unwrap()
+    }
+
+    /// 100-byte files.
+    fn index(dirs: usize, files: usize) -> Index {
+        index_of(dirs, files, 100)
     }
 
     fn file(index: &Index, path: &str) -> u64 {
@@ -381,7 +401,8 @@ mod tests {
 
     #[test]
     fn a_directory_in_use_is_read_ahead_in_growing_steps() {
-        let index = index(2, 500);
+        // 10 MB in all: not a small directory.
+        let index = index_of(2, 500, 20_000);
         let ahead = ReadAhead::new(&index, true);
         // Files of one directory, in no order (so no walk).
         let order = [250, 40, 410, 7, 333, 121, 480, 66, 199];
@@ -397,6 +418,15 @@ mod tests {
         assert_eq!(got[4] + got[5] + got[6] + got[8], 0);
         // The other directory is not touched by any of it.
         assert_eq!(first_read(&ahead, &index, "d000/f000"), 0);
+    }
+
+    #[test]
+    fn a_small_directory_is_read_ahead_whole_at_its_second_read() {
+        // 100-byte files: 40 of them make a small directory.
+        let index = index(1, 40);
+        let ahead = ReadAhead::new(&index, true);
+        assert_eq!(first_read(&ahead, &index, "d000/f030"), 0);
+        assert_eq!(first_read(&ahead, &index, "d000/f010"), 39);
     }
 
     #[test]

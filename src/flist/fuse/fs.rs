@@ -24,9 +24,9 @@ use tokio::runtime::Handle;
 
 use super::ahead::ReadAhead;
 use super::index::{Index, Node, NodeKind};
+use super::recorder::Recorder;
 use crate::flist::chunkcache::{self, ChunkCache, Piece};
 use crate::flist::fetch::Priority;
-use crate::flist::trace::Recorder;
 use crate::fs::layer::Timestamp;
 use crate::fs::node::Special;
 use crate::store::{ChunkRef, CHUNK_SIZE};

@@ -16,6 +16,7 @@
 mod ahead;
 mod fs;
 pub mod index;
+pub mod recorder;
 pub mod watcher;
 
 use std::collections::HashMap;
@@ -31,12 +32,12 @@ use tokio::runtime::Handle;
 use crate::flist::chunkcache::{CacheOptions, ChunkCache};
 use crate::flist::fetch::Priority;
 use crate::flist::format::Flist;
-use crate::flist::trace::Recorder;
 use crate::owned::mounts;
 use crate::progress::human_bytes;
 use crate::store::{ChunkRef, Router};
 use fs::FlistFs;
 use index::Index;
+use recorder::Recorder;
 
 /// How to mount.
 #[derive(Debug, Clone)]
