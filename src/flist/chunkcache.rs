@@ -219,17 +219,19 @@ impl ChunkCache {
         Ok(piece)
     }
 
-    /// Makes sure the chunk (of about `bytes` bytes) is in the disk cache,
-    /// without pushing hot chunks out of memory: read-ahead, traces and
-    /// prefetching. Without a disk cache, it is kept in memory instead.
+    /// Makes sure the chunk (of about `bytes` bytes) is cached before it is
+    /// read: read-ahead, traces and prefetching. It goes to the disk cache
+    /// (not pushing hot chunks out of memory), except read-ahead from local
+    /// stores or without a disk cache, which is kept in memory.
     pub async fn fill(&self, chunk: &ChunkRef, priority: Priority, bytes: u64) -> Result<()> {
         if self.is_in_memory(chunk) {
             return Ok(());
         }
+        let to_disk = self.disk.is_some() && (priority != Priority::Ahead || self.fetches_ahead());
         match &self.disk {
-            Some(disk) if disk.contains(&chunk.key) => Ok(()),
-            Some(_) => self.load_once(chunk, priority, bytes).await.map(drop),
-            None => {
+            Some(disk) if to_disk && disk.contains(&chunk.key) => Ok(()),
+            _ if to_disk => self.load_once(chunk, priority, bytes).await.map(drop),
+            _ => {
                 let piece = self.load_once(chunk, priority, bytes).await?;
                 self.memory.lock().unwrap().put(chunk.key, piece);
                 Ok(())
@@ -263,6 +265,12 @@ impl ChunkCache {
     /// Whether a disk cache is in use, and its size limit.
     pub fn disk_limit(&self) -> Option<u64> {
         self.disk.as_ref().map(|d| d.limit)
+    }
+
+    /// Whether fetching ahead pays: the stores are far (not all local
+    /// directories) and a disk cache holds what is fetched.
+    pub fn fetches_ahead(&self) -> bool {
+        self.disk.is_some() && !self.router.is_local()
     }
 
     /// Loads a chunk, sharing the work with every concurrent caller; the

@@ -6,7 +6,8 @@
 //!   file is read whole far more often than not, and its chunks then come
 //!   in one round trip instead of one each;
 //! - **ahead of a sequential reader** of a larger file, a window of chunks
-//!   that doubles while the reader keeps going;
+//!   that doubles while the reader keeps going (from local stores, which
+//!   are fast already, two chunks, kept in memory);
 //! - **the next files of a walk**: every file has a rank in the tree's
 //!   depth-first, name-ordered walk (the order of `tar`, `cp -r`, `find`).
 //!   When files are first read at nearby, rising ranks (a stream), the
@@ -17,9 +18,8 @@
 //! - **the files of a directory in use**: a program loading its modules,
 //!   libraries or assets reads several files of one directory, in no
 //!   useful order. The second file first read in a directory fetches
-//!   [`DIR_FILES`] of its files around it (all of them if they are small
-//!   in all), the fourth four times as many, the eighth the whole
-//!   directory (at most [`DIR_MAX_FILES`] files).
+//!   [`DIR_FILES`] of its files around it, the fourth four times as many,
+//!   the eighth the whole directory (at most [`DIR_MAX_FILES`] files).
 //!
 //! What is read ahead is fetched below demand reads (see `flist::fetch`).
 
@@ -35,6 +35,8 @@ const WHOLE_FILE: u64 = 16 << 20;
 /// The sequential window of a larger file: first, and at most (chunks).
 const FIRST_WINDOW: usize = 4;
 const MAX_WINDOW: usize = 32;
+/// The window from local stores, into memory (which holds few chunks).
+const NEAR_WINDOW: usize = 2;
 /// A stream's window of files: first, and at most.
 const FIRST_WALK_FILES: u32 = 8;
 pub const MAX_WALK_FILES: u32 = 256;
@@ -49,10 +51,8 @@ const DIR_FILE_BYTES: u64 = 1 << 20;
 /// Bytes read ahead at most at once, for walks and directories together.
 const MAX_AHEAD_BYTES: u64 = 64 << 20;
 /// Files of a directory read ahead at its second distinct read, and at
-/// most (at its eighth); a directory whose files hold no more than
-/// [`SMALL_DIR_BYTES`] is read ahead whole at its second.
+/// most (at its eighth).
 pub const DIR_FILES: usize = 16;
-const SMALL_DIR_BYTES: u64 = 8 << 20;
 pub const DIR_MAX_FILES: usize = 1024;
 /// Directories followed at once.
 const DIRS: usize = 4096;
@@ -65,8 +65,8 @@ pub struct ReadAhead {
     /// for what is not a file).
     walk: Vec<u64>,
     rank: Vec<u32>,
-    /// Whether whole files and walks are read ahead (only with a disk
-    /// cache to hold them).
+    /// Whether whole files, walks and directories are read ahead (far
+    /// stores, and a disk cache to hold what comes).
     wide: bool,
     state: Mutex<State>,
 }
@@ -121,16 +121,21 @@ impl ReadAhead {
             state.files.remove(&ino);
             push_chunks(&mut wanted, size, chunks, last + 1, chunks.len());
         } else {
+            let (first, most) = if self.wide {
+                (FIRST_WINDOW, MAX_WINDOW)
+            } else {
+                (NEAR_WINDOW, NEAR_WINDOW)
+            };
             let window = match state.files.get(&ino) {
-                Some(&(prev_end, window)) if prev_end == offset => (window * 2).min(MAX_WINDOW),
-                _ if offset == 0 => FIRST_WINDOW,
+                Some(&(prev_end, window)) if prev_end == offset => (window * 2).min(most),
+                _ if offset == 0 => first,
                 // Not sequential: nothing ahead.
                 _ => 0,
             };
             if state.files.len() > 4096 {
                 state.files.clear();
             }
-            state.files.insert(ino, (end, window.max(FIRST_WINDOW)));
+            state.files.insert(ino, (end, window.max(first)));
             push_chunks(&mut wanted, size, chunks, last + 1, last + 1 + window);
         }
         if self.wide && offset == 0 {
@@ -194,17 +199,6 @@ impl ReadAhead {
                 files.push(*child);
             }
         }
-        // A small directory (a package's modules) is read ahead whole.
-        let small = || {
-            let mut bytes = 0;
-            files.iter().all(|&f| {
-                if let Some(NodeKind::File { size, .. }) = index.node(f).map(|n| &n.kind) {
-                    bytes += (*size).min(DIR_FILE_BYTES);
-                }
-                bytes <= SMALL_DIR_BYTES
-            })
-        };
-        let want = if small() { files.len() } else { want };
         // Around the file read: a quarter before it, the rest after.
         let start = at.saturating_sub(want / 4).min(files.len().saturating_sub(want));
         files.into_iter().skip(start).take(want).collect()
@@ -418,15 +412,6 @@ mod tests {
         assert_eq!(got[4] + got[5] + got[6] + got[8], 0);
         // The other directory is not touched by any of it.
         assert_eq!(first_read(&ahead, &index, "d000/f000"), 0);
-    }
-
-    #[test]
-    fn a_small_directory_is_read_ahead_whole_at_its_second_read() {
-        // 100-byte files: 40 of them make a small directory.
-        let index = index(1, 40);
-        let ahead = ReadAhead::new(&index, true);
-        assert_eq!(first_read(&ahead, &index, "d000/f030"), 0);
-        assert_eq!(first_read(&ahead, &index, "d000/f010"), 39);
     }
 
     #[test]

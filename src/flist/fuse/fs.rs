@@ -51,9 +51,10 @@ impl FlistFs {
         rt: Handle,
         recorder: Option<Arc<Recorder>>,
     ) -> Self {
-        // Whole files and walks are read ahead into a disk cache; without
-        // one (local stores) only a sequential reader's next chunks.
-        let ahead = ReadAhead::new(&index, cache.disk_limit().is_some());
+        // Whole files, walks and directories are read ahead from far
+        // stores into a disk cache; from local stores (fast already, and
+        // a second copy costs) only a sequential reader's next chunks.
+        let ahead = ReadAhead::new(&index, cache.fetches_ahead());
         FlistFs {
             index,
             cache,

@@ -176,7 +176,7 @@ pub fn serve(flist_path: &Path, router: Router, options: &MountOptions, rt: Hand
             Err(e) => tracing::warn!("unmounting: {e}"),
         }
     });
-    if !trace.is_empty() && cache.disk_limit().is_some() {
+    if !trace.is_empty() && cache.fetches_ahead() {
         rt.spawn(fetch_trace(index.clone(), cache.clone(), trace));
     }
     if options.prefetch {
