@@ -198,6 +198,20 @@ mod tests {
         let err = |args: &[&str]| parse(args).settings(&Config::default()).unwrap_err().to_string();
         assert!(err(&["flmount", "-image", "a", "-fuse"]).contains("-fuse goes with -mount"));
         assert!(err(&["flmount", "-image", "a", "-mount", "/m", "-prefetch"]).contains("FUSE"));
+        assert!(err(&["flmount", "-image", "a", "-cache-store", "dir:///c"]).contains("FUSE"));
+        assert!(err(&[
+            "flmount",
+            "-image",
+            "a",
+            "-mount",
+            "/m",
+            "-cache-store",
+            "ftp://x"
+        ])
+        .contains("-cache-store"));
+        // A trace needs a command.
+        let no_command = ["flmount", "flist", "trace", "a.fl"].map(OsString::from);
+        assert!(Args::try_parse_from(normalize_args(no_command)).is_err());
         assert!(
             err(&["flmount", "-flist", "a.fl", "-mount", "/m", "-extractto", "x"]).contains("no -extractto")
         );
