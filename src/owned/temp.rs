@@ -41,6 +41,9 @@ pub struct Staging {
 impl Staging {
     /// Creates `.<name>.flmount-<pid>-<random>` in `parent` and locks it.
     pub fn new_in(parent: &Path, name: &str) -> Result<Staging> {
+        // A signal between making the directory and registering it would
+        // exit with it left behind: it waits until it is registered.
+        let _creating = super::signals::critical();
         let dir = tempfile::Builder::new()
             .prefix(&format!(".{name}{PREFIX}{}-", std::process::id()))
             .tempdir_in(parent)
@@ -102,6 +105,8 @@ impl TempFile {
     /// later run can tell one a killed flmount left, and removes those.
     pub fn new_in(dir: &Path) -> Result<TempFile> {
         remove_stale_prefixed(dir, PREFIX);
+        // As for a staging directory: registered before a signal exits.
+        let _creating = super::signals::critical();
         let file = tempfile::Builder::new()
             .prefix(&format!("{PREFIX}{}-", std::process::id()))
             .tempfile_in(dir)
