@@ -71,12 +71,14 @@ pub fn run(s: Settings) -> Result<()> {
                 stores,
                 cache,
                 command,
+                forward,
             } => {
                 let options = crate::flist::trace::TraceOptions {
                     workdir: s.workdir.clone(),
                     stores,
                     cache,
                     command,
+                    forward,
                 };
                 let (chunks, bytes) = crate::flist::trace::record(&flist, &options)?;
                 print_json(

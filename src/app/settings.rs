@@ -137,5 +137,8 @@ pub enum FlistOp {
         stores: Vec<String>,
         cache: Option<PathBuf>,
         command: Vec<String>,
+        /// Flags the traced mount is given too (-timeout, -cache-size,
+        /// -cache-store).
+        forward: Vec<String>,
     },
 }

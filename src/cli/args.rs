@@ -344,6 +344,7 @@ impl From<FlistCmd> for FlistOp {
                 stores,
                 cache,
                 command,
+                forward: Vec::new(),
             },
         }
     }

@@ -209,6 +209,27 @@ mod tests {
             "ftp://x"
         ])
         .contains("-cache-store"));
+        // The traced mount gets the flags a mount would have.
+        let trace = parse(&[
+            "flmount",
+            "-timeout",
+            "7",
+            "-cache-store",
+            "dir:///c",
+            "flist",
+            "trace",
+            "a.fl",
+            "--",
+            "true",
+        ])
+        .settings(&Config::default())
+        .unwrap();
+        let Action::Flist(crate::app::settings::FlistOp::Trace { forward, command, .. }) = trace.action
+        else {
+            panic!("not a trace: {:?}", trace.action);
+        };
+        assert_eq!(forward, ["-timeout", "7", "-cache-store", "dir:///c"]);
+        assert_eq!(command, ["true"]);
         // A trace needs a command.
         let no_command = ["flmount", "flist", "trace", "a.fl"].map(OsString::from);
         assert!(Args::try_parse_from(normalize_args(no_command)).is_err());

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use super::args::{parse_size, Args, Command, ImagesOp};
 use super::config::Config;
-use crate::app::settings::{Action, ImageJob, InspectView, Output, Settings};
+use crate::app::settings::{Action, FlistOp, ImageJob, InspectView, Output, Settings};
 use crate::flist::chunkcache::CacheOptions;
 use crate::flist::fuse::MountOptions;
 use crate::image::manifest::Platform;
@@ -140,7 +140,18 @@ impl Args {
                 }
             }
             Some(Command::Flist { op }) => {
-                return Ok(simple(Action::Flist(op.into())));
+                let mut op: FlistOp = op.into();
+                if let FlistOp::Trace { forward, .. } = &mut op {
+                    // The traced mount reads as a mount with these flags would.
+                    forward.extend(["-timeout".to_owned(), self.timeout.to_string()]);
+                    if let Some(size) = self.cache_size {
+                        forward.extend(["-cache-size".to_owned(), size.to_string()]);
+                    }
+                    for url in &self.cache_store {
+                        forward.extend(["-cache-store".to_owned(), url.clone()]);
+                    }
+                }
+                return Ok(simple(Action::Flist(op)));
             }
             None => {}
         }

@@ -27,6 +27,9 @@ pub struct TraceOptions {
     pub cache: Option<PathBuf>,
     /// The command; `{}` stands for the mount point.
     pub command: Vec<String>,
+    /// Flags for the mount as given (`-timeout`, `-cache-size`,
+    /// `-cache-store`).
+    pub forward: Vec<String>,
 }
 
 /// `flmount flist trace F -- CMD...`: records CMD's reads into F's trace.
