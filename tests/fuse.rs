@@ -85,6 +85,25 @@ fn chunky(files: usize) -> Chunky {
     }
 }
 
+impl Chunky {
+    /// Serves the flist at `tmp/mnt-NAME` from `store` with a new chunk
+    /// cache `tmp/cache-NAME`, and `extra` flags.
+    fn serve(&self, name: &str, store: &str, extra: &[&str]) -> (Mounted, PathBuf) {
+        let mnt = self.tmp.path().join(format!("mnt-{name}"));
+        let cache = self.tmp.path().join(format!("cache-{name}"));
+        let mut args = vec![
+            "-flist",
+            self.flist.to_str().unwrap(),
+            "-store",
+            store,
+            "-cache",
+            cache.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        (Mounted::start(&self.fl, &args, &mnt), mnt)
+    }
+}
+
 /// The paths an HTTP store serves the chunks of a dir store at
 /// (`/<hh>/<id>`), from the chunk files in it.
 fn chunk_paths(store: &Path) -> std::collections::BTreeSet<String> {
@@ -606,22 +625,7 @@ fn prefetch_fills_the_cache_so_reads_need_no_store() {
     let c = chunky(4);
     let expected = contents(&c.src);
     let http = CountingHttp::start(&c.chunks);
-    let mnt = c.tmp.path().join("mnt");
-    let cache = c.tmp.path().join("cache");
-    let store = http.url();
-    let m = Mounted::start(
-        &c.fl,
-        &[
-            "-flist",
-            c.flist.to_str().unwrap(),
-            "-store",
-            &store,
-            "-cache",
-            cache.to_str().unwrap(),
-            "-prefetch",
-        ],
-        &mnt,
-    );
+    let (m, mnt) = c.serve("prefetch", &http.url(), &["-prefetch"]);
     let deadline = Instant::now() + Duration::from_secs(120);
     while !m.log().contains("prefetched") {
         assert!(Instant::now() < deadline, "prefetch did not finish:\n{}", m.log());
@@ -840,7 +844,7 @@ fn a_trace_recorded_on_one_mount_is_fetched_first_by_the_next() {
     let c = chunky(4);
     let http = CountingHttp::start(&c.chunks);
     let store = http.url();
-    let (cache1, cache2) = (c.tmp.path().join("cache1"), c.tmp.path().join("cache2"));
+    let cache1 = c.tmp.path().join("cache1");
     // Record: what `cat` of two files reads, in order (f02 first).
     let out = c.fl.run(&[
         "-json",
@@ -880,19 +884,7 @@ fn a_trace_recorded_on_one_mount_is_fetched_first_by_the_next() {
     // A new mount with an empty cache fetches the traced chunks before
     // anything is read, and only those (no -prefetch).
     let before = http.gets();
-    let mnt = c.tmp.path().join("mnt");
-    let m = Mounted::start(
-        &c.fl,
-        &[
-            "-flist",
-            c.flist.to_str().unwrap(),
-            "-store",
-            &store,
-            "-cache",
-            cache2.to_str().unwrap(),
-        ],
-        &mnt,
-    );
+    let (m, mnt) = c.serve("traced", &store, &[]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !m.log().contains("the start-up trace:") {
         assert!(
@@ -952,22 +944,7 @@ fn a_shared_cache_store_serves_the_second_machine() {
     let redis = Server::redis();
     let tier = format!("zdb://127.0.0.1:{}", redis.1);
     let machine = |name: &str| {
-        let mnt = c.tmp.path().join(format!("mnt-{name}"));
-        let cache = c.tmp.path().join(format!("cache-{name}"));
-        let m = Mounted::start(
-            &c.fl,
-            &[
-                "-flist",
-                c.flist.to_str().unwrap(),
-                "-store",
-                &origin.url(),
-                "-cache-store",
-                &tier,
-                "-cache",
-                cache.to_str().unwrap(),
-            ],
-            &mnt,
-        );
+        let (m, mnt) = c.serve(name, &origin.url(), &["-cache-store", &tier]);
         assert_eq!(contents(&mnt), expected, "{name}");
         m.stop()
     };

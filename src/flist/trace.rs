@@ -9,7 +9,6 @@
 //! point (e.g. `chroot {} python3 -c pass`), unmounts, and writes the
 //! chunks the reads asked for into F, each once, in the order first read.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -41,7 +40,10 @@ pub fn record(flist: &Path, options: &TraceOptions) -> Result<(usize, u64)> {
     // Opened for writing first: a file flmount cannot edit fails now, not
     // after the command ran.
     let mut fl = Flist::open_rw(flist)?;
-    let sizes = chunk_sizes(&fl)?;
+    let sizes = {
+        let (plan, blocks) = fl.plan()?;
+        super::fuse::index::Index::build(&plan, &blocks)?.chunk_sizes()
+    };
     let private = Private::new()?;
     let mountpoint = private.0.join("mnt");
     let trace_file = private.0.join("trace");
@@ -95,27 +97,6 @@ pub fn record(flist: &Path, options: &TraceOptions) -> Result<(usize, u64)> {
         human_bytes(total)
     );
     Ok((trace.len(), total))
-}
-
-/// The size of every chunk of the flist, by key.
-pub fn chunk_sizes(fl: &Flist) -> Result<HashMap<[u8; 32], u64>> {
-    use crate::fs::tree::{InodeKind, Source};
-    let (plan, blocks) = fl.plan()?;
-    let mut sizes = HashMap::new();
-    for inode in &plan.inodes {
-        if let InodeKind::File {
-            size,
-            source: Some(Source::Flist { ino }),
-        } = &inode.kind
-        {
-            let chunks = blocks.get(ino).map(Vec::as_slice).unwrap_or(&[]);
-            for (i, chunk) in chunks.iter().enumerate() {
-                let len = super::chunkcache::expected_len(*size, i, chunks.len()).unwrap_or(0);
-                sizes.insert(chunk.key, len as u64);
-            }
-        }
-    }
-    Ok(sizes)
 }
 
 /// A private directory for the mount point and the trace file; removed

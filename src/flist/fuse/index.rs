@@ -201,6 +201,14 @@ impl Index {
         &self.chunks[range.clone()]
     }
 
+    /// The size of every chunk, by key.
+    pub fn chunk_sizes(&self) -> HashMap<[u8; 32], u64> {
+        self.distinct_chunks()
+            .into_iter()
+            .map(|(c, n)| (c.key, n))
+            .collect()
+    }
+
     /// Every file's chunks with their sizes, each distinct chunk once, in
     /// inode order.
     pub fn distinct_chunks(&self) -> Vec<(ChunkRef, u64)> {

@@ -19,7 +19,6 @@ pub mod index;
 pub mod recorder;
 pub mod watcher;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -208,11 +207,7 @@ const BACKGROUND_QUEUED: usize = 1024;
 /// Fetches the chunks of the flist's start-up trace that are among its
 /// chunks, in the trace's order, above `-prefetch`.
 async fn fetch_trace(index: Arc<Index>, cache: Arc<ChunkCache>, trace: Vec<ChunkRef>) {
-    let sizes: HashMap<[u8; 32], u64> = index
-        .distinct_chunks()
-        .into_iter()
-        .map(|(c, n)| (c.key, n))
-        .collect();
+    let sizes = index.chunk_sizes();
     let chunks: Vec<(ChunkRef, u64)> = trace
         .into_iter()
         .filter_map(|c| sizes.get(&c.key).map(|&n| (c, n)))
