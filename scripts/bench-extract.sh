@@ -100,11 +100,7 @@ log "image $BENCH_IMAGE: ${#layer_blobs[@]} gzip layers"
 # Everything on one filesystem under $TMPDIR (default /var/tmp, not tmpfs).
 TMPDIR=${TMPDIR:-/var/tmp}
 tmp= # set below
-if [[ "${KEEP:-0}" == 1 ]]; then
-	tmp=$(mktemp -d "$TMPDIR/flmount-bench-extract.XXXXXX")
-else
-	testbed_mktemp tmp flmount-bench-extract
-fi
+testbed_mktemp_keepable tmp flmount-bench-extract
 need_kib=$(((rounds * 3 + 3) * 1024 * 1024))
 avail_kib=$(df -Pk "$tmp" | awk 'NR == 2 { print $4 }')
 if ((avail_kib < need_kib)); then

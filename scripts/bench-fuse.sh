@@ -111,11 +111,7 @@ mapfile -t layer_blobs < <(python3 "$here/lib/oci_layout.py" layers "$BENCH_LAYO
 
 export TMPDIR=${TMPDIR:-/var/tmp}
 tmp= # set below
-if [[ "${KEEP:-0}" == 1 ]]; then
-	tmp=$(mktemp -d "$TMPDIR/flmount-bench-fuse.XXXXXX")
-else
-	testbed_mktemp tmp flmount-bench-fuse
-fi
+testbed_mktemp_keepable tmp flmount-bench-fuse
 fs_info=$(df -PT "$tmp" | awk 'NR == 2 { print $2 " (" $1 ", mounted on " $7 ")" }')
 log "everything in $tmp on $fs_info"
 logs="$tmp/logs"

@@ -65,11 +65,7 @@ bench_image_ensure
 
 export TMPDIR=${TMPDIR:-/var/tmp}
 tmp=
-if [[ "${KEEP:-0}" == 1 ]]; then
-	tmp=$(mktemp -d "$TMPDIR/flmount-bench-remote.XXXXXX")
-else
-	testbed_mktemp tmp flmount-bench-remote
-fi
+testbed_mktemp_keepable tmp flmount-bench-remote
 logs="$tmp/logs"
 mkdir -p "$logs"
 log "everything in $tmp; store delay $delay ms per request; $rounds round(s)"
@@ -164,10 +160,43 @@ w_walk() { (cd "$1" && tar -cf - usr/lib/python3.11 | cat >/dev/null); }
 
 declare -A result=()
 
+# The current measurement's samples, a value per round.
+S=() REQ=() BYTES=() MEM=() DEMAND=()
+
+# end_round MNT START: samples the round (its wall seconds since START, the
+# store's request and byte counts, the server's peak memory), then stops
+# the mount and removes its cache.
+end_round() {
+	local mnt=$1 start=$2
+	S+=("$(elapsed "$start")")
+	REQ+=("$(far_stat requests)")
+	BYTES+=("$(far_stat bytes)")
+	MEM+=("$(awk '/^VmHWM:/ { print $2 }' "/proc/$fuse_pid/status")")
+	umount_far "$mnt"
+	rm -rf "$mnt.cache"
+}
+
+# keep_medians NAME: the samples' medians as result[NAME.{s,req,bytes,mem}]
+# (and .demand_ms when there are some); logs them; clears the samples.
+keep_medians() {
+	local name=$1
+	result[$name.s]=$(median "${S[@]}")
+	result[$name.req]=$(median "${REQ[@]}")
+	result[$name.bytes]=$(median "${BYTES[@]}")
+	result[$name.mem]=$(median "${MEM[@]}")
+	local demand=
+	if ((${#DEMAND[@]})); then
+		result[$name.demand_ms]=$(median "${DEMAND[@]}")
+		demand=", demand read ${result[$name.demand_ms]} ms"
+	fi
+	log "$name: ${result[$name.s]} s, ${result[$name.req]} requests, ${result[$name.bytes]} bytes$demand, server peak ${result[$name.mem]} KiB"
+	S=() REQ=() BYTES=() MEM=() DEMAND=()
+}
+
 # measure NAME BIN WORKLOAD FLIST [FLAG...]: ROUNDS runs on new mounts; sets
 # result[NAME.{s,req,bytes,mem}] (medians).
 measure() {
-	local name=$1 bin=$2 fn=$3 fl=$4 r mnt start s=() req=() bytes=() mem=()
+	local name=$1 bin=$2 fn=$3 fl=$4 r mnt start
 	for ((r = 1; r <= rounds; r++)); do
 		mnt="$tmp/mnt-$name-$r"
 		mount_far "$bin" "$mnt" "$fl" "${@:5}"
@@ -176,18 +205,9 @@ measure() {
 		echo 3 >/proc/sys/vm/drop_caches
 		start=$(now)
 		"$fn" "$mnt" >"$logs/$name-$r.out" 2>&1 || { echo "bench-remote: $name failed:" >&2; tail "$logs/$name-$r.out" >&2; exit 1; }
-		s+=("$(elapsed "$start")")
-		req+=("$(far_stat requests)")
-		bytes+=("$(far_stat bytes)")
-		mem+=("$(awk '/^VmHWM:/ { print $2 }' "/proc/$fuse_pid/status")")
-		umount_far "$mnt"
-		rm -rf "$mnt.cache"
+		end_round "$mnt" "$start"
 	done
-	result[$name.s]=$(median "${s[@]}")
-	result[$name.req]=$(median "${req[@]}")
-	result[$name.bytes]=$(median "${bytes[@]}")
-	result[$name.mem]=$(median "${mem[@]}")
-	log "$name: ${result[$name.s]} s, ${result[$name.req]} requests, ${result[$name.bytes]} bytes, server peak ${result[$name.mem]} KiB"
+	keep_medians "$name"
 }
 
 # measure_native NAME WORKLOAD: the workload on the extracted tree, cold.
@@ -205,7 +225,7 @@ measure_native() {
 
 # prefetch_run NAME BIN: -prefetch of the whole image; a demand read 1 s in.
 prefetch_run() {
-	local name=$1 bin=$2 r mnt start s=() req=() bytes=() mem=() demand=() probe
+	local name=$1 bin=$2 r mnt start t0 probe
 	# A file late in the tree (the prefetch goes in inode order) and small.
 	probe=usr/share/zoneinfo/Pacific/Wake
 	for ((r = 1; r <= rounds; r++)); do
@@ -214,28 +234,17 @@ prefetch_run() {
 		start=$(now)
 		mount_far "$bin" "$mnt" "$flist" -prefetch
 		sleep 1
-		local t0
 		t0=$(now)
 		cat "$mnt/$probe" >/dev/null
-		demand+=("$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.3f\n", (b - a) * 1000 }')")
+		DEMAND+=("$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.3f\n", (b - a) * 1000 }')")
 		while ! grep -q 'prefetched' "$mnt.log"; do
 			kill -0 "$fuse_pid" 2>/dev/null || { cat "$mnt.log" >&2; exit 1; }
 			sleep 0.1
 		done
-		s+=("$(elapsed "$start")")
-		req+=("$(far_stat requests)")
-		bytes+=("$(far_stat bytes)")
-		mem+=("$(awk '/^VmHWM:/ { print $2 }' "/proc/$fuse_pid/status")")
+		end_round "$mnt" "$start"
 		grep -o 'prefetched.*' "$mnt.log" | tail -n 1 >&2
-		umount_far "$mnt"
-		rm -rf "$mnt.cache"
 	done
-	result[$name.s]=$(median "${s[@]}")
-	result[$name.req]=$(median "${req[@]}")
-	result[$name.bytes]=$(median "${bytes[@]}")
-	result[$name.mem]=$(median "${mem[@]}")
-	result[$name.demand_ms]=$(median "${demand[@]}")
-	log "$name: ${result[$name.s]} s, ${result[$name.req]} requests, ${result[$name.bytes]} bytes, demand read ${result[$name.demand_ms]} ms, server peak ${result[$name.mem]} KiB"
+	keep_medians "$name"
 }
 
 # The trace: recorded once, on its own mount, into a copy of the flist.

@@ -44,11 +44,7 @@ fi
 
 flmount=$(flmount_binary "$repo")
 
-if [[ "${KEEP:-0}" == 1 ]]; then
-	tmp=$(mktemp -d "${TMPDIR:-/tmp}/flmount-demo.XXXXXX")
-else
-	testbed_mktemp tmp flmount-demo
-fi
+testbed_mktemp_keepable tmp flmount-demo
 
 log "starting a registry"
 start_registry "$tmp/registry"

@@ -27,6 +27,8 @@
 #                         make a temp directory, removed at cleanup, and set
 #                         the variable VAR to its path (not via $(...): a
 #                         subshell could not register the cleanup)
+#   testbed_mktemp_keepable VAR [PREFIX]
+#                         the same, kept instead when KEEP=1
 #   flmount_binary REPO   print the flmount binary to use: $FLMOUNT (which
 #                         must be executable), else REPO/target/release/flmount,
 #                         built with `cargo build --release` when missing
@@ -334,6 +336,17 @@ testbed_mktemp() {
 	_tb_dir=$(mktemp -d "${TMPDIR:-/tmp}/${2:-testbed}.XXXXXX")
 	testbed_defer rm -rf -- "$_tb_dir"
 	printf -v "$_tb_var" '%s' "$_tb_dir"
+}
+
+# testbed_mktemp_keepable VAR [PREFIX]: as testbed_mktemp, but with KEEP=1
+# the directory is kept (for a look around afterwards).
+testbed_mktemp_keepable() {
+	if [[ "${KEEP:-0}" == 1 ]]; then
+		printf -v "${1:?testbed_mktemp_keepable: VAR required}" '%s' \
+			"$(mktemp -d "${TMPDIR:-/tmp}/${2:-testbed}.XXXXXX")"
+	else
+		testbed_mktemp "$@"
+	fi
 }
 
 # testbed_cleanup: stop all servers, then run deferred commands in reverse.
