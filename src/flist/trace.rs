@@ -45,8 +45,8 @@ pub fn record(flist: &Path, options: &TraceOptions) -> Result<(usize, u64)> {
         super::fuse::index::Index::build(&plan, &blocks)?.chunk_sizes()
     };
     let private = Private::new()?;
-    let mountpoint = private.0.join("mnt");
-    let trace_file = private.0.join("trace");
+    let mountpoint = private.dir.join("mnt");
+    let trace_file = private.dir.join("trace");
     std::fs::create_dir(&mountpoint)?;
     let mut server = Server(
         Command::new(std::env::current_exe().context("finding flmount's own binary")?)
@@ -99,25 +99,35 @@ pub fn record(flist: &Path, options: &TraceOptions) -> Result<(usize, u64)> {
     Ok((trace.len(), total))
 }
 
-/// A private directory for the mount point and the trace file; removed
-/// entry by entry (never recursively: the mount point may still be one).
-struct Private(PathBuf);
+/// A private directory (0700, named `.flmount-trace-*`) for the mount
+/// point and the trace file; removed entry by entry, never recursively
+/// (the mount point may still be one), and only while the path is still
+/// the directory made here (by device and inode).
+struct Private {
+    dir: PathBuf,
+    id: crate::owned::FileId,
+}
 
 impl Private {
     fn new() -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix(".flmount-trace-")
             .tempdir()
-            .context("making a private mount point")?;
-        Ok(Private(dir.keep()))
+            .context("making a private mount point")?
+            .keep();
+        let id = crate::owned::FileId::of(&dir)?;
+        Ok(Private { dir, id })
     }
 }
 
 impl Drop for Private {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(self.0.join("trace"));
-        let _ = std::fs::remove_dir(self.0.join("mnt"));
-        let _ = std::fs::remove_dir(&self.0);
+        if crate::owned::FileId::of(&self.dir).ok() != Some(self.id) {
+            return;
+        }
+        let _ = std::fs::remove_file(self.dir.join("trace"));
+        let _ = std::fs::remove_dir(self.dir.join("mnt"));
+        let _ = std::fs::remove_dir(&self.dir);
     }
 }
 
