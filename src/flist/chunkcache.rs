@@ -615,10 +615,9 @@ pub fn expected_len(size: u64, index: usize, count: usize) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::*;
     use super::*;
-    use crate::store::{self, ChunkId, Route, Store, StoreError};
-    use futures_util::future::BoxFuture;
-    use std::collections::HashMap;
+    use crate::store;
 
     /// Eight readers ask before the store answers (it answers after 200 ms
     /// of tokio's paused clock, so they overlap whatever the load).
@@ -703,92 +702,6 @@ mod tests {
             chunks[0].key
         );
         assert_eq!(far.gets.load(Ordering::SeqCst), 21);
-    }
-
-    /// A store a round trip away, holding blobs in memory (so tokio's
-    /// paused clock measures only the round trips); `lie` returns every
-    /// blob with a byte changed.
-    struct Far {
-        blobs: HashMap<ChunkId, Vec<u8>>,
-        delay: Duration,
-        lie: bool,
-        gets: AtomicU64,
-    }
-
-    impl Store for Far {
-        fn get<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Vec<u8>, StoreError>> {
-            Box::pin(async move {
-                self.gets.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(self.delay).await;
-                let mut blob = self
-                    .blobs
-                    .get(id)
-                    .cloned()
-                    .ok_or_else(|| StoreError::NotFound(hex::encode(id)))?;
-                if self.lie {
-                    let last = blob.len() - 1;
-                    blob[last] ^= 1;
-                }
-                Ok(blob)
-            })
-        }
-        fn set<'a>(&'a self, _: &'a ChunkId, _: &'a [u8]) -> BoxFuture<'a, Result<(), StoreError>> {
-            unimplemented!("read-only")
-        }
-        fn exists<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<bool, StoreError>> {
-            Box::pin(async move { Ok(self.blobs.contains_key(id)) })
-        }
-        fn public_url(&self) -> &str {
-            "test://far"
-        }
-    }
-
-    /// A cache over a store 30 ms away holding `n` distinct chunks.
-    fn far_cache(n: usize, lie: bool) -> (Arc<Far>, Arc<ChunkCache>, Vec<ChunkRef>) {
-        far_cache_with(n, Duration::from_millis(30), Duration::from_secs(30), lie)
-    }
-
-    /// A cache over a store `delay` away holding `n` distinct chunks, whose
-    /// fetches give up after `timeout`.
-    fn far_cache_with(
-        n: usize,
-        delay: Duration,
-        timeout: Duration,
-        lie: bool,
-    ) -> (Arc<Far>, Arc<ChunkCache>, Vec<ChunkRef>) {
-        let mut blobs = HashMap::new();
-        let mut chunks = Vec::new();
-        for i in 0..n {
-            let (chunk, blob) = codec::encode(format!("chunk {i}").as_bytes());
-            blobs.insert(chunk.id, blob);
-            chunks.push(chunk);
-        }
-        let far = Arc::new(Far {
-            blobs,
-            delay,
-            lie,
-            gets: AtomicU64::new(0),
-        });
-        let cache = Arc::new(cache_over(&far, timeout, Vec::new()));
-        (far, cache, chunks)
-    }
-
-    /// A cache without a disk cache over `far` (and the cache store `tier`).
-    fn cache_over(far: &Arc<Far>, timeout: Duration, tier: Vec<StoreSpec>) -> ChunkCache {
-        let router = Router::from_routes(vec![Route {
-            start: 0,
-            end: 255,
-            store: far.clone(),
-        }]);
-        let options = CacheOptions {
-            dir: None,
-            size_limit: 0,
-            memory_chunks: 4,
-            timeout,
-            adopt_dir: false,
-            tier,
-        };
-        ChunkCache::new(router, &options).unwrap()
     }
 
     /// On tokio's paused clock: 3,000 prefetches are queued behind a store
@@ -883,5 +796,114 @@ mod tests {
         assert_eq!(cache.read(&keys[0]).as_deref(), Some(&pieces[0][..]));
         assert!(shard.join("notes.txt").exists());
         assert!(dir.path().join("tmp/123.1").exists());
+    }
+}
+
+/// A far store in memory, and caches over it, for tests here and of the
+/// readers above the cache.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use crate::store::{ChunkId, Route, Store, StoreError};
+    use futures_util::future::BoxFuture;
+    use std::sync::atomic::AtomicU64;
+
+    /// A store a round trip away, holding blobs in memory (so tokio's
+    /// paused clock measures only the round trips); `lie` returns every
+    /// blob with a byte changed.
+    pub struct Far {
+        blobs: HashMap<ChunkId, Vec<u8>>,
+        delay: Duration,
+        lie: bool,
+        pub gets: AtomicU64,
+        /// Every id asked for, in order.
+        pub asked: Mutex<Vec<ChunkId>>,
+    }
+
+    impl Far {
+        /// A store `delay` away holding `pieces`, and their references.
+        pub fn holding(pieces: &[Vec<u8>], delay: Duration, lie: bool) -> (Arc<Far>, Vec<ChunkRef>) {
+            let mut blobs = HashMap::new();
+            let mut chunks = Vec::new();
+            for piece in pieces {
+                let (chunk, blob) = codec::encode(piece);
+                blobs.insert(chunk.id, blob);
+                chunks.push(chunk);
+            }
+            let far = Far {
+                blobs,
+                delay,
+                lie,
+                gets: AtomicU64::new(0),
+                asked: Mutex::new(Vec::new()),
+            };
+            (Arc::new(far), chunks)
+        }
+    }
+
+    impl Store for Far {
+        fn get<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Vec<u8>, StoreError>> {
+            Box::pin(async move {
+                self.gets.fetch_add(1, Ordering::SeqCst);
+                self.asked.lock().unwrap().push(*id);
+                tokio::time::sleep(self.delay).await;
+                let mut blob = self
+                    .blobs
+                    .get(id)
+                    .cloned()
+                    .ok_or_else(|| StoreError::NotFound(hex::encode(id)))?;
+                if self.lie {
+                    let last = blob.len() - 1;
+                    blob[last] ^= 1;
+                }
+                Ok(blob)
+            })
+        }
+        fn set<'a>(&'a self, _: &'a ChunkId, _: &'a [u8]) -> BoxFuture<'a, Result<(), StoreError>> {
+            unimplemented!("read-only")
+        }
+        fn exists<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<bool, StoreError>> {
+            Box::pin(async move { Ok(self.blobs.contains_key(id)) })
+        }
+        fn public_url(&self) -> &str {
+            "test://far"
+        }
+    }
+
+    /// A cache over a store 30 ms away holding `n` distinct chunks.
+    pub fn far_cache(n: usize, lie: bool) -> (Arc<Far>, Arc<ChunkCache>, Vec<ChunkRef>) {
+        far_cache_with(n, Duration::from_millis(30), Duration::from_secs(30), lie)
+    }
+
+    /// A cache over a store `delay` away holding `n` distinct chunks, whose
+    /// fetches give up after `timeout`.
+    pub fn far_cache_with(
+        n: usize,
+        delay: Duration,
+        timeout: Duration,
+        lie: bool,
+    ) -> (Arc<Far>, Arc<ChunkCache>, Vec<ChunkRef>) {
+        let pieces: Vec<Vec<u8>> = (0..n).map(|i| format!("chunk {i}").into_bytes()).collect();
+        let (far, chunks) = Far::holding(&pieces, delay, lie);
+        let cache = Arc::new(cache_over(&far, timeout, Vec::new()));
+        (far, cache, chunks)
+    }
+
+    /// A cache without a disk cache over `far` (and the cache store `tier`).
+    pub fn cache_over(far: &Arc<Far>, timeout: Duration, tier: Vec<StoreSpec>) -> ChunkCache {
+        let router = Router::from_routes(vec![Route {
+            start: 0,
+            end: 255,
+            store: far.clone(),
+        }]);
+        let options = CacheOptions {
+            dir: None,
+            size_limit: 0,
+            memory_chunks: 64,
+            timeout,
+            adopt_dir: false,
+            tier,
+        };
+        ChunkCache::new(router, &options).unwrap()
     }
 }

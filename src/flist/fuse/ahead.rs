@@ -101,7 +101,10 @@ impl ReadAhead {
     }
 
     /// What to fetch ahead of a read of `[offset, end)` from file `ino`,
-    /// whose chunks are `chunks` and whose read ends in chunk `last`.
+    /// whose chunks are `chunks` and whose read ends in chunk `last`;
+    /// `foreseen`: the file was fetched by a rule that knew it would be
+    /// read (a library), which says nothing of its directory.
+    #[allow(clippy::too_many_arguments)]
     pub fn after_read(
         &self,
         index: &Index,
@@ -110,6 +113,7 @@ impl ReadAhead {
         end: u64,
         last: usize,
         chunks: &[ChunkRef],
+        foreseen: bool,
     ) -> Vec<Wanted> {
         let size = match index.node(ino).map(|n| &n.kind) {
             Some(NodeKind::File { size, .. }) => *size,
@@ -140,7 +144,11 @@ impl ReadAhead {
         }
         if self.wide && offset == 0 {
             let walk = self.stream(&mut state, ino);
-            let dir = self.directory(&mut state, index, ino);
+            let dir = if !foreseen {
+                self.directory(&mut state, index, ino)
+            } else {
+                Vec::new()
+            };
             drop(state);
             // A walker reads whole files; a program using a directory
             // reads some: its small files whole, a large one's start.
@@ -162,6 +170,24 @@ impl ReadAhead {
             }
         }
         wanted
+    }
+
+    /// Whether `ino` was just first read by a walk (a stream of two reads
+    /// or more): a walker reads a program's bytes, it does not start it.
+    pub fn in_walk(&self, ino: u64) -> bool {
+        let Some(rank) = self.rank_of(ino) else {
+            return false;
+        };
+        let state = self.state.lock().unwrap();
+        state
+            .streams
+            .iter()
+            .any(|s| s.reads >= 2 && rank <= s.last && s.last - rank <= GAP)
+    }
+
+    fn rank_of(&self, ino: u64) -> Option<u32> {
+        let rank = *self.rank.get(usize::try_from(ino).ok()?.checked_sub(1)?)?;
+        (rank != u32::MAX).then_some(rank)
     }
 
     /// Feeds the first read of `ino` to its directory's count; returns the
@@ -207,10 +233,7 @@ impl ReadAhead {
     /// Feeds the first read of `ino` to the streams; returns the ranks of
     /// the files to read ahead, if any.
     fn stream(&self, state: &mut State, ino: u64) -> Option<std::ops::Range<usize>> {
-        let rank = *self.rank.get(usize::try_from(ino).ok()?.checked_sub(1)?)?;
-        if rank == u32::MAX {
-            return None;
-        }
+        let rank = self.rank_of(ino)?;
         let found = state
             .streams
             .iter()
@@ -343,7 +366,7 @@ mod tests {
             unreachable!()
         };
         ahead
-            .after_read(index, ino, 0, 100, 0, index.chunks(chunks))
+            .after_read(index, ino, 0, 100, 0, index.chunks(chunks), false)
             .len()
     }
 
@@ -375,8 +398,13 @@ mod tests {
             0,
             "one read is not a stream"
         );
+        assert!(
+            !ahead.in_walk(file(&index, "d000/f000")),
+            "one read is not a walk"
+        );
         let n = first_read(&ahead, &index, "d001/f000");
         assert_eq!(n as u32, FIRST_WALK_FILES - 1, "the second read starts a window");
+        assert!(ahead.in_walk(file(&index, "d001/f000")), "a walker's read");
         let mut total = n;
         for d in 2..40 {
             total += first_read(&ahead, &index, &format!("d{d:03}/f000"));
@@ -390,6 +418,7 @@ mod tests {
         let ahead = ReadAhead::new(&index, true);
         for d in (300..310).rev() {
             assert_eq!(first_read(&ahead, &index, &format!("d{d:03}/f000")), 0);
+            assert!(!ahead.in_walk(file(&index, &format!("d{d:03}/f000"))));
         }
     }
 

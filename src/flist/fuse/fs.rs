@@ -23,6 +23,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use super::ahead::ReadAhead;
+use super::elf::{self, Libraries};
 use super::index::{Index, Node, NodeKind};
 use super::recorder::Recorder;
 use crate::flist::chunkcache::{self, ChunkCache, Piece};
@@ -39,9 +40,11 @@ pub struct FlistFs {
     index: Arc<Index>,
     cache: Arc<ChunkCache>,
     rt: Handle,
-    ahead: ReadAhead,
+    ahead: Arc<ReadAhead>,
     /// Records what is read, for `flist trace`.
     recorder: Option<Arc<Recorder>>,
+    /// Set where libraries are read ahead (as whole files are).
+    libraries: Option<Arc<Libraries>>,
 }
 
 impl FlistFs {
@@ -54,11 +57,13 @@ impl FlistFs {
         // Whole files, walks and directories are read ahead from far
         // stores into a disk cache; from local stores (fast already, and
         // a second copy costs) only a sequential reader's next chunks.
-        let ahead = ReadAhead::new(&index, cache.fetches_ahead());
+        let ahead = Arc::new(ReadAhead::new(&index, cache.fetches_ahead()));
+        let libraries = (cache.fetches_ahead()).then(|| Libraries::new(cache.clone(), index.clone()));
         FlistFs {
             index,
             cache,
             rt,
+            libraries,
             ahead,
             recorder,
         }
@@ -103,7 +108,12 @@ impl FlistFs {
     /// Starts fetching what the reader of `[offset, end)` of `ino` will
     /// want next (see [`ReadAhead`]), below demand reads.
     fn read_ahead(&self, ino: u64, offset: u64, end: u64, last: usize, chunks: &[ChunkRef]) {
-        let mut wanted = self.ahead.after_read(&self.index, ino, offset, end, last, chunks);
+        // A library the loader opens was foreseen by the library rule: it
+        // says nothing of the rest of its directory.
+        let foreseen = (self.libraries.as_ref()).is_some_and(|l| l.foreseen(ino));
+        let mut wanted = self
+            .ahead
+            .after_read(&self.index, ino, offset, end, last, chunks, foreseen);
         wanted.retain(|(chunk, _)| !self.cache.is_cached(chunk));
         if wanted.is_empty() {
             return;
@@ -119,6 +129,35 @@ impl FlistFs {
                 }
             }
         });
+    }
+
+    /// What a read's answer starts: see [`Starts::after`].
+    fn starts(&self) -> Starts {
+        Starts {
+            libraries: self.libraries.clone(),
+            ahead: self.ahead.clone(),
+            rt: self.rt.clone(),
+        }
+    }
+}
+
+/// What the bytes a read returns start: the library read-ahead.
+struct Starts {
+    libraries: Option<Arc<Libraries>>,
+    ahead: Arc<ReadAhead>,
+    rt: Handle,
+}
+
+impl Starts {
+    /// After a read of `data` at `offset` of `ino`: if it is the start of
+    /// an ELF object that a walk is not just passing through, the
+    /// libraries the loader will open are fetched.
+    fn after(&self, ino: u64, offset: u64, data: &[u8]) {
+        if let Some(libraries) = &self.libraries {
+            if offset == 0 && elf::is_elf(data) && !self.ahead.in_walk(ino) {
+                self.rt.spawn(libraries.clone().fetch_for(ino));
+            }
+        }
     }
 }
 
@@ -295,19 +334,23 @@ impl Filesystem for FlistFs {
         if let Some(recorder) = &self.recorder {
             recorder.record(wanted);
         }
-        self.read_ahead(ino, offset, end, last, chunks);
         let count = chunks.len();
         if let Some(pieces) = self.cache.get_all_in_memory(wanted) {
+            self.read_ahead(ino, offset, end, last, chunks);
             return match assemble(file_size, count, first, &pieces, offset, end) {
-                Ok(data) => reply.data(&data),
+                Ok(data) => {
+                    self.starts().after(ino, offset, &data);
+                    reply.data(&data)
+                }
                 Err(e) => {
                     tracing::warn!("reading {}: {e}", self.index.path_of(ino));
                     reply.error(Errno::EIO)
                 }
             };
         }
+        // The read's own fetches go out before what it reads ahead.
         let wanted = wanted.to_vec();
-        let (cache, index) = (self.cache.clone(), self.index.clone());
+        let (cache, index, starts) = (self.cache.clone(), self.index.clone(), self.starts());
         self.rt.spawn(async move {
             let fetched = futures_util::future::join_all(wanted.iter().map(|c| cache.get(c))).await;
             let result = fetched
@@ -316,13 +359,17 @@ impl Filesystem for FlistFs {
                 .map_err(|e| format!("{e:#}"))
                 .and_then(|pieces| assemble(file_size, count, first, &pieces, offset, end));
             match result {
-                Ok(data) => reply.data(&data),
+                Ok(data) => {
+                    starts.after(ino, offset, &data);
+                    reply.data(&data)
+                }
                 Err(e) => {
                     tracing::warn!("reading {}: {e}", index.path_of(ino));
                     reply.error(Errno::EIO)
                 }
             }
         });
+        self.read_ahead(ino, offset, end, last, chunks);
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {

@@ -178,6 +178,43 @@ impl Index {
             .map(|i| entries[i].1)
     }
 
+    /// The inode an absolute `path` names inside the tree, following
+    /// symbolic links as the kernel would with the tree as the root (at
+    /// most 40 of them): `..` never leaves the root.
+    pub fn resolve(&self, path: &[u8]) -> Option<u64> {
+        let mut links = 0;
+        let mut dir = ROOT;
+        // Components still to walk, last first.
+        let mut rest: Vec<Box<[u8]>> = split_path(path);
+        while let Some(name) = rest.pop() {
+            match name.as_ref() {
+                b"." => continue,
+                b".." => {
+                    dir = self.node(dir)?.parent;
+                    continue;
+                }
+                _ => {}
+            }
+            let ino = self.lookup(dir, &name)?;
+            match &self.node(ino)?.kind {
+                NodeKind::Special(Special::Symlink { target }) => {
+                    links += 1;
+                    if links > 40 {
+                        return None;
+                    }
+                    if target.first() == Some(&b'/') {
+                        dir = ROOT;
+                    }
+                    rest.extend(split_path(target));
+                }
+                _ if rest.is_empty() => return Some(ino),
+                NodeKind::Dir { .. } => dir = ino,
+                _ => return None,
+            }
+        }
+        Some(dir)
+    }
+
     /// A path for log messages (hard-linked files: one of their names);
     /// walks up the tree, so it is for the rare paths, not every request.
     pub fn path_of(&self, mut ino: u64) -> String {
@@ -229,6 +266,15 @@ impl Index {
         }
         out
     }
+}
+
+/// The components of `path`, last first (empty ones dropped).
+fn split_path(path: &[u8]) -> Vec<Box<[u8]>> {
+    path.split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .rev()
+        .map(Box::from)
+        .collect()
 }
 
 /// Adds `path` as a name of `ino` to its parent directory's entries, and
@@ -331,6 +377,70 @@ mod tests {
                 libc::makedev(major, minor),
                 "{major}:{minor}"
             );
+        }
+    }
+
+    /// Paths resolve as the kernel would with the tree as the root:
+    /// symlinks absolute and relative, `..` stopping at the root, loops
+    /// and paths through a file refused.
+    #[test]
+    fn paths_resolve_through_symlinks_inside_the_tree() {
+        let dir = |path: &str| PlanDir {
+            path: path.as_bytes().to_vec(),
+            meta: meta(0o755),
+            implicit: false,
+            opaque: false,
+        };
+        let link = |path: &str, target: &str| PlanInode {
+            paths: vec![path.as_bytes().to_vec()],
+            kind: InodeKind::Special(Special::Symlink {
+                target: target.as_bytes().into(),
+            }),
+            meta: meta(0o777),
+        };
+        let plan = Plan {
+            dirs: vec![dir(""), dir("usr"), dir("usr/lib"), dir("usr/lib/x")],
+            inodes: vec![
+                PlanInode {
+                    paths: vec![b"usr/lib/x/libc.so.6".to_vec()],
+                    kind: InodeKind::File {
+                        size: 0,
+                        source: None,
+                    },
+                    meta: meta(0o644),
+                },
+                link("lib", "usr/lib"),
+                link("lib64", "/usr/lib/x/"),
+                link("usr/lib/x/libc.so", "libc.so.6"),
+                link("usr/lib/up", "../../../../usr"),
+                link("loop", "loop2"),
+                link("loop2", "/loop"),
+            ],
+            whiteouts: vec![],
+        };
+        let index = Index::build(&plan, &HashMap::new()).unwrap();
+        let libc = index.resolve(b"/usr/lib/x/libc.so.6").unwrap();
+        assert!(matches!(index.node(libc).unwrap().kind, NodeKind::File { .. }));
+        for path in [
+            "/lib/x/libc.so.6",
+            "/lib64/libc.so.6",
+            "/lib64/libc.so",
+            "//usr/./lib/x/../x/libc.so.6",
+            "/usr/lib/up/lib/x/libc.so",
+            "/../../lib/x/libc.so.6",
+        ] {
+            assert_eq!(index.resolve(path.as_bytes()), Some(libc), "{path}");
+        }
+        assert_eq!(index.resolve(b"/"), Some(ROOT));
+        assert_eq!(index.resolve(b"/lib64"), index.resolve(b"/usr/lib/x"));
+        for path in [
+            "/loop",
+            "/loop/x",
+            "/usr/lib/x/libc.so.6/x",
+            "/usr/missing",
+            "/lib/none",
+        ] {
+            assert_eq!(index.resolve(path.as_bytes()), None, "{path}");
         }
     }
 }

@@ -14,6 +14,7 @@
 //! overlay mount does: the tree is the image's root filesystem.
 
 mod ahead;
+mod elf;
 mod fs;
 pub mod index;
 pub mod recorder;
