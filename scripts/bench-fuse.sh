@@ -72,6 +72,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
 # shellcheck source-path=SCRIPTDIR source=bench-image.sh
 source "$here/bench-image.sh"
+# shellcheck source=lib/fuse.sh
+source "$here/lib/fuse.sh"
 testbed_trap
 
 rounds=$(rounds_setting)
@@ -119,71 +121,11 @@ mkdir -p "$logs"
 
 # --- helpers ---------------------------------------------------------------
 
-# is_mounted DIR FSTYPE: true when DIR is a mount point of type FSTYPE
-# (read from /proc/self/mounts: no stat of DIR, which could hang).
-is_mounted() {
-	awk -v m="$1" -v t="$2" '$2 == m && $3 == t { found = 1 } END { exit !found }' /proc/self/mounts
-}
-
-drop_caches() {
-	sync
-	echo 3 >/proc/sys/vm/drop_caches
-}
-
-# The flmount serving each mount point, while it runs.
-declare -A fuse_pid=()
-declare -A fuse_log=()
-
-# fuse_start MNT CACHE [FLAG...]: serve the flist at MNT (a new empty dir) in
-# the background, chunks cached in CACHE; returns at once (see fuse_wait). Not
-# in $(...): the PID must be recorded in this shell.
-fuse_start() {
-	local mnt=$1 cache=$2
-	mkdir -p "$mnt"
-	fuse_log[$mnt]="$logs/$(basename "$mnt").log"
-	testbed_defer fuse_stop "$mnt"
-	"$flmount" -workdir "$workdir" -flist "$flist" -store "dir://$store" \
-		-mount "$mnt" -cache "$cache" "${@:3}" 2>"${fuse_log[$mnt]}" &
-	fuse_pid[$mnt]=$!
-}
-
-# fuse_wait MNT: wait (30 s at most) until flmount's mount is up at MNT.
-fuse_wait() {
-	local mnt=$1 i pid=${fuse_pid[$1]}
-	for ((i = 0; i < 3000; i++)); do
-		is_mounted "$mnt" fuse.flmount && return 0
-		if ! kill -0 "$pid" 2>/dev/null; then
-			echo "bench-fuse: flmount exited before mounting $mnt; log:" >&2
-			cat "${fuse_log[$mnt]}" >&2
-			return 1
-		fi
-		sleep 0.01
-	done
-	echo "bench-fuse: $mnt not mounted after 30 s; log:" >&2
-	cat "${fuse_log[$mnt]}" >&2
-	return 1
-}
-
-# fuse_stop MNT: stop the flmount serving MNT (SIGTERM: it unmounts and
-# reports), KILL after 10 s; make sure MNT is unmounted. Safe to repeat.
-fuse_stop() {
-	local mnt=$1 pid=${fuse_pid[$1]:-} i
-	if [[ -n "$pid" ]]; then
-		kill -TERM "$pid" 2>/dev/null || true
-		for ((i = 0; i < 100; i++)); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		if kill -0 "$pid" 2>/dev/null; then
-			log "flmount (pid $pid) still serving $mnt after 10 s: KILL"
-			kill -KILL "$pid" 2>/dev/null || true
-		fi
-		wait "$pid" 2>/dev/null || true
-		unset "fuse_pid[$mnt]"
-	fi
-	if is_mounted "$mnt" fuse.flmount; then
-		umount "$mnt" 2>/dev/null || umount -l "$mnt" || true
-	fi
+# bench_fuse_start MNT CACHE [FLAG...]: serve the flist at MNT (a new empty dir) in
+# the background, chunks cached in CACHE; returns at once (see fuse_wait).
+bench_fuse_start() {
+	fuse_start "$1" "$logs/$(basename "$1").log" "$flmount" -workdir "$workdir" -flist "$flist" \
+		-store "dir://$store" -cache "$2" "${@:3}"
 }
 
 # squash_stop MNT: unmount a squashfuse mount (its daemon then exits).
@@ -191,17 +133,6 @@ squash_stop() {
 	if is_mounted "$1" fuse.squashfuse; then
 		umount "$1" 2>/dev/null || umount -l "$1" || true
 	fi
-}
-
-# cpu_ticks PID: user + system CPU time of PID, in clock ticks.
-cpu_ticks() {
-	awk '{ print $14 + $15 }' "/proc/$1/stat"
-}
-clk_tck=$(getconf CLK_TCK)
-
-# vmhwm_kib PID: peak resident memory of PID (KiB).
-vmhwm_kib() {
-	awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"
 }
 
 # to_bytes "12.3 MiB": flmount's human sizes back to bytes.
@@ -270,7 +201,7 @@ for ((r = 1; r <= rounds; r++)); do
 	mkdir -p "$mnt"
 	drop_caches
 	start=$(now)
-	fuse_start "$mnt" "$tmp/cache-ttfb-$r"
+	bench_fuse_start "$mnt" "$tmp/cache-ttfb-$r"
 	pid=${fuse_pid[$mnt]}
 	for ((i = 0; ; i++)); do
 		if head -c1 "$mnt/etc/os-release" >/dev/null 2>&1; then
@@ -307,7 +238,7 @@ native_py=$(elapsed "$start")
 mnt="$tmp/mnt-python"
 mkdir -p "$mnt"
 drop_caches
-fuse_start "$mnt" "$tmp/cache-python"
+bench_fuse_start "$mnt" "$tmp/cache-python"
 fuse_wait "$mnt"
 start=$(now)
 fuse_py_rc=0
@@ -338,7 +269,7 @@ log "cold read, native: $cold_native s"
 hot="$tmp/mnt-hot"
 mkdir -p "$hot"
 drop_caches
-fuse_start "$hot" "$tmp/cache-hot"
+bench_fuse_start "$hot" "$tmp/cache-hot"
 fuse_wait "$hot"
 hot_pid=${fuse_pid[$hot]}
 cpu0=$(cpu_ticks "$hot_pid")
@@ -434,7 +365,7 @@ load_seconds=${LOAD_SECONDS:-0}
 if ((load_seconds > 0)); then
 	want=$(checksums "$native")
 	mnt="$tmp/mnt-load"
-	fuse_start "$mnt" "$tmp/cache-load" -cache-size 256M
+	bench_fuse_start "$mnt" "$tmp/cache-load" -cache-size 256M
 	fuse_wait "$mnt"
 	pid=${fuse_pid[$mnt]}
 	log "load: 16 readers for $load_seconds s through $mnt (chunk cache 256 MiB)"

@@ -44,6 +44,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
 # shellcheck source-path=SCRIPTDIR source=bench-image.sh
 source "$here/bench-image.sh"
+# shellcheck source=lib/fuse.sh
+source "$here/lib/fuse.sh"
 testbed_trap
 
 rounds=$(rounds_setting)
@@ -120,40 +122,13 @@ log "reference: pull and extract of the whole image in $pull_med s (loopback reg
 
 # --- the mounts -------------------------------------------------------------------
 
-fuse_pid=
 # mount_far BIN MNT FLIST [FLAG...]: serve FLIST from the far store at MNT
 # with a new chunk cache; waits until it is mounted.
 mount_far() {
-	local bin=$1 mnt=$2 fl=$3 i
-	mkdir -p "$mnt"
-	testbed_defer umount_far "$mnt"
-	"$bin" -workdir "$tmp/fusework-$(basename "$mnt")" -flist "$fl" -store "$far_url" \
-		-mount "$mnt" -cache "$mnt.cache" "${@:4}" 2>"$mnt.log" &
-	fuse_pid=$!
-	for ((i = 0; i < 3000; i++)); do
-		awk -v m="$mnt" '$2 == m && $3 == "fuse.flmount" { f = 1 } END { exit !f }' /proc/self/mounts && return 0
-		kill -0 "$fuse_pid" 2>/dev/null || { cat "$mnt.log" >&2; return 1; }
-		sleep 0.01
-	done
-	echo "bench-remote: $mnt not mounted after 30 s" >&2
-	return 1
-}
-
-# umount_far MNT: stop the server of MNT (SIGTERM unmounts); safe to repeat.
-umount_far() {
-	local mnt=$1 i
-	if [[ -n "$fuse_pid" ]] && kill -0 "$fuse_pid" 2>/dev/null; then
-		kill -TERM "$fuse_pid" 2>/dev/null || true
-		for ((i = 0; i < 100; i++)); do
-			kill -0 "$fuse_pid" 2>/dev/null || break
-			sleep 0.1
-		done
-		kill -KILL "$fuse_pid" 2>/dev/null || true
-		wait "$fuse_pid" 2>/dev/null || true
-	fi
-	if awk -v m="$mnt" '$2 == m { f = 1 } END { exit !f }' /proc/self/mounts; then
-		umount -l "$mnt" || true
-	fi
+	local bin=$1 mnt=$2 fl=$3
+	fuse_start "$mnt" "$mnt.log" "$bin" -workdir "$tmp/fusework-$(basename "$mnt")" -flist "$fl" \
+		-store "$far_url" -cache "$mnt.cache" "${@:4}"
+	fuse_wait "$mnt"
 }
 
 # The workloads, run in a tree ($1).
@@ -174,8 +149,8 @@ end_round() {
 	S+=("$(elapsed "$start")")
 	REQ+=("$(far_stat requests)")
 	BYTES+=("$(far_stat bytes)")
-	MEM+=("$(awk '/^VmHWM:/ { print $2 }' "/proc/$fuse_pid/status")")
-	umount_far "$mnt"
+	MEM+=("$(vmhwm_kib "${fuse_pid[$mnt]}")")
+	fuse_stop "$mnt"
 	rm -rf "$mnt.cache"
 }
 
@@ -204,8 +179,7 @@ measure() {
 		mnt="$tmp/mnt-$name-$r"
 		mount_far "$bin" "$mnt" "$fl" "${@:5}"
 		far _reset >/dev/null
-		sync
-		echo 3 >/proc/sys/vm/drop_caches
+		drop_caches
 		start=$(now)
 		"$fn" "$mnt" >"$logs/$name-$r.out" 2>&1 || { echo "bench-remote: $name failed:" >&2; tail "$logs/$name-$r.out" >&2; exit 1; }
 		end_round "$mnt" "$start"
@@ -217,8 +191,7 @@ measure() {
 measure_native() {
 	local name=$1 fn=$2 r start s=()
 	for ((r = 1; r <= rounds; r++)); do
-		sync
-		echo 3 >/proc/sys/vm/drop_caches
+		drop_caches
 		start=$(now)
 		"$fn" "$native" >"$logs/native-$name.out" 2>&1 || { tail "$logs/native-$name.out" >&2; exit 1; }
 		s+=("$(elapsed "$start")")
@@ -241,7 +214,7 @@ prefetch_run() {
 		cat "$mnt/$probe" >/dev/null
 		DEMAND+=("$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.3f\n", (b - a) * 1000 }')")
 		while ! grep -q 'prefetched' "$mnt.log"; do
-			kill -0 "$fuse_pid" 2>/dev/null || { cat "$mnt.log" >&2; exit 1; }
+			kill -0 "${fuse_pid[$mnt]}" 2>/dev/null || { cat "$mnt.log" >&2; exit 1; }
 			sleep 0.1
 		done
 		end_round "$mnt" "$start"
