@@ -217,6 +217,7 @@ prefetch_run() {
 			kill -0 "${fuse_pid[$mnt]}" 2>/dev/null || { cat "$mnt.log" >&2; exit 1; }
 			sleep 0.1
 		done
+		log "at most $(far_stat in_flight_max) requests in flight at the store"
 		end_round "$mnt" "$start"
 		grep -o 'prefetched.*' "$mnt.log" | tail -n 1 >&2
 	done
