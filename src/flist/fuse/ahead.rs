@@ -24,10 +24,13 @@
 //! What is read ahead is fetched below demand reads (see `flist::fetch`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use tokio::runtime::Handle;
 
 use super::index::{Index, NodeKind, ROOT};
-use crate::flist::chunkcache;
+use crate::flist::chunkcache::{self, ChunkCache};
+use crate::flist::fetch::Priority;
 use crate::store::{ChunkRef, CHUNK_SIZE};
 
 /// A file up to this size is fetched whole on its first read.
@@ -268,8 +271,26 @@ impl ReadAhead {
     }
 }
 
+/// Starts fetching `wanted` below demand reads, into the cache.
+pub(super) fn fill(cache: &Arc<ChunkCache>, rt: &Handle, wanted: Vec<Wanted>) {
+    if wanted.is_empty() {
+        return;
+    }
+    let cache = cache.clone();
+    rt.spawn(async move {
+        let fills = wanted
+            .iter()
+            .map(|(chunk, bytes)| cache.fill(chunk, Priority::Ahead, *bytes));
+        for result in futures_util::future::join_all(fills).await {
+            if let Err(e) = result {
+                tracing::debug!("read-ahead: {e:#}");
+            }
+        }
+    });
+}
+
 /// Chunks `from..to` of a file of `size` bytes, with their sizes.
-fn push_chunks(out: &mut Vec<Wanted>, size: u64, chunks: &[ChunkRef], from: usize, to: usize) {
+pub(super) fn push_chunks(out: &mut Vec<Wanted>, size: u64, chunks: &[ChunkRef], from: usize, to: usize) {
     let count = chunks.len();
     for (i, chunk) in chunks.iter().enumerate().take(to.min(count)).skip(from) {
         let bytes = chunkcache::expected_len(size, i, count).unwrap_or(CHUNK_SIZE) as u64;

@@ -15,8 +15,12 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
+use tokio::runtime::Handle;
+
+use super::ahead::{fill, push_chunks};
+use super::fs::assemble;
 use super::index::{Index, NodeKind};
-use crate::flist::chunkcache::{self, ChunkCache};
+use crate::flist::chunkcache::ChunkCache;
 use crate::flist::fetch::Priority;
 use crate::store::CHUNK_SIZE;
 
@@ -284,56 +288,44 @@ fn replace(s: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
 }
 
 /// Reads `[offset, offset + len)` of file `ino` through the cache (its
-/// chunks fetched at read-ahead priority).
+/// chunks fetched at read-ahead priority, their lengths checked).
 async fn read_range(cache: &ChunkCache, index: &Index, ino: u64, offset: u64, len: u64) -> Option<Vec<u8>> {
     let Some(NodeKind::File { size, chunks, .. }) = index.node(ino).map(|n| &n.kind) else {
         return None;
     };
-    let size = *size;
-    let end = offset.checked_add(len)?.min(size);
+    let end = offset.checked_add(len)?.min(*size);
     if offset >= end {
         return Some(Vec::new());
     }
     let chunks = index.chunks(chunks);
-    let (first, last) = (
-        (offset / CHUNK_SIZE as u64) as usize,
-        ((end - 1) / CHUNK_SIZE as u64) as usize,
+    let first = (offset / CHUNK_SIZE as u64) as usize;
+    let mut wanted = Vec::new();
+    push_chunks(
+        &mut wanted,
+        *size,
+        chunks,
+        first,
+        ((end - 1) / CHUNK_SIZE as u64) as usize + 1,
     );
-    let mut out = Vec::with_capacity((end - offset) as usize);
-    for i in first..=last {
-        let chunk = chunks.get(i)?;
-        let bytes = chunkcache::expected_len(size, i, chunks.len()).unwrap_or(CHUNK_SIZE) as u64;
-        cache.fill(chunk, Priority::Ahead, bytes).await.ok()?;
-        let piece = cache.get(chunk).await.ok()?;
-        let start = i as u64 * CHUNK_SIZE as u64;
-        let from = offset.max(start) - start;
-        let to = (end - start).min(piece.len() as u64);
-        out.extend_from_slice(piece.get(from as usize..to as usize)?);
+    let mut pieces = Vec::with_capacity(wanted.len());
+    for (chunk, bytes) in &wanted {
+        cache.fill(chunk, Priority::Ahead, *bytes).await.ok()?;
+        pieces.push(cache.get(chunk).await.ok()?);
     }
-    Some(out)
+    assemble(*size, chunks.len(), first, &pieces, offset, end).ok()
 }
 
 /// Starts fetching `files`, each whole (a large one: its first chunk).
 fn fetch_whole(cache: &Arc<ChunkCache>, index: &Index, files: &[u64]) {
+    let mut wanted = Vec::new();
     for &ino in files {
-        let Some(NodeKind::File { size, chunks, .. }) = index.node(ino).map(|n| &n.kind) else {
-            continue;
-        };
-        let take = if *size <= WHOLE_LIBRARY { chunks.len() } else { 1 };
-        let chunks = index.chunks(chunks);
-        for (i, chunk) in chunks.iter().enumerate().take(take) {
-            if cache.is_cached(chunk) {
-                continue;
-            }
-            let bytes = chunkcache::expected_len(*size, i, chunks.len()).unwrap_or(CHUNK_SIZE) as u64;
-            let (cache, chunk) = (cache.clone(), *chunk);
-            tokio::spawn(async move {
-                if let Err(e) = cache.fill(&chunk, Priority::Ahead, bytes).await {
-                    tracing::debug!("library read-ahead: {e:#}");
-                }
-            });
+        if let Some(NodeKind::File { size, chunks, .. }) = index.node(ino).map(|n| &n.kind) {
+            let take = if *size <= WHOLE_LIBRARY { chunks.len() } else { 1 };
+            push_chunks(&mut wanted, *size, index.chunks(chunks), 0, take);
         }
     }
+    wanted.retain(|(chunk, _)| !cache.is_cached(chunk));
+    fill(cache, &Handle::current(), wanted);
 }
 
 /// Reads ahead the libraries of the ELF objects a mount's readers start.

@@ -22,12 +22,11 @@ use fuser::{
 };
 use tokio::runtime::Handle;
 
-use super::ahead::ReadAhead;
+use super::ahead::{self, ReadAhead};
 use super::elf::{self, Libraries};
 use super::index::{Index, Node, NodeKind};
 use super::recorder::Recorder;
 use crate::flist::chunkcache::{self, ChunkCache, Piece};
-use crate::flist::fetch::Priority;
 use crate::fs::layer::Timestamp;
 use crate::fs::node::Special;
 use crate::store::{ChunkRef, CHUNK_SIZE};
@@ -44,7 +43,7 @@ pub struct FlistFs {
     /// Records what is read, for `flist trace`.
     recorder: Option<Arc<Recorder>>,
     /// Set where libraries are read ahead (as whole files are).
-    libraries: Option<Arc<Libraries>>,
+    starts: Option<Arc<Starts>>,
 }
 
 impl FlistFs {
@@ -58,12 +57,18 @@ impl FlistFs {
         // stores into a disk cache; from local stores (fast already, and
         // a second copy costs) only a sequential reader's next chunks.
         let ahead = Arc::new(ReadAhead::new(&index, cache.fetches_ahead()));
-        let libraries = (cache.fetches_ahead()).then(|| Libraries::new(cache.clone(), index.clone()));
+        let starts = cache.fetches_ahead().then(|| {
+            Arc::new(Starts {
+                libraries: Libraries::new(cache.clone(), index.clone()),
+                ahead: ahead.clone(),
+                rt: rt.clone(),
+            })
+        });
         FlistFs {
             index,
             cache,
             rt,
-            libraries,
+            starts,
             ahead,
             recorder,
         }
@@ -110,40 +115,18 @@ impl FlistFs {
     fn read_ahead(&self, ino: u64, offset: u64, end: u64, last: usize, chunks: &[ChunkRef]) {
         // A library the loader opens was foreseen by the library rule: it
         // says nothing of the rest of its directory.
-        let foreseen = (self.libraries.as_ref()).is_some_and(|l| l.foreseen(ino));
+        let foreseen = (self.starts.as_ref()).is_some_and(|s| s.libraries.foreseen(ino));
         let mut wanted = self
             .ahead
             .after_read(&self.index, ino, offset, end, last, chunks, foreseen);
         wanted.retain(|(chunk, _)| !self.cache.is_cached(chunk));
-        if wanted.is_empty() {
-            return;
-        }
-        let cache = self.cache.clone();
-        self.rt.spawn(async move {
-            let fills = wanted
-                .iter()
-                .map(|(chunk, bytes)| cache.fill(chunk, Priority::Ahead, *bytes));
-            for result in futures_util::future::join_all(fills).await {
-                if let Err(e) = result {
-                    tracing::debug!("read-ahead: {e:#}");
-                }
-            }
-        });
-    }
-
-    /// What a read's answer starts: see [`Starts::after`].
-    fn starts(&self) -> Starts {
-        Starts {
-            libraries: self.libraries.clone(),
-            ahead: self.ahead.clone(),
-            rt: self.rt.clone(),
-        }
+        ahead::fill(&self.cache, &self.rt, wanted);
     }
 }
 
 /// What the bytes a read returns start: the library read-ahead.
 struct Starts {
-    libraries: Option<Arc<Libraries>>,
+    libraries: Arc<Libraries>,
     ahead: Arc<ReadAhead>,
     rt: Handle,
 }
@@ -153,10 +136,8 @@ impl Starts {
     /// an ELF object that a walk is not just passing through, the
     /// libraries the loader will open are fetched.
     fn after(&self, ino: u64, offset: u64, data: &[u8]) {
-        if let Some(libraries) = &self.libraries {
-            if offset == 0 && elf::is_elf(data) && !self.ahead.in_walk(ino) {
-                self.rt.spawn(libraries.clone().fetch_for(ino));
-            }
+        if offset == 0 && elf::is_elf(data) && !self.ahead.in_walk(ino) {
+            self.rt.spawn(self.libraries.clone().fetch_for(ino));
         }
     }
 }
@@ -183,7 +164,7 @@ fn file_type(kind: &NodeKind) -> FileType {
 
 /// Copies the part `[offset, end)` of a file out of its chunks
 /// `first..=first + pieces.len() - 1`, checking each chunk's length.
-fn assemble(
+pub(super) fn assemble(
     size: u64,
     count: usize,
     first: usize,
@@ -339,7 +320,9 @@ impl Filesystem for FlistFs {
             self.read_ahead(ino, offset, end, last, chunks);
             return match assemble(file_size, count, first, &pieces, offset, end) {
                 Ok(data) => {
-                    self.starts().after(ino, offset, &data);
+                    if let Some(starts) = &self.starts {
+                        starts.after(ino, offset, &data);
+                    }
                     reply.data(&data)
                 }
                 Err(e) => {
@@ -350,7 +333,7 @@ impl Filesystem for FlistFs {
         }
         // The read's own fetches go out before what it reads ahead.
         let wanted = wanted.to_vec();
-        let (cache, index, starts) = (self.cache.clone(), self.index.clone(), self.starts());
+        let (cache, index, starts) = (self.cache.clone(), self.index.clone(), self.starts.clone());
         self.rt.spawn(async move {
             let fetched = futures_util::future::join_all(wanted.iter().map(|c| cache.get(c))).await;
             let result = fetched
@@ -360,7 +343,9 @@ impl Filesystem for FlistFs {
                 .and_then(|pieces| assemble(file_size, count, first, &pieces, offset, end));
             match result {
                 Ok(data) => {
-                    starts.after(ino, offset, &data);
+                    if let Some(starts) = starts {
+                        starts.after(ino, offset, &data);
+                    }
                     reply.data(&data)
                 }
                 Err(e) => {
