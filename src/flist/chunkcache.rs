@@ -253,6 +253,15 @@ impl ChunkCache {
     /// Waits for the chunks being written to the disk cache, and (for a
     /// few seconds at most) for the cache store's fills.
     pub async fn flush(&self) {
+        // A demand read's write is spawned and takes its slot later: the
+        // pieces pending now are waited for by key, not only by slot.
+        let waiting: Vec<Key> = self.pending.lock().unwrap().keys().copied().collect();
+        while waiting
+            .iter()
+            .any(|k| self.pending.lock().unwrap().contains_key(k))
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let _ = self.writes.acquire_many(DISK_WRITES_IN_FLIGHT as u32).await;
         if let Some(tier) = &self.tier {
             let all = tier.fills.acquire_many(TIER_FILLS_IN_FLIGHT as u32);
@@ -617,7 +626,7 @@ pub fn expected_len(size: u64, index: usize, count: usize) -> Option<usize> {
 mod tests {
     use super::testing::*;
     use super::*;
-    use crate::store;
+    use crate::store::{self, Route};
 
     /// Eight readers ask before the store answers (it answers after 200 ms
     /// of tokio's paused clock, so they overlap whatever the load).
@@ -702,6 +711,48 @@ mod tests {
             chunks[0].key
         );
         assert_eq!(far.gets.load(Ordering::SeqCst), 21);
+    }
+
+    /// What a reader was given is on disk once `flush` returns, though
+    /// a demand read's write is spawned after its reader has the piece
+    /// (unpack flushes, then the process exits).
+    #[tokio::test]
+    async fn a_flush_waits_for_the_demand_reads_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let pieces: Vec<Vec<u8>> = (0..20).map(|i| format!("piece {i}").into_bytes()).collect();
+        let (far, chunks) = Far::holding(&pieces, Duration::ZERO, false);
+        let on_disk = |far: &Arc<Far>| {
+            let router = Router::from_routes(vec![Route {
+                start: 0,
+                end: 255,
+                store: far.clone(),
+            }]);
+            let options = CacheOptions {
+                dir: Some(dir.path().join("cache")),
+                size_limit: 1 << 30,
+                memory_chunks: 64,
+                timeout: Duration::from_secs(30),
+                adopt_dir: false,
+                tier: Vec::new(),
+            };
+            ChunkCache::new(router, &options).unwrap()
+        };
+        let first = on_disk(&far);
+        for chunk in &chunks {
+            first.get(chunk).await.unwrap();
+        }
+        first.flush().await;
+        drop(first);
+        let gets = far.gets.load(Ordering::SeqCst);
+        let second = on_disk(&far);
+        for chunk in &chunks {
+            second.get(chunk).await.unwrap();
+        }
+        assert_eq!(
+            far.gets.load(Ordering::SeqCst),
+            gets,
+            "every chunk came from the disk cache"
+        );
     }
 
     /// On tokio's paused clock: 3,000 prefetches are queued behind a store
