@@ -153,39 +153,37 @@ pub fn flist(data: &[u8]) -> bool {
     };
     let _ = flist.routes();
     let _ = flist.tags();
-    let Ok((plan, blocks)) = flist.plan() else {
+    // The whole-tree reader (unpack) and the one a mount uses, which
+    // reads a directory at a time and must never serve a loop either.
+    let planned = flist.plan().is_ok();
+    let Ok(index) = Index::open(file.path()) else {
         return false;
     };
-    let Ok(index) = Index::build(&plan, &blocks) else {
-        return false;
-    };
+    let (rows, _) = index.totals();
     let mut todo = vec![ROOT];
     let mut dirs_seen = 0;
     while let Some(ino) = todo.pop() {
         dirs_seen += 1;
-        assert!(dirs_seen <= index.node_count(), "a directory loop in the index");
-        let node = index.node(ino).expect("a listed inode exists");
+        assert!(dirs_seen <= rows, "a directory loop in the index");
         let _ = index.path_of(ino);
-        match &node.kind {
-            NodeKind::Dir { entries } => {
-                for (name, child) in entries.iter() {
-                    assert_eq!(
-                        index.lookup(ino, name),
-                        Some(*child),
-                        "lookup disagrees with readdir"
-                    );
-                    match index.node(*child).map(|n| &n.kind) {
-                        Some(NodeKind::Dir { .. }) => todo.push(*child),
-                        Some(NodeKind::File { chunks, .. }) => {
-                            let _ = index.chunks(chunks);
-                        }
-                        Some(_) => {}
-                        None => panic!("a directory entry names no inode"),
-                    }
+        let Some(entries) = index.entries(ino) else {
+            continue;
+        };
+        for e in entries.iter() {
+            assert_eq!(
+                index.lookup(ino, &e.name),
+                Some(e.ino),
+                "lookup disagrees with readdir"
+            );
+            match index.node(e.ino).as_ref().map(|n| &n.kind) {
+                Some(NodeKind::Dir) => todo.push(e.ino),
+                Some(NodeKind::File { chunks, .. }) => {
+                    let _ = chunks.len();
                 }
+                Some(_) => {}
+                None => {}
             }
-            _ => assert_eq!(ino, ROOT, "only directories are walked"),
         }
     }
-    true
+    planned
 }

@@ -221,10 +221,9 @@ for ((r = 1; r <= rounds; r++)); do
 	log "time to first byte, round $r/$rounds: ${ttfb[-1]} ms (flmount: mounted in ${mount_ms[-1]} ms)"
 done
 ttfb_med=$(median "${ttfb[@]}")
-mounted_line=$(grep -o 'mounted .* of content) in [0-9]* ms' "${fuse_log[$tmp/mnt-ttfb-1]}" | head -n 1)
-entries=$(sed -n 's/.*(\([0-9]*\) entries, .*/\1/p' <<<"$mounted_line")
-content_h=$(sed -n 's/.* entries, \(.*\) of content).*/\1/p' <<<"$mounted_line")
-content_bytes=$(to_bytes "$content_h")
+read -r entries content_bytes < <("$flmount" -workdir "$workdir" flist inspect -json "$flist" |
+	python3 -c 'import json, sys; f = json.load(sys.stdin); print(f["directories"] + f["files"] + f["other"], f["bytes"])')
+content_h=$(awk -v b="$content_bytes" 'BEGIN { printf "%.0f MiB", b / 1048576 }')
 
 # --- 5. bytes fetched for python3 -c pass (cold), and its start time ------------
 

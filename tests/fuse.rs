@@ -691,7 +691,7 @@ fn hostile_flists_are_refused_or_served_safely() {
     if !fuse_or_skip("hostile_flists_are_refused_or_served_safely") {
         return;
     }
-    let c = chunky(2);
+    let c = chunky(4);
     let mnt = c.tmp.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let variant = |name: &str, statements: &str| {
@@ -709,46 +709,57 @@ fn hostile_flists_are_refused_or_served_safely() {
         assert!(!is_mounted(&mnt));
     };
     refused(
-        &variant("slash", "UPDATE inode SET name = 'a/b' WHERE name = 'small';"),
-        "invalid name",
-    );
-    refused(
-        &variant("dotdot", "UPDATE inode SET name = '..' WHERE name = 'small';"),
-        "invalid name",
-    );
-    refused(
-        &variant("huge", "UPDATE inode SET size = 1 << 50 WHERE name = 'small';"),
-        "claims",
+        &variant("root", "UPDATE inode SET mode = 33188 WHERE ino = 1;"),
+        "not a directory",
     );
     let truncated = c.tmp.path().join("truncated.fl");
     let bytes = std::fs::read(&c.flist).unwrap();
     std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
-    refused(&truncated, "truncated.fl");
+    refused(&truncated, "truncated");
 
-    // Served safely: rows in a parent loop are unreachable and not shown;
-    // a file whose size disagrees with its chunks reads as EIO, and the
+    // Served safely: rows a writer should not have left (an invalid name,
+    // a size beyond 1 TiB, a hard link to a directory) are left out, each
+    // named in the log; rows in a parent loop are unreachable and not
+    // shown; a file whose size disagrees with its chunks reads as EIO; the
     // rest of the tree keeps working.
     let odd = variant(
         "odd",
         "INSERT INTO inode (ino, parent, name, size, uid, gid, mode, rdev, ctime, mtime) \
              VALUES (9001, 9002, 'loop-a', 0, 0, 0, 16877, 0, 0, 0), \
-                    (9002, 9001, 'loop-b', 0, 0, 0, 16877, 0, 0, 0); \
-         UPDATE inode SET size = size * 3 WHERE name = 'f00';",
+                    (9002, 9001, 'loop-b', 0, 0, 0, 16877, 0, 0, 0), \
+                    (9003, 1, 'to-dir', 0, 0, 0, 33188, 0, 0, 0); \
+         INSERT INTO fl_link (ino, target) VALUES (9003, (SELECT ino FROM inode WHERE name = 'data')); \
+         UPDATE inode SET size = size * 3 WHERE name = 'f00'; \
+         UPDATE inode SET name = 'a/b' WHERE name = 'small'; \
+         UPDATE inode SET name = '..' WHERE name = 'f02'; \
+         UPDATE inode SET size = 1 << 50 WHERE name = 'f03';",
     );
     let m = Mounted::start(&c.fl, &["-flist", odd.to_str().unwrap()], &mnt);
-    let names: Vec<String> = std::fs::read_dir(&mnt)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(!names.iter().any(|n| n.starts_with("loop")), "{names:?}");
+    let names = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&mnt), ["data"]);
+    assert_eq!(names(&mnt.join("data")), ["f00", "f01"]);
     let err = std::fs::read(mnt.join("data/f00")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
     assert_eq!(
         std::fs::read(mnt.join("data/f01")).unwrap(),
         std::fs::read(c.src.join("data/f01")).unwrap()
     );
-    assert_eq!(std::fs::read(mnt.join("small")).unwrap(), b"small file\n");
-    m.stop();
+    let log = m.stop();
+    for expected in [
+        "invalid name \"a/b\"",
+        "invalid name \"..\"",
+        "claims 1125899906842624 bytes",
+        "a hard link to inode",
+    ] {
+        assert!(log.contains(expected), "{expected} is not in the log:\n{log}");
+    }
 }
 
 #[test]

@@ -45,7 +45,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::fs::layer::{Meta, Timestamp, Xattr};
 use crate::fs::node::Special;
-use crate::fs::tree::{InodeKind, Plan, PlanDir, PlanInode, Source};
+use crate::fs::tree::{InodeKind, Plan, PlanDir, PlanInode};
 use crate::store::ChunkRef;
 
 const SCHEMA: &str = "
@@ -75,9 +75,6 @@ CREATE TABLE IF NOT EXISTS fl_time (ino INTEGER PRIMARY KEY, mtime_nsec INTEGER)
 CREATE TABLE IF NOT EXISTS fl_trace (seq INTEGER PRIMARY KEY, id BLOB, key BLOB);
 ";
 
-/// Files larger than this are refused when reading an flist (1 TiB).
-const MAX_FILE_SIZE: u64 = 1 << 40;
-
 /// A route as the flist records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteRow {
@@ -93,7 +90,7 @@ fn name_value(bytes: &[u8]) -> rusqlite::types::Value {
     }
 }
 
-fn value_bytes(v: rusqlite::types::ValueRef) -> Result<Vec<u8>> {
+pub(super) fn value_bytes(v: rusqlite::types::ValueRef) -> Result<Vec<u8>> {
     Ok(match v {
         rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => t.to_vec(),
         rusqlite::types::ValueRef::Null => Vec::new(),
@@ -251,6 +248,7 @@ impl Flist {
     /// Opens an flist read-only.
     pub fn open(path: &Path) -> Result<Self> {
         exists(path)?;
+        not_truncated(path)?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -286,16 +284,8 @@ impl Flist {
         Ok(Flist { conn })
     }
 
-    fn has_table(&self, name: &str) -> Result<bool> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-                [name],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
+    pub(super) fn has_table(&self, name: &str) -> Result<bool> {
+        super::rows::has_table(&self.conn, name)
     }
 
     pub fn routes(&self) -> Result<Vec<RouteRow>> {
@@ -438,56 +428,26 @@ impl Flist {
                 if !seen.insert(row.ino) {
                     continue;
                 }
-                let n = &row.name;
-                if n.is_empty() || n == b"." || n == b".." || n.contains(&b'/') || n.contains(&0) {
-                    bail!(
-                        "the flist holds an invalid name {:?} (inode {})",
-                        String::from_utf8_lossy(n),
-                        row.ino
-                    );
-                }
+                super::rows::check_name(&row.name, row.ino)?;
                 let mut path = dir_path.clone();
                 if !path.is_empty() {
                     path.push(b'/');
                 }
-                path.extend_from_slice(n);
-                let kind = match row.mode & libc::S_IFMT {
-                    libc::S_IFDIR => {
-                        plan.dirs.push(PlanDir {
-                            path: path.clone(),
-                            meta: meta(&row),
-                            implicit: false,
-                            opaque: false,
-                        });
-                        stack.push((row.ino, path));
-                        continue;
-                    }
-                    libc::S_IFREG => {
-                        if row.size > MAX_FILE_SIZE {
-                            bail!("inode {} claims {} bytes", row.ino, row.size);
-                        }
-                        InodeKind::File {
-                            size: row.size,
-                            source: Some(Source::Flist { ino: row.ino }),
-                        }
-                    }
-                    libc::S_IFLNK => InodeKind::Special(Special::Symlink {
-                        target: extras.get(&row.ino).cloned().unwrap_or_default().into(),
-                    }),
-                    libc::S_IFCHR => InodeKind::Special(Special::CharDev {
-                        major: libc::major(row.rdev),
-                        minor: libc::minor(row.rdev),
-                    }),
-                    libc::S_IFBLK => InodeKind::Special(Special::BlockDev {
-                        major: libc::major(row.rdev),
-                        minor: libc::minor(row.rdev),
-                    }),
-                    libc::S_IFIFO => InodeKind::Special(Special::Fifo),
-                    other => {
-                        tracing::warn!(ino = row.ino, "skipping an entry of unsupported type {other:o}");
-                        continue;
-                    }
+                path.extend_from_slice(&row.name);
+                let extra = extras.get(&row.ino).cloned();
+                let Some(kind) = super::rows::kind_of(row.ino, row.mode, row.size, row.rdev, extra)? else {
+                    continue;
                 };
+                if let InodeKind::Dir = kind {
+                    plan.dirs.push(PlanDir {
+                        path: path.clone(),
+                        meta: meta(&row),
+                        implicit: false,
+                        opaque: false,
+                    });
+                    stack.push((row.ino, path));
+                    continue;
+                }
                 if let Some(&target) = links.get(&row.ino) {
                     pending_links.push((0, target, path));
                     continue;
@@ -519,15 +479,10 @@ impl Flist {
             if !by_ino.contains_key(&ino) {
                 continue;
             }
-            let id = value_bytes(r.get_ref(1)?)?;
-            let key = value_bytes(r.get_ref(2)?)?;
-            let (Ok(id), Ok(key)) = (
-                <[u8; 32]>::try_from(id.as_slice()),
-                <[u8; 32]>::try_from(key.as_slice()),
-            ) else {
+            let Some(chunk) = super::rows::chunk_ref(r.get_ref(1)?, r.get_ref(2)?)? else {
                 bail!("inode {ino} has a block whose id or key is not 32 bytes");
             };
-            blocks.entry(ino).or_default().push(ChunkRef { id, key });
+            blocks.entry(ino).or_default().push(chunk);
         }
         Ok((plan, blocks))
     }
@@ -555,13 +510,10 @@ impl Flist {
         let mut stmt = self.conn.prepare("SELECT id, key FROM fl_trace ORDER BY seq")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
-            let (Ok(id), Ok(key)) = (
-                <[u8; 32]>::try_from(value_bytes(r.get_ref(0)?)?.as_slice()),
-                <[u8; 32]>::try_from(value_bytes(r.get_ref(1)?)?.as_slice()),
-            ) else {
+            let Some(chunk) = super::rows::chunk_ref(r.get_ref(0)?, r.get_ref(1)?)? else {
                 bail!("the flist's trace holds an id or key that is not 32 bytes");
             };
-            out.push(ChunkRef { id, key });
+            out.push(chunk);
         }
         Ok(out)
     }
@@ -589,6 +541,36 @@ impl Flist {
         }
         Ok(out)
     }
+}
+
+/// Refuses a file shorter than the database its SQLite header describes
+/// (a partial copy or download): SQLite itself would notice only when it
+/// reads a missing page, and a mount reads pages long after it started.
+fn not_truncated(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut header = [0u8; 100];
+    let mut file = std::fs::File::open(path).with_context(|| format!("opening flist {}", path.display()))?;
+    let len = file.metadata()?.len();
+    if file.read_exact(&mut header).is_err() || !header.starts_with(b"SQLite format 3\0") {
+        // Not SQLite at all: SQLite's own error says so.
+        return Ok(());
+    }
+    let page_size = match u16::from_be_bytes([header[16], header[17]]) {
+        1 => 65536,
+        n => u64::from(n),
+    };
+    let pages = u64::from(u32::from_be_bytes(header[28..32].try_into().expect("4 bytes")));
+    // The page count is valid when the change counter matches the
+    // version-valid-for number (SQLite 3.7.0 and later).
+    let valid = header[24..28] == header[92..96];
+    if valid && pages * page_size > len {
+        bail!(
+            "{} is truncated: {len} bytes, where its header describes {} pages of {page_size}",
+            path.display(),
+            pages
+        );
+    }
+    Ok(())
 }
 
 /// A missing flist is "not found" (exit 3), named; SQLite's own words for

@@ -40,10 +40,7 @@ pub fn record(flist: &Path, options: &TraceOptions) -> Result<(usize, u64)> {
     // Opened for writing first: a file flmount cannot edit fails now, not
     // after the command ran.
     let mut fl = Flist::open_rw(flist)?;
-    let sizes = {
-        let (plan, blocks) = fl.plan()?;
-        super::fuse::index::Index::build(&plan, &blocks)?.chunk_sizes()
-    };
+    let rows = super::rows::Rows::open(flist)?;
     let private = Private::new()?;
     let mountpoint = private.dir.join("mnt");
     let trace_file = private.dir.join("trace");
@@ -87,6 +84,7 @@ pub fn record(flist: &Path, options: &TraceOptions) -> Result<(usize, u64)> {
         tracing::warn!("{program} exited with {status}: its reads are recorded all the same");
     }
     let mut trace = super::fuse::recorder::load(&trace_file)?;
+    let sizes = rows.chunk_sizes(&trace.iter().map(|c| c.key).collect())?;
     trace.retain(|c| sizes.contains_key(&c.key));
     fl.set_trace(&trace)?;
     let total = trace.iter().map(|c| sizes[&c.key]).sum();

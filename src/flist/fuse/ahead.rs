@@ -24,13 +24,14 @@
 //! What is read ahead is fetched below demand reads (see `flist::fetch`).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::runtime::Handle;
 
-use super::index::{Index, NodeKind, ROOT};
-use crate::flist::chunkcache::{self, ChunkCache};
+use super::index::{Entries, Index, NodeKind, ROOT};
+use crate::flist::chunkcache::ChunkCache;
 use crate::flist::fetch::Priority;
+use crate::flist::rows::chunk_len;
 use crate::store::{ChunkRef, CHUNK_SIZE};
 
 /// A file up to this size is fetched whole on its first read.
@@ -64,10 +65,8 @@ const DIRS: usize = 4096;
 pub type Wanted = (ChunkRef, u64);
 
 pub struct ReadAhead {
-    /// File inode numbers in walk order, and each inode's rank (u32::MAX
-    /// for what is not a file).
-    walk: Vec<u64>,
-    rank: Vec<u32>,
+    /// The tree's walk order, once [`ReadAhead::start_walk`] has read it.
+    walk: OnceLock<Walk>,
     /// Whether whole files, walks and directories are read ahead (far
     /// stores, and a disk cache to hold what comes).
     wide: bool,
@@ -93,14 +92,49 @@ struct Stream {
 }
 
 impl ReadAhead {
-    pub fn new(index: &Index, wide: bool) -> Self {
-        let (walk, rank) = walk_order(index);
+    pub fn new(wide: bool) -> Self {
         ReadAhead {
-            walk,
-            rank,
+            walk: OnceLock::new(),
             wide,
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// Where whole files are read ahead: reads the tree's walk order on a
+    /// thread of its own (it reads every directory; until it is done,
+    /// walks are not read ahead).
+    pub fn start_walk(self: &Arc<Self>, index: Arc<Index>) {
+        if !self.wide {
+            return;
+        }
+        let ahead = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("walk-order".into())
+            .spawn(move || ahead.read_walk(&index));
+        if let Err(e) = spawned {
+            tracing::warn!("walks will not be read ahead: {e}");
+        }
+    }
+
+    /// A read-ahead with its walk order read at once.
+    #[cfg(test)]
+    fn with_walk(index: &Index, wide: bool) -> Self {
+        let ahead = ReadAhead::new(wide);
+        if wide {
+            ahead.read_walk(index);
+        }
+        ahead
+    }
+
+    fn read_walk(&self, index: &Index) {
+        let started = std::time::Instant::now();
+        let walk = Walk::of(index);
+        tracing::debug!(
+            "walk order: {} files in {} ms",
+            walk.files.len(),
+            started.elapsed().as_millis()
+        );
+        let _ = self.walk.set(walk);
     }
 
     /// What to fetch ahead of a read of `[offset, end)` from file `ino`,
@@ -118,7 +152,7 @@ impl ReadAhead {
         chunks: &[ChunkRef],
         foreseen: bool,
     ) -> Vec<Wanted> {
-        let size = match index.node(ino).map(|n| &n.kind) {
+        let size = match index.node(ino).as_ref().map(|n| &n.kind) {
             Some(NodeKind::File { size, .. }) => *size,
             _ => return Vec::new(),
         };
@@ -155,20 +189,22 @@ impl ReadAhead {
             drop(state);
             // A walker reads whole files; a program using a directory
             // reads some: its small files whole, a large one's start.
-            let walk = walk
-                .into_iter()
-                .flat_map(|r| self.walk[r].iter().map(|&f| (f, WALK_FILE_BYTES)));
+            let walk = walk.into_iter().flat_map(|r| {
+                let files = self.walk.get().map_or(&[][..], |w| &w.files[r]);
+                files.iter().map(|&f| (f, WALK_FILE_BYTES))
+            });
             let dir = dir.into_iter().map(|f| (f, DIR_FILE_BYTES));
             let mut bytes = 0;
             for (file, most) in walk.chain(dir) {
-                if let Some(NodeKind::File { size, chunks, .. }) = index.node(file).map(|n| &n.kind) {
+                if let Some(NodeKind::File { size, chunks, .. }) = index.node(file).as_ref().map(|n| &n.kind)
+                {
                     let take = if *size <= most { *size } else { CHUNK_SIZE as u64 };
                     bytes += take;
                     if bytes > MAX_AHEAD_BYTES {
                         break;
                     }
                     let n = take.div_ceil(CHUNK_SIZE as u64) as usize;
-                    push_chunks(&mut wanted, *size, index.chunks(chunks), 0, n);
+                    push_chunks(&mut wanted, *size, chunks, 0, n);
                 }
             }
         }
@@ -189,8 +225,9 @@ impl ReadAhead {
     }
 
     fn rank_of(&self, ino: u64) -> Option<u32> {
-        let rank = *self.rank.get(usize::try_from(ino).ok()?.checked_sub(1)?)?;
-        (rank != u32::MAX).then_some(rank)
+        let ranks = &self.walk.get()?.ranks;
+        let i = ranks.binary_search_by_key(&ino, |&(ino, _)| ino).ok()?;
+        Some(ranks[i].1)
     }
 
     /// Feeds the first read of `ino` to its directory's count; returns the
@@ -214,18 +251,18 @@ impl ReadAhead {
             8 => DIR_MAX_FILES,
             _ => return Vec::new(),
         };
-        let Some(NodeKind::Dir { entries }) = index.node(parent).map(|n| &n.kind) else {
+        let Some(entries) = index.entries(parent) else {
             return Vec::new();
         };
         // The directory's other files, in name order, and where `ino` is
         // among them.
         let mut files = Vec::new();
         let mut at = 0;
-        for (_, child) in entries.iter() {
-            if *child == ino {
+        for e in entries.iter() {
+            if e.ino == ino {
                 at = files.len();
-            } else if matches!(index.node(*child).map(|n| &n.kind), Some(NodeKind::File { .. })) {
-                files.push(*child);
+            } else if e.kind == libc::S_IFREG {
+                files.push(e.ino);
             }
         }
         // Around the file read: a quarter before it, the rest after.
@@ -260,9 +297,10 @@ impl ReadAhead {
         }
         s.last = rank;
         let from = s.ahead.max(rank + 1);
-        let to = (rank + s.window).min(self.walk.len() as u32);
+        let files = self.walk.get().map_or(0, |w| w.files.len()) as u32;
+        let to = (rank + s.window).min(files);
         // Issued in batches of at least half a window, not file by file.
-        let issue = to > from && (to - from) * 2 >= s.window.min(self.walk.len() as u32 - from);
+        let issue = to > from && (to - from) * 2 >= s.window.min(files - from);
         if issue {
             s.ahead = to;
         }
@@ -293,38 +331,54 @@ pub(super) fn fill(cache: &Arc<ChunkCache>, rt: &Handle, wanted: Vec<Wanted>) {
 pub(super) fn push_chunks(out: &mut Vec<Wanted>, size: u64, chunks: &[ChunkRef], from: usize, to: usize) {
     let count = chunks.len();
     for (i, chunk) in chunks.iter().enumerate().take(to.min(count)).skip(from) {
-        let bytes = chunkcache::expected_len(size, i, count).unwrap_or(CHUNK_SIZE) as u64;
-        out.push((*chunk, bytes));
+        out.push((*chunk, chunk_len(size, i, count)));
     }
 }
 
-/// The files in depth-first, name-ordered walk order (a hard-linked file
-/// at its first name), and the rank of every inode.
-fn walk_order(index: &Index) -> (Vec<u64>, Vec<u32>) {
-    let mut walk = Vec::new();
-    let mut rank = vec![u32::MAX; index.node_count()];
-    let mut stack: Vec<(u64, usize)> = vec![(ROOT, 0)];
-    while let Some((dir, next)) = stack.pop() {
-        let Some(NodeKind::Dir { entries }) = index.node(dir).map(|n| &n.kind) else {
-            continue;
-        };
-        let Some((_, child)) = entries.get(next) else {
-            continue;
-        };
-        stack.push((dir, next + 1));
-        match index.node(*child).map(|n| &n.kind) {
-            Some(NodeKind::Dir { .. }) => stack.push((*child, 0)),
-            Some(NodeKind::File { .. }) => {
-                let slot = &mut rank[*child as usize - 1];
-                if *slot == u32::MAX {
-                    *slot = walk.len() as u32;
-                    walk.push(*child);
+/// The tree's files in depth-first, name-ordered walk order.
+struct Walk {
+    /// File inode numbers by rank (a hard-linked file at its first name;
+    /// 0 at its others).
+    files: Vec<u64>,
+    /// (inode, rank) of every file, sorted by inode.
+    ranks: Vec<(u64, u32)>,
+}
+
+impl Walk {
+    fn of(index: &Index) -> Walk {
+        let mut files = Vec::new();
+        // The directories being walked, and the next entry of each.
+        let mut stack: Vec<(Entries, usize)> = index.entries(ROOT).map(|e| (e, 0)).into_iter().collect();
+        while let Some((entries, next)) = stack.last_mut() {
+            let Some(e) = entries.get(*next) else {
+                stack.pop();
+                continue;
+            };
+            *next += 1;
+            match e.kind {
+                libc::S_IFDIR => {
+                    if let Some(sub) = index.entries(e.ino) {
+                        stack.push((sub, 0));
+                    }
                 }
+                libc::S_IFREG => files.push(e.ino),
+                _ => {}
             }
-            _ => {}
         }
+        let mut ranks: Vec<(u64, u32)> = files.iter().enumerate().map(|(r, &f)| (f, r as u32)).collect();
+        ranks.sort_unstable();
+        ranks.dedup_by_key(|&mut (ino, _)| ino);
+        let mut first = vec![false; files.len()];
+        for &(_, r) in &ranks {
+            first[r as usize] = true;
+        }
+        for (f, first) in files.iter_mut().zip(first) {
+            if !first {
+                *f = 0;
+            }
+        }
+        Walk { files, ranks }
     }
-    (walk, rank)
 }
 
 #[cfg(test)]
@@ -367,7 +421,7 @@ mod tests {
                 blocks.insert(ino, vec![ChunkRef { id, key: id }]);
             }
         }
-        Index::build(&plan, &blocks).unwrap()
+        super::super::index::testing::index_of_plan(&plan, &blocks)
     }
 
     /// 100-byte files.
@@ -383,19 +437,25 @@ mod tests {
 
     fn first_read(ahead: &ReadAhead, index: &Index, path: &str) -> usize {
         let ino = file(index, path);
-        let NodeKind::File { chunks, .. } = &index.node(ino).unwrap().kind else {
+        let node = index.node(ino).unwrap();
+        let NodeKind::File { chunks, .. } = &node.kind else {
             unreachable!()
         };
-        ahead
-            .after_read(index, ino, 0, 100, 0, index.chunks(chunks), false)
-            .len()
+        ahead.after_read(index, ino, 0, 100, 0, chunks, false).len()
     }
 
     #[test]
     fn walk_order_is_depth_first_by_name() {
         let index = index(3, 2);
-        let ahead = ReadAhead::new(&index, true);
-        let names: Vec<String> = ahead.walk.iter().map(|&i| index.path_of(i)).collect();
+        let ahead = ReadAhead::with_walk(&index, true);
+        let names: Vec<String> = ahead
+            .walk
+            .get()
+            .unwrap()
+            .files
+            .iter()
+            .map(|&i| index.path_of(i))
+            .collect();
         assert_eq!(
             names,
             [
@@ -413,7 +473,7 @@ mod tests {
     fn a_walk_is_read_ahead_across_directories_and_grows() {
         // One file a directory: only the walk's rule applies.
         let index = index(400, 1);
-        let ahead = ReadAhead::new(&index, true);
+        let ahead = ReadAhead::with_walk(&index, true);
         assert_eq!(
             first_read(&ahead, &index, "d000/f000"),
             0,
@@ -436,7 +496,7 @@ mod tests {
             "{total} files ahead of 40 read"
         );
         // Going backwards is not a walk.
-        let ahead = ReadAhead::new(&index, true);
+        let ahead = ReadAhead::with_walk(&index, true);
         for d in (300..310).rev() {
             assert_eq!(first_read(&ahead, &index, &format!("d{d:03}/f000")), 0);
             assert!(!ahead.in_walk(file(&index, &format!("d{d:03}/f000"))));
@@ -447,7 +507,7 @@ mod tests {
     fn a_directory_in_use_is_read_ahead_in_growing_steps() {
         // 10 MB in all: not a small directory.
         let index = index_of(2, 500, 20_000);
-        let ahead = ReadAhead::new(&index, true);
+        let ahead = ReadAhead::with_walk(&index, true);
         // Files of one directory, in no order (so no walk).
         let order = [250, 40, 410, 7, 333, 121, 480, 66, 199];
         let got: Vec<usize> = order
@@ -467,7 +527,7 @@ mod tests {
     #[test]
     fn random_reads_read_nothing_ahead() {
         let index = index(20, 10);
-        let ahead = ReadAhead::new(&index, true);
+        let ahead = ReadAhead::with_walk(&index, true);
         for path in [
             "d005/f003",
             "d017/f001",
@@ -483,7 +543,7 @@ mod tests {
     #[test]
     fn without_a_disk_cache_only_the_file_itself_is_read_ahead() {
         let index = index(2, 10);
-        let ahead = ReadAhead::new(&index, false);
+        let ahead = ReadAhead::with_walk(&index, false);
         for f in 0..10 {
             assert_eq!(first_read(&ahead, &index, &format!("d000/f{f:03}")), 0);
         }

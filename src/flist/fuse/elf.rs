@@ -290,14 +290,14 @@ fn replace(s: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
 /// Reads `[offset, offset + len)` of file `ino` through the cache (its
 /// chunks fetched at read-ahead priority, their lengths checked).
 async fn read_range(cache: &ChunkCache, index: &Index, ino: u64, offset: u64, len: u64) -> Option<Vec<u8>> {
-    let Some(NodeKind::File { size, chunks, .. }) = index.node(ino).map(|n| &n.kind) else {
+    let node = index.node(ino)?;
+    let NodeKind::File { size, chunks, .. } = &node.kind else {
         return None;
     };
     let end = offset.checked_add(len)?.min(*size);
     if offset >= end {
         return Some(Vec::new());
     }
-    let chunks = index.chunks(chunks);
     let first = (offset / CHUNK_SIZE as u64) as usize;
     let mut wanted = Vec::new();
     push_chunks(
@@ -319,9 +319,9 @@ async fn read_range(cache: &ChunkCache, index: &Index, ino: u64, offset: u64, le
 fn fetch_whole(cache: &Arc<ChunkCache>, index: &Index, files: &[u64]) {
     let mut wanted = Vec::new();
     for &ino in files {
-        if let Some(NodeKind::File { size, chunks, .. }) = index.node(ino).map(|n| &n.kind) {
+        if let Some(NodeKind::File { size, chunks, .. }) = index.node(ino).as_ref().map(|n| &n.kind) {
             let take = if *size <= WHOLE_LIBRARY { chunks.len() } else { 1 };
-            push_chunks(&mut wanted, *size, index.chunks(chunks), 0, take);
+            push_chunks(&mut wanted, *size, chunks, 0, take);
         }
     }
     wanted.retain(|(chunk, _)| !cache.is_cached(chunk));
@@ -421,7 +421,10 @@ impl Libraries {
 }
 
 fn is_file(index: &Index, ino: u64) -> bool {
-    matches!(index.node(ino).map(|n| &n.kind), Some(NodeKind::File { .. }))
+    matches!(
+        index.node(ino).as_ref().map(|n| &n.kind),
+        Some(NodeKind::File { .. })
+    )
 }
 
 #[cfg(test)]
@@ -614,7 +617,7 @@ mod tests {
                 meta: Meta::default(),
             });
         }
-        let index = Arc::new(Index::build(&plan, &blocks).unwrap());
+        let index = Arc::new(super::super::index::testing::index_of_plan(&plan, &blocks));
         let cache = Arc::new(cache_over(&far, Duration::from_secs(30), Vec::new()));
         (far, cache, index)
     }

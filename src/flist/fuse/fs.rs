@@ -24,7 +24,7 @@ use tokio::runtime::Handle;
 
 use super::ahead::{self, ReadAhead};
 use super::elf::{self, Libraries};
-use super::index::{Index, Node, NodeKind};
+use super::index::{Entries, Index, Node, NodeKind};
 use super::recorder::Recorder;
 use crate::flist::chunkcache::{self, ChunkCache, Piece};
 use crate::fs::layer::Timestamp;
@@ -56,7 +56,8 @@ impl FlistFs {
         // Whole files, walks and directories are read ahead from far
         // stores into a disk cache; from local stores (fast already, and
         // a second copy costs) only a sequential reader's next chunks.
-        let ahead = Arc::new(ReadAhead::new(&index, cache.fetches_ahead()));
+        let ahead = Arc::new(ReadAhead::new(cache.fetches_ahead()));
+        ahead.start_walk(index.clone());
         let starts = cache.fetches_ahead().then(|| {
             Arc::new(Starts {
                 libraries: Libraries::new(cache.clone(), index.clone()),
@@ -77,7 +78,7 @@ impl FlistFs {
     fn attr(&self, ino: u64, node: &Node) -> FileAttr {
         let mut blocks = None;
         let (kind, size, rdev) = match &node.kind {
-            NodeKind::Dir { .. } => (FileType::Directory, 4096, 0),
+            NodeKind::Dir => (FileType::Directory, 4096, 0),
             NodeKind::File { size, blocks: b, .. } => {
                 blocks = Some(*b);
                 (FileType::RegularFile, *size, 0)
@@ -87,7 +88,7 @@ impl FlistFs {
                     Special::Symlink { target } => target.len() as u64,
                     _ => 0,
                 };
-                (file_type(&node.kind), size, s.fuse_rdev())
+                (file_type(node.kind.type_bits()), size, s.fuse_rdev())
             }
         };
         let time = system_time(node.meta.mtime);
@@ -108,6 +109,12 @@ impl FlistFs {
             blksize: 4096,
             flags: 0,
         }
+    }
+
+    /// The parent and entries of directory `ino`.
+    fn dir(&self, ino: u64) -> Option<(u64, Entries)> {
+        let parent = self.index.node(ino)?.parent;
+        Some((parent, self.index.entries(ino)?))
     }
 
     /// Starts fetching what the reader of `[offset, end)` of `ino` will
@@ -151,14 +158,15 @@ fn system_time(t: Timestamp) -> SystemTime {
     }
 }
 
-fn file_type(kind: &NodeKind) -> FileType {
+/// The file type of `S_IFMT` bits `kind`.
+fn file_type(kind: u32) -> FileType {
     match kind {
-        NodeKind::Dir { .. } => FileType::Directory,
-        NodeKind::File { .. } => FileType::RegularFile,
-        NodeKind::Special(Special::Symlink { .. }) => FileType::Symlink,
-        NodeKind::Special(Special::CharDev { .. }) => FileType::CharDevice,
-        NodeKind::Special(Special::BlockDev { .. }) => FileType::BlockDevice,
-        NodeKind::Special(Special::Fifo) => FileType::NamedPipe,
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        libc::S_IFIFO => FileType::NamedPipe,
+        _ => FileType::RegularFile,
     }
 }
 
@@ -192,16 +200,14 @@ pub(super) fn assemble(
 }
 
 /// A directory's entries as readdir lists them: `.`, `..`, then the
-/// children; the offset of entry `i` is `i + 1`.
-fn dir_entries(ino: u64, node: &Node) -> Option<impl Iterator<Item = (u64, &[u8])>> {
-    let NodeKind::Dir { entries } = &node.kind else {
-        return None;
-    };
-    let dots = [(ino, &b"."[..]), (node.parent, &b".."[..])];
-    Some(
-        dots.into_iter()
-            .chain(entries.iter().map(|(name, child)| (*child, name.as_ref()))),
-    )
+/// children (inode, name, type); the offset of entry `i` is `i + 1`.
+fn dir_entries(ino: u64, parent: u64, entries: &Entries) -> impl Iterator<Item = (u64, &[u8], u32)> {
+    let dots = [
+        (ino, &b"."[..], libc::S_IFDIR),
+        (parent, &b".."[..], libc::S_IFDIR),
+    ];
+    dots.into_iter()
+        .chain(entries.iter().map(|e| (e.ino, e.name.as_ref(), e.kind)))
 }
 
 impl Filesystem for FlistFs {
@@ -233,23 +239,23 @@ impl Filesystem for FlistFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.index.lookup(parent.0, name.as_bytes()) {
-            Some(ino) => {
-                let node = self.index.node(ino).expect("entries name existing inodes");
-                reply.entry(&TTL, &self.attr(ino, node), Generation(0));
-            }
+            Some(ino) => match self.index.node(ino) {
+                Some(node) => reply.entry(&TTL, &self.attr(ino, &node), Generation(0)),
+                None => reply.error(Errno::EIO),
+            },
             None => reply.error(Errno::ENOENT),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.index.node(ino.0) {
-            Some(node) => reply.attr(&TTL, &self.attr(ino.0, node)),
+            Some(node) => reply.attr(&TTL, &self.attr(ino.0, &node)),
             None => reply.error(Errno::ENOENT),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.index.node(ino.0).map(|n| &n.kind) {
+        match self.index.node(ino.0).as_ref().map(|n| &n.kind) {
             Some(NodeKind::Special(Special::Symlink { target })) => reply.data(target),
             Some(_) => reply.error(Errno::EINVAL),
             None => reply.error(Errno::ENOENT),
@@ -290,9 +296,9 @@ impl Filesystem for FlistFs {
         reply: ReplyData,
     ) {
         let ino = ino.0;
-        let (file_size, range) = match self.index.node(ino).map(|n| &n.kind) {
+        let (file_size, chunks) = match self.index.node(ino).as_ref().map(|n| &n.kind) {
             Some(NodeKind::File { size, chunks, .. }) => (*size, chunks.clone()),
-            Some(NodeKind::Dir { .. }) => return reply.error(Errno::EISDIR),
+            Some(NodeKind::Dir) => return reply.error(Errno::EISDIR),
             Some(_) => return reply.error(Errno::EINVAL),
             None => return reply.error(Errno::ENOENT),
         };
@@ -300,7 +306,6 @@ impl Filesystem for FlistFs {
         if offset >= end {
             return reply.data(&[]);
         }
-        let chunks = self.index.chunks(&range);
         let first = (offset / CHUNK_SIZE as u64) as usize;
         let last = ((end - 1) / CHUNK_SIZE as u64) as usize;
         if last >= chunks.len() {
@@ -317,7 +322,7 @@ impl Filesystem for FlistFs {
         }
         let count = chunks.len();
         if let Some(pieces) = self.cache.get_all_in_memory(wanted) {
-            self.read_ahead(ino, offset, end, last, chunks);
+            self.read_ahead(ino, offset, end, last, &chunks);
             return match assemble(file_size, count, first, &pieces, offset, end) {
                 Ok(data) => {
                     if let Some(starts) = &self.starts {
@@ -354,22 +359,23 @@ impl Filesystem for FlistFs {
                 }
             }
         });
-        self.read_ahead(ino, offset, end, last, chunks);
+        self.read_ahead(ino, offset, end, last, &chunks);
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let Some(node) = self.index.node(ino.0) else {
-            return reply.error(Errno::ENOENT);
-        };
-        let Some(entries) = dir_entries(ino.0, node) else {
+        let Some((parent, entries)) = self.dir(ino.0) else {
             return reply.error(Errno::ENOTDIR);
         };
-        for (i, (child, name)) in entries.enumerate().skip(offset as usize) {
-            let kind = self
-                .index
-                .node(child)
-                .map_or(FileType::Directory, |n| file_type(&n.kind));
-            if reply.add(INodeNo(child), i as u64 + 1, kind, OsStr::from_bytes(name)) {
+        for (i, (child, name, kind)) in dir_entries(ino.0, parent, &entries)
+            .enumerate()
+            .skip(offset as usize)
+        {
+            if reply.add(
+                INodeNo(child),
+                i as u64 + 1,
+                file_type(kind),
+                OsStr::from_bytes(name),
+            ) {
                 break;
             }
         }
@@ -384,17 +390,17 @@ impl Filesystem for FlistFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(node) = self.index.node(ino.0) else {
-            return reply.error(Errno::ENOENT);
-        };
-        let Some(entries) = dir_entries(ino.0, node) else {
+        let Some((parent, entries)) = self.dir(ino.0) else {
             return reply.error(Errno::ENOTDIR);
         };
-        for (i, (child, name)) in entries.enumerate().skip(offset as usize) {
+        for (i, (child, name, _)) in dir_entries(ino.0, parent, &entries)
+            .enumerate()
+            .skip(offset as usize)
+        {
             let Some(child_node) = self.index.node(child) else {
                 continue;
             };
-            let attr = self.attr(child, child_node);
+            let attr = self.attr(child, &child_node);
             if reply.add(
                 INodeNo(child),
                 i as u64 + 1,
@@ -427,8 +433,8 @@ impl Filesystem for FlistFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let blocks = self.index.content_bytes.div_ceil(4096);
-        reply.statfs(blocks, 0, 0, self.index.node_count() as u64, 0, 4096, 255, 4096);
+        let (entries, bytes) = self.index.totals();
+        reply.statfs(bytes.div_ceil(4096), 0, 0, entries, 0, 4096, 255, 4096);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

@@ -1,20 +1,26 @@
-//! The tree of a mounted flist, held in memory: FUSE inode numbers,
-//! attributes, sorted directory entries, and each file's chunks. It is
-//! built once at mount time from the flist's validated plan
-//! (`flist::Flist::plan`), and read without locks by every request thread.
+//! The tree of a mounted flist, read from the flist's SQLite file as the
+//! kernel asks for it ([`Rows`]) and kept in two bounded caches: the
+//! entries of recently used directories and recently used inodes (with
+//! each file's chunks). Mounting reads one row, so it takes the same time
+//! for ten entries or a million, and the memory of serving does not grow
+//! with the tree.
 //!
-//! Inode numbers are stable: the root is 1, then the directories and then
-//! the other inodes in plan order, which depends only on the flist. Every
-//! name of a hard-linked file maps to the one inode number.
+//! FUSE inode numbers are the flist's own: the root is 1, and every name
+//! of a hard-linked file maps to the inode of its first name. Directory
+//! entries are sorted by name (a name given twice: the lowest inode).
 
 use std::collections::HashMap;
-use std::ops::Range;
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use lru::LruCache;
 
+use crate::flist::rows::{Row, Rows};
 use crate::fs::layer::Meta;
 use crate::fs::node::Special;
-use crate::fs::tree::{InodeKind, Plan, Source};
+use crate::fs::tree::InodeKind;
 use crate::store::ChunkRef;
 
 pub const ROOT: u64 = 1;
@@ -45,24 +51,45 @@ pub fn allocated(size: u64, chunks: &[ChunkRef]) -> u64 {
     size - holes.min(size)
 }
 
-/// A directory entry: name and inode number.
-pub type Entry = (Box<[u8]>, u64);
+/// Inodes kept in memory (about 200 bytes each, with their chunks).
+const NODES: usize = 65_536;
+/// Directory entries kept in memory, all directories together (about 50
+/// bytes each); one directory larger than this is kept alone.
+const DIR_ENTRIES: usize = 262_144;
+
+/// A directory entry: name, inode number, and type (`S_IFMT` bits).
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: Box<[u8]>,
+    pub ino: u64,
+    pub kind: u32,
+}
+
+/// The entries of a directory, sorted by name.
+pub type Entries = Arc<[Entry]>;
 
 #[derive(Debug)]
 pub enum NodeKind {
-    /// Entries sorted by name.
-    Dir {
-        entries: Box<[(Box<[u8]>, u64)]>,
-    },
-    /// `chunks` indexes [`Index::chunks`]; `blocks` are the 512-byte
-    /// blocks its content takes (all-zero chunks, a sparse file's holes,
-    /// take none).
+    Dir,
+    /// `blocks` are the 512-byte blocks its content takes (all-zero
+    /// chunks, a sparse file's holes, take none).
     File {
         size: u64,
-        chunks: Range<usize>,
+        chunks: Arc<[ChunkRef]>,
         blocks: u64,
     },
     Special(Special),
+}
+
+impl NodeKind {
+    /// The `S_IFMT` bits of this kind.
+    pub fn type_bits(&self) -> u32 {
+        match self {
+            NodeKind::Dir => libc::S_IFDIR,
+            NodeKind::File { .. } => libc::S_IFREG,
+            NodeKind::Special(s) => s.type_bits(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -73,109 +100,209 @@ pub struct Node {
     pub parent: u64,
 }
 
-#[derive(Debug)]
 pub struct Index {
-    nodes: Vec<Node>,
-    chunks: Vec<ChunkRef>,
-    /// Bytes of file content, each inode counted once.
-    pub content_bytes: u64,
+    rows: Rows,
+    /// For each hard-linked file, how many other names it has.
+    links: HashMap<u64, u32>,
+    nodes: Mutex<LruCache<u64, Arc<Node>>>,
+    dirs: Mutex<Dirs>,
+    totals: OnceLock<(u64, u64)>,
+}
+
+/// The directory cache, weighed in entries.
+struct Dirs {
+    lru: LruCache<u64, Entries>,
+    entries: usize,
 }
 
 impl Index {
-    /// Lays out `plan` (from an flist: file content as `Source::Flist`) with
-    /// `blocks`, the chunks of each flist inode.
-    pub fn build(plan: &Plan, blocks: &HashMap<i64, Vec<ChunkRef>>) -> Result<Self> {
-        let ndirs = plan.dirs.len();
-        if plan.dirs.first().is_none_or(|d| !d.path.is_empty()) {
-            bail!("the flist's tree has no root directory");
-        }
-        let mut dir_ino: HashMap<&[u8], u64> = HashMap::with_capacity(ndirs);
-        let mut entries: Vec<Vec<Entry>> = vec![Vec::new(); ndirs];
-        let mut nodes: Vec<Node> = Vec::with_capacity(ndirs + plan.inodes.len());
-        for (i, dir) in plan.dirs.iter().enumerate() {
-            let ino = i as u64 + 1;
-            let parent = if i == 0 {
-                ROOT
-            } else {
-                link(&dir_ino, &mut entries, &dir.path, ino)?
-            };
-            dir_ino.insert(&dir.path, ino);
-            nodes.push(Node {
-                kind: NodeKind::Dir {
-                    entries: Box::new([]),
-                },
-                meta: dir.meta.clone(),
-                nlink: 2,
-                parent,
-            });
-        }
-        let mut chunks = Vec::new();
-        let mut content_bytes = 0;
-        for (i, inode) in plan.inodes.iter().enumerate() {
-            let ino = (ndirs + i) as u64 + 1;
-            let mut parent = ROOT;
-            for path in &inode.paths {
-                parent = link(&dir_ino, &mut entries, path, ino)?;
-            }
-            let kind = match &inode.kind {
-                InodeKind::File { size, source } => {
-                    let refs = match source {
-                        Some(Source::Flist { ino }) => blocks.get(ino).map(Vec::as_slice).unwrap_or(&[]),
-                        _ => &[],
-                    };
-                    content_bytes += size;
-                    let start = chunks.len();
-                    chunks.extend_from_slice(refs);
-                    NodeKind::File {
-                        size: *size,
-                        chunks: start..chunks.len(),
-                        blocks: allocated(*size, refs).div_ceil(512),
-                    }
-                }
-                InodeKind::Dir => bail!("a directory among the flist's other inodes"),
-                InodeKind::Special(special) => NodeKind::Special(special.clone()),
-            };
-            nodes.push(Node {
-                kind,
-                meta: inode.meta.clone(),
-                nlink: inode.paths.len() as u32,
-                parent,
-            });
-        }
-        for (i, mut list) in entries.into_iter().enumerate() {
-            list.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            list.dedup_by(|a, b| a.0 == b.0);
-            let subdirs = list.iter().filter(|(_, ino)| (*ino as usize) <= ndirs).count();
-            nodes[i].nlink = 2 + subdirs as u32;
-            nodes[i].kind = NodeKind::Dir {
-                entries: list.into_boxed_slice(),
-            };
+    /// Opens the flist at `path` for serving: checks it is one and that its
+    /// root is a directory, and counts its hard links.
+    pub fn open(path: &Path) -> Result<Self> {
+        let rows = Rows::open(path)?;
+        match rows.inode(ROOT)? {
+            Some(Row {
+                kind: InodeKind::Dir,
+                link: None,
+                ..
+            }) => {}
+            Some(_) => bail!("the flist's root (inode 1) is not a directory"),
+            None => bail!("the flist has no root (inode 1)"),
         }
         Ok(Index {
-            nodes,
-            chunks,
-            content_bytes,
+            links: rows.link_counts()?,
+            rows,
+            nodes: Mutex::new(LruCache::new(NonZeroUsize::new(NODES).expect("not zero"))),
+            dirs: Mutex::new(Dirs {
+                lru: LruCache::unbounded(),
+                entries: 0,
+            }),
+            totals: OnceLock::new(),
         })
     }
 
-    /// How many inodes (the root included).
-    pub fn node_count(&self) -> usize {
-        self.nodes.len()
+    /// How many rows the tree has, and the bytes of its files, each
+    /// counted once (read once, on first use: it reads the whole table).
+    pub fn totals(&self) -> (u64, u64) {
+        *self.totals.get_or_init(|| {
+            self.rows.totals().unwrap_or_else(|e| {
+                tracing::warn!("counting the flist's entries: {e:#}");
+                (0, 0)
+            })
+        })
     }
 
-    pub fn node(&self, ino: u64) -> Option<&Node> {
-        self.nodes.get(usize::try_from(ino).ok()?.checked_sub(1)?)
+    /// Inode `ino`, if the tree has it.
+    pub fn node(&self, ino: u64) -> Option<Arc<Node>> {
+        if let Some(node) = self.nodes.lock().unwrap().get(&ino) {
+            return Some(node.clone());
+        }
+        match self.load_node(ino) {
+            Ok(node) => {
+                let node = Arc::new(node?);
+                self.nodes.lock().unwrap().put(ino, node.clone());
+                Some(node)
+            }
+            Err(e) => {
+                tracing::warn!("reading inode {ino} of the flist: {e:#}");
+                None
+            }
+        }
+    }
+
+    /// The entries of directory `dir`, if it is one.
+    pub fn entries(&self, dir: u64) -> Option<Entries> {
+        if let Some(entries) = self.dirs.lock().unwrap().lru.get(&dir) {
+            return Some(entries.clone());
+        }
+        if !matches!(self.node(dir)?.kind, NodeKind::Dir) {
+            return None;
+        }
+        match self.load_dir(dir) {
+            Ok(entries) => {
+                let mut dirs = self.dirs.lock().unwrap();
+                if let Some(old) = dirs.lru.put(dir, entries.clone()) {
+                    dirs.entries -= old.len();
+                }
+                dirs.entries += entries.len();
+                while dirs.entries > DIR_ENTRIES && dirs.lru.len() > 1 {
+                    let (_, old) = dirs.lru.pop_lru().expect("not empty");
+                    dirs.entries -= old.len();
+                }
+                Some(entries)
+            }
+            Err(e) => {
+                tracing::warn!("reading directory {} of the flist: {e:#}", self.path_of(dir));
+                None
+            }
+        }
     }
 
     /// The inode number of `name` in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Option<u64> {
-        let NodeKind::Dir { entries } = &self.node(parent)?.kind else {
-            return None;
-        };
+        let entries = self.entries(parent)?;
         entries
-            .binary_search_by(|(n, _)| n.as_ref().cmp(name))
+            .binary_search_by(|e| e.name.as_ref().cmp(name))
             .ok()
-            .map(|i| entries[i].1)
+            .map(|i| entries[i].ino)
+    }
+
+    /// Reads inode `ino` from the flist: `None` if it has no such row, or
+    /// the row is another name of a file (not an inode of its own).
+    fn load_node(&self, ino: u64) -> Result<Option<Node>> {
+        let Some(row) = self.rows.inode(ino)? else {
+            return Ok(None);
+        };
+        if row.link.is_some() {
+            return Ok(None);
+        }
+        let chunks = match row.kind {
+            InodeKind::File { .. } => self.rows.chunks(ino)?,
+            _ => Vec::new(),
+        };
+        self.node_of(row, chunks).map(Some)
+    }
+
+    fn node_of(&self, row: Row, chunks: Vec<ChunkRef>) -> Result<Node> {
+        let (kind, nlink) = match row.kind {
+            InodeKind::Dir => (NodeKind::Dir, 2 + self.rows.subdirs(row.ino)?),
+            InodeKind::File { size, .. } => {
+                let blocks = allocated(size, &chunks).div_ceil(512);
+                let names = 1 + self.links.get(&row.ino).copied().unwrap_or(0);
+                let chunks = chunks.into();
+                (NodeKind::File { size, chunks, blocks }, names)
+            }
+            InodeKind::Special(s) => (NodeKind::Special(s), 1),
+        };
+        let parent = if row.ino == ROOT { ROOT } else { row.parent };
+        Ok(Node {
+            kind,
+            meta: row.meta,
+            nlink,
+            parent,
+        })
+    }
+
+    /// Reads the entries of directory `dir`, and keeps the inodes of its
+    /// files (and other non-directories) in the inode cache.
+    fn load_dir(&self, dir: u64) -> Result<Entries> {
+        let rows = self.rows.children(dir)?;
+        let mut chunks = if rows.iter().any(|r| matches!(r.kind, InodeKind::File { .. })) {
+            self.rows.children_chunks(dir)?
+        } else {
+            HashMap::new()
+        };
+        let mut entries = Vec::with_capacity(rows.len());
+        let mut links = Vec::new();
+        let mut nodes = Vec::new();
+        for row in rows {
+            // The root is no one's child (its parent column names some
+            // directory of the tree in a hostile flist: a loop), nor is a
+            // directory its own.
+            if row.ino == ROOT || row.ino == dir {
+                continue;
+            }
+            if let Some(target) = row.link {
+                links.push((row.name, target));
+                continue;
+            }
+            let (name, ino) = (row.name.clone(), row.ino);
+            let kind = match row.kind {
+                InodeKind::Dir => libc::S_IFDIR,
+                _ => {
+                    let node = self.node_of(row, chunks.remove(&ino).unwrap_or_default())?;
+                    let kind = node.kind.type_bits();
+                    nodes.push((ino, Arc::new(node)));
+                    kind
+                }
+            };
+            entries.push(Entry { name, ino, kind });
+        }
+        {
+            let mut cache = self.nodes.lock().unwrap();
+            for (ino, node) in nodes {
+                cache.put(ino, node);
+            }
+        }
+        // Other names of files: the file must be one (not a directory, not
+        // itself another name).
+        for (name, target) in links {
+            match self.node(target) {
+                Some(node) if !matches!(node.kind, NodeKind::Dir) => entries.push(Entry {
+                    name,
+                    ino: target,
+                    kind: node.kind.type_bits(),
+                }),
+                _ => tracing::warn!(
+                    "{}: leaving out {:?}, a hard link to inode {target}, which is not a file",
+                    self.path_of(dir),
+                    String::from_utf8_lossy(&name)
+                ),
+            }
+        }
+        entries.sort_unstable_by(|a, b| a.name.cmp(&b.name).then(a.ino.cmp(&b.ino)));
+        entries.dedup_by(|a, b| a.name == b.name);
+        Ok(entries.into())
     }
 
     /// The inode an absolute `path` names inside the tree, following
@@ -208,63 +335,48 @@ impl Index {
                     rest.extend(split_path(target));
                 }
                 _ if rest.is_empty() => return Some(ino),
-                NodeKind::Dir { .. } => dir = ino,
+                NodeKind::Dir => dir = ino,
                 _ => return None,
             }
         }
         Some(dir)
     }
 
-    /// A path for log messages (hard-linked files: one of their names);
-    /// walks up the tree, so it is for the rare paths, not every request.
+    /// A path for log messages (hard-linked files: the name in the
+    /// directory of their first name); walks up the tree, so it is for the
+    /// rare paths, not every request.
     pub fn path_of(&self, mut ino: u64) -> String {
         let mut parts: Vec<String> = Vec::new();
-        while ino != ROOT {
-            let Some(node) = self.node(ino) else { break };
-            let Some(NodeKind::Dir { entries }) = self.node(node.parent).map(|p| &p.kind) else {
+        // A directory tree deeper than this is not walked up further.
+        for _ in 0..4096 {
+            if ino == ROOT {
+                break;
+            }
+            let Some(parent) = self.node(ino).map(|n| n.parent) else {
                 break;
             };
-            match entries.iter().find(|(_, i)| *i == ino) {
-                Some((name, _)) => parts.push(String::from_utf8_lossy(name).into_owned()),
+            let Some(entries) = self.entries(parent) else {
+                break;
+            };
+            match entries.iter().find(|e| e.ino == ino) {
+                Some(e) => parts.push(String::from_utf8_lossy(&e.name).into_owned()),
                 None => break,
             }
-            ino = node.parent;
+            ino = parent;
         }
         parts.reverse();
         format!("/{}", parts.join("/"))
     }
 
-    pub fn chunks(&self, range: &Range<usize>) -> &[ChunkRef] {
-        &self.chunks[range.clone()]
+    /// The size of each chunk among `keys` (see [`Rows::chunk_sizes`]).
+    pub fn chunk_sizes(&self, keys: &std::collections::HashSet<[u8; 32]>) -> Result<HashMap<[u8; 32], u64>> {
+        self.rows.chunk_sizes(keys)
     }
 
-    /// The size of every chunk, by key.
-    pub fn chunk_sizes(&self) -> HashMap<[u8; 32], u64> {
-        self.distinct_chunks()
-            .into_iter()
-            .map(|(c, n)| (c.key, n))
-            .collect()
-    }
-
-    /// Every file's chunks with their sizes, each distinct chunk once, in
-    /// inode order.
-    pub fn distinct_chunks(&self) -> Vec<(ChunkRef, u64)> {
-        let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::new();
-        for node in &self.nodes {
-            let NodeKind::File { size, chunks, .. } = &node.kind else {
-                continue;
-            };
-            let count = chunks.len();
-            for (i, chunk) in self.chunks[chunks.clone()].iter().enumerate() {
-                if seen.insert(chunk.key) {
-                    let bytes = crate::flist::chunkcache::expected_len(*size, i, count)
-                        .unwrap_or(crate::store::CHUNK_SIZE);
-                    out.push((*chunk, bytes as u64));
-                }
-            }
-        }
-        out
+    /// Calls `f(size, chunks)` for every file with chunks in the flist
+    /// (see [`Rows::each_file`]).
+    pub fn each_file(&self, f: impl FnMut(u64, &[ChunkRef]) -> bool) -> Result<()> {
+        self.rows.each_file(f)
     }
 }
 
@@ -277,24 +389,37 @@ fn split_path(path: &[u8]) -> Vec<Box<[u8]>> {
         .collect()
 }
 
-/// Adds `path` as a name of `ino` to its parent directory's entries, and
-/// returns the parent's inode number.
-fn link(dir_ino: &HashMap<&[u8], u64>, entries: &mut [Vec<Entry>], path: &[u8], ino: u64) -> Result<u64> {
-    let (parent, name) = match path.iter().rposition(|&b| b == b'/') {
-        Some(i) => (&path[..i], &path[i + 1..]),
-        None => (&path[..0], path),
-    };
-    let parent = *dir_ino
-        .get(parent)
-        .with_context(|| format!("{} has no parent directory", String::from_utf8_lossy(path)))?;
-    entries[(parent - 1) as usize].push((name.into(), ino));
-    Ok(parent)
+/// Indexes over trees written as flists, for tests.
+#[cfg(test)]
+pub mod testing {
+    use super::*;
+    use crate::fs::tree::{Plan, Source};
+
+    /// An index of `plan` written as an flist: a file's chunks are
+    /// `blocks[ino]` where its source is `Source::Flist { ino }`. The file
+    /// is removed at once (the index keeps it open).
+    pub fn index_of_plan(plan: &Plan, blocks: &HashMap<i64, Vec<ChunkRef>>) -> Index {
+        let by_inode: HashMap<usize, Vec<ChunkRef>> = (plan.inodes.iter().enumerate())
+            .filter_map(|(i, inode)| match &inode.kind {
+                InodeKind::File {
+                    source: Some(Source::Flist { ino }),
+                    ..
+                } => Some((i, blocks.get(ino)?.clone())),
+                _ => None,
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.fl");
+        crate::flist::format::write(&path, plan, &by_inode, &[], &[]).unwrap();
+        Index::open(&path).unwrap()
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::testing::index_of_plan;
     use super::*;
-    use crate::fs::tree::{PlanDir, PlanInode};
+    use crate::fs::tree::{Plan, PlanDir, PlanInode, Source};
 
     fn meta(mode: u32) -> Meta {
         Meta {
@@ -342,8 +467,7 @@ mod tests {
             key: [2; 32],
         };
         let blocks = HashMap::from([(7, vec![chunk])]);
-        let index = Index::build(&plan, &blocks).unwrap();
-        assert_eq!(index.node_count(), 4);
+        let index = index_of_plan(&plan, &blocks);
         let etc = index.lookup(ROOT, b"etc").unwrap();
         let a = index.lookup(etc, b"a").unwrap();
         assert_eq!(index.lookup(ROOT, b"b"), Some(a), "hard links share an inode");
@@ -352,18 +476,182 @@ mod tests {
         assert_eq!(index.lookup(ROOT, b"missing"), None);
         assert_eq!(index.lookup(a, b"x"), None, "a file has no entries");
         assert!(index.node(0).is_none() && index.node(99).is_none());
-        let NodeKind::File { chunks, size, .. } = &index.node(a).unwrap().kind else {
+        let node = index.node(a).unwrap();
+        let NodeKind::File { chunks, size, .. } = &node.kind else {
             panic!()
         };
-        assert_eq!((*size, index.chunks(chunks)), (3, &[chunk][..]));
+        assert_eq!((*size, &chunks[..]), (3, &[chunk][..]));
         let null = index.lookup(etc, b"null").unwrap();
         assert!(matches!(
             index.node(null).unwrap().kind,
             NodeKind::Special(Special::CharDev { major: 1, minor: 3 })
         ));
-        assert_eq!(index.content_bytes, 3);
+        let root: Vec<(String, u32)> = (index.entries(ROOT).unwrap().iter())
+            .map(|e| (String::from_utf8_lossy(&e.name).into_owned(), e.kind))
+            .collect();
+        assert_eq!(root, [("b".into(), libc::S_IFREG), ("etc".into(), libc::S_IFDIR)]);
+        assert_eq!(index.totals(), (5, 3), "five rows, the linked file's bytes once");
         assert_eq!(index.path_of(null), "/etc/null");
-        assert!(["/etc/a", "/b"].contains(&index.path_of(a).as_str()));
+        assert_eq!(index.path_of(a), "/etc/a", "a hard-linked file: its first name");
+    }
+
+    /// A tree of one directory, written as an flist and then changed with
+    /// `sql` (rows as a hostile or broken writer would leave them).
+    fn edited(sql: &str) -> Index {
+        let plan = Plan {
+            dirs: vec![
+                PlanDir {
+                    path: vec![],
+                    meta: meta(0o755),
+                    implicit: false,
+                    opaque: false,
+                },
+                PlanDir {
+                    path: b"d".to_vec(),
+                    meta: meta(0o755),
+                    implicit: false,
+                    opaque: false,
+                },
+            ],
+            inodes: ["d/f1", "d/f2", "d/f3", "d/f4", "d/f5"]
+                .iter()
+                .map(|p| PlanInode {
+                    paths: vec![p.as_bytes().to_vec()],
+                    kind: InodeKind::File {
+                        size: 0,
+                        source: None,
+                    },
+                    meta: meta(0o644),
+                })
+                .collect(),
+            whiteouts: vec![],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.fl");
+        crate::flist::format::write(&path, &plan, &HashMap::new(), &[], &[]).unwrap();
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+        Index::open(&path).unwrap()
+    }
+
+    fn names(index: &Index, dir: u64) -> Vec<String> {
+        (index.entries(dir).unwrap().iter())
+            .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+            .collect()
+    }
+
+    /// Rows a writer should not have left are left out, one by one; the
+    /// rest of their directory is served. Inodes: root 1, d 2, d/f1.. 3..7.
+    #[test]
+    fn bad_rows_are_left_out_and_their_directory_served() {
+        let cases: &[(&str, &str, &[&str])] = &[
+            (
+                "a slash",
+                "UPDATE inode SET name = 'a/b' WHERE ino = 3",
+                &["f2", "f3", "f4", "f5"],
+            ),
+            (
+                "dot-dot",
+                "UPDATE inode SET name = '..' WHERE ino = 3",
+                &["f2", "f3", "f4", "f5"],
+            ),
+            (
+                "empty",
+                "UPDATE inode SET name = '' WHERE ino = 3",
+                &["f2", "f3", "f4", "f5"],
+            ),
+            (
+                "a NUL",
+                "UPDATE inode SET name = CAST(x'6100' AS TEXT) WHERE ino = 3",
+                &["f2", "f3", "f4", "f5"],
+            ),
+            (
+                "a huge size",
+                "UPDATE inode SET size = 1 << 50 WHERE ino = 3",
+                &["f2", "f3", "f4", "f5"],
+            ),
+            (
+                "an unknown type",
+                "UPDATE inode SET mode = 49152 | 420 WHERE ino = 3",
+                &["f2", "f3", "f4", "f5"],
+            ),
+            (
+                "a text size",
+                "UPDATE inode SET size = 'big' WHERE ino = 3",
+                &["f2", "f3", "f4", "f5"],
+            ),
+            (
+                "the root as a child",
+                "UPDATE inode SET parent = 2 WHERE ino = 1",
+                &["f1", "f2", "f3", "f4", "f5"],
+            ),
+            (
+                "a link to a directory",
+                "INSERT INTO fl_link (ino, target) VALUES (3, 2)",
+                &["f2", "f3", "f4", "f5"],
+            ),
+            (
+                "a link to nothing",
+                "INSERT INTO fl_link (ino, target) VALUES (3, 999)",
+                &["f2", "f3", "f4", "f5"],
+            ),
+            (
+                "a link to a link",
+                "INSERT INTO fl_link (ino, target) VALUES (4, 5), (3, 4)",
+                &["f2", "f3", "f4", "f5"],
+            ),
+            (
+                "a name twice",
+                "UPDATE inode SET name = 'f2' WHERE ino = 3",
+                &["f2", "f3", "f4", "f5"],
+            ),
+        ];
+        for (what, sql, expected) in cases {
+            let index = edited(sql);
+            let d = index.lookup(ROOT, b"d");
+            let listed = d.map(|d| names(&index, d)).unwrap_or_default();
+            assert_eq!(&listed, expected, "{what}");
+            assert_eq!(names(&index, ROOT), ["d"], "{what}");
+        }
+        // A directory that is its own parent is no one's child.
+        let index = edited("UPDATE inode SET parent = 2 WHERE ino = 2");
+        assert!(names(&index, ROOT).is_empty());
+        assert_eq!(names(&index, 2), ["f1", "f2", "f3", "f4", "f5"], "nor its own");
+        // A name given twice: the first row's.
+        let index = edited("UPDATE inode SET name = 'f2' WHERE ino = 3");
+        let d = index.lookup(ROOT, b"d").unwrap();
+        assert_eq!(index.lookup(d, b"f2"), Some(3));
+    }
+
+    /// A root that is missing or not a directory is refused at mount.
+    #[test]
+    fn a_flist_without_a_root_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.fl");
+        let plan = Plan {
+            dirs: vec![PlanDir {
+                path: vec![],
+                meta: meta(0o755),
+                implicit: false,
+                opaque: false,
+            }],
+            inodes: vec![],
+            whiteouts: vec![],
+        };
+        for (sql, expected) in [
+            ("UPDATE inode SET mode = 33188 WHERE ino = 1", "not a directory"),
+            ("DELETE FROM inode WHERE ino = 1", "no root"),
+        ] {
+            crate::flist::format::write(&path, &plan, &HashMap::new(), &[], &[]).unwrap();
+            rusqlite::Connection::open(&path)
+                .unwrap()
+                .execute_batch(sql)
+                .unwrap();
+            let err = Index::open(&path).err().unwrap();
+            assert!(format!("{err:#}").contains(expected), "{err:#}");
+        }
     }
 
     #[test]
@@ -418,7 +706,7 @@ mod tests {
             ],
             whiteouts: vec![],
         };
-        let index = Index::build(&plan, &HashMap::new()).unwrap();
+        let index = index_of_plan(&plan, &HashMap::new());
         let libc = index.resolve(b"/usr/lib/x/libc.so.6").unwrap();
         assert!(matches!(index.node(libc).unwrap().kind, NodeKind::File { .. }));
         for path in [

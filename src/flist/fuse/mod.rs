@@ -32,6 +32,7 @@ use tokio::runtime::Handle;
 use crate::flist::chunkcache::{CacheOptions, ChunkCache};
 use crate::flist::fetch::Priority;
 use crate::flist::format::Flist;
+use crate::flist::rows::chunk_len;
 use crate::owned::mounts;
 use crate::progress::human_bytes;
 use crate::store::{ChunkRef, Router};
@@ -72,10 +73,8 @@ pub fn serve(flist_path: &Path, router: Router, options: &MountOptions, rt: Hand
     let _serving = hold_flist(flist_path)?;
     let (index, trace) = {
         let fl = Flist::open(flist_path)?;
-        let (plan, blocks) = fl.plan()?;
-        let index = Arc::new(
-            Index::build(&plan, &blocks).with_context(|| format!("loading {}", flist_path.display()))?,
-        );
+        let index =
+            Arc::new(Index::open(flist_path).with_context(|| format!("loading {}", flist_path.display()))?);
         let trace = fl.trace().unwrap_or_else(|e| {
             tracing::warn!("{}: ignoring its start-up trace: {e:#}", flist_path.display());
             Vec::new()
@@ -155,11 +154,9 @@ pub fn serve(flist_path: &Path, router: Router, options: &MountOptions, rt: Hand
         }
     };
     tracing::info!(
-        "mounted {} at {} ({} entries, {} of content) in {} ms",
+        "mounted {} at {} in {} ms",
         flist_path.display(),
         mountpoint.display(),
-        index.node_count(),
-        human_bytes(index.content_bytes),
         started.elapsed().as_millis()
     );
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
@@ -208,16 +205,26 @@ const BACKGROUND_QUEUED: usize = 1024;
 /// Fetches the chunks of the flist's start-up trace that are among its
 /// chunks, in the trace's order, above `-prefetch`.
 async fn fetch_trace(index: Arc<Index>, cache: Arc<ChunkCache>, trace: Vec<ChunkRef>) {
-    let sizes = index.chunk_sizes();
-    let chunks: Vec<(ChunkRef, u64)> = trace
+    let keys = trace.iter().map(|c| c.key).collect();
+    let sizes = match tokio::task::spawn_blocking(move || index.chunk_sizes(&keys)).await {
+        Ok(Ok(sizes)) => sizes,
+        Ok(Err(e)) => return tracing::warn!("the start-up trace: {e:#}"),
+        Err(e) => return tracing::warn!("the start-up trace: {e}"),
+    };
+    let chunks = trace
         .into_iter()
-        .filter_map(|c| sizes.get(&c.key).map(|&n| (c, n)))
-        .collect();
-    drop(sizes);
-    fetch_all(cache, chunks, Priority::Trace, "the start-up trace").await;
+        .filter_map(|c| sizes.get(&c.key).map(|&n| (c, n)));
+    fetch_all(
+        cache,
+        futures_util::stream::iter(chunks),
+        Priority::Trace,
+        "the start-up trace",
+    )
+    .await;
 }
 
-/// Fetches every chunk of the flist into the disk cache.
+/// Fetches every chunk of the flist into the disk cache: the chunks are
+/// read from the flist as they are fetched, each once.
 async fn prefetch(index: Arc<Index>, cache: Arc<ChunkCache>) {
     let Some(limit) = cache.disk_limit() else {
         tracing::info!(
@@ -225,38 +232,71 @@ async fn prefetch(index: Arc<Index>, cache: Arc<ChunkCache>) {
         );
         return;
     };
-    if index.content_bytes > limit {
-        tracing::warn!(
-            "-prefetch: the flist holds {} but the cache may keep {}: \
-             early chunks will be evicted again",
-            human_bytes(index.content_bytes),
-            human_bytes(limit)
-        );
+    let (tx, rx) = tokio::sync::mpsc::channel(BACKGROUND_QUEUED);
+    let reader = tokio::task::spawn_blocking(move || {
+        let (_, bytes) = index.totals();
+        if bytes > limit {
+            tracing::warn!(
+                "-prefetch: the flist holds {} but the cache may keep {}: \
+                 early chunks will be evicted again",
+                human_bytes(bytes),
+                human_bytes(limit)
+            );
+        }
+        // Chunks already sent, by the first 8 bytes of their key (a
+        // collision only leaves a chunk to be fetched when read).
+        let mut sent = std::collections::HashSet::new();
+        index.each_file(|size, chunks| {
+            for (i, chunk) in chunks.iter().enumerate() {
+                let prefix = u64::from_le_bytes(chunk.key[..8].try_into().expect("8 bytes"));
+                if sent.insert(prefix)
+                    && tx
+                        .blocking_send((*chunk, chunk_len(size, i, chunks.len())))
+                        .is_err()
+                {
+                    return false;
+                }
+            }
+            true
+        })
+    });
+    let chunks = futures_util::stream::unfold(rx, |mut rx| async { rx.recv().await.map(|c| (c, rx)) });
+    fetch_all(cache, chunks, Priority::Prefetch, "prefetched").await;
+    match reader.await {
+        Ok(Err(e)) => tracing::warn!("-prefetch: reading the flist: {e:#}"),
+        Err(e) => tracing::warn!("-prefetch: reading the flist: {e}"),
+        Ok(Ok(())) => {}
     }
-    fetch_all(cache, index.distinct_chunks(), Priority::Prefetch, "prefetched").await;
 }
 
 /// Fills the cache with `chunks` at `priority`; logs the outcome.
-async fn fetch_all(cache: Arc<ChunkCache>, chunks: Vec<(ChunkRef, u64)>, priority: Priority, what: &str) {
+async fn fetch_all(
+    cache: Arc<ChunkCache>,
+    chunks: impl futures_util::Stream<Item = (ChunkRef, u64)>,
+    priority: Priority,
+    what: &str,
+) {
     use futures_util::StreamExt;
     let started = Instant::now();
-    let total = chunks.len();
-    let errors: Vec<anyhow::Error> = futures_util::stream::iter(chunks)
+    let (mut total, mut failed, mut first) = (0usize, 0usize, None);
+    let results = chunks
         .map(|(chunk, bytes)| {
             let cache = cache.clone();
             async move { cache.fill(&chunk, priority, bytes).await.err() }
         })
         // The fetch scheduler decides how many run; these only wait in
         // its queue, below demand reads (and read-ahead).
-        .buffer_unordered(BACKGROUND_QUEUED)
-        .filter_map(std::future::ready)
-        .collect()
-        .await;
-    if let Some(first) = errors.first() {
-        tracing::warn!(
-            "{what}: {} of {total} chunks could not be fetched (first: {first:#})",
-            errors.len()
-        );
+        .buffer_unordered(BACKGROUND_QUEUED);
+    let mut results = std::pin::pin!(results);
+    while let Some(result) = results.next().await {
+        total += 1;
+        if let Some(e) = result {
+            failed += 1;
+            first.get_or_insert(e);
+        }
+    }
+    if let Some(first) = first {
+        tracing::warn!("{what}: {failed} of {total} chunks could not be fetched (first: {first:#})");
     } else {
         tracing::info!(
             "{what}: {total} chunks in {:.1}s",
