@@ -69,7 +69,7 @@ pub fn pack_image(
     }
     let changes: Vec<std::sync::Mutex<Vec<Change>>> = layers.iter().map(|_| Default::default()).collect();
     let indices: Vec<usize> = (0..layers.len()).collect();
-    let (packed, mut stats) = pack::pack(
+    let (mut packed, mut stats) = pack::pack(
         |sink| {
             content::for_each_parallel(&indices, layers.len(), |&layer| {
                 // Every file of the layer packed before: its cached changes
@@ -117,13 +117,19 @@ pub fn pack_image(
         &Handle::current(),
         content::io_workers(),
     )?;
-    let changes: Vec<Vec<Change>> = changes.into_iter().map(|c| c.into_inner().unwrap()).collect();
-    let plan = Tree::from_layers(&changes)?.plan();
+    // Each stage's input is dropped as soon as the next is built: a
+    // million-entry image holds a few hundred bytes per entry at each.
+    let tree = {
+        let changes: Vec<Vec<Change>> = changes.into_iter().map(|c| c.into_inner().unwrap()).collect();
+        Tree::from_layers(&changes)?
+    };
+    let plan = tree.plan();
+    drop(tree);
+    let keys: Vec<String> = digests.iter().map(entries_key).collect();
     known.save_layer_entries(
-        &packed
+        packed
             .iter()
-            .map(|(&(layer, entry), chunks)| (entries_key(&digests[layer]), entry, chunks.clone()))
-            .collect::<Vec<_>>(),
+            .map(|(&(layer, entry), chunks)| (keys[layer].as_str(), entry, chunks.as_slice())),
     )?;
     let mut blocks = HashMap::new();
     for (i, inode) in plan.inodes.iter().enumerate() {
@@ -132,20 +138,23 @@ pub fn pack_image(
             ..
         } = inode.kind
         {
-            let chunks = match packed.get(&(layer, entry)) {
+            // A file's content is moved to the flist's rows (hard links
+            // are one inode of the plan: their content is taken once).
+            let chunks = match packed.remove(&(layer, entry)) {
                 Some(chunks) => chunks,
                 None => {
                     let chunks = reused[layer]
-                        .get(&entry)
+                        .remove(&entry)
                         .context("a file's content was not packed")?;
                     stats.chunks += chunks.len() as u64;
                     stats.skipped += chunks.len() as u64;
                     chunks
                 }
             };
-            blocks.insert(i, chunks.clone());
+            blocks.insert(i, chunks);
         }
     }
+    drop((packed, reused));
     write_flist(out, &plan, &blocks, &router, stats, started)
 }
 
@@ -207,8 +216,12 @@ fn write_flist(
         _ => (n, b),
     });
     // One count of chunks everywhere: the distinct chunks the flist names.
-    let named: std::collections::HashSet<_> = blocks.values().flatten().map(|c| c.id).collect();
-    let uploaded = named.iter().filter(|id| stats.uploaded_ids.contains(*id)).count() as u64;
+    let mut named: Vec<_> = blocks.values().flatten().map(|c| c.id).collect();
+    named.sort_unstable();
+    named.dedup();
+    let uploaded = (named.iter())
+        .filter(|id| stats.uploaded_ids.binary_search(id).is_ok())
+        .count() as u64;
     stats.chunks = named.len() as u64;
     stats.uploaded_replaced = stats.uploaded_ids.len() as u64 - uploaded;
     stats.uploaded = uploaded;

@@ -42,9 +42,9 @@ pub struct PackStats {
     pub uploaded: u64,
     pub skipped: u64,
     pub uploaded_replaced: u64,
-    /// The chunks this pack stored.
+    /// The chunks this pack stored, sorted.
     #[serde(skip)]
-    pub uploaded_ids: HashSet<ChunkId>,
+    pub uploaded_ids: Vec<ChunkId>,
 }
 
 /// The workdir's record of chunks known to be in each store: a cache that
@@ -193,7 +193,10 @@ impl KnownChunks {
     }
 
     /// Records the chunk lists of layer entries just packed.
-    pub fn save_layer_entries(&self, entries: &[(String, u32, Vec<ChunkRef>)]) -> Result<()> {
+    pub fn save_layer_entries<'a>(
+        &self,
+        entries: impl IntoIterator<Item = (&'a str, u32, &'a [ChunkRef])>,
+    ) -> Result<()> {
         let mut conn = Self::connect(&self.path)?;
         let tx = conn.transaction()?;
         {
@@ -244,7 +247,7 @@ impl KnownChunks {
     }
 
     /// Records chunks now in the stores of `router`.
-    fn save(&self, router: &Router, chunks: &[ChunkRef]) -> Result<()> {
+    fn save<'a>(&self, router: &Router, chunks: impl IntoIterator<Item = &'a ChunkRef>) -> Result<()> {
         let mut conn = Self::connect(&self.path)?;
         let tx = conn.transaction()?;
         {
@@ -264,6 +267,12 @@ impl KnownChunks {
     }
 }
 
+/// A place in a file's chunk list not filled yet.
+const UNSTORED: ChunkRef = ChunkRef {
+    id: [0; 32],
+    key: [0; 32],
+};
+
 /// Where a packer hands over a file's content: `(file, size, reader)`,
 /// `file` being the caller's key for the file.
 pub type Sink<'s, K> = dyn Fn(K, u64, &mut dyn Read) -> Result<()> + Sync + 's;
@@ -280,10 +289,13 @@ pub fn pack<K>(
 where
     K: Copy + Eq + std::hash::Hash + Send + std::fmt::Debug,
 {
-    let results: Mutex<HashMap<K, Vec<Option<ChunkRef>>>> = Mutex::new(HashMap::new());
+    // Each file's chunks, filled in as its pieces are stored (a piece not
+    // stored yet is `UNSTORED`; `recorded` counts those that were).
+    let results: Mutex<HashMap<K, Vec<ChunkRef>>> = Mutex::new(HashMap::new());
+    let (pieces, recorded) = (AtomicU64::new(0), AtomicU64::new(0));
     let seen: Mutex<HashSet<ChunkId>> = Mutex::new(HashSet::new());
-    let fresh: Mutex<Vec<ChunkRef>> = Mutex::new(Vec::new());
-    let uploaded_ids: Mutex<HashSet<ChunkId>> = Mutex::new(HashSet::new());
+    // Chunks now in the stores, and whether this pack uploaded them.
+    let fresh: Mutex<Vec<(ChunkRef, bool)>> = Mutex::new(Vec::new());
     let (uploaded, skipped, chunks) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let stop = AtomicBool::new(false);
     let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
@@ -307,7 +319,8 @@ where
                 chunks.fetch_add(1, Ordering::Relaxed);
                 let record = |chunk: ChunkRef| {
                     let mut r = results.lock().unwrap();
-                    r.get_mut(&file).expect("registered before its pieces")[index] = Some(chunk);
+                    r.get_mut(&file).expect("registered before its pieces")[index] = chunk;
+                    recorded.fetch_add(1, Ordering::Relaxed);
                 };
                 // Known content: hash only, no compression or encryption.
                 let key = codec::blake2b256(&piece);
@@ -323,14 +336,15 @@ where
                         skipped.fetch_add(1, Ordering::Relaxed);
                         return Ok(());
                     }
-                    if rt.block_on(router.exists(&chunk.id))? {
+                    let stored = if rt.block_on(router.exists(&chunk.id))? {
                         skipped.fetch_add(1, Ordering::Relaxed);
+                        false
                     } else {
                         rt.block_on(router.set(&chunk.id, &blob))?;
                         uploaded.fetch_add(1, Ordering::Relaxed);
-                        uploaded_ids.lock().unwrap().insert(chunk.id);
-                    }
-                    fresh.lock().unwrap().push(chunk);
+                        true
+                    };
+                    fresh.lock().unwrap().push((chunk, stored));
                     Ok(())
                 };
                 match store() {
@@ -340,12 +354,18 @@ where
             });
         }
         let sink = |file: K, size: u64, reader: &mut dyn Read| -> Result<()> {
-            let pieces = size.div_ceil(CHUNK_SIZE as u64) as usize;
-            if results.lock().unwrap().insert(file, vec![None; pieces]).is_some() {
+            let count = size.div_ceil(CHUNK_SIZE as u64) as usize;
+            if results
+                .lock()
+                .unwrap()
+                .insert(file, vec![UNSTORED; count])
+                .is_some()
+            {
                 bail!("{file:?} delivered twice");
             }
+            pieces.fetch_add(count as u64, Ordering::Relaxed);
             let mut reader = reader.take(size);
-            for index in 0..pieces {
+            for index in 0..count {
                 if stop.load(Ordering::Relaxed) {
                     bail!("packing stopped");
                 }
@@ -369,12 +389,18 @@ where
         return Err(e);
     }
     rt.block_on(router.flush())?;
-    known.save(router, &fresh.into_inner().unwrap())?;
-    let mut out = HashMap::new();
-    for (file, list) in results.into_inner().unwrap() {
-        let list: Option<Vec<ChunkRef>> = list.into_iter().collect();
-        out.insert(file, list.context("a piece was not stored")?);
+    let fresh = fresh.into_inner().unwrap();
+    known.save(router, fresh.iter().map(|(c, _)| c))?;
+    let mut uploaded_ids: Vec<ChunkId> = fresh
+        .into_iter()
+        .filter(|(_, up)| *up)
+        .map(|(c, _)| c.id)
+        .collect();
+    uploaded_ids.sort_unstable();
+    if recorded.into_inner() != pieces.into_inner() {
+        bail!("a piece was not stored");
     }
+    let out = results.into_inner().unwrap();
     let stats = PackStats {
         // What the flist holds is the caller's to count (write_flist).
         files: 0,
@@ -383,7 +409,7 @@ where
         uploaded: uploaded.into_inner(),
         skipped: skipped.into_inner(),
         uploaded_replaced: 0,
-        uploaded_ids: uploaded_ids.into_inner().unwrap(),
+        uploaded_ids,
     };
     Ok((out, stats))
 }

@@ -1,5 +1,6 @@
 //! The FUSE filesystem over a mounted flist: metadata requests are answered
-//! at once from the in-memory [`Index`]; reads are answered from the
+//! from the [`Index`] (the flist's rows, read a directory at a time and
+//! cached); reads are answered from the
 //! [`ChunkCache`], on the request thread when every chunk is in memory and
 //! otherwise from a task on the async runtime, so a slow fetch for one file
 //! never holds up requests for others.
