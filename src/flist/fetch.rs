@@ -55,7 +55,7 @@ impl Priority {
 
 /// Bounds of the adaptive limit on fetches in flight.
 const MIN_LIMIT: f64 = 4.0;
-const MAX_LIMIT: f64 = 64.0;
+const MAX_LIMIT: f64 = 80.0;
 const INITIAL_LIMIT: f64 = 16.0;
 /// Fetches up to this size measure the store's queue.
 const PROBE_BYTES: u64 = 64 << 10;

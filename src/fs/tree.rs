@@ -55,21 +55,33 @@ pub enum InodeKind {
     Special(Special),
 }
 
+/// What is on disk for one or more names (hard links). A tree of a
+/// million entries holds a million of these and of [`Node`]s: both are
+/// kept small.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Inode {
-    pub kind: InodeKind,
-    pub meta: Meta,
+struct Inode {
+    kind: InodeKind,
+    /// Its metadata, in the tree's `metas` (entries next to each other
+    /// with the same metadata, as a layer's files mostly are, share one).
+    meta: u32,
     /// A directory created only because something was put inside it: no
     /// layer gave it metadata (mode 0755, root-owned, no fixed mtime).
-    pub implicit: bool,
+    implicit: bool,
 }
 
+/// A name in the tree. Its own name is the key it has in its parent's
+/// children (kept once).
 #[derive(Debug, Clone)]
 struct Node {
-    name: Box<[u8]>,
     parent: NodeId,
     inode: InodeId,
-    children: BTreeMap<Box<[u8]>, NodeId>,
+    /// Unlinked from its parent (replaced, whited out, pruned): gone,
+    /// with its subtree.
+    detached: bool,
+    /// Children by name; `None` until it has any (boxed: a pointer for
+    /// the many nodes that never have any, not an empty map's 24 bytes).
+    #[allow(clippy::box_collection)]
+    children: Option<Box<BTreeMap<Box<[u8]>, NodeId>>>,
 }
 
 /// The merged tree of the layers applied so far.
@@ -77,6 +89,7 @@ struct Node {
 pub struct Tree {
     nodes: Vec<Node>,
     inodes: Vec<Inode>,
+    metas: Vec<Meta>,
 }
 
 /// Links followed in one resolution before giving up (Linux's MAXSYMLINKS).
@@ -134,20 +147,28 @@ impl Default for Tree {
 impl Tree {
     /// An empty root directory.
     pub fn new() -> Self {
-        Tree {
+        let mut tree = Tree {
             nodes: vec![Node {
-                name: Box::default(),
                 parent: ROOT,
                 inode: 0,
-                children: BTreeMap::new(),
+                detached: false,
+                children: None,
             }],
-            inodes: vec![implicit_dir()],
-        }
+            inodes: Vec::new(),
+            metas: Vec::new(),
+        };
+        let root = tree.implicit_dir();
+        tree.inodes.push(root);
+        tree
     }
 
     /// Applies all `layers` (their changes, lowest first).
     pub fn from_layers(layers: &[Vec<Change>]) -> Result<Self> {
         let mut tree = Tree::new();
+        // About one node and one inode an entry: sized once, not doubled.
+        let entries: usize = layers.iter().map(Vec::len).sum();
+        tree.nodes.reserve(entries);
+        tree.inodes.reserve(entries);
         for (i, changes) in layers.iter().enumerate() {
             tree.apply_layer(i, changes)?;
         }
@@ -182,7 +203,42 @@ impl Tree {
     }
 
     fn child(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
-        self.nodes[dir].children.get(name).copied()
+        self.nodes[dir].children.as_ref()?.get(name).copied()
+    }
+
+    /// The children of `dir`, by name.
+    fn children(&self, dir: NodeId) -> impl DoubleEndedIterator<Item = (&Box<[u8]>, &NodeId)> {
+        self.nodes[dir].children.iter().flat_map(|c| c.iter())
+    }
+
+    /// The metadata of inode `inode`.
+    fn meta_of(&self, inode: InodeId) -> &Meta {
+        &self.metas[self.inodes[inode].meta as usize]
+    }
+
+    /// The place of `meta` in `metas`: one of the last few if equal, or a
+    /// new one.
+    fn intern(&mut self, meta: &Meta) -> u32 {
+        let recent = self.metas.len().saturating_sub(4);
+        let i = match self.metas[recent..].iter().rposition(|m| m == meta) {
+            Some(i) => recent + i,
+            None => {
+                self.metas.push(meta.clone());
+                self.metas.len() - 1
+            }
+        };
+        u32::try_from(i).expect("fewer than 2^32 entries")
+    }
+
+    fn implicit_dir(&mut self) -> Inode {
+        Inode {
+            kind: InodeKind::Dir,
+            meta: self.intern(&Meta {
+                mode: 0o755,
+                ..Meta::default()
+            }),
+            implicit: true,
+        }
     }
 
     /// Resolves `path` as a directory, following every symlink on the way.
@@ -201,7 +257,8 @@ impl Tree {
                 if !create {
                     return Ok(None);
                 }
-                cur = self.insert(cur, &part, implicit_dir());
+                let dir = self.implicit_dir();
+                cur = self.insert(cur, &part, dir);
                 continue;
             };
             match &self.inodes[self.nodes[next].inode].kind {
@@ -247,8 +304,8 @@ impl Tree {
             Some(node) if self.is_dir(node) && self.prune_lower(node, diff) => {
                 diff.opaque.insert(node);
             }
-            Some(node) => {
-                self.detach(node);
+            Some(_) => {
+                self.detach(dir, name);
                 diff.whiteouts.insert((dir, name.into()));
             }
             None => {
@@ -285,7 +342,7 @@ impl Tree {
                 }
                 let parent = self.nodes[cur].parent;
                 // Detached nodes (and the root) lead nowhere.
-                if cur == ROOT || self.child(parent, &self.nodes[cur].name) != Some(cur) {
+                if cur == ROOT || self.nodes[cur].detached {
                     break false;
                 }
                 cur = parent;
@@ -298,14 +355,11 @@ impl Tree {
         let kept_any = !keep.is_empty() || mine(top);
         let mut stack = vec![top];
         while let Some(dir) = stack.pop() {
-            let children: Vec<(Box<[u8]>, NodeId)> = self.nodes[dir]
-                .children
-                .iter()
-                .map(|(k, &v)| (k.clone(), v))
-                .collect();
+            let children: Vec<(Box<[u8]>, NodeId)> =
+                self.children(dir).map(|(k, &v)| (k.clone(), v)).collect();
             for (name, child) in children {
                 if !keep.contains(&child) {
-                    self.nodes[dir].children.remove(&name);
+                    self.detach(dir, &name);
                 } else if child < diff.first_node && self.is_dir(child) {
                     stack.push(child);
                 }
@@ -364,8 +418,8 @@ impl Tree {
             }
             Kind::Special(special) => self.new_inode(InodeKind::Special(special.clone()), entry),
         };
-        if let Some(old) = existing {
-            self.detach(old);
+        if existing.is_some() {
+            self.detach(dir, name);
         }
         let node = self.insert_node(dir, name, inode);
         diff.touched.insert(node);
@@ -378,17 +432,19 @@ impl Tree {
     }
 
     fn new_inode(&mut self, kind: InodeKind, entry: &Entry) -> InodeId {
+        let meta = self.intern(&entry.meta);
         self.inodes.push(Inode {
             kind,
-            meta: entry.meta.clone(),
+            meta,
             implicit: false,
         });
         self.inodes.len() - 1
     }
 
     fn set_dir_meta(&mut self, node: NodeId, meta: &Meta) {
+        let meta = self.intern(meta);
         let inode = &mut self.inodes[self.nodes[node].inode];
-        inode.meta = meta.clone();
+        inode.meta = meta;
         inode.implicit = false;
     }
 
@@ -400,28 +456,37 @@ impl Tree {
 
     fn insert_node(&mut self, dir: NodeId, name: &[u8], inode: InodeId) -> NodeId {
         self.nodes.push(Node {
-            name: name.into(),
             parent: dir,
             inode,
-            children: BTreeMap::new(),
+            detached: false,
+            children: None,
         });
         let id = self.nodes.len() - 1;
-        self.nodes[dir].children.insert(name.into(), id);
+        let children = self.nodes[dir].children.get_or_insert_with(Default::default);
+        if let Some(old) = children.insert(name.into(), id) {
+            self.nodes[old].detached = true;
+        }
         id
     }
 
-    /// Unlinks a node (and so its subtree) from its parent.
-    fn detach(&mut self, node: NodeId) {
-        let parent = self.nodes[node].parent;
-        let name = self.nodes[node].name.clone();
-        self.nodes[parent].children.remove(&name);
+    /// Unlinks the child `name` of `dir` (and so its subtree).
+    fn detach(&mut self, dir: NodeId, name: &[u8]) {
+        if let Some(node) = self.nodes[dir].children.as_mut().and_then(|c| c.remove(name)) {
+            self.nodes[node].detached = true;
+        }
     }
 
+    /// The path of `node`, for messages: each name is found in its
+    /// parent's children (nodes keep no name of their own).
     fn path_of(&self, mut node: NodeId) -> Vec<u8> {
         let mut parts = Vec::new();
         while node != ROOT {
-            parts.push(&self.nodes[node].name);
-            node = self.nodes[node].parent;
+            let parent = self.nodes[node].parent;
+            match self.children(parent).find(|(_, &n)| n == node) {
+                Some((name, _)) => parts.push(name),
+                None => break,
+            }
+            node = parent;
         }
         let mut out = Vec::new();
         for p in parts.iter().rev() {
@@ -438,7 +503,7 @@ impl Tree {
         let mut out = Vec::with_capacity(self.nodes.len());
         let mut stack = vec![(ROOT, Vec::new())];
         while let Some((node, path)) = stack.pop() {
-            for (name, &child) in self.nodes[node].children.iter().rev() {
+            for (name, &child) in self.children(node).rev() {
                 let mut p = path.clone();
                 if !p.is_empty() {
                     p.push(b'/');
@@ -496,6 +561,13 @@ impl Tree {
                 want(*dir, &mut wanted);
             }
         }
+        // The paths of the directories whiteouts are in (a node's path is
+        // costly to find on its own).
+        let whiteout_dirs: HashSet<NodeId> = diff.whiteouts.iter().map(|(dir, _)| *dir).collect();
+        let dir_paths: HashMap<NodeId, Vec<u8>> = (all.iter())
+            .filter(|(n, _)| whiteout_dirs.contains(n))
+            .cloned()
+            .collect();
         let selected: Vec<(NodeId, Vec<u8>)> = all.into_iter().filter(|(n, _)| wanted.contains(n)).collect();
         let mut plan = self.plan_of(selected, &diff.opaque);
         let mut whiteouts: Vec<Vec<u8>> = diff
@@ -503,7 +575,7 @@ impl Tree {
             .iter()
             .filter(|(dir, name)| reachable.contains(dir) && self.child(*dir, name).is_none())
             .map(|(dir, name)| {
-                let mut p = self.path_of(*dir);
+                let mut p = dir_paths[dir].clone();
                 if !p.is_empty() {
                     p.push(b'/');
                 }
@@ -533,7 +605,7 @@ impl Tree {
             if inode.kind == InodeKind::Dir {
                 plan.dirs.push(PlanDir {
                     path,
-                    meta: inode.meta.clone(),
+                    meta: self.meta_of(inode_id).clone(),
                     implicit: inode.implicit,
                     opaque: opaque.contains(&node),
                 });
@@ -545,24 +617,13 @@ impl Tree {
                     plan.inodes.push(PlanInode {
                         paths: vec![path],
                         kind: inode.kind.clone(),
-                        meta: inode.meta.clone(),
+                        meta: self.meta_of(inode_id).clone(),
                     });
                 }
                 i => plan.inodes[i].paths.push(path),
             }
         }
         plan
-    }
-}
-
-fn implicit_dir() -> Inode {
-    Inode {
-        kind: InodeKind::Dir,
-        meta: Meta {
-            mode: 0o755,
-            ..Meta::default()
-        },
-        implicit: true,
     }
 }
 

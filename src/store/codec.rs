@@ -51,6 +51,11 @@ pub fn blake2b256(data: &[u8]) -> [u8; 32] {
     out
 }
 
+/// The largest blob a chunk encodes to: snappy's bound for a full piece
+/// (32 + n + n/6 bytes) and AES-GCM's 16-byte tag. A store's answer longer
+/// than this is refused before it is read whole.
+pub const MAX_BLOB: usize = 32 + CHUNK_SIZE + CHUNK_SIZE / 6 + 16;
+
 /// Encodes one piece: its reference and the blob to store.
 pub fn encode(piece: &[u8]) -> (ChunkRef, Vec<u8>) {
     let key = blake2b256(piece);
@@ -91,6 +96,27 @@ pub fn decode(chunk: &ChunkRef, blob: &[u8]) -> Result<Vec<u8>, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_largest_blob_is_within_max_blob() {
+        assert!(snap::raw::max_compress_len(CHUNK_SIZE) + 16 <= MAX_BLOB);
+        // Bytes that do not compress at all: the worst case.
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let piece: Vec<u8> = (0..CHUNK_SIZE)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let (_, blob) = encode(&piece);
+        assert!(
+            blob.len() > CHUNK_SIZE && blob.len() <= MAX_BLOB,
+            "{}",
+            blob.len()
+        );
+    }
 
     #[test]
     fn round_trip_and_dedup() {

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 
+use super::codec::MAX_BLOB;
 use super::{ChunkId, Store, StoreError, StoreUrl, IDENTITY_KEY};
 
 pub struct DirStore {
@@ -49,8 +50,12 @@ impl DirStore {
 impl Store for DirStore {
     fn get<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<Vec<u8>, StoreError>> {
         async move {
-            match tokio::fs::read(self.path(id)).await {
-                Ok(b) => Ok(b),
+            match read_blob(&self.path(id)).await {
+                Ok(Some(b)) => Ok(b),
+                Ok(None) => Err(self.io_error(std::io::Error::other(format!(
+                    "{} is longer than a blob can be ({MAX_BLOB} bytes)",
+                    self.path(id).display()
+                )))),
                 Err(e) if e.kind() == ErrorKind::NotFound => Err(StoreError::NotFound(hex::encode(id))),
                 Err(e) => Err(self.io_error(e)),
             }
@@ -148,4 +153,13 @@ fn write_chunk(path: &std::path::Path, blob: &[u8]) -> std::io::Result<()> {
         }
         other => other,
     }
+}
+
+/// A blob file's bytes, or `None` if it is longer than any blob.
+async fn read_blob(path: &std::path::Path) -> std::io::Result<Option<Vec<u8>>> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path).await?;
+    let mut out = Vec::new();
+    file.take(MAX_BLOB as u64 + 1).read_to_end(&mut out).await?;
+    Ok((out.len() <= MAX_BLOB).then_some(out))
 }

@@ -13,6 +13,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::{ClientOptions, ObjectStoreExt, PutPayload, RetryConfig};
 
+use super::codec::MAX_BLOB;
 use super::{ChunkId, Store, StoreError, StoreUrl};
 
 pub struct S3Store {
@@ -111,7 +112,16 @@ impl Store for S3Store {
         async move {
             let path = Path::from(hex::encode(id));
             let result = self.s3.get(&path).await.map_err(|e| self.error(id, e))?;
-            Ok(result.bytes().await.map_err(|e| self.error(id, e))?.to_vec())
+            if result.meta.size > MAX_BLOB as u64 {
+                return Err(StoreError::refused(
+                    &self.url,
+                    format!(
+                        "its object is {} bytes, a blob is at most {MAX_BLOB}",
+                        result.meta.size
+                    ),
+                ));
+            }
+            Ok(result.bytes().await.map_err(|e| self.error(id, e))?.into())
         }
         .boxed()
     }
