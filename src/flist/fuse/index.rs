@@ -10,7 +10,6 @@
 //! entries are sorted by name (a name given twice: the lowest inode).
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -132,7 +131,9 @@ impl Index {
         Ok(Index {
             links: rows.link_counts()?,
             rows,
-            nodes: Mutex::new(LruCache::new(NonZeroUsize::new(NODES).expect("not zero"))),
+            // Grown as used (a bounded LruCache allocates its whole table
+            // at once), and held at NODES by `keep_node`.
+            nodes: Mutex::new(LruCache::unbounded()),
             dirs: Mutex::new(Dirs {
                 lru: LruCache::unbounded(),
                 entries: 0,
@@ -160,7 +161,7 @@ impl Index {
         match self.load_node(ino) {
             Ok(node) => {
                 let node = Arc::new(node?);
-                self.nodes.lock().unwrap().put(ino, node.clone());
+                keep_node(&mut self.nodes.lock().unwrap(), ino, node.clone());
                 Some(node)
             }
             Err(e) => {
@@ -281,7 +282,7 @@ impl Index {
         {
             let mut cache = self.nodes.lock().unwrap();
             for (ino, node) in nodes {
-                cache.put(ino, node);
+                keep_node(&mut cache, ino, node);
             }
         }
         // Other names of files: the file must be one (not a directory, not
@@ -377,6 +378,15 @@ impl Index {
     /// (see [`Rows::each_file`]).
     pub fn each_file(&self, f: impl FnMut(u64, &[ChunkRef]) -> bool) -> Result<()> {
         self.rows.each_file(f)
+    }
+}
+
+/// Puts a node in the inode cache, dropping the least recently used
+/// beyond [`NODES`].
+fn keep_node(cache: &mut LruCache<u64, Arc<Node>>, ino: u64, node: Arc<Node>) {
+    cache.put(ino, node);
+    while cache.len() > NODES {
+        cache.pop_lru();
     }
 }
 
