@@ -999,3 +999,94 @@ fn a_shared_cache_store_serves_the_second_machine() {
         .and_then(|n| n.parse::<usize>().ok());
     assert_eq!(tier_hits, Some(chunk_paths(&c.chunks).len()), "{summary}");
 }
+
+/// A program's libraries are fetched from a far store as soon as the start
+/// of the program is read, before its loader asks for them: only the first
+/// 4 KiB of a dynamically linked program is read here, and the store is
+/// asked for every chunk of its interpreter and of libc, files no one read
+/// (nor any file of their directories).
+#[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
+fn a_programs_libraries_are_fetched_before_its_loader_asks() {
+    if !fuse_or_skip("a_programs_libraries_are_fetched_before_its_loader_asks") {
+        return;
+    }
+    need("ldd");
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    // The host's `env` and what `ldd` says it loads, each at its own path.
+    let program = Path::new("/usr/bin/env");
+    let ldd = String::from_utf8(run_ok(Command::new("ldd").arg(program)).stdout).unwrap();
+    let mut files: Vec<PathBuf> = vec![program.into()];
+    files.extend(
+        ldd.split_whitespace()
+            .filter(|w| w.starts_with('/'))
+            .map(PathBuf::from),
+    );
+    let names: Vec<String> = files[1..]
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.starts_with("libc.so")) && names.iter().any(|n| n.starts_with("ld-linux")),
+        "{ldd}"
+    );
+    for file in &files {
+        let to = src.join(file.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(file, &to).unwrap();
+    }
+    let chunks = tmp.path().join("chunks");
+    let flist = tmp.path().join("env.fl");
+    let fl = Flmount::new();
+    fl.ok(&[
+        "pack",
+        "-flist",
+        flist.to_str().unwrap(),
+        "-store",
+        &format!("dir://{}", chunks.display()),
+        src.to_str().unwrap(),
+    ]);
+    let http = CountingHttp::start(&chunks);
+    let mnt = tmp.path().join("mnt");
+    let cache = tmp.path().join("cache");
+    let m = Mounted::start(
+        &fl,
+        &[
+            "-flist",
+            flist.to_str().unwrap(),
+            "-store",
+            &http.url(),
+            "-cache",
+            cache.to_str().unwrap(),
+        ],
+        &mnt,
+    );
+    let mut start = vec![0u8; 4096];
+    File::open(mnt.join("usr/bin/env"))
+        .unwrap()
+        .read_exact(&mut start)
+        .unwrap();
+    assert_eq!(&start[..4], b"\x7fELF");
+    let wanted: Vec<String> = names.iter().flat_map(|n| file_chunk_paths(&flist, n)).collect();
+    assert!(wanted.len() >= 2, "{wanted:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let missing = loop {
+        let gets = http.gets();
+        let missing: Vec<&String> = wanted.iter().filter(|p| !gets.contains_key(*p)).collect();
+        if missing.is_empty() || Instant::now() > deadline {
+            break missing.len();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = m.stop();
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} chunks of {names:?} were not fetched ahead:\n{log}",
+        wanted.len()
+    );
+}
