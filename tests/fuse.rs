@@ -52,6 +52,18 @@ struct Chunky {
     fl: Flmount,
 }
 
+/// `flmount pack` of `src` into `flist`, its chunks in a dir store at `chunks`.
+fn pack(fl: &Flmount, src: &Path, flist: &Path, chunks: &Path) {
+    fl.ok(&[
+        "pack",
+        "-flist",
+        flist.to_str().unwrap(),
+        "-store",
+        &format!("dir://{}", chunks.display()),
+        src.to_str().unwrap(),
+    ]);
+}
+
 fn chunky(files: usize) -> Chunky {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
@@ -68,14 +80,7 @@ fn chunky(files: usize) -> Chunky {
     let flist = tmp.path().join("chunky.fl");
     let chunks = tmp.path().join("chunks");
     let fl = Flmount::new();
-    fl.ok(&[
-        "pack",
-        "-flist",
-        flist.to_str().unwrap(),
-        "-store",
-        &format!("dir://{}", chunks.display()),
-        src.to_str().unwrap(),
-    ]);
+    pack(&fl, &src, &flist, &chunks);
     Chunky {
         tmp,
         src,
@@ -1042,14 +1047,7 @@ fn a_programs_libraries_are_fetched_before_its_loader_asks() {
     let chunks = tmp.path().join("chunks");
     let flist = tmp.path().join("env.fl");
     let fl = Flmount::new();
-    fl.ok(&[
-        "pack",
-        "-flist",
-        flist.to_str().unwrap(),
-        "-store",
-        &format!("dir://{}", chunks.display()),
-        src.to_str().unwrap(),
-    ]);
+    pack(&fl, &src, &flist, &chunks);
     let http = CountingHttp::start(&chunks);
     let mnt = tmp.path().join("mnt");
     let cache = tmp.path().join("cache");

@@ -376,12 +376,7 @@ impl Flist {
                     value_bytes(r.get_ref(1)?)?,
                     value_bytes(r.get_ref(2)?)?,
                 );
-                if crate::fs::layer::is_overlay_xattr(&name) {
-                    tracing::warn!(
-                        ino,
-                        "ignoring the xattr {} the flist holds: overlayfs would act on it",
-                        String::from_utf8_lossy(&name)
-                    );
+                if !super::rows::xattr_kept(ino, &name) {
                     continue;
                 }
                 xattrs.entry(ino).or_default().push((name.into(), value.into()));

@@ -376,12 +376,7 @@ fn add_xattrs(mut stmt: rusqlite::CachedStatement, param: u64, rows: &mut [Row])
     while let Some(r) = found.next()? {
         let ino = r.get::<_, i64>(0)?;
         let (name, value) = (value_bytes(r.get_ref(1)?)?, value_bytes(r.get_ref(2)?)?);
-        if crate::fs::layer::is_overlay_xattr(&name) {
-            tracing::warn!(
-                ino,
-                "ignoring the xattr {} the flist holds: overlayfs would act on it",
-                String::from_utf8_lossy(&name)
-            );
+        if !xattr_kept(ino, &name) {
             continue;
         }
         if let Some(&i) = u64::try_from(ino).ok().and_then(|ino| at.get(&ino)) {
@@ -389,6 +384,20 @@ fn add_xattrs(mut stmt: rusqlite::CachedStatement, param: u64, rows: &mut [Row])
         }
     }
     Ok(())
+}
+
+/// Whether an xattr the flist holds for `ino` is served: overlayfs's own
+/// are not (overlayfs would act on them), with a warning.
+pub fn xattr_kept(ino: i64, name: &[u8]) -> bool {
+    if crate::fs::layer::is_overlay_xattr(name) {
+        tracing::warn!(
+            ino,
+            "ignoring the xattr {} the flist holds: overlayfs would act on it",
+            String::from_utf8_lossy(name)
+        );
+        return false;
+    }
+    true
 }
 
 /// The chunks `stmt` selects (ino, id, key), by inode, in order.
