@@ -431,6 +431,16 @@ mod tests {
     use super::*;
     use crate::fs::tree::{Plan, PlanDir, PlanInode, Source};
 
+    /// A directory of the plan, 0755.
+    fn dir(path: &str) -> PlanDir {
+        PlanDir {
+            path: path.as_bytes().to_vec(),
+            meta: meta(0o755),
+            implicit: false,
+            opaque: false,
+        }
+    }
+
     fn meta(mode: u32) -> Meta {
         Meta {
             mode,
@@ -441,20 +451,7 @@ mod tests {
     #[test]
     fn layout_links_and_lookup() {
         let plan = Plan {
-            dirs: vec![
-                PlanDir {
-                    path: vec![],
-                    meta: meta(0o755),
-                    implicit: false,
-                    opaque: false,
-                },
-                PlanDir {
-                    path: b"etc".to_vec(),
-                    meta: meta(0o755),
-                    implicit: false,
-                    opaque: false,
-                },
-            ],
+            dirs: vec![dir(""), dir("etc")],
             inodes: vec![
                 PlanInode {
                     paths: vec![b"etc/a".to_vec(), b"b".to_vec()],
@@ -509,20 +506,7 @@ mod tests {
     /// `sql` (rows as a hostile or broken writer would leave them).
     fn edited(sql: &str) -> Index {
         let plan = Plan {
-            dirs: vec![
-                PlanDir {
-                    path: vec![],
-                    meta: meta(0o755),
-                    implicit: false,
-                    opaque: false,
-                },
-                PlanDir {
-                    path: b"d".to_vec(),
-                    meta: meta(0o755),
-                    implicit: false,
-                    opaque: false,
-                },
-            ],
+            dirs: vec![dir(""), dir("d")],
             inodes: ["d/f1", "d/f2", "d/f3", "d/f4", "d/f5"]
                 .iter()
                 .map(|p| PlanInode {
@@ -610,15 +594,10 @@ mod tests {
     /// A root that is missing or not a directory is refused at mount.
     #[test]
     fn a_flist_without_a_root_directory_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.fl");
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("t.fl");
         let plan = Plan {
-            dirs: vec![PlanDir {
-                path: vec![],
-                meta: meta(0o755),
-                implicit: false,
-                opaque: false,
-            }],
+            dirs: vec![dir("")],
             inodes: vec![],
             whiteouts: vec![],
         };
@@ -655,12 +634,6 @@ mod tests {
     /// and paths through a file refused.
     #[test]
     fn paths_resolve_through_symlinks_inside_the_tree() {
-        let dir = |path: &str| PlanDir {
-            path: path.as_bytes().to_vec(),
-            meta: meta(0o755),
-            implicit: false,
-            opaque: false,
-        };
         let link = |path: &str, target: &str| PlanInode {
             paths: vec![path.as_bytes().to_vec()],
             kind: InodeKind::Special(Special::Symlink {
