@@ -622,6 +622,35 @@ pub fn expected_len(size: u64, index: usize, count: usize) -> Option<usize> {
     Some((size - start).min(CHUNK_SIZE as u64) as usize)
 }
 
+/// Copies the part `[offset, end)` of a file out of its chunks
+/// `first..=first + pieces.len() - 1`, checking each chunk's length.
+pub fn assemble(
+    size: u64,
+    count: usize,
+    first: usize,
+    pieces: &[Piece],
+    offset: u64,
+    end: u64,
+) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity((end - offset) as usize);
+    for (i, piece) in pieces.iter().enumerate() {
+        let index = first + i;
+        let expected = expected_len(size, index, count)
+            .ok_or_else(|| format!("the flist lists {count} chunks for {size} bytes"))?;
+        if piece.len() != expected {
+            return Err(format!(
+                "chunk {index} holds {} bytes, expected {expected}",
+                piece.len()
+            ));
+        }
+        let start = index as u64 * CHUNK_SIZE as u64;
+        let from = offset.saturating_sub(start) as usize;
+        let to = ((end - start) as usize).min(piece.len());
+        out.extend_from_slice(&piece[from..to]);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::testing::*;
@@ -800,6 +829,23 @@ mod tests {
                 assert!(!cache.is_cached(chunk));
             }
         }
+    }
+
+    #[test]
+    fn assemble_spans_chunks() {
+        let c = CHUNK_SIZE;
+        let size = (2 * c + 10) as u64;
+        let pieces: Vec<Piece> = vec![Arc::new(vec![1; c]), Arc::new(vec![2; c]), Arc::new(vec![3; 10])];
+        let out = assemble(size, 3, 0, &pieces, (c - 2) as u64, (2 * c + 3) as u64).unwrap();
+        assert_eq!(out.len(), c + 5);
+        assert_eq!(&out[..2], &[1, 1]);
+        assert_eq!(out[2], 2);
+        assert_eq!(&out[out.len() - 3..], &[3, 3, 3]);
+        let tail = assemble(size, 3, 2, &pieces[2..], (2 * c + 4) as u64, size).unwrap();
+        assert_eq!(tail, vec![3; 6]);
+        // A short chunk in the middle of a file is an error, not data.
+        let short: Vec<Piece> = vec![Arc::new(vec![1; c - 1])];
+        assert!(assemble(size, 3, 0, &short, 0, 10).is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::flist::fuse::{self, MountOptions};
 use crate::flist::pack::{self, ChunkContent, KnownChunks};
 use crate::fs::content::{self, ContentSource};
 use crate::fs::layer::{Change, Kind, LayerBlob};
+use crate::fs::threads;
 use crate::fs::tree::{InodeKind, Source, Tree};
 use crate::image::digest::Digest;
 use crate::image::workdir::Workdir;
@@ -71,7 +72,7 @@ pub fn pack_image(
     let indices: Vec<usize> = (0..layers.len()).collect();
     let (mut packed, mut stats) = pack::pack(
         |sink| {
-            content::for_each_parallel(&indices, layers.len(), |&layer| {
+            threads::for_each_parallel(&indices, layers.len(), |&layer| {
                 // Every file of the layer packed before: its cached changes
                 // are all that is needed, and the layer is not read at all.
                 let cached = layers[layer].cached_changes();
@@ -115,7 +116,7 @@ pub fn pack_image(
         &router,
         &known,
         &Handle::current(),
-        content::io_workers(),
+        threads::io_workers(),
     )?;
     // Each stage's input is dropped as soon as the next is built: a
     // million-entry image holds a few hundred bytes per entry at each.
@@ -164,7 +165,7 @@ pub fn pack_dir(workdir: &Workdir, dir: &Path, out: &Path, stores: &[StoreSpec])
     let plan = crate::fs::scan::scan(dir)?;
     let content = crate::fs::scan::DiskContent {
         root: dir.to_owned(),
-        threads: content::io_workers(),
+        threads: threads::io_workers(),
     };
     let router = open_writing_router(stores)?;
     let known = KnownChunks::load(&workdir.chunk_index_path(), &router, &Handle::current())?;
@@ -181,7 +182,7 @@ pub fn pack_dir(workdir: &Workdir, dir: &Path, out: &Path, stores: &[StoreSpec])
         &router,
         &known,
         &Handle::current(),
-        content::io_workers(),
+        threads::io_workers(),
     )
     .with_context(|| format!("packing {}", dir.display()))?;
     write_flist(out, &plan, &blocks, &router, stats, started)
@@ -300,7 +301,7 @@ pub fn unpack(
         blocks: &blocks,
         cache: &cache,
         rt: Handle::current(),
-        threads: content::io_workers(),
+        threads: threads::io_workers(),
     };
     // The flist's all-zero chunks (a sparse file's holes) stay holes.
     let stats = extract::into_target(target, force, |dir| {

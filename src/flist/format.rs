@@ -41,8 +41,9 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, Connection};
 
+use super::sql::{self, value_bytes};
 use crate::fs::layer::{Meta, Timestamp, Xattr};
 use crate::fs::node::Special;
 use crate::fs::tree::{InodeKind, Plan, PlanDir, PlanInode};
@@ -88,14 +89,6 @@ fn name_value(bytes: &[u8]) -> rusqlite::types::Value {
         Ok(s) => rusqlite::types::Value::Text(s.to_owned()),
         Err(_) => rusqlite::types::Value::Blob(bytes.to_vec()),
     }
-}
-
-pub(super) fn value_bytes(v: rusqlite::types::ValueRef) -> Result<Vec<u8>> {
-    Ok(match v {
-        rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => t.to_vec(),
-        rusqlite::types::ValueRef::Null => Vec::new(),
-        other => bail!("unexpected value {other:?} where a name was expected"),
-    })
 }
 
 fn type_bits(kind: &InodeKind) -> u32 {
@@ -247,31 +240,15 @@ struct Row {
 impl Flist {
     /// Opens an flist read-only.
     pub fn open(path: &Path) -> Result<Self> {
-        exists(path)?;
-        not_truncated(path)?;
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .with_context(|| format!("opening flist {}", path.display()))?;
-        let ok: Option<String> = conn
-            .query_row(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'inode'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .with_context(|| format!("{} is not an flist (not an SQLite database)", path.display()))?;
-        if ok.is_none() {
-            bail!("{} is not an flist: it has no inode table", path.display());
-        }
-        Ok(Flist { conn })
+        Ok(Flist {
+            conn: sql::open(path)?,
+        })
     }
 
     /// Opens an flist for editing tags and routes.
     pub fn open_rw(path: &Path) -> Result<Self> {
         // Edited in place: only a regular file (a symlink to one is followed).
-        exists(path)?;
+        sql::exists(path)?;
         if !std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
             crate::refuse!(
                 "{} is not a regular file; flists are edited in place",
@@ -284,8 +261,8 @@ impl Flist {
         Ok(Flist { conn })
     }
 
-    pub(super) fn has_table(&self, name: &str) -> Result<bool> {
-        super::rows::has_table(&self.conn, name)
+    fn has_table(&self, name: &str) -> Result<bool> {
+        sql::has_table(&self.conn, name)
     }
 
     pub fn routes(&self) -> Result<Vec<RouteRow>> {
@@ -376,7 +353,7 @@ impl Flist {
                     value_bytes(r.get_ref(1)?)?,
                     value_bytes(r.get_ref(2)?)?,
                 );
-                if !super::rows::xattr_kept(ino, &name) {
+                if !sql::xattr_kept(ino, &name) {
                     continue;
                 }
                 xattrs.entry(ino).or_default().push((name.into(), value.into()));
@@ -423,14 +400,14 @@ impl Flist {
                 if !seen.insert(row.ino) {
                     continue;
                 }
-                super::rows::check_name(&row.name, row.ino)?;
+                sql::check_name(&row.name, row.ino)?;
                 let mut path = dir_path.clone();
                 if !path.is_empty() {
                     path.push(b'/');
                 }
                 path.extend_from_slice(&row.name);
                 let extra = extras.get(&row.ino).cloned();
-                let Some(kind) = super::rows::kind_of(row.ino, row.mode, row.size, row.rdev, extra)? else {
+                let Some(kind) = sql::kind_of(row.ino, row.mode, row.size, row.rdev, extra)? else {
                     continue;
                 };
                 if let InodeKind::Dir = kind {
@@ -474,7 +451,7 @@ impl Flist {
             if !by_ino.contains_key(&ino) {
                 continue;
             }
-            let Some(chunk) = super::rows::chunk_ref(r.get_ref(1)?, r.get_ref(2)?)? else {
+            let Some(chunk) = sql::chunk_ref(r.get_ref(1)?, r.get_ref(2)?)? else {
                 bail!("inode {ino} has a block whose id or key is not 32 bytes");
             };
             blocks.entry(ino).or_default().push(chunk);
@@ -505,7 +482,7 @@ impl Flist {
         let mut stmt = self.conn.prepare("SELECT id, key FROM fl_trace ORDER BY seq")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
-            let Some(chunk) = super::rows::chunk_ref(r.get_ref(0)?, r.get_ref(1)?)? else {
+            let Some(chunk) = sql::chunk_ref(r.get_ref(0)?, r.get_ref(1)?)? else {
                 bail!("the flist's trace holds an id or key that is not 32 bytes");
             };
             out.push(chunk);
@@ -535,51 +512,5 @@ impl Flist {
             out.insert(r.get(0)?, value_bytes(r.get_ref(1)?)?);
         }
         Ok(out)
-    }
-}
-
-/// Refuses a file shorter than the database its SQLite header describes
-/// (a partial copy or download): SQLite itself would notice only when it
-/// reads a missing page, and a mount reads pages long after it started.
-fn not_truncated(path: &Path) -> Result<()> {
-    use std::io::Read;
-    let mut header = [0u8; 100];
-    let mut file = std::fs::File::open(path).with_context(|| format!("opening flist {}", path.display()))?;
-    let len = file.metadata()?.len();
-    if file.read_exact(&mut header).is_err() || !header.starts_with(b"SQLite format 3\0") {
-        // Not SQLite at all: SQLite's own error says so.
-        return Ok(());
-    }
-    let page_size = match u16::from_be_bytes([header[16], header[17]]) {
-        1 => 65536,
-        n => u64::from(n),
-    };
-    let pages = u64::from(u32::from_be_bytes(header[28..32].try_into().expect("4 bytes")));
-    // The page count is valid when the change counter matches the
-    // version-valid-for number (SQLite 3.7.0 and later).
-    let valid = header[24..28] == header[92..96];
-    if valid && pages * page_size > len {
-        bail!(
-            "{} is truncated: {len} bytes, where its header describes {} pages of {page_size}",
-            path.display(),
-            pages
-        );
-    }
-    Ok(())
-}
-
-/// A missing flist is "not found" (exit 3), named; SQLite's own words for
-/// it ("unable to open database file") say neither.
-fn exists(path: &Path) -> Result<()> {
-    match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(crate::image::registry::RegistryError::new(
-                crate::image::registry::ErrorKind::NotFound,
-                format!("no flist {}: no such file", path.display()),
-            )
-            .into())
-        }
-        Err(e) => Err(anyhow::Error::new(e).context(format!("opening flist {}", path.display()))),
-        Ok(_) => Ok(()),
     }
 }

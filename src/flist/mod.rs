@@ -11,4 +11,5 @@ pub mod format;
 pub mod fuse;
 pub mod pack;
 pub mod rows;
+pub mod sql;
 pub mod trace;

@@ -436,7 +436,7 @@ impl ContentSource for ChunkContent<'_> {
                 _ => None,
             })
             .collect();
-        crate::fs::content::for_each_parallel(&files, self.threads, |&(i, ino, size)| {
+        crate::fs::threads::for_each_parallel(&files, self.threads, |&(i, ino, size)| {
             let chunks = self.blocks.get(&ino).map(Vec::as_slice).unwrap_or(&[]);
             let expected = size.div_ceil(CHUNK_SIZE as u64) as usize;
             if chunks.len() != expected {

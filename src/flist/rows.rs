@@ -4,7 +4,7 @@
 //! them, and the chunks of every file in one pass over the `block` table.
 //!
 //! A row that does not decode (an invalid name, a size beyond
-//! [`MAX_FILE_SIZE`], a type flmount does not serve, a value of the wrong
+//! [`MAX_FILE_SIZE`](super::sql::MAX_FILE_SIZE), a type flmount does not serve, a value of the wrong
 //! type) is left out with a warning that names it; the rest of its
 //! directory is served.
 //!
@@ -16,23 +16,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags};
 
-use super::format::{value_bytes, Flist};
+use super::sql::{self, check_name, chunk_ref, kind_of, value_bytes, xattr_kept};
 use crate::fs::layer::{Meta, Timestamp};
-use crate::fs::node::Special;
-use crate::fs::tree::{InodeKind, Source};
+use crate::fs::tree::InodeKind;
 use crate::store::ChunkRef;
-
-/// Files larger than this are refused when reading an flist (1 TiB).
-pub const MAX_FILE_SIZE: u64 = 1 << 40;
 
 /// Connections to the flist: request threads and read-ahead tasks query at
 /// once. All are opened at the start, so every one reads the file that
 /// was opened even if the path is replaced while it is served.
 const CONNECTIONS: usize = 3;
-
-const S_IFMT: u32 = libc::S_IFMT;
 
 /// One row of the `inode` table, decoded.
 #[derive(Debug)]
@@ -77,7 +71,7 @@ fn select(extended: bool, filter: &str) -> String {
 impl Rows {
     /// Opens `path` (checked as [`Flist::open`] checks it).
     pub fn open(path: &Path) -> Result<Self> {
-        let extended = Flist::open(path)?.has_table("fl_link")?;
+        let extended = sql::has_table(&sql::open(path)?, "fl_link")?;
         let mut conns = Vec::with_capacity(CONNECTIONS);
         for _ in 0..CONNECTIONS {
             let conn = Connection::open_with_flags(
@@ -318,56 +312,6 @@ fn decode(r: &rusqlite::Row) -> Result<Option<Row>> {
     }))
 }
 
-/// Checks a directory entry's name: not empty, `.` or `..`, no `/` or NUL.
-pub fn check_name(name: &[u8], ino: i64) -> Result<()> {
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
-        bail!(
-            "the flist holds an invalid name {:?} (inode {ino})",
-            String::from_utf8_lossy(name)
-        );
-    }
-    Ok(())
-}
-
-/// What a row of `mode` is (`extra`: its symlink target); `None` for a
-/// type flmount does not serve (logged).
-pub fn kind_of(
-    ino: i64,
-    mode: u32,
-    size: u64,
-    rdev: u64,
-    extra: Option<Vec<u8>>,
-) -> Result<Option<InodeKind>> {
-    Ok(Some(match mode & S_IFMT {
-        libc::S_IFDIR => InodeKind::Dir,
-        libc::S_IFREG => {
-            if size > MAX_FILE_SIZE {
-                bail!("inode {ino} claims {size} bytes");
-            }
-            InodeKind::File {
-                size,
-                source: Some(Source::Flist { ino }),
-            }
-        }
-        libc::S_IFLNK => InodeKind::Special(Special::Symlink {
-            target: extra.unwrap_or_default().into(),
-        }),
-        libc::S_IFCHR => InodeKind::Special(Special::CharDev {
-            major: libc::major(rdev),
-            minor: libc::minor(rdev),
-        }),
-        libc::S_IFBLK => InodeKind::Special(Special::BlockDev {
-            major: libc::major(rdev),
-            minor: libc::minor(rdev),
-        }),
-        libc::S_IFIFO => InodeKind::Special(Special::Fifo),
-        other => {
-            tracing::warn!(ino, "skipping an entry of unsupported type {other:o}");
-            return Ok(None);
-        }
-    }))
-}
-
 /// Adds the xattrs `stmt` selects (ino, name, value) to `rows`; leaves out
 /// overlayfs's own (overlayfs would act on them).
 fn add_xattrs(mut stmt: rusqlite::CachedStatement, param: u64, rows: &mut [Row]) -> Result<()> {
@@ -386,20 +330,6 @@ fn add_xattrs(mut stmt: rusqlite::CachedStatement, param: u64, rows: &mut [Row])
     Ok(())
 }
 
-/// Whether an xattr the flist holds for `ino` is served: overlayfs's own
-/// are not (overlayfs would act on them), with a warning.
-pub fn xattr_kept(ino: i64, name: &[u8]) -> bool {
-    if crate::fs::layer::is_overlay_xattr(name) {
-        tracing::warn!(
-            ino,
-            "ignoring the xattr {} the flist holds: overlayfs would act on it",
-            String::from_utf8_lossy(name)
-        );
-        return false;
-    }
-    true
-}
-
 /// The chunks `stmt` selects (ino, id, key), by inode, in order.
 fn collect_chunks(mut stmt: rusqlite::CachedStatement, param: u64) -> Result<HashMap<u64, Vec<ChunkRef>>> {
     let mut out: HashMap<u64, Vec<ChunkRef>> = HashMap::new();
@@ -412,31 +342,4 @@ fn collect_chunks(mut stmt: rusqlite::CachedStatement, param: u64) -> Result<Has
         out.entry(ino.max(0) as u64).or_default().push(chunk);
     }
     Ok(out)
-}
-
-/// A chunk from its `id` and `key` columns; `None` if either is not 32
-/// bytes.
-pub fn chunk_ref(id: rusqlite::types::ValueRef, key: rusqlite::types::ValueRef) -> Result<Option<ChunkRef>> {
-    let (id, key) = (value_bytes(id)?, value_bytes(key)?);
-    Ok(
-        match (
-            <[u8; 32]>::try_from(id.as_slice()),
-            <[u8; 32]>::try_from(key.as_slice()),
-        ) {
-            (Ok(id), Ok(key)) => Some(ChunkRef { id, key }),
-            _ => None,
-        },
-    )
-}
-
-/// Whether `conn` has table `name`.
-pub fn has_table(conn: &Connection, name: &str) -> Result<bool> {
-    Ok(conn
-        .query_row(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-            [name],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some())
 }

@@ -1,10 +1,8 @@
 //! Where the content of a plan's regular files comes from: the
 //! [`ContentSource`] trait that every writer reads through (layer blobs
-//! here, a directory in `scan`, an flist's chunks in `flist::pack`), and
-//! the small thread helpers the sources share.
+//! here, a directory in `scan`, an flist's chunks in `flist::pack`).
 
 use std::io::Read;
-use std::sync::atomic::Ordering;
 
 use anyhow::{anyhow, bail, Result};
 
@@ -27,7 +25,7 @@ impl ContentSource for LayerContent<'_> {
     fn deliver(&self, plan: &Plan, sink: &(dyn Fn(usize, &mut dyn Read) -> Result<()> + Sync)) -> Result<()> {
         let sources: Vec<_> = plan.sources().into_iter().collect();
         // One thread per layer: they are read concurrently.
-        for_each_parallel(&sources, sources.len(), |(layer, wanted)| {
+        crate::fs::threads::for_each_parallel(&sources, sources.len(), |(layer, wanted)| {
             walk_wanted(&self.0[*layer], wanted, |index, entry, reader| {
                 let sparse = matches!(entry.kind, crate::fs::layer::Kind::File { sparse: true, .. });
                 with_holes(sparse, || sink(index, reader))
@@ -71,54 +69,6 @@ pub fn walk_wanted(
         )),
         Ok(()) => Ok(()),
     }
-}
-
-/// The cores this process may use.
-pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
-}
-
-/// Threads for work that waits on I/O as much as it computes (creating
-/// files, encoding and storing chunks): two per core, between 4 and 16.
-pub fn io_workers() -> usize {
-    cores().clamp(2, 8) * 2
-}
-
-/// Runs `work` on every item with `threads` threads taking items in turn;
-/// the first error stops each thread at its next item and is returned.
-pub fn for_each_parallel<T: Sync>(
-    items: &[T],
-    threads: usize,
-    work: impl Fn(&T) -> Result<()> + Sync,
-) -> Result<()> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads.max(1))
-            .map(|_| {
-                scope.spawn(|| -> Result<()> {
-                    while let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        work(item)?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        join_all(handles)
-    })
-}
-
-/// Waits for every thread; the first error wins.
-pub fn join_all(handles: Vec<std::thread::ScopedJoinHandle<'_, Result<()>>>) -> Result<()> {
-    let mut first = Ok(());
-    for h in handles {
-        let r = h
-            .join()
-            .unwrap_or_else(|_| Err(anyhow!("a worker thread panicked")));
-        if first.is_ok() {
-            first = r;
-        }
-    }
-    first
 }
 
 thread_local! {

@@ -229,7 +229,7 @@ impl LayerBlob {
 
 /// The changes of every layer, read in parallel (one thread per core).
 pub fn read_all(layers: &[LayerBlob]) -> Result<Vec<Vec<Change>>> {
-    let threads = crate::fs::content::cores();
+    let threads = crate::fs::threads::cores();
     let mut out = Vec::with_capacity(layers.len());
     for batch in layers.chunks(threads) {
         let results: Vec<Result<Vec<Change>>> = std::thread::scope(|s| {

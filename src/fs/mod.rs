@@ -3,11 +3,12 @@
 //! OCI rules into one tree and planned for writing ([`tree`]); or a
 //! directory on disk scanned into the same plan ([`scan`]); where the
 //! content of a plan's files comes from ([`content`]); the kinds of node
-//! every stage shares ([`node`]).
+//! every stage shares ([`node`]); thread counts and helpers ([`threads`]).
 
 pub mod content;
 pub mod layer;
 pub mod node;
 pub mod scan;
 pub mod tarstream;
+pub mod threads;
 pub mod tree;

@@ -143,7 +143,7 @@ impl ContentSource for DiskContent {
                 )
             })
             .collect();
-        crate::fs::content::for_each_parallel(&files, self.threads, |&i| {
+        crate::fs::threads::for_each_parallel(&files, self.threads, |&i| {
             let inode = &plan.inodes[i];
             let InodeKind::File { size, .. } = inode.kind else {
                 return Ok(());

@@ -247,8 +247,8 @@ pub fn choose_platform<'a>(entries: &'a [IndexEntry], wanted: &Platform) -> Resu
         .filter(|p| p != "unknown/unknown")
         .collect();
     // Not found (exit 3), as an image the registry does not have.
-    Err(crate::image::registry::RegistryError::new(
-        crate::image::registry::ErrorKind::NotFound,
+    Err(crate::image::error::RegistryError::new(
+        crate::image::error::ErrorKind::NotFound,
         format!(
             "no image for platform {wanted} in this index; available: {} (choose one with -platform)",
             if available.is_empty() {

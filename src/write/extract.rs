@@ -56,7 +56,7 @@ impl Default for WriteOptions {
         WriteOptions {
             owners: root,
             devices: root,
-            workers: crate::fs::content::io_workers(),
+            workers: crate::fs::threads::io_workers(),
         }
     }
 }

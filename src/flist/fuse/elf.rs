@@ -18,9 +18,8 @@ use std::sync::{Arc, Mutex};
 use tokio::runtime::Handle;
 
 use super::ahead::{fill, push_chunks};
-use super::fs::assemble;
 use super::index::{Index, NodeKind};
-use crate::flist::chunkcache::ChunkCache;
+use crate::flist::chunkcache::{assemble, ChunkCache};
 use crate::flist::fetch::Priority;
 use crate::store::CHUNK_SIZE;
 

@@ -171,35 +171,6 @@ fn file_type(kind: u32) -> FileType {
     }
 }
 
-/// Copies the part `[offset, end)` of a file out of its chunks
-/// `first..=first + pieces.len() - 1`, checking each chunk's length.
-pub(super) fn assemble(
-    size: u64,
-    count: usize,
-    first: usize,
-    pieces: &[Piece],
-    offset: u64,
-    end: u64,
-) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity((end - offset) as usize);
-    for (i, piece) in pieces.iter().enumerate() {
-        let index = first + i;
-        let expected = chunkcache::expected_len(size, index, count)
-            .ok_or_else(|| format!("the flist lists {count} chunks for {size} bytes"))?;
-        if piece.len() != expected {
-            return Err(format!(
-                "chunk {index} holds {} bytes, expected {expected}",
-                piece.len()
-            ));
-        }
-        let start = index as u64 * CHUNK_SIZE as u64;
-        let from = offset.saturating_sub(start) as usize;
-        let to = ((end - start) as usize).min(piece.len());
-        out.extend_from_slice(&piece[from..to]);
-    }
-    Ok(out)
-}
-
 /// A directory's entries as readdir lists them: `.`, `..`, then the
 /// children (inode, name, type); the offset of entry `i` is `i + 1`.
 fn dir_entries(ino: u64, parent: u64, entries: &Entries) -> impl Iterator<Item = (u64, &[u8], u32)> {
@@ -324,7 +295,7 @@ impl Filesystem for FlistFs {
         let count = chunks.len();
         if let Some(pieces) = self.cache.get_all_in_memory(wanted) {
             self.read_ahead(ino, offset, end, last, &chunks);
-            return match assemble(file_size, count, first, &pieces, offset, end) {
+            return match chunkcache::assemble(file_size, count, first, &pieces, offset, end) {
                 Ok(data) => {
                     if let Some(starts) = &self.starts {
                         starts.after(ino, offset, &data);
@@ -346,7 +317,7 @@ impl Filesystem for FlistFs {
                 .into_iter()
                 .collect::<anyhow::Result<Vec<Piece>>>()
                 .map_err(|e| format!("{e:#}"))
-                .and_then(|pieces| assemble(file_size, count, first, &pieces, offset, end));
+                .and_then(|pieces| chunkcache::assemble(file_size, count, first, &pieces, offset, end));
             match result {
                 Ok(data) => {
                     if let Some(starts) = starts {
@@ -481,23 +452,6 @@ fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn assemble_spans_chunks() {
-        let c = CHUNK_SIZE;
-        let size = (2 * c + 10) as u64;
-        let pieces: Vec<Piece> = vec![Arc::new(vec![1; c]), Arc::new(vec![2; c]), Arc::new(vec![3; 10])];
-        let out = assemble(size, 3, 0, &pieces, (c - 2) as u64, (2 * c + 3) as u64).unwrap();
-        assert_eq!(out.len(), c + 5);
-        assert_eq!(&out[..2], &[1, 1]);
-        assert_eq!(out[2], 2);
-        assert_eq!(&out[out.len() - 3..], &[3, 3, 3]);
-        let tail = assemble(size, 3, 2, &pieces[2..], (2 * c + 4) as u64, size).unwrap();
-        assert_eq!(tail, vec![3; 6]);
-        // A short chunk in the middle of a file is an error, not data.
-        let short: Vec<Piece> = vec![Arc::new(vec![1; c - 1])];
-        assert!(assemble(size, 3, 0, &short, 0, 10).is_err());
-    }
 
     #[test]
     fn negative_and_subsecond_times() {
