@@ -158,6 +158,39 @@ impl Index {
         if let Some(node) = self.nodes.lock().unwrap().get(&ino) {
             return Some(node.clone());
         }
+        let node = self.node_alone(ino)?;
+        // A miss on a file is mostly the first of its directory's (a
+        // reader going through it, the kernel having forgotten it): the
+        // whole directory is read in three queries and its files kept,
+        // rather than one query per file.
+        if !matches!(node.kind, NodeKind::Dir) {
+            self.reload_files(node.parent);
+        }
+        Some(node)
+    }
+
+    /// Reads the entries of `dir` again (not one larger than a quarter of
+    /// the inode cache), which keeps its files' inodes.
+    fn reload_files(&self, dir: u64) {
+        let cached = self.dirs.lock().unwrap().lru.peek(&dir).map(|e| e.len());
+        match cached {
+            Some(n) if n > NODES / 4 => {}
+            Some(_) => {
+                if let Ok(entries) = self.load_dir(dir) {
+                    self.keep_dir(dir, entries);
+                }
+            }
+            None => {
+                let _ = self.entries(dir);
+            }
+        }
+    }
+
+    /// Inode `ino`, read on its own if it is not cached.
+    fn node_alone(&self, ino: u64) -> Option<Arc<Node>> {
+        if let Some(node) = self.nodes.lock().unwrap().get(&ino) {
+            return Some(node.clone());
+        }
         match self.load_node(ino) {
             Ok(node) => {
                 let node = Arc::new(node?);
@@ -181,21 +214,27 @@ impl Index {
         }
         match self.load_dir(dir) {
             Ok(entries) => {
-                let mut dirs = self.dirs.lock().unwrap();
-                if let Some(old) = dirs.lru.put(dir, entries.clone()) {
-                    dirs.entries -= old.len();
-                }
-                dirs.entries += entries.len();
-                while dirs.entries > DIR_ENTRIES && dirs.lru.len() > 1 {
-                    let (_, old) = dirs.lru.pop_lru().expect("not empty");
-                    dirs.entries -= old.len();
-                }
+                self.keep_dir(dir, entries.clone());
                 Some(entries)
             }
             Err(e) => {
                 tracing::warn!("reading directory {} of the flist: {e:#}", self.path_of(dir));
                 None
             }
+        }
+    }
+
+    /// Puts a directory's entries in the cache, dropping the least
+    /// recently used beyond [`DIR_ENTRIES`] (one larger is kept alone).
+    fn keep_dir(&self, dir: u64, entries: Entries) {
+        let mut dirs = self.dirs.lock().unwrap();
+        if let Some(old) = dirs.lru.put(dir, entries.clone()) {
+            dirs.entries -= old.len();
+        }
+        dirs.entries += entries.len();
+        while dirs.entries > DIR_ENTRIES && dirs.lru.len() > 1 {
+            let (_, old) = dirs.lru.pop_lru().expect("not empty");
+            dirs.entries -= old.len();
         }
     }
 
@@ -288,7 +327,7 @@ impl Index {
         // Other names of files: the file must be one (not a directory, not
         // itself another name).
         for (name, target) in links {
-            match self.node(target) {
+            match self.node_alone(target) {
                 Some(node) if !matches!(node.kind, NodeKind::Dir) => entries.push(Entry {
                     name,
                     ino: target,
