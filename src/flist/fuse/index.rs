@@ -630,6 +630,22 @@ mod tests {
         assert_eq!(index.lookup(d, b"f2"), Some(3));
     }
 
+    /// A file read on its own (the kernel asking by number) brings its
+    /// directory's other files into the cache with it, in one read.
+    #[test]
+    fn a_missed_file_brings_its_siblings() {
+        let index = edited("");
+        let cached = |ino: u64| index.nodes.lock().unwrap().contains(&ino);
+        assert!((3..=7).all(|i| !cached(i)), "nothing is read at open");
+        assert!(index.node(5).is_some());
+        assert!((3..=7).all(cached), "the siblings of inode 5 came with it");
+        // Dropped from the cache (while the directory's entries stay), a
+        // file still brings them back.
+        index.nodes.lock().unwrap().clear();
+        assert!(index.node(3).is_some());
+        assert!((3..=7).all(cached));
+    }
+
     /// A root that is missing or not a directory is refused at mount.
     #[test]
     fn a_flist_without_a_root_directory_is_refused() {
