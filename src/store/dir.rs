@@ -155,11 +155,22 @@ fn write_chunk(path: &std::path::Path, blob: &[u8]) -> std::io::Result<()> {
     }
 }
 
-/// A blob file's bytes, or `None` if it is longer than any blob.
+/// A blob file's bytes, or `None` if it is longer than any blob: read on
+/// the blocking pool in one go (tokio's own file reads would take a
+/// blocking task per buffer-full).
 async fn read_blob(path: &std::path::Path) -> std::io::Result<Option<Vec<u8>>> {
-    use tokio::io::AsyncReadExt;
-    let file = tokio::fs::File::open(path).await?;
-    let mut out = Vec::new();
-    file.take(MAX_BLOB as u64 + 1).read_to_end(&mut out).await?;
-    Ok((out.len() <= MAX_BLOB).then_some(out))
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let file = std::fs::File::open(&path)?;
+        let len = file.metadata()?.len();
+        if len > MAX_BLOB as u64 {
+            return Ok(None);
+        }
+        let mut out = Vec::with_capacity(len as usize);
+        file.take(MAX_BLOB as u64 + 1).read_to_end(&mut out)?;
+        Ok((out.len() <= MAX_BLOB).then_some(out))
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
