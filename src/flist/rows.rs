@@ -48,9 +48,13 @@ pub struct Rows {
     /// Whether flmount's own tables (`fl_xattr`, `fl_link`, `fl_time`)
     /// are there (rfs writes none of them).
     extended: bool,
+    /// The queries of one directory's rows and of one inode's (see
+    /// [`select`]), written once.
+    children_sql: String,
+    inode_sql: String,
 }
 
-/// The columns every query of rows selects, `i` being `inode`.
+/// The query of rows with `filter`, `i` being `inode`.
 fn select(extended: bool, filter: &str) -> String {
     if extended {
         format!(
@@ -69,16 +73,21 @@ fn select(extended: bool, filter: &str) -> String {
 }
 
 impl Rows {
-    /// Opens `path` (checked as [`Flist::open`] checks it).
+    /// Opens `path` (the first connection checked by [`sql::open`]).
     pub fn open(path: &Path) -> Result<Self> {
-        let extended = sql::has_table(&sql::open(path)?, "fl_link")?;
+        let first = sql::open(path)?;
+        let extended = sql::has_table(&first, "fl_link")?;
         let mut conns = Vec::with_capacity(CONNECTIONS);
+        let mut first = Some(first);
         for _ in 0..CONNECTIONS {
-            let conn = Connection::open_with_flags(
-                path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-            .with_context(|| format!("opening flist {}", path.display()))?;
+            let conn = match first.take() {
+                Some(conn) => conn,
+                None => Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .with_context(|| format!("opening flist {}", path.display()))?,
+            };
             // The file is in the kernel's page cache anyway: 1 MiB of
             // SQLite's own cache per connection, not its default 2 MiB.
             conn.pragma_update(None, "cache_size", -1024)?;
@@ -88,6 +97,8 @@ impl Rows {
             conns,
             next: AtomicUsize::new(0),
             extended,
+            children_sql: select(extended, "i.parent = ?1"),
+            inode_sql: select(extended, "i.ino = ?1"),
         })
     }
 
@@ -105,10 +116,9 @@ impl Rows {
 
     /// The rows whose parent is `dir`, in no order, with their xattrs.
     pub fn children(&self, dir: u64) -> Result<Vec<Row>> {
-        let extended = self.extended;
         self.with(|conn| {
-            let mut rows = query_rows(conn, &select(extended, "i.parent = ?1"), dir, true)?;
-            if extended && !rows.is_empty() {
+            let mut rows = query_rows(conn, &self.children_sql, dir, true)?;
+            if self.extended && !rows.is_empty() {
                 let xattrs = conn.prepare_cached(
                     "SELECT x.ino, x.name, x.value FROM inode i JOIN fl_xattr x ON x.ino = i.ino \
                      WHERE i.parent = ?1 ORDER BY x.rowid",
@@ -121,10 +131,9 @@ impl Rows {
 
     /// The row of inode `ino`, if there is one that decodes.
     pub fn inode(&self, ino: u64) -> Result<Option<Row>> {
-        let extended = self.extended;
         self.with(|conn| {
-            let mut rows = query_rows(conn, &select(extended, "i.ino = ?1"), ino, false)?;
-            if extended && !rows.is_empty() {
+            let mut rows = query_rows(conn, &self.inode_sql, ino, false)?;
+            if self.extended && !rows.is_empty() {
                 let xattrs = conn
                     .prepare_cached("SELECT ino, name, value FROM fl_xattr WHERE ino = ?1 ORDER BY rowid")?;
                 add_xattrs(xattrs, ino, &mut rows)?;

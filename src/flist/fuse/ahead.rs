@@ -137,8 +137,9 @@ impl ReadAhead {
         let _ = self.walk.set(walk);
     }
 
-    /// What to fetch ahead of a read of `[offset, end)` from file `ino`,
-    /// whose chunks are `chunks` and whose read ends in chunk `last`;
+    /// What to fetch ahead of a read of `[offset, end)` from file `ino`
+    /// of `size` bytes, whose chunks are `chunks` and whose read ends in
+    /// chunk `last`;
     /// `foreseen`: the file was fetched by a rule that knew it would be
     /// read (a library), which says nothing of its directory.
     #[allow(clippy::too_many_arguments)]
@@ -146,16 +147,13 @@ impl ReadAhead {
         &self,
         index: &Index,
         ino: u64,
+        size: u64,
         offset: u64,
         end: u64,
         last: usize,
         chunks: &[ChunkRef],
         foreseen: bool,
     ) -> Vec<Wanted> {
-        let size = match index.node(ino).as_ref().map(|n| &n.kind) {
-            Some(NodeKind::File { size, .. }) => *size,
-            _ => return Vec::new(),
-        };
         let mut wanted = Vec::new();
         let mut state = self.state.lock().unwrap();
         if self.wide && offset == 0 && size <= WHOLE_FILE {
@@ -438,10 +436,12 @@ mod tests {
     fn first_read(ahead: &ReadAhead, index: &Index, path: &str) -> usize {
         let ino = file(index, path);
         let node = index.node(ino).unwrap();
-        let NodeKind::File { chunks, .. } = &node.kind else {
+        let NodeKind::File { chunks, size, .. } = &node.kind else {
             unreachable!()
         };
-        ahead.after_read(index, ino, 0, 100, 0, chunks, false).len()
+        ahead
+            .after_read(index, ino, *size, 0, 100, 0, chunks, false)
+            .len()
     }
 
     #[test]

@@ -118,15 +118,15 @@ impl FlistFs {
         Some((parent, self.index.entries(ino)?))
     }
 
-    /// Starts fetching what the reader of `[offset, end)` of `ino` will
-    /// want next (see [`ReadAhead`]), below demand reads.
-    fn read_ahead(&self, ino: u64, offset: u64, end: u64, last: usize, chunks: &[ChunkRef]) {
+    /// Starts fetching what the reader of `[offset, end)` of `ino` (`size`
+    /// bytes) will want next (see [`ReadAhead`]), below demand reads.
+    fn read_ahead(&self, ino: u64, size: u64, offset: u64, end: u64, last: usize, chunks: &[ChunkRef]) {
         // A library the loader opens was foreseen by the library rule: it
         // says nothing of the rest of its directory.
         let foreseen = (self.starts.as_ref()).is_some_and(|s| s.libraries.foreseen(ino));
         let mut wanted = self
             .ahead
-            .after_read(&self.index, ino, offset, end, last, chunks, foreseen);
+            .after_read(&self.index, ino, size, offset, end, last, chunks, foreseen);
         wanted.retain(|(chunk, _)| !self.cache.is_cached(chunk));
         ahead::fill(&self.cache, &self.rt, wanted);
     }
@@ -294,7 +294,7 @@ impl Filesystem for FlistFs {
         }
         let count = chunks.len();
         if let Some(pieces) = self.cache.get_all_in_memory(wanted) {
-            self.read_ahead(ino, offset, end, last, &chunks);
+            self.read_ahead(ino, file_size, offset, end, last, &chunks);
             return match chunkcache::assemble(file_size, count, first, &pieces, offset, end) {
                 Ok(data) => {
                     if let Some(starts) = &self.starts {
@@ -331,7 +331,7 @@ impl Filesystem for FlistFs {
                 }
             }
         });
-        self.read_ahead(ino, offset, end, last, &chunks);
+        self.read_ahead(ino, file_size, offset, end, last, &chunks);
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {

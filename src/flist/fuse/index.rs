@@ -155,10 +155,10 @@ impl Index {
 
     /// Inode `ino`, if the tree has it.
     pub fn node(&self, ino: u64) -> Option<Arc<Node>> {
-        if let Some(node) = self.nodes.lock().unwrap().get(&ino) {
-            return Some(node.clone());
+        if let Some(node) = self.cached(ino) {
+            return Some(node);
         }
-        let node = self.node_alone(ino)?;
+        let node = self.read_node(ino)?;
         // A miss on a file is mostly the first of its directory's (a
         // reader going through it, the kernel having forgotten it): the
         // whole directory is read in three queries and its files kept,
@@ -186,11 +186,18 @@ impl Index {
         }
     }
 
+    /// Inode `ino` if it is in the cache.
+    fn cached(&self, ino: u64) -> Option<Arc<Node>> {
+        self.nodes.lock().unwrap().get(&ino).cloned()
+    }
+
     /// Inode `ino`, read on its own if it is not cached.
     fn node_alone(&self, ino: u64) -> Option<Arc<Node>> {
-        if let Some(node) = self.nodes.lock().unwrap().get(&ino) {
-            return Some(node.clone());
-        }
+        self.cached(ino).or_else(|| self.read_node(ino))
+    }
+
+    /// Reads inode `ino` from the flist, and caches it.
+    fn read_node(&self, ino: u64) -> Option<Arc<Node>> {
         match self.load_node(ino) {
             Ok(node) => {
                 let node = Arc::new(node?);
