@@ -435,9 +435,11 @@ pub fn gc(workdir: &Workdir, dry_run: bool) -> Result<GcStats> {
         for e in entries {
             let e = e?;
             let path = e.path();
-            let manifest = path
-                .file_stem()
-                .and_then(|s| Digest::parse(&format!("sha256:{}", s.to_string_lossy())).ok());
+            // `<hex>.fl` (packed) or `<hex>.index.fl` (a seek index).
+            let manifest = path.file_stem().and_then(|s| {
+                let s = s.to_string_lossy();
+                Digest::parse(&format!("sha256:{}", s.strip_suffix(".index").unwrap_or(&s))).ok()
+            });
             let wanted = manifest.is_some_and(|d| roles.get(&d) == Some(&Role::Manifest))
                 || crate::flist::fuse::is_served(&path);
             if wanted {

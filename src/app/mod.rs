@@ -14,8 +14,8 @@ use crate::image::pull::{self, PulledImage};
 use crate::image::reference::ImageRef;
 use crate::image::workdir::Workdir;
 use crate::owned::{output, signals};
-use crate::progress::Progress;
-use crate::{admin, flist::commands, flist::fuse, runtime, write::extract, write::overlay};
+use crate::progress::{human_bytes, Progress};
+use crate::{admin, flist::commands, flist::fuse, flist::seekindex, runtime, write::extract, write::overlay};
 use settings::{Action, ContentOp, FlistOp, ImageJob, Output, Settings};
 
 /// Runs `s`. Synchronous: the caller has entered a tokio runtime, which
@@ -161,14 +161,13 @@ fn run_image(workdir: Workdir, job: ImageJob, quiet: bool, json: bool, watch: si
         // written first, users looked up in the layers.
         write_lxc_config(&workdir, &image, job.lxcconfig.as_deref())?;
     }
-    let validate = job.pull.validate_cache;
     let layer_files: Vec<_> = image
         .manifest
         .layers
         .iter()
         .map(|l| (l.digest.clone(), workdir.blob_path(&l.digest)))
         .collect();
-    let details = produce(workdir, &image, job.output, json, started, watch, validate)
+    let details = produce(workdir, &image, job.output, json, started, watch, &job.pull)
         .map_err(|e| corrupt_layer(e, &layer_files))?;
     if let Some(rootfs) = &rootfs {
         let path = job.lxcconfig.as_deref();
@@ -290,6 +289,8 @@ fn describe(output: &Output) -> (&'static str, Option<PathBuf>) {
         Output::Fuse { mount } => ("fuse", Some(mount.mountpoint.clone())),
         Output::Bundle { dir, .. } => ("bundle", Some(dir.clone())),
         Output::Flist { path, .. } => ("flist", Some(path.clone())),
+        Output::Lazy { mount, .. } => ("lazy", Some(mount.mountpoint.clone())),
+        Output::Index { path } => ("index", path.clone()),
     }
 }
 
@@ -320,8 +321,9 @@ fn produce(
     json: bool,
     started: Instant,
     watch: signals::Watch,
-    validate: bool,
+    pull: &crate::image::pull::PullOptions,
 ) -> Result<Option<serde_json::Value>> {
+    let validate = pull.validate_cache;
     let layers = image.layer_blobs(&workdir)?;
     let digests: Vec<_> = image.manifest.layers.iter().map(|l| l.digest.clone()).collect();
     let secs = || started.elapsed().as_secs_f64();
@@ -378,6 +380,58 @@ fn produce(
             drop(workdir);
             drop(watch);
             commands::serve(&flist, &[store], &mount)?
+        }
+        Output::Index { path } => {
+            let path = path.unwrap_or_else(|| workdir.seek_index_path(&image.manifest_digest));
+            let stats = seekindex::build(
+                &image.reference.to_string(),
+                &image.manifest_digest,
+                &image.manifest.layers,
+                &layers,
+                &path,
+            )
+            .with_context(|| format!("indexing {}", image.reference))?;
+            tracing::info!(
+                "indexed {} ({}, {}) into {}: {} checkpoints, {} in {:.2}s",
+                image.reference,
+                admin::plural(stats.files as usize, "file"),
+                human_bytes(stats.bytes),
+                path.display(),
+                stats.checkpoints,
+                human_bytes(stats.index_bytes),
+                secs()
+            );
+            return Ok(Some(serde_json::to_value(stats)?));
+        }
+        Output::Lazy { mount, index } => {
+            let path = index.unwrap_or_else(|| workdir.seek_index_path(&image.manifest_digest));
+            let seek = seekindex::open_for(&path, &image.manifest_digest, &image.manifest.layers)
+                .with_context(|| format!("the seek index of {}", image.reference))?;
+            // Layers this workdir holds are read from it; the others from
+            // the registry.
+            let local: std::collections::HashMap<_, _> = (image.manifest.layers.iter())
+                .filter(|l| workdir.has_blob(&l.digest))
+                .map(|l| (l.digest.clone(), workdir.blob_path(&l.digest)))
+                .collect();
+            let registry = if local.len() == image.manifest.layers.len() {
+                None
+            } else {
+                let connect = crate::image::registry::RegistryClient::connect(
+                    &image.reference,
+                    &pull.transport,
+                    pull.credentials.clone(),
+                );
+                Some(tokio::runtime::Handle::current().block_on(connect)?)
+            };
+            let blobs = crate::flist::layerstore::Blobs {
+                local,
+                registry,
+                url: format!("{}/{}", image.reference.registry(), image.reference.repository()),
+            };
+            let _held = fuse::hold_flist(&path)?;
+            drop(workdir);
+            drop(watch);
+            commands::serve_lazy(&path, seek, blobs, &mount)?
         }
         Output::Overlay { target, overlaydir } => {
             let (chains, stats) = overlay::prepare_layers(&workdir, &digests, &layers)

@@ -91,6 +91,16 @@ pub enum Output {
     Fuse {
         mount: MountOptions,
     },
+    /// Serve through FUSE straight from the layer blobs, by the image's
+    /// seek index (the workdir's, or `index`).
+    Lazy {
+        mount: MountOptions,
+        index: Option<PathBuf>,
+    },
+    /// Build the image's seek index (into the workdir, or `path`).
+    Index {
+        path: Option<PathBuf>,
+    },
     /// Show the manifest, config and layers (`inspect`).
     Inspect(InspectView),
     /// An OCI runtime bundle: `dir/rootfs` and `dir/config.json`.

@@ -74,6 +74,14 @@ pub struct Args {
     #[arg(long)]
     pub fuse: bool,
 
+    /// With -image and -mount: serve through FUSE straight from the image's registry, reading parts of its layers as files are read (nothing converted, no layer downloaded), by the image's seek index (built with `flmount index`)
+    #[arg(long)]
+    pub lazy: bool,
+
+    /// The seek index file: where `flmount index` writes it, and what -lazy reads [default: in the workdir]
+    #[arg(long = "index", value_name = "FILE", global = true)]
+    pub index_file: Option<PathBuf>,
+
     /// FUSE mounts and unpack: where fetched chunks are cached [default for mounts: WORKDIR/cache/chunks, none when every store is a local dir://]
     #[arg(long, value_name = "DIR")]
     pub cache: Option<PathBuf>,
@@ -249,6 +257,11 @@ pub enum Command {
         /// Only say what would be removed
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Build an image's seek index, so that -mount -lazy serves it straight from its registry (reads the layers once), e.g. flmount index nginx; -index FILE writes it there
+    Index {
+        /// The image, as -image takes it
+        image: String,
     },
     /// Show an image's digests, platforms, process and layers (fetches no layers), e.g. flmount inspect alpine -platform linux/arm64
     Inspect {

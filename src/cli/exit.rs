@@ -30,6 +30,7 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         Some(StoreError::Unavailable { .. }) => return 5,
         Some(StoreError::Missing { .. }) => return 3,
         Some(StoreError::Local { .. }) => return 7,
+        Some(StoreError::Corrupt { .. }) => return 6,
         // A store that refused the credentials (a namespace password, S3
         // keys), as a registry's refusal is.
         Some(StoreError::Refused { .. }) => return 4,

@@ -60,6 +60,7 @@ impl Args {
             action,
         };
         let mut inspect: Option<InspectView> = None;
+        let mut index = false;
         match self.command.take() {
             Some(Command::Images { op: None }) => return Ok(simple(Action::Images)),
             Some(Command::Images {
@@ -73,6 +74,13 @@ impl Args {
             }
             Some(Command::Content { op }) => return Ok(simple(Action::Content(op.into()))),
             Some(Command::Gc { dry_run }) => return Ok(simple(Action::Gc { dry_run })),
+            Some(Command::Index { image }) => {
+                if self.image.is_some() {
+                    bail!("index takes the image as its argument, not -image");
+                }
+                self.image = Some(image);
+                index = true;
+            }
             Some(Command::Inspect { image, raw, config }) => {
                 if self.image.is_some() {
                     bail!("inspect takes the image as its argument, not -image");
@@ -180,7 +188,9 @@ impl Args {
             || self.record_trace.is_some()
             || !self.cache_store.is_empty();
         if self.daemon
-            && !(self.fuse || (self.image.is_none() && self.flist.is_some() && self.mount.is_some()))
+            && !(self.fuse
+                || self.lazy
+                || (self.image.is_none() && self.flist.is_some() && self.mount.is_some()))
         {
             bail!("-daemon goes with FUSE mounts (-flist F -mount DIR, -image REF -mount DIR -fuse, flmount mount)");
         }
@@ -250,6 +260,13 @@ impl Args {
                 target: absolute(target)?,
                 force: self.force,
             },
+            (None, Some(target)) if self.lazy => Output::Lazy {
+                mount: mount_options(target)?,
+                index: self.index_file.clone().map(absolute).transpose()?,
+            },
+            (None, None) if index => Output::Index {
+                path: self.index_file.clone().map(absolute).transpose()?,
+            },
             (None, Some(target)) if self.fuse => Output::Fuse {
                 mount: mount_options(target)?,
             },
@@ -272,10 +289,19 @@ impl Args {
         if self.force && !matches!(output, Output::Extract { .. } | Output::Bundle { .. }) {
             bail!("-force goes with -extractto or -bundle");
         }
-        if self.fuse && !matches!(output, Output::Fuse { .. }) {
+        if self.fuse && !matches!(output, Output::Fuse { .. } | Output::Lazy { .. }) {
             bail!("-fuse goes with -mount");
         }
-        if fuse_only && !matches!(output, Output::Fuse { .. }) {
+        if self.lazy && !matches!(output, Output::Lazy { .. }) {
+            bail!("-lazy goes with -image REF -mount DIR");
+        }
+        if index && !matches!(output, Output::Index { .. }) {
+            bail!("index only builds the seek index: no -extractto, -mount, -flist or -bundle");
+        }
+        if self.index_file.is_some() && !matches!(output, Output::Index { .. } | Output::Lazy { .. }) {
+            bail!("-index goes with `flmount index` and with -mount -lazy");
+        }
+        if fuse_only && !matches!(output, Output::Fuse { .. } | Output::Lazy { .. }) {
             bail!("-cache, -cache-store, -prefetch and -allow-other go with FUSE mounts (-mount with -fuse or -flist)");
         }
         Ok(Settings {
@@ -295,7 +321,7 @@ impl Args {
                     platform,
                     parallel_downloads: self.parallel_downloads as usize,
                     validate_cache: self.validate_cache,
-                    config_only: inspect.is_some(),
+                    config_only: inspect.is_some() || matches!(output, Output::Lazy { .. }),
                 },
                 saveconfig: self.saveconfig,
                 lxcconfig: self.lxcconfig.map(absolute).transpose()?,

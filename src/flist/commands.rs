@@ -20,7 +20,7 @@ use crate::image::digest::Digest;
 use crate::image::workdir::Workdir;
 use crate::progress::human_bytes;
 use crate::store::ChunkRef;
-use crate::store::{self, Router, StoreSpec};
+use crate::store::{self, Router, Store, StoreSpec};
 use crate::write::extract::{self, WriteOptions};
 use std::collections::HashMap;
 
@@ -322,6 +322,31 @@ pub fn unpack(
 pub fn serve(flist_path: &Path, stores: &[StoreSpec], mount: &MountOptions) -> Result<()> {
     let router = reading_router(&Flist::open(flist_path)?, stores, mount.cache.timeout)?;
     fuse::serve(flist_path, router, mount, Handle::current())
+}
+
+/// `-image REF -mount DIR -lazy`: the image's seek index served, its
+/// layers read in parts from `blobs`.
+pub fn serve_lazy(
+    index: &Path,
+    layers: Vec<crate::flist::seekindex::LayerIndex>,
+    blobs: crate::flist::layerstore::Blobs,
+    mount: &MountOptions,
+) -> Result<()> {
+    let store = crate::flist::layerstore::LayerStore::new(layers, blobs);
+    let (stats, url) = (store.stats.clone(), store.public_url().to_owned());
+    let router = Router::from_routes(vec![store::Route {
+        start: 0,
+        end: 255,
+        store: std::sync::Arc::new(store),
+    }]);
+    let served = fuse::serve(index, router, mount, Handle::current());
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        "read {} of the image's layers ({}) from {url}",
+        plural(load(&stats.reads), "part"),
+        human_bytes(load(&stats.bytes))
+    );
+    served
 }
 
 /// `-image REF -mount DIR -fuse`: the image's flist in the workdir

@@ -109,6 +109,19 @@ pub fn write(
     routes: &[RouteRow],
     tags: &[(String, String)],
 ) -> Result<()> {
+    write_with(path, plan, blocks, routes, tags, |_| Ok(()))
+}
+
+/// As [`write`], with `more` writing tables of its own in the same
+/// transaction (a seek index's layers).
+pub fn write_with(
+    path: &Path,
+    plan: &Plan,
+    blocks: &HashMap<usize, Vec<ChunkRef>>,
+    routes: &[RouteRow],
+    tags: &[(String, String)],
+    more: impl FnOnce(&rusqlite::Transaction) -> Result<()>,
+) -> Result<()> {
     // Built beside where it goes (or in the temporary directory when it
     // goes to a device or a pipe), then published by the output rules.
     let dir = match crate::owned::output::destination(path)? {
@@ -139,6 +152,7 @@ pub fn write(
                 params![k, v],
             )?;
         }
+        more(&tx)?;
         tx.commit()?;
     }
     crate::owned::output::publish(tmp.into_inner(), path)

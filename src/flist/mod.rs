@@ -2,6 +2,8 @@
 //! directory at a time ([`rows`]); packing a tree's
 //! content into chunk stores and reading it back ([`pack`]); the readers'
 //! chunk cache ([`chunkcache`]); serving an flist through FUSE ([`fuse`]);
+//! an image's seek index, an flist of spans of its own layer blobs
+//! ([`seekindex`]), and the layers as the store it reads ([`layerstore`]);
 //! and the commands over them ([`commands`]).
 
 pub mod chunkcache;
@@ -9,7 +11,9 @@ pub mod commands;
 pub mod fetch;
 pub mod format;
 pub mod fuse;
+pub mod layerstore;
 pub mod pack;
 pub mod rows;
+pub mod seekindex;
 pub mod sql;
 pub mod trace;

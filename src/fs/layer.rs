@@ -180,7 +180,18 @@ impl LayerBlob {
     /// the entry's content (empty for anything but regular files; a sparse
     /// file's holes read as zeros).
     pub fn for_each(&self, mut f: impl FnMut(Change, &mut dyn Read) -> Result<()>) -> Result<()> {
-        let mut archive = crate::fs::tarstream::TarReader::new(self.open()?);
+        self.for_each_in(self.open()?, |change, _, content| f(change, content))
+    }
+
+    /// As [`Self::for_each`], from the layer's tar stream decoded by the
+    /// caller (`tar`), with the offset in that stream where each entry's
+    /// stored content starts.
+    pub fn for_each_in(
+        &self,
+        tar: impl Read,
+        mut f: impl FnMut(Change, u64, &mut dyn Read) -> Result<()>,
+    ) -> Result<()> {
+        let mut archive = crate::fs::tarstream::TarReader::new(tar);
         let mut index = 0u32;
         loop {
             let member = archive.next_member().with_context(|| self.reading())?;
@@ -194,14 +205,15 @@ impl LayerBlob {
             else {
                 continue;
             };
-            f(change, &mut archive.content())?;
+            let offset = archive.position();
+            f(change, offset, &mut archive.content())?;
         }
     }
 
     /// "reading the zstd layer PATH", for error messages: decompression
     /// errors (e.g. zstd's "Frame requires too much memory") do not say
     /// what they decompress.
-    fn reading(&self) -> String {
+    pub fn reading(&self) -> String {
         let kind = match self.compression {
             Compression::None => "tar",
             Compression::Gzip => "gzip",

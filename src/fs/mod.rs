@@ -3,9 +3,11 @@
 //! OCI rules into one tree and planned for writing ([`tree`]); or a
 //! directory on disk scanned into the same plan ([`scan`]); where the
 //! content of a plan's files comes from ([`content`]); the kinds of node
-//! every stage shares ([`node`]); thread counts and helpers ([`threads`]).
+//! every stage shares ([`node`]); thread counts and helpers ([`threads`]);
+//! seek points in a gzip layer, to read it from the middle ([`gzindex`]).
 
 pub mod content;
+pub mod gzindex;
 pub mod layer;
 pub mod node;
 pub mod scan;

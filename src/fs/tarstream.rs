@@ -78,7 +78,7 @@ struct Sparse {
 }
 
 pub struct TarReader<R> {
-    inner: R,
+    inner: Counted<R>,
     content: Content,
     done: bool,
 }
@@ -193,13 +193,33 @@ pub fn parse_pax(mut data: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     }
 }
 
+/// A reader that counts the bytes read through it.
+struct Counted<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 impl<R: Read> TarReader<R> {
     pub fn new(inner: R) -> Self {
         TarReader {
-            inner,
+            inner: Counted { inner, pos: 0 },
             content: Content::default(),
             done: false,
         }
+    }
+
+    /// Bytes of the archive read so far: right after [`Self::next_member`]
+    /// gave a member, where its stored content starts.
+    pub fn position(&self) -> u64 {
+        self.inner.pos
     }
 
     /// Reads exactly `buf`; false on a clean end before its first byte.

@@ -15,6 +15,7 @@
 //! ├── mounts/<id>/              an overlay mount's record, upper/ and work/
 //! ├── chunks.db                 chunks known to be in each store (flist::pack)
 //! ├── flists/<manifest>.fl      images packed for -mount -fuse
+//! ├── flists/<manifest>.index.fl  seek indexes, for -mount -lazy
 //! ├── store/                    the workdir's own dir store
 //! └── cache/chunks/             FUSE mounts' default chunk cache
 //! ```
@@ -139,6 +140,10 @@ impl Workdir {
     /// `flists/<manifest hex>.fl`
     pub fn flist_path(&self, manifest: &Digest) -> PathBuf {
         self.flists_dir().join(format!("{}.fl", manifest.hex()))
+    }
+    /// `flists/<manifest hex>.index.fl`: the image's seek index (`-lazy`).
+    pub fn seek_index_path(&self, manifest: &Digest) -> PathBuf {
+        self.flists_dir().join(format!("{}.index.fl", manifest.hex()))
     }
     /// `store/`: the workdir's own dir store.
     pub fn store_dir(&self) -> PathBuf {

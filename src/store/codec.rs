@@ -56,6 +56,16 @@ pub fn blake2b256(data: &[u8]) -> [u8; 32] {
 /// than this is refused before it is read whole.
 pub const MAX_BLOB: usize = 32 + CHUNK_SIZE + CHUNK_SIZE / 6 + 16;
 
+/// A piece a store gave as it is (no blob around it), checked against
+/// the key.
+pub fn check_piece(chunk: &ChunkRef, piece: Vec<u8>) -> Result<Vec<u8>, CodecError> {
+    if blake2b256(&piece) == chunk.key {
+        Ok(piece)
+    } else {
+        Err(CodecError::WrongKey(chunk.id_hex()))
+    }
+}
+
 /// Encodes one piece: its reference and the blob to store.
 pub fn encode(piece: &[u8]) -> (ChunkRef, Vec<u8>) {
     let key = blake2b256(piece);

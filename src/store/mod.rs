@@ -46,6 +46,10 @@ pub enum StoreError {
     Unavailable { store: String, reason: String },
     #[error("store {store} refused the request: {reason}")]
     Refused { store: String, reason: String },
+    /// The store's answer is not what was asked for (bytes that do not
+    /// decode to what the index says): not retried on this store.
+    #[error("store {store}: {reason}")]
+    Corrupt { store: String, reason: String },
     /// This machine failed (a `dir://` store's disk full, a permission):
     /// not retried, and reported as a local I/O error.
     #[error("store {store}: {reason}")]
@@ -80,6 +84,12 @@ pub trait Store: Send + Sync {
     fn exists<'a>(&'a self, id: &'a ChunkId) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// The URL without secrets: safe for flists and logs.
     fn public_url(&self) -> &str;
+    /// For a store of pieces rather than blobs (an image's layers, read
+    /// by span): the piece `chunk` names, which the router checks against
+    /// its key. `None` for a blob store.
+    fn get_piece<'a>(&'a self, _chunk: &'a ChunkRef) -> Option<BoxFuture<'a, Result<Vec<u8>, StoreError>>> {
+        None
+    }
     /// Makes every blob set so far durable (before an flist names them).
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async { Ok(()) })

@@ -151,8 +151,12 @@ impl Router {
         let mut failures = Vec::new();
         let (mut unreachable, mut corrupt, mut local) = (false, false, false);
         for store in self.stores_for(&chunk.id) {
-            match store.get(&chunk.id).await {
-                Ok(blob) => match codec::decode(chunk, &blob) {
+            let answer = match store.get_piece(chunk) {
+                Some(read) => read.await.map(|piece| codec::check_piece(chunk, piece)),
+                None => store.get(&chunk.id).await.map(|blob| codec::decode(chunk, &blob)),
+            };
+            match answer {
+                Ok(decoded) => match decoded {
                     Ok(piece) => return Ok(piece),
                     Err(e) => {
                         tracing::warn!(store = store.public_url(), "{e}; trying another replica");
@@ -163,6 +167,7 @@ impl Router {
                 Err(e) => {
                     tracing::debug!(store = store.public_url(), "{e}");
                     unreachable |= matches!(e, StoreError::Unavailable { .. } | StoreError::Refused { .. });
+                    corrupt |= matches!(e, StoreError::Corrupt { .. });
                     local |= matches!(e, StoreError::Local { .. });
                     failures.push(e.to_string());
                 }

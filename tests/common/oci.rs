@@ -11,7 +11,12 @@ use sha2::Digest as _;
 #[derive(Clone, Copy, Debug)]
 pub enum Compression {
     None,
+    /// gzip at level 1 (fast to build; zlib-ng's level 1 writes deflate
+    /// blocks of megabytes).
     Gzip,
+    /// gzip at the default level, as Docker and Go write layers (deflate
+    /// blocks of tens of KiB).
+    GzipDefault,
     Zstd,
 }
 
@@ -19,7 +24,7 @@ impl Compression {
     pub fn media_type(self) -> &'static str {
         match self {
             Compression::None => "application/vnd.oci.image.layer.v1.tar",
-            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Compression::Gzip | Compression::GzipDefault => "application/vnd.oci.image.layer.v1.tar+gzip",
             Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
         }
     }
@@ -27,8 +32,12 @@ impl Compression {
     fn compress(self, tar: &[u8]) -> Vec<u8> {
         match self {
             Compression::None => tar.to_vec(),
-            Compression::Gzip => {
-                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            Compression::Gzip | Compression::GzipDefault => {
+                let level = match self {
+                    Compression::Gzip => flate2::Compression::fast(),
+                    _ => flate2::Compression::default(),
+                };
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), level);
                 e.write_all(tar).unwrap();
                 e.finish().unwrap()
             }

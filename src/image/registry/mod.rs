@@ -213,15 +213,17 @@ impl RegistryClient {
         })
     }
 
-    /// GETs `{base}/{path}` (a manifest or blob), from byte `offset`,
-    /// authorized; a 401 is answered once (see [`Self::reauthorize`]); a
-    /// range the registry cannot serve (416) is asked for whole. Any answer
-    /// but 2xx is a classified error.
+    /// GETs `{base}/{path}` (a manifest or blob), from byte `offset` (up
+    /// to byte `end`, exclusive, when given), authorized; a 401 is
+    /// answered once (see [`Self::reauthorize`]); a resume the registry
+    /// cannot serve (416) is asked for whole. Any answer but 2xx is a
+    /// classified error.
     async fn get(
         &self,
         path: &str,
         accept: Option<&str>,
         offset: u64,
+        end: Option<u64>,
         what: &str,
     ) -> Result<reqwest::Response, RegistryError> {
         let url = format!("{}/{path}", self.base);
@@ -232,8 +234,10 @@ impl RegistryClient {
             if let Some(a) = accept {
                 request = request.header(ACCEPT, a);
             }
-            if offset > 0 {
-                request = request.header(RANGE, format!("bytes={offset}-"));
+            match end {
+                Some(end) => request = request.header(RANGE, format!("bytes={offset}-{}", end - 1)),
+                None if offset > 0 => request = request.header(RANGE, format!("bytes={offset}-")),
+                None => {}
             }
             let authorization = self.authorization.lock().unwrap().clone();
             if let Some(a) = authorization {
@@ -263,7 +267,7 @@ impl RegistryClient {
                 self.reauthorize(&challenge).await?;
                 continue;
             }
-            if status == StatusCode::RANGE_NOT_SATISFIABLE && offset > 0 {
+            if status == StatusCode::RANGE_NOT_SATISFIABLE && offset > 0 && end.is_none() {
                 tracing::debug!(registry = %self.image.registry(), "416 for a range from byte {offset}: asking for it whole");
                 offset = 0;
                 continue;
@@ -297,7 +301,7 @@ impl RegistryClient {
             .with_retry("fetching the manifest", || async {
                 let fetch = async {
                     let response = self
-                        .get(&format!("manifests/{target}"), Some(&accept), 0, &what)
+                        .get(&format!("manifests/{target}"), Some(&accept), 0, None, &what)
                         .await?;
                     let claimed = response
                         .headers()
@@ -366,7 +370,7 @@ impl RegistryClient {
                 if offset == desc.size {
                     return Ok(());
                 }
-                let mut response = self.get(&path, None, offset, &what).await?;
+                let mut response = self.get(&path, None, offset, None, &what).await?;
                 if offset > 0 && !api::resumes_at(&response, offset) {
                     writer.restart().await.map_err(Failure::Local)?;
                     progress.set_position(0);
@@ -446,6 +450,37 @@ impl RegistryClient {
             )));
         }
         Ok(transferred)
+    }
+
+    /// Bytes `[start, end)` of the blob `digest`, with one ranged GET,
+    /// retried as manifests are. A registry that answers with other bytes
+    /// than those asked for (no range support, another range) is an
+    /// error: a lazy read never downloads a whole layer.
+    pub async fn fetch_range(&self, digest: &Digest, start: u64, end: u64) -> Result<Vec<u8>> {
+        let what = format!("bytes {start}-{end} of blob {digest} of {}", self.image);
+        let path = format!("blobs/{digest}");
+        self.with_retry("reading part of a layer", || async {
+            let response = self.get(&path, None, start, Some(end), &what).await?;
+            if !api::resumes_at(&response, start) {
+                return Err(RegistryError::new(
+                    ErrorKind::Protocol,
+                    format!(
+                        "{} does not serve parts of blobs ({what} answered {}): -lazy needs ranged reads",
+                        self.image.registry(),
+                        response.status()
+                    ),
+                ));
+            }
+            let body = api::read_limited(response, end - start, &what).await?;
+            if (body.len() as u64) < end - start {
+                return Err(RegistryError::new(
+                    ErrorKind::Unavailable,
+                    format!("{what}: the answer ended after {} bytes", body.len()),
+                ));
+            }
+            Ok(body)
+        })
+        .await
     }
 
     /// Runs `op` until it succeeds, fails permanently, or runs out of tries.
