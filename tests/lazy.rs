@@ -182,6 +182,56 @@ fn a_lazy_mount_equals_umoci_and_downloads_no_layer() {
     m.stop();
 }
 
+#[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
+fn an_index_pushed_next_to_the_image_is_found_by_every_mount() {
+    if !fuse_or_skip("an_index_pushed_next_to_the_image_is_found_by_every_mount") {
+        return;
+    }
+    let bed = Bed::new();
+    let layers = vec![
+        (Compression::GzipDefault, tar(&big_layer())),
+        (Compression::Gzip, tar(&[E::file("etc/motd", "lazy\n")])),
+    ];
+    let (image, written) = bed
+        .reg
+        .push_layers_written("lazy/pushed", layers, &bed.path("layout"));
+    // Pushed twice (a rebuild): one artifact listed, the latest.
+    bed.fl.ok(&["index", &image, "-push"]);
+    let err = bed.fl.ok(&["index", &image, "-push"]);
+    assert!(err.contains("pushed the seek index"), "{err}");
+    // Debian's docker-registry has no referrers API: the fallback tag
+    // lists the artifact.
+    let tag = written.manifest.replace(':', "-");
+    let url = format!("http://{}/v2/lazy/pushed/manifests/{tag}", bed.reg.addr());
+    let out = run_ok(std::process::Command::new("curl").args([
+        "-sf",
+        "-H",
+        "Accept: application/vnd.oci.image.index.v1+json",
+        &url,
+    ]));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let artifacts = listed["manifests"].as_array().unwrap();
+    assert_eq!(artifacts.len(), 1, "{listed}");
+    assert_eq!(
+        artifacts[0]["artifactType"],
+        "application/vnd.flmount.seekindex.v1"
+    );
+
+    // A machine that never saw the image: nothing but the reference.
+    let other = Flmount::new();
+    let mnt = bed.path("mnt");
+    let m = Mounted::start(&other, &["-image", &image, "-lazy"], &mnt);
+    assert_eq!(std::fs::read(mnt.join("etc/motd")).unwrap(), b"lazy\n");
+    assert_eq!(std::fs::read(mnt.join("big/text")).unwrap(), text(6 << 20, 1));
+    let log = m.stop();
+    assert!(log.contains("fetched the seek index"), "{log}");
+    assert!(cached_bytes(&other) < 1 << 20, "layers were downloaded");
+}
+
 /// `read N parts of the image's layers (X B) ...` from a mount's log.
 fn parts_read(log: &str) -> (u64, u64) {
     let line = log

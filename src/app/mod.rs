@@ -12,6 +12,7 @@ pub mod settings;
 
 use crate::image::pull::{self, PulledImage};
 use crate::image::reference::ImageRef;
+use crate::image::registry::RegistryClient;
 use crate::image::workdir::Workdir;
 use crate::owned::{output, signals};
 use crate::progress::{human_bytes, Progress};
@@ -290,7 +291,7 @@ fn describe(output: &Output) -> (&'static str, Option<PathBuf>) {
         Output::Bundle { dir, .. } => ("bundle", Some(dir.clone())),
         Output::Flist { path, .. } => ("flist", Some(path.clone())),
         Output::Lazy { mount, .. } => ("lazy", Some(mount.mountpoint.clone())),
-        Output::Index { path } => ("index", path.clone()),
+        Output::Index { path, .. } => ("index", path.clone()),
     }
 }
 
@@ -381,7 +382,7 @@ fn produce(
             drop(watch);
             commands::serve(&flist, &[store], &mount)?
         }
-        Output::Index { path } => {
+        Output::Index { path, push } => {
             let path = path.unwrap_or_else(|| workdir.seek_index_path(&image.manifest_digest));
             let stats = seekindex::build(
                 &image.reference.to_string(),
@@ -401,10 +402,18 @@ fn produce(
                 human_bytes(stats.index_bytes),
                 secs()
             );
+            if push {
+                let pushed = push_index(&workdir, image, &path, pull)
+                    .with_context(|| format!("pushing the seek index of {}", image.reference))?;
+                tracing::info!(
+                    "pushed the seek index to {} as {pushed}",
+                    image.reference.repository()
+                );
+            }
             return Ok(Some(serde_json::to_value(stats)?));
         }
         Output::Lazy { mount, index } => {
-            let path = index.unwrap_or_else(|| workdir.seek_index_path(&image.manifest_digest));
+            let (path, registry) = find_index(&workdir, image, index, pull)?;
             let seek = seekindex::open_for(&path, &image.manifest_digest, &image.manifest.layers)
                 .with_context(|| format!("the seek index of {}", image.reference))?;
             // Layers this workdir holds are read from it; the others from
@@ -413,15 +422,10 @@ fn produce(
                 .filter(|l| workdir.has_blob(&l.digest))
                 .map(|l| (l.digest.clone(), workdir.blob_path(&l.digest)))
                 .collect();
-            let registry = if local.len() == image.manifest.layers.len() {
-                None
-            } else {
-                let connect = crate::image::registry::RegistryClient::connect(
-                    &image.reference,
-                    &pull.transport,
-                    pull.credentials.clone(),
-                );
-                Some(tokio::runtime::Handle::current().block_on(connect)?)
+            let registry = match registry {
+                Some(r) => Some(r),
+                None if local.len() < image.manifest.layers.len() => Some(connect(image, pull)?),
+                None => None,
             };
             let blobs = crate::flist::layerstore::Blobs {
                 local,
@@ -454,4 +458,77 @@ fn produce(
         }
     }
     Ok(None)
+}
+
+fn connect(image: &PulledImage, pull: &pull::PullOptions) -> Result<RegistryClient> {
+    let connect = RegistryClient::connect(&image.reference, &pull.transport, pull.credentials.clone());
+    tokio::runtime::Handle::current().block_on(connect)
+}
+
+/// The image's seek index for `-lazy`: `-index FILE`; else the workdir's;
+/// else the one pushed next to the image, fetched (verified) into the
+/// workdir. Returns the registry client when one was needed.
+fn find_index(
+    workdir: &Workdir,
+    image: &PulledImage,
+    given: Option<PathBuf>,
+    pull: &pull::PullOptions,
+) -> Result<(PathBuf, Option<RegistryClient>)> {
+    if let Some(path) = given {
+        return Ok((path, None));
+    }
+    let path = workdir.seek_index_path(&image.manifest_digest);
+    if path.exists() {
+        return Ok((path, None));
+    }
+    let registry = connect(image, pull)?;
+    let rt = tokio::runtime::Handle::current();
+    let found = rt.block_on(registry.find_referrer(&image.manifest_digest, seekindex::ARTIFACT_TYPE))?;
+    let Some(desc) = found else {
+        // open_for says what to do about a missing index.
+        return Ok((path, Some(registry)));
+    };
+    if desc.size > seekindex::MAX_INDEX_BYTES {
+        anyhow::bail!(
+            "the seek index pushed for {} claims {} bytes, more than the {} accepted",
+            image.reference,
+            desc.size,
+            seekindex::MAX_INDEX_BYTES
+        );
+    }
+    let progress = Progress::new(true).transfer(format!("seek index {}", desc.digest.short()), desc.size);
+    rt.block_on(registry.fetch_blob(workdir, &desc, &progress))?;
+    std::fs::create_dir_all(workdir.flists_dir())?;
+    std::fs::rename(workdir.blob_path(&desc.digest), &path)
+        .with_context(|| format!("moving the seek index into {}", path.display()))?;
+    tracing::info!(
+        "fetched the seek index of {} ({})",
+        image.reference,
+        human_bytes(desc.size)
+    );
+    Ok((path, Some(registry)))
+}
+
+/// `flmount index REF -push`: the index pushed as an artifact referring
+/// to the image's manifest.
+fn push_index(
+    workdir: &Workdir,
+    image: &PulledImage,
+    path: &Path,
+    pull: &pull::PullOptions,
+) -> Result<crate::image::digest::Digest> {
+    let registry = connect(image, pull)?;
+    let content = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let manifest = crate::image::manifest::Descriptor {
+        media_type: (image.manifest.media_type.clone())
+            .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".to_owned()),
+        digest: image.manifest_digest.clone(),
+        size: std::fs::metadata(workdir.blob_path(&image.manifest_digest))?.len(),
+    };
+    tokio::runtime::Handle::current().block_on(registry.push_referrer(
+        &manifest,
+        seekindex::ARTIFACT_TYPE,
+        seekindex::MEDIA_TYPE,
+        content,
+    ))
 }

@@ -100,6 +100,9 @@ pub enum Output {
     /// Build the image's seek index (into the workdir, or `path`).
     Index {
         path: Option<PathBuf>,
+        /// Also push it to the registry, as an artifact referring to the
+        /// image.
+        push: bool,
     },
     /// Show the manifest, config and layers (`inspect`).
     Inspect(InspectView),

@@ -74,7 +74,7 @@ pub struct Args {
     #[arg(long)]
     pub fuse: bool,
 
-    /// With -image and -mount: serve through FUSE straight from the image's registry, reading parts of its layers as files are read (nothing converted, no layer downloaded), by the image's seek index (built with `flmount index`)
+    /// With -image and -mount: serve through FUSE straight from the image's registry, reading parts of its layers as files are read (nothing converted, no layer downloaded), by the image's seek index: -index FILE, else the workdir's, else the one pushed next to the image (`flmount index REF -push`)
     #[arg(long)]
     pub lazy: bool,
 
@@ -258,10 +258,13 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Build an image's seek index, so that -mount -lazy serves it straight from its registry (reads the layers once), e.g. flmount index nginx; -index FILE writes it there
+    /// Build an image's seek index, so that -mount -lazy serves it straight from its registry (reads the layers once), e.g. flmount index nginx -push; -index FILE writes it there
     Index {
         /// The image, as -image takes it
         image: String,
+        /// Also push the index to the image's repository, as an artifact that refers to the image (OCI referrers), where every -lazy mount of the image finds it
+        #[arg(long)]
+        push: bool,
     },
     /// Show an image's digests, platforms, process and layers (fetches no layers), e.g. flmount inspect alpine -platform linux/arm64
     Inspect {

@@ -60,7 +60,7 @@ impl Args {
             action,
         };
         let mut inspect: Option<InspectView> = None;
-        let mut index = false;
+        let mut index = None;
         match self.command.take() {
             Some(Command::Images { op: None }) => return Ok(simple(Action::Images)),
             Some(Command::Images {
@@ -74,12 +74,12 @@ impl Args {
             }
             Some(Command::Content { op }) => return Ok(simple(Action::Content(op.into()))),
             Some(Command::Gc { dry_run }) => return Ok(simple(Action::Gc { dry_run })),
-            Some(Command::Index { image }) => {
+            Some(Command::Index { image, push }) => {
                 if self.image.is_some() {
                     bail!("index takes the image as its argument, not -image");
                 }
                 self.image = Some(image);
-                index = true;
+                index = Some(push);
             }
             Some(Command::Inspect { image, raw, config }) => {
                 if self.image.is_some() {
@@ -264,8 +264,9 @@ impl Args {
                 mount: mount_options(target)?,
                 index: self.index_file.clone().map(absolute).transpose()?,
             },
-            (None, None) if index => Output::Index {
+            (None, None) if index.is_some() => Output::Index {
                 path: self.index_file.clone().map(absolute).transpose()?,
+                push: index == Some(true),
             },
             (None, Some(target)) if self.fuse => Output::Fuse {
                 mount: mount_options(target)?,
@@ -295,7 +296,7 @@ impl Args {
         if self.lazy && !matches!(output, Output::Lazy { .. }) {
             bail!("-lazy goes with -image REF -mount DIR");
         }
-        if index && !matches!(output, Output::Index { .. }) {
+        if index.is_some() && !matches!(output, Output::Index { .. }) {
             bail!("index only builds the seek index: no -extractto, -mount, -flist or -bundle");
         }
         if self.index_file.is_some() && !matches!(output, Output::Index { .. } | Output::Lazy { .. }) {

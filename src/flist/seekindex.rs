@@ -50,6 +50,14 @@ use crate::image::manifest::Descriptor;
 use crate::store::codec::blake2b256;
 use crate::store::{ChunkId, ChunkRef, CHUNK_SIZE};
 
+/// The artifact type of a seek index pushed next to its image, and the
+/// media type of its one layer (the flist file).
+pub const ARTIFACT_TYPE: &str = "application/vnd.flmount.seekindex.v1";
+pub const MEDIA_TYPE: &str = "application/vnd.flmount.seekindex.v1+sqlite";
+
+/// The largest seek index fetched from a registry.
+pub const MAX_INDEX_BYTES: u64 = 4 << 30;
+
 /// The first bytes of a span's chunk id (no BLAKE2b output starts with
 /// them by design, and a store named by them holds nothing).
 const SPAN_MAGIC: &[u8; 4] = b"flsp";

@@ -16,6 +16,7 @@
 
 mod api;
 pub mod auth;
+mod referrers;
 
 use std::future::Future;
 use std::sync::Mutex;
