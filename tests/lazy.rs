@@ -1,9 +1,12 @@
-//! Lazy mounts straight from the registry (`flmount index`, `-mount
-//! -lazy`), against the real registry and kernel FUSE: the mounted tree
-//! equals `umoci unpack`, no layer is downloaded, a small read costs one
-//! part of one layer, and a registry that serves other bytes than the
-//! image's gives EIO, never wrong bytes. Indexes that do not fit the image,
-//! and layers that cannot have one, are refused with the reason.
+//! Reading gzip layers from the middle. Lazy mounts straight from the
+//! registry (`flmount index`, `-mount -lazy`), against the real registry
+//! and kernel FUSE: the mounted tree equals `umoci unpack`, no layer is
+//! downloaded, a small read costs one part of one layer, an index pushed
+//! next to the image is found by any machine, and a registry that serves
+//! other bytes than the image's gives EIO, never wrong bytes. Indexes that
+//! do not fit the image, and layers that cannot have one, are refused with
+//! the reason. And extraction: a large layer is inflated by several threads
+//! from its seek points, with the same result as `umoci unpack`.
 
 mod common;
 
@@ -364,4 +367,60 @@ fn indexes_that_do_not_fit_and_layers_without_one_are_refused() {
         .fl
         .fails(&["-image", &one, "-extractto", s(&bed.path("x")), "-lazy"], 2);
     assert!(err.contains("-lazy"), "{err}");
+}
+
+#[test]
+fn a_large_layer_is_extracted_by_several_threads_as_umoci_unpacks_it() {
+    let bed = Bed::new();
+    let mut entries = vec![E::dir("data")];
+    for i in 0..24u64 {
+        entries.push(E::file(
+            format!("data/t{i:02}"),
+            text(1_500_000 + i as usize * 1000, i),
+        ));
+        entries.push(E::file(format!("data/r{i:02}"), pseudo_random(200_000, i)));
+        entries.push(E::symlink(format!("data/l{i:02}"), format!("t{i:02}")));
+    }
+    entries.push(E::hardlink("data/hard", "data/t05"));
+    let layers = vec![
+        (
+            Compression::Gzip,
+            tar(&[E::file("data/t03", "replaced below"), E::file("etc/a", "a\n")]),
+        ),
+        (Compression::GzipDefault, tar(&entries)),
+    ];
+    bed.reg.push_layers("lazy/big", layers, &bed.path("layout"));
+    let image = format!("{}/lazy/big:t", bed.reg.addr());
+    let flat = umoci_unpack(&bed.path("layout"), &bed.path("umoci-bundle"));
+    // Directories no layer names (/, /etc) get the time they were made.
+    let dirs = Ignore {
+        dir_mtimes: true,
+        ..Ignore::default()
+    };
+    // The first extraction reads the changes (recording the seek points)
+    // and then the content: from several places at once.
+    let first = bed.path("first");
+    let log = bed.fl.ok(&["-image", &image, "-extractto", s(&first), "-v"]);
+    assert!(log.contains("from 2 places at once"), "{log}");
+    assert_same_tree(&flat, &first, &dirs);
+    // Again, from the cache.
+    let second = bed.path("second");
+    let log = bed.fl.ok(&["-image", &image, "-extractto", s(&second), "-v"]);
+    assert!(log.contains("places at once"), "{log}");
+    assert_same_tree(&flat, &second, &dirs);
+
+    // Damaged seek points are not used: the layer is read from its start.
+    let seek = std::fs::read_dir(bed.fl.workdir.join("index"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "seek"))
+        .expect("a seek points file");
+    let mut bytes = std::fs::read(&seek).unwrap();
+    let n = bytes.len();
+    bytes[n - 10] ^= 1;
+    std::fs::write(&seek, &bytes).unwrap();
+    let third = bed.path("third");
+    let log = bed.fl.ok(&["-image", &image, "-extractto", s(&third), "-v"]);
+    assert!(!log.contains("places at once"), "{log}");
+    assert_same_tree(&flat, &third, &dirs);
 }

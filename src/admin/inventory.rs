@@ -375,7 +375,8 @@ pub fn gc(workdir: &Workdir, dry_run: bool) -> Result<GcStats> {
         for e in entries {
             let e = e?;
             let name = e.file_name().to_string_lossy().into_owned();
-            let keep = name
+            // `<algo>-<hex>` (changes) or `<algo>-<hex>.seek` (seek points).
+            let keep = (name.strip_suffix(".seek").unwrap_or(&name))
                 .split_once('-')
                 .and_then(|(alg, hex)| Digest::parse(&format!("{alg}:{hex}")).ok())
                 .is_some_and(|d| roles.get(&d) == Some(&Role::Layer));

@@ -42,7 +42,7 @@ use rusqlite::params;
 
 use crate::flist::format;
 use crate::fs::gzindex::{self, Checkpoint, IndexingReader};
-use crate::fs::layer::{Change, Compression, Kind, LayerBlob};
+use crate::fs::layer::{At, Change, Compression, Kind, LayerBlob};
 use crate::fs::threads;
 use crate::fs::tree::{InodeKind, Source, Tree};
 use crate::image::digest::Digest;
@@ -248,14 +248,14 @@ fn scan(desc: &Descriptor, blob: &LayerBlob) -> Result<Scanned> {
     let mut files = HashMap::new();
     let mut sparse = HashMap::new();
     let mut changes = Vec::new();
-    let mut each = |change: Change, offset: u64, content: &mut dyn Read| -> Result<()> {
+    let mut each = |change: Change, at: At, content: &mut dyn Read| -> Result<()> {
         if let Change::Add(entry) = &change {
             match entry.kind {
                 Kind::File { sparse: true, .. } => {
                     sparse.insert(entry.index, entry.path.clone());
                 }
                 Kind::File { size, .. } if size > 0 => {
-                    files.insert(entry.index, (offset, piece_keys(content, size)?));
+                    files.insert(entry.index, (at.content, piece_keys(content, size)?));
                 }
                 _ => {}
             }

@@ -31,7 +31,7 @@ pub const SPAN: u64 = 4 << 20;
 pub const WINDOW: usize = 32 << 10;
 
 /// Where a decoder can start.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
     /// Offset in the uncompressed stream.
     pub out: u64,
@@ -237,6 +237,7 @@ pub struct IndexingReader<R> {
     /// must produce.
     hashes: Vec<[u8; 32]>,
     hasher: blake2b_simd::State,
+    hashing: bool,
 }
 
 fn hasher() -> blake2b_simd::State {
@@ -276,7 +277,15 @@ impl<R: Read> IndexingReader<R> {
             checkpoints: vec![Checkpoint::member_start(0, 0)],
             hashes: Vec::new(),
             hasher: hasher(),
+            hashing: true,
         })
+    }
+
+    /// The same without the intervals' hashes (they cost a BLAKE2b pass
+    /// over the output), for a reader that only wants to seek.
+    pub fn without_hashes(mut self) -> Self {
+        self.hashing = false;
+        self
     }
 
     /// Bytes of output so far.
@@ -387,8 +396,10 @@ impl<R: Read> IndexingReader<R> {
             };
             self.in_pos += step.consumed;
             self.in_total += step.consumed as u64;
-            self.hasher
-                .update(&self.output[self.out_len..self.out_len + step.produced]);
+            if self.hashing {
+                self.hasher
+                    .update(&self.output[self.out_len..self.out_len + step.produced]);
+            }
             self.out_len += step.produced;
             self.out_total += step.produced as u64;
             if step.end {
@@ -432,61 +443,142 @@ impl<R: Read> Read for IndexingReader<R> {
     }
 }
 
+/// A decoder started at a checkpoint: reads the output from there on,
+/// given a reader of the compressed stream from
+/// [`Checkpoint::first_byte`] on. Further gzip members are read in turn.
+pub struct Resumed<R> {
+    inner: R,
+    inflater: Inflater,
+    /// Raw deflate (a mid-member checkpoint) until the member ends.
+    raw: bool,
+    input: Box<[u8]>,
+    in_pos: usize,
+    in_len: usize,
+    inner_done: bool,
+    /// The member ended: its trailer (after raw deflate) and the next
+    /// member's header come next.
+    member_ended: bool,
+    finished: bool,
+}
+
+impl<R: Read> Resumed<R> {
+    pub fn new(at: &Checkpoint, mut inner: R) -> io::Result<Self> {
+        let raw = !at.at_member_start();
+        let inflater = if raw {
+            let mut inf = Inflater::new(RAW)?;
+            if at.bits > 0 {
+                let mut first = [0u8; 1];
+                inner
+                    .read_exact(&mut first)
+                    .map_err(|_| invalid("no compressed bytes at the checkpoint".into()))?;
+                inf.prime(at.bits, first[0])?;
+            }
+            inf.set_dictionary(&at.window)?;
+            inf
+        } else {
+            Inflater::new(GZIP)?
+        };
+        Ok(Resumed {
+            inner,
+            inflater,
+            raw,
+            input: vec![0u8; 64 << 10].into_boxed_slice(),
+            in_pos: 0,
+            in_len: 0,
+            inner_done: false,
+            member_ended: false,
+            finished: false,
+        })
+    }
+
+    /// Input available; false at its end.
+    fn fill(&mut self) -> io::Result<bool> {
+        if self.in_pos < self.in_len {
+            return Ok(true);
+        }
+        if self.inner_done {
+            return Ok(false);
+        }
+        loop {
+            match self.inner.read(&mut self.input) {
+                Ok(0) => {
+                    self.inner_done = true;
+                    return Ok(false);
+                }
+                Ok(n) => {
+                    (self.in_pos, self.in_len) = (0, n);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Skips the 8-byte trailer a raw decoder leaves in the input.
+    fn skip_trailer(&mut self) -> io::Result<()> {
+        let mut left = 8;
+        while left > 0 {
+            if !self.fill()? {
+                return Err(invalid("the gzip stream ends inside a trailer".into()));
+            }
+            let n = left.min(self.in_len - self.in_pos);
+            self.in_pos += n;
+            left -= n;
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for Resumed<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.finished {
+                return Ok(0);
+            }
+            if self.member_ended {
+                if self.raw {
+                    self.skip_trailer()?;
+                    self.raw = false;
+                }
+                if !self.fill()? {
+                    self.finished = true;
+                    return Ok(0);
+                }
+                self.inflater.restart_as_gzip()?;
+                self.member_ended = false;
+            }
+            let has_input = self.fill()?;
+            let step = self
+                .inflater
+                .step(&self.input[self.in_pos..self.in_len], buf, false)?;
+            self.in_pos += step.consumed;
+            self.member_ended = step.end;
+            if step.produced > 0 {
+                return Ok(step.produced);
+            }
+            if !step.end && step.consumed == 0 && !has_input {
+                return Err(invalid("the compressed bytes end before the output does".into()));
+            }
+        }
+    }
+}
+
 /// Inflates `want` bytes of output starting `skip` bytes after the
 /// checkpoint `at`, from `compressed`: the stream's bytes from
 /// [`Checkpoint::first_byte`] on (at least up to where that output ends).
 /// An error when the bytes do not decode or end too soon.
 pub fn inflate_from(at: &Checkpoint, compressed: &[u8], skip: u64, want: usize) -> io::Result<Vec<u8>> {
-    let mut input = compressed;
-    let mut raw = !at.at_member_start();
-    let mut inflater = if raw {
-        let mut inf = Inflater::new(RAW)?;
-        if at.bits > 0 {
-            let (&first, rest) = input
-                .split_first()
-                .ok_or_else(|| invalid("no compressed bytes at the checkpoint".into()))?;
-            inf.prime(at.bits, first)?;
-            input = rest;
-        }
-        inf.set_dictionary(&at.window)?;
-        inf
-    } else {
-        Inflater::new(GZIP)?
-    };
+    let mut reader = Resumed::new(at, compressed)?;
+    io::copy(&mut (&mut reader).take(skip), &mut io::sink())?;
     let mut out = vec![0u8; want];
-    let mut filled = 0usize;
-    let mut to_skip = skip;
-    let mut scratch = vec![0u8; if skip > 0 { 64 << 10 } else { 0 }];
-    while filled < want {
-        let step = if to_skip > 0 {
-            let n = scratch.len().min(to_skip.min(usize::MAX as u64) as usize);
-            let step = inflater.step(input, &mut scratch[..n], false)?;
-            to_skip -= step.produced as u64;
-            step
-        } else {
-            let step = inflater.step(input, &mut out[filled..], false)?;
-            filled += step.produced;
-            step
-        };
-        input = &input[step.consumed..];
-        if step.end {
-            if filled == want {
-                break;
-            }
-            // The member ended: after a raw stream its trailer (CRC and
-            // size) is still in the input; then the next member's header.
-            if raw {
-                input = input.get(8..).unwrap_or_default();
-                raw = false;
-            }
-            if input.is_empty() {
-                return Err(invalid("the gzip stream ends before the span does".into()));
-            }
-            inflater.restart_as_gzip()?;
-        } else if step.consumed == 0 && step.produced == 0 {
-            return Err(invalid("the compressed bytes end before the span does".into()));
-        }
-    }
+    reader.read_exact(&mut out).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => invalid("the gzip stream ends before the span does".into()),
+        _ => e,
+    })?;
     Ok(out)
 }
 

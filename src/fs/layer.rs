@@ -104,7 +104,36 @@ pub struct LayerBlob {
     pub compression: Compression,
     /// Where the layer's changes are cached (see [`LayerBlob::changes`]).
     pub index: Option<PathBuf>,
+    /// Where a gzip layer's seek points are cached (see [`SeekPoint`]).
+    pub seek: Option<PathBuf>,
 }
+
+/// A place a gzip layer's tar stream can be read from, without inflating
+/// what comes before it: a checkpoint (see `fs::gzindex`) and the first
+/// member whose headers start at or after it. Recorded while the layer's
+/// changes are first read; what lets one layer be read by several threads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeekPoint {
+    pub checkpoint: crate::fs::gzindex::Checkpoint,
+    /// The member's position in the layer (as [`Entry::index`] counts)
+    /// and the offset of its first header in the tar stream.
+    pub member: (u32, u64),
+}
+
+/// Where an entry is in its layer's tar stream.
+#[derive(Debug, Clone, Copy)]
+pub struct At {
+    /// As [`Entry::index`].
+    pub index: u32,
+    /// Where its first header starts.
+    pub header: u64,
+    /// Where its stored content starts.
+    pub content: u64,
+}
+
+/// The seek points file's header, then the SHA-256 of the payload (a
+/// zstd-compressed postcard list).
+const SEEK_MAGIC: &[u8] = b"flmount-seek-1\n";
 
 /// The change index's header: a format tag, then the SHA-256 of the
 /// payload (so a torn or damaged index is never used), then the payload.
@@ -116,6 +145,31 @@ impl LayerBlob {
             path: path.to_owned(),
             compression,
             index: None,
+            seek: None,
+        }
+    }
+
+    /// The same blob, with its seek points cached at `seek`.
+    pub fn with_seek_points(mut self, seek: PathBuf) -> Self {
+        self.seek = Some(seek);
+        self
+    }
+
+    /// The cached seek points of a gzip layer, if an intact file exists.
+    pub fn seek_points(&self) -> Option<Vec<SeekPoint>> {
+        let payload = read_checked(self.seek.as_ref()?, SEEK_MAGIC)?;
+        let bytes = zstd::bulk::decompress(&payload, 256 << 20).ok()?;
+        postcard::from_bytes(&bytes).ok()
+    }
+
+    fn save_seek_points(&self, points: &[SeekPoint]) {
+        let Some(path) = &self.seek else { return };
+        let result = postcard::to_allocvec(points)
+            .map_err(anyhow::Error::new)
+            .and_then(|bytes| Ok(zstd::bulk::compress(&bytes, 3)?))
+            .and_then(|payload| write_checked(path, SEEK_MAGIC, &payload));
+        if let Err(e) = result {
+            tracing::debug!("not caching the seek points of {}: {e:#}", self.path.display());
         }
     }
 
@@ -127,32 +181,16 @@ impl LayerBlob {
 
     /// The cached changes, if an intact index exists.
     pub fn cached_changes(&self) -> Option<Vec<Change>> {
-        let bytes = std::fs::read(self.index.as_ref()?).ok()?;
-        let rest = bytes.strip_prefix(INDEX_MAGIC)?;
-        let (sum, payload) = rest.split_at_checked(32)?;
-        if sha256(payload) != sum {
-            tracing::warn!(
-                "ignoring the damaged change index {}",
-                self.index.as_ref()?.display()
-            );
-            return None;
-        }
-        postcard::from_bytes(payload).ok()
+        postcard::from_bytes(&read_checked(self.index.as_ref()?, INDEX_MAGIC)?).ok()
     }
 
     /// Caches the layer's changes (read by a caller that also wanted the
     /// content).
     pub fn save_changes(&self, changes: &[Change]) {
         let Some(index) = &self.index else { return };
-        let result = (|| -> Result<()> {
-            let payload = postcard::to_allocvec(changes)?;
-            let sum = sha256(&payload).to_vec();
-            let mut bytes = Vec::with_capacity(INDEX_MAGIC.len() + 32 + payload.len());
-            bytes.extend_from_slice(INDEX_MAGIC);
-            bytes.extend_from_slice(&sum);
-            bytes.extend_from_slice(&payload);
-            crate::owned::output::replace_file(index, &bytes, false)
-        })();
+        let result = postcard::to_allocvec(changes)
+            .map_err(anyhow::Error::new)
+            .and_then(|payload| write_checked(index, INDEX_MAGIC, &payload));
         if let Err(e) = result {
             tracing::debug!("not caching the changes of {}: {e:#}", self.path.display());
         }
@@ -176,6 +214,30 @@ impl LayerBlob {
         })
     }
 
+    /// The tar stream from a seek point's member on (offsets in it count
+    /// from that member's headers).
+    pub fn open_at(&self, point: &SeekPoint) -> Result<Box<dyn Read + Send>> {
+        use std::io::{Seek, SeekFrom};
+        let c = &point.checkpoint;
+        let mut file =
+            File::open(&self.path).with_context(|| format!("opening layer {}", self.path.display()))?;
+        file.seek(SeekFrom::Start(c.first_byte()))?;
+        let resumed = crate::fs::gzindex::Resumed::new(c, BufReader::with_capacity(256 << 10, file))
+            .with_context(|| self.reading())?;
+        let mut reader = BufReader::with_capacity(256 << 10, resumed);
+        let skip = point
+            .member
+            .1
+            .checked_sub(c.out)
+            .context("a seek point's member before its checkpoint")?;
+        let skipped = std::io::copy(&mut (&mut reader).take(skip), &mut std::io::sink())
+            .with_context(|| self.reading())?;
+        if skipped != skip {
+            bail!("{}: the stream ends before a seek point's member", self.reading());
+        }
+        Ok(Box::new(reader))
+    }
+
     /// Calls `f` for every change in the layer, in order, with a reader of
     /// the entry's content (empty for anything but regular files; a sparse
     /// file's holes read as zeros).
@@ -184,15 +246,26 @@ impl LayerBlob {
     }
 
     /// As [`Self::for_each`], from the layer's tar stream decoded by the
-    /// caller (`tar`), with the offset in that stream where each entry's
-    /// stored content starts.
+    /// caller (`tar`), with where each entry is in that stream.
     pub fn for_each_in(
         &self,
         tar: impl Read,
-        mut f: impl FnMut(Change, u64, &mut dyn Read) -> Result<()>,
+        f: impl FnMut(Change, At, &mut dyn Read) -> Result<()>,
+    ) -> Result<()> {
+        self.for_each_from(tar, 0, f)
+    }
+
+    /// As [`Self::for_each_in`], from a reader of the tar stream that
+    /// starts at the headers of member `first` (a [`SeekPoint`]'s);
+    /// offsets are counted from there.
+    pub fn for_each_from(
+        &self,
+        tar: impl Read,
+        first: u32,
+        mut f: impl FnMut(Change, At, &mut dyn Read) -> Result<()>,
     ) -> Result<()> {
         let mut archive = crate::fs::tarstream::TarReader::new(tar);
-        let mut index = 0u32;
+        let mut index = first;
         loop {
             let member = archive.next_member().with_context(|| self.reading())?;
             let Some(member) = member else { return Ok(()) };
@@ -205,8 +278,12 @@ impl LayerBlob {
             else {
                 continue;
             };
-            let offset = archive.position();
-            f(change, offset, &mut archive.content())?;
+            let at = At {
+                index: this,
+                header: archive.member_start(),
+                content: archive.position(),
+            };
+            f(change, at, &mut archive.content())?;
         }
     }
 
@@ -225,17 +302,56 @@ impl LayerBlob {
     /// All changes of the layer: from the index when one is cached, else
     /// read from the headers (content skipped) and cached. A layer is
     /// immutable (named by its digest), so its changes never go stale.
+    ///
+    /// A gzip layer's seek points are recorded on the way (when it has a
+    /// place to cache them).
     pub fn changes(&self) -> Result<Vec<Change>> {
         if let Some(changes) = self.cached_changes() {
             return Ok(changes);
         }
         let mut out = Vec::new();
-        self.for_each(|c, _| {
-            out.push(c);
-            Ok(())
-        })?;
+        if self.compression == Compression::Gzip && self.seek.is_some() {
+            let points = self.read_recording_seek_points(&mut out)?;
+            self.save_seek_points(&points);
+        } else {
+            self.for_each(|c, _| {
+                out.push(c);
+                Ok(())
+            })?;
+        }
         self.save_changes(&out);
         Ok(out)
+    }
+
+    /// Reads a gzip layer's changes into `out`, and returns its seek
+    /// points.
+    fn read_recording_seek_points(&self, out: &mut Vec<Change>) -> Result<Vec<SeekPoint>> {
+        use crate::fs::gzindex::{IndexingReader, SPAN};
+        let file =
+            File::open(&self.path).with_context(|| format!("opening layer {}", self.path.display()))?;
+        let reader = IndexingReader::new(BufReader::with_capacity(256 << 10, file), SPAN)
+            .with_context(|| self.reading())?
+            .without_hashes();
+        let mut reader = BufReader::with_capacity(256 << 10, reader);
+        let mut members = Vec::new();
+        self.for_each_in(&mut reader, |change, at, _| {
+            members.push((at.index, at.header));
+            out.push(change);
+            Ok(())
+        })?;
+        // Read to the end of the stream: every checkpoint, and the CRC.
+        std::io::copy(&mut reader, &mut std::io::sink()).with_context(|| self.reading())?;
+        let (checkpoints, _) = reader.into_inner().into_checkpoints();
+        // Each checkpoint with the first member whose headers start at or
+        // after it (none after the last member: nothing to start there).
+        let mut points = Vec::new();
+        let mut next = members.iter().peekable();
+        for checkpoint in checkpoints {
+            while next.next_if(|m| m.1 < checkpoint.out).is_some() {}
+            let Some(&&member) = next.peek() else { break };
+            points.push(SeekPoint { checkpoint, member });
+        }
+        Ok(points)
     }
 }
 
@@ -419,6 +535,27 @@ fn parse_pax_time(v: &[u8]) -> Result<Timestamp> {
         });
     }
     Ok(Timestamp { sec, nsec })
+}
+
+/// A cache file's payload, if the file is intact: `magic`, the SHA-256
+/// of the payload, the payload (a torn or damaged file is never used).
+fn read_checked(path: &Path, magic: &[u8]) -> Option<Vec<u8>> {
+    let bytes = std::fs::read(path).ok()?;
+    let rest = bytes.strip_prefix(magic)?;
+    let (sum, payload) = rest.split_at_checked(32)?;
+    if sha256(payload) != sum {
+        tracing::warn!("ignoring the damaged cache file {}", path.display());
+        return None;
+    }
+    Some(payload.to_vec())
+}
+
+fn write_checked(path: &Path, magic: &[u8], payload: &[u8]) -> Result<()> {
+    let mut bytes = Vec::with_capacity(magic.len() + 32 + payload.len());
+    bytes.extend_from_slice(magic);
+    bytes.extend_from_slice(&sha256(payload));
+    bytes.extend_from_slice(payload);
+    crate::owned::output::replace_file(path, &bytes, false)
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {

@@ -79,6 +79,9 @@ struct Sparse {
 
 pub struct TarReader<R> {
     inner: Counted<R>,
+    /// Where the current member's first header (extension headers
+    /// included) starts: a reader started there reads it whole.
+    member_start: u64,
     content: Content,
     done: bool,
 }
@@ -211,6 +214,7 @@ impl<R: Read> TarReader<R> {
     pub fn new(inner: R) -> Self {
         TarReader {
             inner: Counted { inner, pos: 0 },
+            member_start: 0,
             content: Content::default(),
             done: false,
         }
@@ -220,6 +224,12 @@ impl<R: Read> TarReader<R> {
     /// gave a member, where its stored content starts.
     pub fn position(&self) -> u64 {
         self.inner.pos
+    }
+
+    /// Where the member [`Self::next_member`] gave last starts, headers
+    /// included.
+    pub fn member_start(&self) -> u64 {
+        self.member_start
     }
 
     /// Reads exactly `buf`; false on a clean end before its first byte.
@@ -279,6 +289,7 @@ impl<R: Read> TarReader<R> {
             return Ok(None);
         }
         self.finish_member()?;
+        self.member_start = self.inner.pos;
         let mut long_name: Option<Vec<u8>> = None;
         let mut long_link: Option<Vec<u8>> = None;
         let mut pax: Option<Vec<(Vec<u8>, Vec<u8>)>> = None;

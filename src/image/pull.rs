@@ -73,7 +73,8 @@ impl PulledImage {
             .map(|l| {
                 Ok(
                     crate::fs::layer::LayerBlob::new(&workdir.blob_path(&l.digest), l.layer_compression()?)
-                        .with_index(workdir.index_path(&l.digest)),
+                        .with_index(workdir.index_path(&l.digest))
+                        .with_seek_points(workdir.seek_points_path(&l.digest)),
                 )
             })
             .collect()

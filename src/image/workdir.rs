@@ -10,6 +10,7 @@
 //! ├── tmp/<hex>.partial         a download in progress; resumed by the next try
 //! ├── locks/<hex>.lock          one writer per blob at a time (flock)
 //! ├── index/<algo>-<hex>        a layer's changes (fs::layer)
+//! ├── index/<algo>-<hex>.seek   a gzip layer's seek points (fs::layer)
 //! ├── overlays/<chain>/diff     a layer in overlayfs form (write::overlay)
 //! ├── l/<SHORT>                 short links to them, for mount options
 //! ├── mounts/<id>/              an overlay mount's record, upper/ and work/
@@ -163,6 +164,12 @@ impl Workdir {
     pub fn index_path(&self, digest: &Digest) -> PathBuf {
         self.index_dir()
             .join(format!("{}-{}", digest.algorithm().name(), digest.hex()))
+    }
+
+    /// Where the seek points of the gzip layer `digest` are cached.
+    pub fn seek_points_path(&self, digest: &Digest) -> PathBuf {
+        self.index_dir()
+            .join(format!("{}-{}.seek", digest.algorithm().name(), digest.hex()))
     }
 
     fn partial_path(&self, digest: &Digest) -> PathBuf {
