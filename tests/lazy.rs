@@ -5,7 +5,7 @@
 //! next to the image is found by any machine, and a registry that serves
 //! other bytes than the image's gives EIO, never wrong bytes. Indexes that
 //! do not fit the image, and layers that cannot have one, are refused with
-//! the reason. And extraction: a large layer is inflated by several threads
+//! the reason; a zstd layer is fetched whole, once. And extraction: a large layer is inflated by several threads
 //! from its seek points, with the same result as `umoci unpack`.
 
 mod common;
@@ -235,6 +235,60 @@ fn an_index_pushed_next_to_the_image_is_found_by_every_mount() {
     assert!(cached_bytes(&other) < 1 << 20, "layers were downloaded");
 }
 
+#[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
+fn a_zstd_layer_is_fetched_whole_once_and_served() {
+    if !fuse_or_skip("a_zstd_layer_is_fetched_whole_once_and_served") {
+        return;
+    }
+    let bed = Bed::new();
+    let zstd_files = [
+        E::dir("z"),
+        E::file("z/text", text(3 << 20, 7)),
+        E::file("z/small", "zstd\n"),
+    ];
+    let layers = vec![
+        (Compression::GzipDefault, tar(&big_layer())),
+        (Compression::Zstd, tar(&zstd_files)),
+    ];
+    let (image, written) = bed
+        .reg
+        .push_layers_written("lazy/zstd", layers, &bed.path("layout"));
+    // umoci reads no zstd layers: the reference is -extractto (equal to
+    // umoci for every gzip image of these tests).
+    let flat = bed.path("flat");
+    bed.fl.ok(&["-image", &image, "-extractto", s(&flat)]);
+    let index = bed.path("z.index.fl");
+    bed.fl.ok(&["index", &image, "-index", s(&index)]);
+    let zstd_bytes = std::fs::metadata(bed.fl.blob(&written.layers[1])).unwrap().len();
+
+    let other = Flmount::new();
+    let mnt = bed.path("mnt");
+    let m = Mounted::start(&other, &["-image", &image, "-lazy", "-index", s(&index)], &mnt);
+    assert_eq!(std::fs::read(mnt.join("z/small")).unwrap(), b"zstd\n");
+    // No layer names the root: its mtime is when each tree was made.
+    let dirs = Ignore {
+        dir_mtimes: true,
+        ..Ignore::default()
+    };
+    assert_same_tree(&flat, &mnt, &dirs);
+    let log = m.stop();
+    assert_eq!(
+        log.matches("is zstd-compressed").count(),
+        1,
+        "fetched whole once:\n{log}"
+    );
+    let (_, bytes) = parts_read(&log);
+    assert!(bytes >= zstd_bytes, "{log}");
+    assert!(
+        cached_bytes(&other) < 16 << 10,
+        "layers were stored in the workdir"
+    );
+}
+
 /// `read N parts of the image's layers (X B) ...` from a mount's log.
 fn parts_read(log: &str) -> (u64, u64) {
     let line = log
@@ -353,15 +407,27 @@ fn indexes_that_do_not_fit_and_layers_without_one_are_refused() {
     assert!(err.contains("not a seek index"), "{err}");
     assert!(!mounted_at(&mnt, None));
 
-    // A zstd layer cannot be read from its middle: said at index time.
-    let zstd = bed.reg.push_layers(
-        "lazy/zstd",
-        vec![(Compression::Zstd, tar(&[E::file("z", "z\n")]))],
-        &bed.path("zl"),
+    // A sparse file: said at index time, no index written.
+    let sparse = bed.path("sparse.tar");
+    let src = bed.path("sparse-src");
+    std::fs::create_dir_all(&src).unwrap();
+    let f = std::fs::File::create(src.join("holes")).unwrap();
+    f.set_len(4 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_at(&f, b"data", 2 << 20).unwrap();
+    run_ok(
+        std::process::Command::new("tar")
+            .args(["--sparse", "-cf"])
+            .arg(&sparse)
+            .arg("-C")
+            .arg(&src)
+            .arg("holes"),
     );
-    let err = bed.fl.fails(&["index", &zstd, "-index", s(&bed.path("z.fl"))], 1);
-    assert!(err.contains("zstd"), "{err}");
-    assert!(!bed.path("z.fl").exists());
+    let sparse_image = bed.push_gzip("lazy/sparse", "sl", vec![std::fs::read(&sparse).unwrap()]);
+    let err = bed
+        .fl
+        .fails(&["index", &sparse_image, "-index", s(&bed.path("s.fl"))], 1);
+    assert!(err.contains("sparse") && err.contains("holes"), "{err}");
+    assert!(!bed.path("s.fl").exists());
     // Flags that do not go together.
     let err = bed
         .fl

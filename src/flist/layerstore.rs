@@ -8,7 +8,9 @@
 //! interval's hash in the index. A few decoded intervals are kept (a
 //! directory's files lie next to each other in a layer, so reading them
 //! in turn costs one fetch per interval, not one per file). A plain tar
-//! layer is read span by span.
+//! layer is read span by span. A zstd layer, which cannot be read from its
+//! middle, is fetched whole on first use, checked against its digest and
+//! decompressed into an unnamed temporary file for the mount's life.
 //!
 //! Nothing the blob source says is trusted: an interval whose bytes do not
 //! inflate to its hash is an error ([`StoreError::Corrupt`]), never
@@ -108,12 +110,15 @@ pub struct LayerStore {
     layers: Arc<Vec<LayerIndex>>,
     blobs: Blobs,
     decoded: Mutex<LruCache<(u32, usize), Interval>>,
+    /// Zstd layers, fetched whole on first use.
+    unpacked: Vec<OnceCell<Arc<std::fs::File>>>,
     pub stats: Arc<LayerStats>,
 }
 
 impl LayerStore {
     pub fn new(layers: Vec<LayerIndex>, blobs: Blobs) -> Self {
         LayerStore {
+            unpacked: layers.iter().map(|_| OnceCell::new()).collect(),
             layers: Arc::new(layers),
             blobs,
             decoded: Mutex::new(LruCache::new(NonZeroUsize::new(DECODED_INTERVALS).unwrap())),
@@ -144,7 +149,19 @@ impl LayerStore {
         }
         match layer.compression {
             Compression::None => self.read(&layer.digest, span.offset, span.end()).await,
-            Compression::Zstd => Err(missing()),
+            Compression::Zstd => {
+                let file = self.unpacked(span.layer).await?;
+                let read = tokio::task::spawn_blocking(move || {
+                    use std::os::unix::fs::FileExt;
+                    let mut buf = vec![0u8; span.len as usize];
+                    file.read_exact_at(&mut buf, span.offset).map(|_| buf)
+                });
+                match read.await {
+                    Ok(Ok(buf)) => Ok(buf),
+                    Ok(Err(e)) => Err(self.local(format!("reading the unpacked layer: {e}"))),
+                    Err(e) => Err(self.local(e.to_string())),
+                }
+            }
             Compression::Gzip => {
                 let mut out = Vec::with_capacity(span.len as usize);
                 let mut pos = span.offset;
@@ -159,6 +176,59 @@ impl LayerStore {
                 Ok(out)
             }
         }
+    }
+
+    fn local(&self, reason: String) -> StoreError {
+        StoreError::Local {
+            store: self.blobs.url.clone(),
+            reason,
+        }
+    }
+
+    /// A zstd layer's tar stream in an unnamed temporary file: fetched
+    /// whole (in parts, each a ranged read), checked against its digest,
+    /// decompressed, once however many ask.
+    async fn unpacked(&self, layer: u32) -> Result<Arc<std::fs::File>, StoreError> {
+        let index = &self.layers[layer as usize];
+        self.unpacked[layer as usize]
+            .get_or_try_init(|| async {
+                tracing::info!(
+                    "layer {} is zstd-compressed: it cannot be read in parts, so it is fetched whole ({})",
+                    index.digest,
+                    crate::progress::human_bytes(index.size)
+                );
+                let (parts, mut received) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+                let writer = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+                    use std::io::Write;
+                    let file = tempfile::tempfile()?;
+                    let mut decoder = zstd::stream::write::Decoder::new(std::io::BufWriter::new(file))?;
+                    while let Some(part) = received.blocking_recv() {
+                        decoder.write_all(&part)?;
+                    }
+                    decoder.flush()?;
+                    decoder.into_inner().into_inner().map_err(|e| e.into_error())
+                });
+                let mut hasher = crate::image::digest::Hasher::new(index.digest.algorithm());
+                let mut pos = 0;
+                while pos < index.size {
+                    let end = (pos + (16 << 20)).min(index.size);
+                    let part = self.read(&index.digest, pos, end).await?;
+                    hasher.update(&part);
+                    if parts.send(part).await.is_err() {
+                        break;
+                    }
+                    pos = end;
+                }
+                drop(parts);
+                let file = writer.await.map_err(|e| self.local(e.to_string()))?;
+                if hasher.finish() != index.digest {
+                    return Err(self.corrupt(format!("layer {} does not match its digest", index.digest)));
+                }
+                let file = file.map_err(|e| self.corrupt(format!("layer {}: {e}", index.digest)))?;
+                Ok(Arc::new(file))
+            })
+            .await
+            .cloned()
     }
 
     /// Checkpoint `i`'s interval of layer `layer`, decoded and checked:

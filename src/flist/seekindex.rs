@@ -30,7 +30,9 @@
 //!
 //! Built in one pass over each layer, the layers in parallel: the layer is
 //! inflated once, recording checkpoints, while its headers become changes
-//! for the tree and its files' content is hashed piece by piece.
+//! for the tree and its files' content is hashed piece by piece. A zstd
+//! layer gets no checkpoints (a zstd frame cannot be read from its
+//! middle): a mount fetches it whole, once.
 
 use std::collections::HashMap;
 use std::io::{BufReader, Read};
@@ -280,9 +282,19 @@ fn scan(desc: &Descriptor, blob: &LayerBlob) -> Result<Scanned> {
             let size = std::fs::metadata(&blob.path)?.len();
             (Vec::new(), Vec::new(), size, size)
         }
-        Compression::Zstd => bail!(
-            "the layer is zstd-compressed: a zstd frame cannot be read from its middle, so it has no seek index; mount this image without -lazy"
-        ),
+        Compression::Zstd => {
+            // No seek points: a -lazy mount fetches such a layer whole.
+            let decoder =
+                zstd::stream::read::Decoder::with_buffer(file).context("starting zstd decompression")?;
+            let mut reader = Counting {
+                inner: decoder,
+                read: 0,
+            };
+            blob.for_each_in(&mut reader, &mut each)?;
+            std::io::copy(&mut reader, &mut std::io::sink()).with_context(|| blob.reading())?;
+            let size = std::fs::metadata(&blob.path)?.len();
+            (Vec::new(), Vec::new(), size, reader.read)
+        }
     };
     if size != desc.size {
         bail!(
@@ -304,6 +316,20 @@ fn scan(desc: &Descriptor, blob: &LayerBlob) -> Result<Scanned> {
             hashes,
         },
     })
+}
+
+/// A reader that counts what it gives.
+struct Counting<R> {
+    inner: R,
+    read: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
 }
 
 /// The BLAKE2b-256 of each 512 KiB piece of `size` bytes of content.

@@ -43,9 +43,14 @@ impl ContentSource for LayerContent<'_> {
         let points: HashMap<usize, Vec<SeekPoint>> = (sources.keys())
             .map(|&layer| (layer, self.0[layer].seek_points().unwrap_or_default()))
             .collect();
+        // Threads shared out by size: a layer gets as many as it has
+        // shares of the whole (a small one, one; none beyond the cores).
+        let size = |layer: &usize| points[layer].last().map_or(0, |p| p.member.1);
+        let share = (sources.keys().map(size).sum::<u64>() / crate::fs::threads::cores() as u64).max(1);
         let mut stretches = Vec::new();
         for &layer in sources.keys() {
-            let starts = split(&points[&layer], crate::fs::threads::cores());
+            let parts = size(&layer).div_ceil(share) as usize;
+            let starts = split(&points[&layer], parts);
             if starts.len() > 1 {
                 tracing::debug!(
                     "reading layer {} from {} places at once (its seek points)",
@@ -78,12 +83,14 @@ impl ContentSource for LayerContent<'_> {
     }
 }
 
-/// Where to start `parts` threads in a layer with seek points `points`:
-/// the start of the stream, then seek points about evenly apart (none for
-/// a small layer).
+/// Where to start up to `parts` threads in a layer with seek points
+/// `points`: the start of the stream, then seek points about evenly apart
+/// (none for a small layer).
 fn split(points: &[SeekPoint], parts: usize) -> Vec<Option<&SeekPoint>> {
     let mut starts = vec![None];
-    let Some(last) = points.last() else { return starts };
+    let Some(last) = points.last().filter(|_| parts > 1) else {
+        return starts;
+    };
     let each = (last.member.1 / parts.max(1) as u64).max(STRETCH_BYTES);
     let mut from = (0u32, 0u64);
     for p in points {
