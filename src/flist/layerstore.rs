@@ -18,7 +18,6 @@
 //! top. A registry (or a proxy) that lies costs an EIO, never a wrong byte.
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,8 +33,10 @@ use crate::image::digest::Digest;
 use crate::image::registry::RegistryClient;
 use crate::store::{ChunkId, ChunkRef, Store, StoreError};
 
-/// Decoded intervals kept (each up to [`gzindex::SPAN`] and a block).
-const DECODED_INTERVALS: usize = 8;
+/// Decoded intervals kept: at least one, and more while they hold at most
+/// this much (an interval is [`gzindex::SPAN`] and a block, 4 MiB and a
+/// little, for gzip as Docker and Go write it).
+const DECODED_BYTES: usize = 32 << 20;
 
 /// Where the layer blobs are read from: a local copy when there is one,
 /// else the registry.
@@ -121,7 +122,7 @@ impl LayerStore {
             unpacked: layers.iter().map(|_| OnceCell::new()).collect(),
             layers: Arc::new(layers),
             blobs,
-            decoded: Mutex::new(LruCache::new(NonZeroUsize::new(DECODED_INTERVALS).unwrap())),
+            decoded: Mutex::new(LruCache::unbounded()),
             stats: Arc::default(),
         }
     }
@@ -144,7 +145,7 @@ impl LayerStore {
     async fn piece(&self, span: Span) -> Result<Vec<u8>, StoreError> {
         let missing = || StoreError::NotFound(format!("{span:?}"));
         let layer = self.layers.get(span.layer as usize).ok_or_else(missing)?;
-        if span.end() > layer.tar_size {
+        if span.end() > layer.tar_size || span.len as usize > crate::store::CHUNK_SIZE {
             return Err(missing());
         }
         match layer.compression {
@@ -263,6 +264,19 @@ impl LayerStore {
         })
         .await
         .cloned()
+        .inspect(|_| self.keep_decoded_within_bounds())
+    }
+
+    /// Drops the least recently used decoded intervals beyond
+    /// [`DECODED_BYTES`] (the one just used stays).
+    fn keep_decoded_within_bounds(&self) {
+        let mut decoded = self.decoded.lock().unwrap();
+        let mut bytes: usize = decoded.iter().filter_map(|(_, c)| c.get()).map(|d| d.len()).sum();
+        while bytes > DECODED_BYTES && decoded.len() > 1 {
+            if let Some((_, cell)) = decoded.pop_lru() {
+                bytes -= cell.get().map_or(0, |d| d.len());
+            }
+        }
     }
 }
 

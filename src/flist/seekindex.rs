@@ -57,6 +57,9 @@ use crate::store::{ChunkId, ChunkRef, CHUNK_SIZE};
 pub const ARTIFACT_TYPE: &str = "application/vnd.flmount.seekindex.v1";
 pub const MEDIA_TYPE: &str = "application/vnd.flmount.seekindex.v1+sqlite";
 
+/// The most output between two checkpoints (what one read inflates).
+pub const MAX_INTERVAL: u64 = 64 << 20;
+
 /// The largest seek index fetched from a registry.
 pub const MAX_INDEX_BYTES: u64 = 4 << 30;
 
@@ -130,6 +133,36 @@ impl LayerIndex {
         Some((i, end))
     }
 
+    /// Whether a reader can use it in bounded memory: a gzip layer's
+    /// intervals (what one read inflates and holds) at most
+    /// [`MAX_INTERVAL`] of output, from not much more input (deflate
+    /// expands incompressible data by a few bytes per 64 KiB).
+    fn check(&self) -> Result<()> {
+        if self.compression != Compression::Gzip {
+            return Ok(());
+        }
+        if self.checkpoints.is_empty() || self.hashes.len() != self.checkpoints.len() {
+            bail!("a gzip layer without its checkpoints");
+        }
+        for (i, c) in self.checkpoints.iter().enumerate() {
+            let (out_end, in_end) = self
+                .checkpoints
+                .get(i + 1)
+                .map_or((self.tar_size, self.size), |n| (n.out, n.input));
+            let out = out_end.saturating_sub(c.out);
+            if out > MAX_INTERVAL {
+                bail!(
+                    "{out} bytes of the tar stream from offset {} without a place to start decoding (gzip written with very large deflate blocks), more than the {MAX_INTERVAL} a read may inflate",
+                    c.out
+                );
+            }
+            if in_end.saturating_sub(c.input) > out + out / 64 + (1 << 20) {
+                bail!("checkpoint {i} is followed by more compressed bytes than its output can take");
+            }
+        }
+        Ok(())
+    }
+
     /// The compressed bytes `[start, end)` that decode checkpoint `i`'s
     /// interval.
     pub fn compressed_range(&self, i: usize) -> (u64, u64) {
@@ -184,9 +217,18 @@ pub fn build(
         .into_iter()
         .map(|s| s.into_inner().unwrap().expect("every layer scanned"))
         .collect();
-    let changes: Vec<Vec<Change>> = scanned.iter().map(|s| s.changes.clone()).collect();
+    let mut scanned = scanned;
+    let changes: Vec<Vec<Change>> = scanned
+        .iter_mut()
+        .map(|s| std::mem::take(&mut s.changes))
+        .collect();
     let plan = Tree::from_layers(&changes)?.plan();
     drop(changes);
+    for (i, s) in scanned.iter().enumerate() {
+        s.index
+            .check()
+            .with_context(|| format!("layer {} ({})", i + 1, s.index.digest))?;
+    }
     let mut blocks: HashMap<usize, Vec<ChunkRef>> = HashMap::new();
     let mut stats = IndexStats {
         layers: layers.len(),
@@ -507,14 +549,9 @@ pub fn read_layers(conn: &rusqlite::Connection) -> Result<Vec<LayerIndex>> {
         l.checkpoints.push(c);
         l.hashes.push(hash);
     }
-    if let Some(l) = layers
-        .iter()
-        .find(|l| l.compression == Compression::Gzip && l.checkpoints.is_empty())
-    {
-        bail!(
-            "the seek index has no checkpoints for the gzip layer {}",
-            l.digest
-        );
+    for l in &layers {
+        l.check()
+            .with_context(|| format!("the seek index of layer {}", l.digest))?;
     }
     Ok(layers)
 }
@@ -522,6 +559,56 @@ pub fn read_layers(conn: &rusqlite::Connection) -> Result<Vec<LayerIndex>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gzip_layer(checkpoints: &[(u64, u64)], size: u64, tar_size: u64) -> LayerIndex {
+        LayerIndex {
+            digest: Digest::sha256_of(b"layer"),
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            compression: Compression::Gzip,
+            size,
+            tar_size,
+            checkpoints: checkpoints
+                .iter()
+                .map(|&(out, input)| Checkpoint {
+                    out,
+                    input,
+                    bits: 3,
+                    window: vec![0; 16],
+                })
+                .collect(),
+            hashes: vec![[0; 32]; checkpoints.len()],
+        }
+    }
+
+    #[test]
+    fn intervals_a_reader_cannot_hold_are_refused() {
+        // 4 MiB intervals from about as much input: fine.
+        let ok = gzip_layer(
+            &[(0, 0), (4 << 20, 1 << 20), (8 << 20, 2 << 20)],
+            3 << 20,
+            12 << 20,
+        );
+        ok.check().unwrap();
+        assert_eq!(ok.interval(5 << 20), Some((1, 8 << 20)));
+        assert_eq!(ok.interval(9 << 20), Some((2, 12 << 20)));
+        // From the byte holding the checkpoint's first bits.
+        assert_eq!(ok.compressed_range(1), ((1 << 20) - 1, (2 << 20) + 1));
+        // One checkpoint for a terabyte of output: one read would inflate
+        // it all.
+        let huge = gzip_layer(&[(0, 0)], 1 << 30, 1 << 40);
+        assert!(huge
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("without a place to start"));
+        // Gigabytes of input for a small interval.
+        let wide = gzip_layer(&[(0, 0), (1 << 20, 4 << 30)], 5 << 30, 2 << 20);
+        assert!(wide.check().is_err());
+        // Checkpoints without their hashes.
+        let mut bare = ok.clone();
+        bare.hashes.pop();
+        assert!(bare.check().is_err());
+    }
 
     #[test]
     fn span_ids_round_trip_and_are_not_blob_ids() {
