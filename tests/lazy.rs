@@ -10,6 +10,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::fixtures::{rules_layers, umoci_unpack};
 use common::fstree::{assert_same_tree, Ignore};
 use common::mounts::{fuse_or_skip, Mounted};
@@ -173,6 +175,32 @@ fn a_lazy_mount_equals_umoci_and_downloads_no_layer() {
     let (parts, bytes) = parts_read(&log);
     assert!(parts > 0 && bytes <= layer_bytes + (64 << 10), "{log}");
     assert!(cached_bytes(&other) < 16 << 10, "layers were downloaded");
+
+    // An rfs reader (written from the format alone) reads the index's
+    // tree as umoci unpacks it; its content is no store's chunks, so
+    // such a reader finds none (a clean failure, not wrong bytes).
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/rfs_format.py");
+    let out = run_ok(
+        std::process::Command::new(common::servers::venv_bin("python"))
+            .arg(&script)
+            .args(["tree", s(&img.index), s(&img.flat)]),
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("checked"),
+        "{out:?}"
+    );
+    let empty = img.bed.path("no-chunks");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = std::process::Command::new(common::servers::venv_bin("python"))
+        .arg(&script)
+        .args(["check", s(&img.index), s(&empty), s(&img.flat)])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("FileNotFoundError"),
+        "{out:?}"
+    );
 
     // The index in the workdir: found without -index.
     let here = Flmount::new();
@@ -489,4 +517,69 @@ fn a_large_layer_is_extracted_by_several_threads_as_umoci_unpacks_it() {
     let log = bed.fl.ok(&["-image", &image, "-extractto", s(&third), "-v"]);
     assert!(!log.contains("places at once"), "{log}");
     assert_same_tree(&flat, &third, &dirs);
+}
+
+#[test]
+#[cfg_attr(
+    any(flmount_no_root, flmount_no_fuse),
+    ignore = "needs root and /dev/fuse (CI has both)"
+)]
+fn a_lazy_mount_reads_from_a_registry_that_wants_a_token() {
+    if !fuse_or_skip("a_lazy_mount_reads_from_a_registry_that_wants_a_token") {
+        return;
+    }
+    const USER: &str = "lazy";
+    const PASSWORD: &str = "pw-lazy-never-logged";
+    let reg = Registry::start_with(
+        false,
+        RegistryAuth::Token {
+            user: USER.into(),
+            password: PASSWORD.into(),
+        },
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("layout");
+    let mut layout = Layout::new(&dir);
+    let layers = vec![
+        (Compression::GzipDefault, tar(&big_layer())),
+        (Compression::Gzip, tar(&[E::file("etc/motd", "private\n")])),
+    ];
+    let w = layout.image(&ImageSpec::new("lazy", layers));
+    layout.tag_image("t", &w);
+    reg.push_with_creds(
+        &dir,
+        "t",
+        "private/app:1",
+        &[],
+        Some(&format!("{USER}:{PASSWORD}")),
+    );
+    let image = format!("{}/private/app:1", reg.addr());
+    let creds = ["-username", USER, "-password", PASSWORD];
+
+    // The index pushed with a token for pushing; found and read with one
+    // for pulling.
+    let builder = Flmount::new();
+    let out = builder.ok(&[&["index", &image, "-push"][..], &creds].concat());
+    assert!(out.contains("pushed the seek index"), "{out}");
+    let other = Flmount::new();
+    let mnt = tmp.path().join("mnt");
+    // Without credentials: refused (exit 4), nothing mounted.
+    std::fs::create_dir_all(&mnt).unwrap();
+    let err = other.fails(&["-image", &image, "-mount", s(&mnt), "-lazy"], 4);
+    assert!(err.contains("authentication"), "{err}");
+    assert!(!mounted_at(&mnt, None));
+    let m = Mounted::start(
+        &other,
+        &[&["-image", &image, "-lazy", "-vv"][..], &creds].concat(),
+        &mnt,
+    );
+    assert_eq!(std::fs::read(mnt.join("etc/motd")).unwrap(), b"private\n");
+    assert_eq!(std::fs::read(mnt.join("big/text")).unwrap(), text(6 << 20, 1));
+    let log = m.stop();
+    assert!(log.contains("fetched the seek index"), "{log}");
+    assert!(!log.contains(PASSWORD), "the password is in the log");
+    for token in reg.issued_tokens() {
+        let signature = token.rsplit('.').next().unwrap();
+        assert!(!log.contains(signature), "a bearer token is in the log");
+    }
 }

@@ -132,7 +132,7 @@ pub struct Args {
     pub parallel_downloads: u16,
 
     /// Registry user name (e.g. -username alice)
-    #[arg(long, value_name = "USER")]
+    #[arg(long, value_name = "USER", global = true)]
     pub username: Option<String>,
 
     /// Registry password or token; prefer the FLMOUNT_PASSWORD environment variable, which `ps` does not show
@@ -140,7 +140,8 @@ pub struct Args {
         long,
         value_name = "PASSWORD",
         env = "FLMOUNT_PASSWORD",
-        hide_env_values = true
+        hide_env_values = true,
+        global = true
     )]
     pub password: Option<String>,
 
@@ -165,11 +166,11 @@ pub struct Args {
     pub platform: Option<String>,
 
     /// Accept a registry's invalid TLS certificate, and fall back to plain HTTP if it has no TLS
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub insecure: bool,
 
     /// Talk to the registry over plain HTTP
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub plain_http: bool,
 
     /// More log output (-v debug, -vv trace); RUST_LOG overrides

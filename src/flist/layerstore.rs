@@ -199,15 +199,26 @@ impl LayerStore {
                     crate::progress::human_bytes(index.size)
                 );
                 let (parts, mut received) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+                let tar_size = index.tar_size;
                 let writer = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
                     use std::io::Write;
                     let file = tempfile::tempfile()?;
-                    let mut decoder = zstd::stream::write::Decoder::new(std::io::BufWriter::new(file))?;
+                    // No more than the index says the tar stream holds: a
+                    // layer that inflates beyond it fails, the disk spared.
+                    let bounded = Bounded {
+                        inner: std::io::BufWriter::new(file),
+                        left: tar_size,
+                    };
+                    let mut decoder = zstd::stream::write::Decoder::new(bounded)?;
                     while let Some(part) = received.blocking_recv() {
                         decoder.write_all(&part)?;
                     }
                     decoder.flush()?;
-                    decoder.into_inner().into_inner().map_err(|e| e.into_error())
+                    decoder
+                        .into_inner()
+                        .inner
+                        .into_inner()
+                        .map_err(|e| e.into_error())
                 });
                 let mut hasher = crate::image::digest::Hasher::new(index.digest.algorithm());
                 let mut pos = 0;
@@ -305,5 +316,29 @@ impl Store for LayerStore {
     fn get_piece<'a>(&'a self, chunk: &'a ChunkRef) -> Option<BoxFuture<'a, Result<Vec<u8>, StoreError>>> {
         let span = Span::from_id(&chunk.id)?;
         Some(Box::pin(self.piece(span)))
+    }
+}
+
+/// A writer that takes at most `left` bytes more.
+struct Bounded<W> {
+    inner: W,
+    left: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for Bounded<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() as u64 > self.left {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the layer inflates to more than its tar stream's size in the index",
+            ));
+        }
+        let n = self.inner.write(buf)?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }

@@ -8,6 +8,9 @@ snappy raw + AES-256-GCM), sharing no code with flmount.
                                           dir store) of a small known tree
   rfs_format.py check FL CHUNKDIR ROOT    decode every file of FL from
                                           CHUNKDIR and compare it with ROOT
+  rfs_format.py tree FL ROOT              compare FL's tree (paths, types,
+                                          modes, sizes, link targets, device
+                                          numbers) with ROOT, reading no content
 """
 import hashlib
 import os
@@ -118,10 +121,44 @@ def check(fl, chunkdir, root):
     print(f"checked {checked} files")
 
 
+def tree(fl, root):
+    db = sqlite3.connect(fl)
+    rows = db.execute("SELECT ino, parent, name, size, mode, rdev FROM inode ORDER BY ino").fetchall()
+    links = dict(db.execute("SELECT ino, data FROM extra").fetchall())
+    paths = {1: ""}
+    seen = set()
+    for ino, parent, name, size, mode, rdev in rows:
+        if ino == 1:
+            continue
+        name = name if isinstance(name, str) else name.decode("utf-8", "surrogateescape")
+        paths[ino] = os.path.join(paths[parent], name) if paths[parent] else name
+        path = os.path.join(root, paths[ino])
+        st = os.lstat(path)
+        assert stat.S_IFMT(st.st_mode) == stat.S_IFMT(mode), f"{paths[ino]}: type differs"
+        assert stat.S_IMODE(st.st_mode) == stat.S_IMODE(mode), f"{paths[ino]}: mode differs"
+        if stat.S_ISREG(mode) or stat.S_ISLNK(mode):
+            assert st.st_size == size, f"{paths[ino]}: size {size}, {st.st_size} on disk"
+        if stat.S_ISLNK(mode):
+            target = links[ino]
+            target = target if isinstance(target, str) else target.decode("utf-8", "surrogateescape")
+            assert os.readlink(path) == target, f"{paths[ino]}: link target differs"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            assert st.st_rdev == rdev, f"{paths[ino]}: device numbers differ"
+        seen.add(paths[ino])
+    on_disk = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            on_disk.add(os.path.relpath(os.path.join(dirpath, n), root))
+    assert seen == on_disk, f"entries differ: {sorted(seen ^ on_disk)[:10]}"
+    print(f"checked {len(seen)} entries")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "make":
         make(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "check":
         check(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif sys.argv[1] == "tree":
+        tree(sys.argv[2], sys.argv[3])
     else:
         sys.exit(__doc__)
