@@ -70,7 +70,7 @@ pub fn pack_image(
     }
     let changes: Vec<std::sync::Mutex<Vec<Change>>> = layers.iter().map(|_| Default::default()).collect();
     let indices: Vec<usize> = (0..layers.len()).collect();
-    let (mut packed, mut stats) = pack::pack(
+    let (mut packed, stats) = pack::pack(
         |sink| {
             threads::for_each_parallel(&indices, layers.len(), |&layer| {
                 // Every file of the layer packed before: its cached changes
@@ -118,45 +118,44 @@ pub fn pack_image(
         &Handle::current(),
         threads::io_workers(),
     )?;
-    // Each stage's input is dropped as soon as the next is built: a
+    // Each stage's input is dropped as soon as the next is built, and the
+    // flist is written from the tree itself (no plan of it beside it): a
     // million-entry image holds a few hundred bytes per entry at each.
     let tree = {
         let changes: Vec<Vec<Change>> = changes.into_iter().map(|c| c.into_inner().unwrap()).collect();
         Tree::from_layers(&changes)?
     };
-    let plan = tree.plan();
-    drop(tree);
     let keys: Vec<String> = digests.iter().map(entries_key).collect();
     known.save_layer_entries(
         packed
             .iter()
             .map(|(&(layer, entry), chunks)| (keys[layer].as_str(), entry, chunks.as_slice())),
     )?;
-    let mut blocks = HashMap::new();
-    for (i, inode) in plan.inodes.iter().enumerate() {
-        if let InodeKind::File {
-            source: Some(Source::Layer { layer, entry }),
-            ..
-        } = inode.kind
-        {
-            // A file's content is moved to the flist's rows (hard links
-            // are one inode of the plan: their content is taken once).
-            let chunks = match packed.remove(&(layer, entry)) {
-                Some(chunks) => chunks,
-                None => {
-                    let chunks = reused[layer]
-                        .remove(&entry)
-                        .context("a file's content was not packed")?;
-                    stats.chunks += chunks.len() as u64;
-                    stats.skipped += chunks.len() as u64;
-                    chunks
-                }
-            };
-            blocks.insert(i, chunks);
-        }
-    }
-    drop((packed, reused));
-    write_flist(out, &plan, &blocks, &router, stats, started)
+    write_flist(
+        out,
+        |w, named| {
+            format::tree_rows(w, &tree, |kind| {
+                let chunks = match *kind {
+                    InodeKind::File {
+                        source: Some(Source::Layer { layer, entry }),
+                        ..
+                    } => match packed.remove(&(layer, entry)) {
+                        // Moved to the flist's rows, not copied.
+                        Some(chunks) => chunks,
+                        None => reused[layer]
+                            .remove(&entry)
+                            .context("a file's content was not packed")?,
+                    },
+                    _ => Vec::new(),
+                };
+                named.count(kind, &chunks);
+                Ok(chunks)
+            })
+        },
+        &router,
+        stats,
+        started,
+    )
 }
 
 /// `flmount pack -flist OUT -store URL... DIR`: the same from a directory.
@@ -185,7 +184,18 @@ pub fn pack_dir(workdir: &Workdir, dir: &Path, out: &Path, stores: &[StoreSpec])
         threads::io_workers(),
     )
     .with_context(|| format!("packing {}", dir.display()))?;
-    write_flist(out, &plan, &blocks, &router, stats, started)
+    write_flist(
+        out,
+        |w, named| {
+            for (i, inode) in plan.inodes.iter().enumerate() {
+                named.count(&inode.kind, blocks.get(&i).map(Vec::as_slice).unwrap_or(&[]));
+            }
+            format::plan_rows(w, &plan, &blocks)
+        },
+        &router,
+        stats,
+        started,
+    )
 }
 
 fn open_writing_router(stores: &[StoreSpec]) -> Result<Router> {
@@ -194,30 +204,48 @@ fn open_writing_router(stores: &[StoreSpec]) -> Result<Router> {
     Ok(router)
 }
 
-/// Writes the flist of `plan` (its files' chunks in `blocks`) and reports.
+/// What an flist names, counted as its rows are written: its files (each
+/// once, however many names), their bytes and the chunks they name.
+#[derive(Default)]
+struct Named {
+    files: u64,
+    bytes: u64,
+    ids: Vec<crate::store::ChunkId>,
+}
+
+impl Named {
+    fn count(&mut self, kind: &InodeKind, chunks: &[ChunkRef]) {
+        if let InodeKind::File { size, .. } = kind {
+            self.files += 1;
+            self.bytes += size;
+            self.ids.extend(chunks.iter().map(|c| c.id));
+        }
+    }
+}
+
+/// Writes an flist whose rows `rows` writes (counting what they name) and
+/// reports.
 fn write_flist(
     out: &Path,
-    plan: &crate::fs::tree::Plan,
-    blocks: &HashMap<usize, Vec<ChunkRef>>,
+    rows: impl FnOnce(&mut format::RowWriter, &mut Named) -> Result<()>,
     router: &Router,
     mut stats: pack::PackStats,
     started: Instant,
 ) -> Result<pack::PackStats> {
-    let tags = vec![
-        ("version".to_owned(), "v2".to_owned()),
-        (
-            "author".to_owned(),
-            concat!("flmount ", env!("CARGO_PKG_VERSION")).to_owned(),
-        ),
-    ];
-    format::write(out, plan, blocks, &route_rows(router), &tags)?;
-    // What the flist holds: each file once, however much was packed.
-    let (files, bytes) = plan.inodes.iter().fold((0, 0), |(n, b), inode| match inode.kind {
-        InodeKind::File { size, .. } => (n + 1, b + size),
-        _ => (n, b),
-    });
+    let mut counted = Named::default();
+    format::write_with(
+        out,
+        |w| rows(w, &mut counted),
+        &route_rows(router),
+        &format::standard_tags(),
+        |_| Ok(()),
+    )?;
+    let Named {
+        files,
+        bytes,
+        ids: mut named,
+    } = counted;
     // One count of chunks everywhere: the distinct chunks the flist names.
-    let mut named: Vec<_> = blocks.values().flatten().map(|c| c.id).collect();
     named.sort_unstable();
     named.dedup();
     let uploaded = (named.iter())

@@ -46,7 +46,7 @@ use rusqlite::{params, Connection};
 use super::sql::{self, value_bytes};
 use crate::fs::layer::{Meta, Timestamp, Xattr};
 use crate::fs::node::Special;
-use crate::fs::tree::{InodeKind, Plan, PlanDir, PlanInode};
+use crate::fs::tree::{InodeKind, Plan, PlanDir, PlanInode, Tree};
 use crate::store::ChunkRef;
 
 const SCHEMA: &str = "
@@ -109,15 +109,15 @@ pub fn write(
     routes: &[RouteRow],
     tags: &[(String, String)],
 ) -> Result<()> {
-    write_with(path, plan, blocks, routes, tags, |_| Ok(()))
+    write_with(path, |w| plan_rows(w, plan, blocks), routes, tags, |_| Ok(()))
 }
 
-/// As [`write`], with `more` writing tables of its own in the same
-/// transaction (a seek index's layers).
+/// As [`write`], the rows written by `rows` (from a plan, or straight
+/// from the merged tree: [`tree_rows`]), and `more` writing tables of its
+/// own in the same transaction (a seek index's layers).
 pub fn write_with(
     path: &Path,
-    plan: &Plan,
-    blocks: &HashMap<usize, Vec<ChunkRef>>,
+    rows: impl FnOnce(&mut RowWriter) -> Result<()>,
     routes: &[RouteRow],
     tags: &[(String, String)],
     more: impl FnOnce(&rusqlite::Transaction) -> Result<()>,
@@ -139,7 +139,7 @@ pub fn write_with(
         conn.pragma_update(None, "journal_mode", "DELETE")?;
         conn.execute_batch(SCHEMA)?;
         let tx = conn.transaction()?;
-        write_rows(&tx, plan, blocks)?;
+        rows(&mut RowWriter::new(&tx)?)?;
         for r in routes {
             tx.execute(
                 "INSERT INTO route (start, end, url) VALUES (?1, ?2, ?3)",
@@ -158,79 +158,172 @@ pub fn write_with(
     crate::owned::output::publish(tmp.into_inner(), path)
 }
 
-fn write_rows(tx: &rusqlite::Transaction, plan: &Plan, blocks: &HashMap<usize, Vec<ChunkRef>>) -> Result<()> {
-    let mut insert = tx.prepare(
-        "INSERT INTO inode (parent, name, size, uid, gid, mode, rdev, ctime, mtime) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?;
-    let mut xattr = tx.prepare("INSERT INTO fl_xattr (ino, name, value) VALUES (?1, ?2, ?3)")?;
-    let mut time = tx.prepare("INSERT INTO fl_time (ino, mtime_nsec) VALUES (?1, ?2)")?;
-    let mut extra = tx.prepare("INSERT INTO extra (ino, data) VALUES (?1, ?2)")?;
-    let mut block = tx.prepare("INSERT INTO block (ino, id, key) VALUES (?1, ?2, ?3)")?;
-    let mut link = tx.prepare("INSERT INTO fl_link (ino, target) VALUES (?1, ?2)")?;
-    let mut row = |parent: i64, name: &[u8], size: u64, meta: &Meta, mode: u32, rdev: u64| -> Result<i64> {
-        insert.execute(params![
-            parent,
-            name_value(name),
-            size as i64,
-            meta.uid,
-            meta.gid,
-            mode,
-            rdev as i64,
-            meta.mtime.sec,
-            meta.mtime.sec
-        ])?;
-        let ino = tx.last_insert_rowid();
-        for (k, v) in &meta.xattrs {
-            xattr.execute(params![ino, &k[..], &v[..]])?;
-        }
-        if meta.mtime.nsec != 0 {
-            time.execute(params![ino, meta.mtime.nsec])?;
-        }
-        Ok(ino)
-    };
-    let mut dir_ino: HashMap<&[u8], i64> = HashMap::new();
-    for d in &plan.dirs {
-        let (parent_path, name) = crate::fs::layer::split_last(&d.path);
-        let ino = if d.path.is_empty() {
-            row(0, b"/", 0, &d.meta, libc::S_IFDIR | d.meta.mode, 0)?
-        } else {
-            let parent = *dir_ino
-                .get(parent_path)
-                .context("a directory before its parent")?;
-            row(parent, name, 0, &d.meta, libc::S_IFDIR | d.meta.mode, 0)?
-        };
-        dir_ino.insert(&d.path, ino);
+/// The tags every flist flmount writes carries: rfs's format version and
+/// the writer.
+pub fn standard_tags() -> Vec<(String, String)> {
+    vec![
+        ("version".to_owned(), "v2".to_owned()),
+        (
+            "author".to_owned(),
+            concat!("flmount ", env!("CARGO_PKG_VERSION")).to_owned(),
+        ),
+    ]
+}
+
+/// A regular file's content, for [`RowWriter::add`].
+pub enum Content<'c> {
+    /// The chunks of its first name.
+    Chunks(&'c [ChunkRef]),
+    /// Another name of the file whose first name has this ino: its rows
+    /// and chunks are that name's (a hard link).
+    LinkTo(i64),
+}
+
+/// Writes an flist's rows, a name at a time, parents first.
+pub struct RowWriter<'t> {
+    tx: &'t rusqlite::Transaction<'t>,
+    insert: rusqlite::Statement<'t>,
+    xattr: rusqlite::Statement<'t>,
+    time: rusqlite::Statement<'t>,
+    extra: rusqlite::Statement<'t>,
+    block: rusqlite::Statement<'t>,
+    copy_blocks: rusqlite::Statement<'t>,
+    link: rusqlite::Statement<'t>,
+}
+
+impl<'t> RowWriter<'t> {
+    fn new(tx: &'t rusqlite::Transaction<'t>) -> Result<Self> {
+        Ok(RowWriter {
+            tx,
+            insert: tx.prepare(
+                "INSERT INTO inode (parent, name, size, uid, gid, mode, rdev, ctime, mtime) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?,
+            xattr: tx.prepare("INSERT INTO fl_xattr (ino, name, value) VALUES (?1, ?2, ?3)")?,
+            time: tx.prepare("INSERT INTO fl_time (ino, mtime_nsec) VALUES (?1, ?2)")?,
+            extra: tx.prepare("INSERT INTO extra (ino, data) VALUES (?1, ?2)")?,
+            block: tx.prepare("INSERT INTO block (ino, id, key) VALUES (?1, ?2, ?3)")?,
+            copy_blocks: tx.prepare(
+                "INSERT INTO block (ino, id, key) SELECT ?1, id, key FROM block WHERE ino = ?2 ORDER BY rowid",
+            )?,
+            link: tx.prepare("INSERT INTO fl_link (ino, target) VALUES (?1, ?2)")?,
+        })
     }
-    for (i, inode) in plan.inodes.iter().enumerate() {
-        let (size, rdev) = match &inode.kind {
+
+    /// Writes the name `name` in the directory whose ino is `parent` (the
+    /// root: parent 0, any name); returns its ino.
+    pub fn add(
+        &mut self,
+        parent: i64,
+        name: &[u8],
+        kind: &InodeKind,
+        meta: &Meta,
+        content: Content,
+    ) -> Result<i64> {
+        let (size, rdev) = match kind {
             InodeKind::File { size, .. } => (*size, 0),
             InodeKind::Special(Special::Symlink { target }) => (target.len() as u64, 0),
             InodeKind::Special(s) => (0, s.rdev()),
             InodeKind::Dir => (0, 0),
         };
-        let mode = type_bits(&inode.kind) | inode.meta.mode;
+        let name = if parent == 0 { &b"/"[..] } else { name };
+        self.insert.execute(params![
+            parent,
+            name_value(name),
+            size as i64,
+            meta.uid,
+            meta.gid,
+            type_bits(kind) | meta.mode,
+            rdev as i64,
+            meta.mtime.sec,
+            meta.mtime.sec
+        ])?;
+        let ino = self.tx.last_insert_rowid();
+        for (k, v) in &meta.xattrs {
+            self.xattr.execute(params![ino, &k[..], &v[..]])?;
+        }
+        if meta.mtime.nsec != 0 {
+            self.time.execute(params![ino, meta.mtime.nsec])?;
+        }
+        if let InodeKind::Special(Special::Symlink { target }) = kind {
+            self.extra.execute(params![ino, name_value(target)])?;
+        }
+        match content {
+            Content::Chunks(chunks) => {
+                for c in chunks {
+                    self.block.execute(params![ino, &c.id[..], &c.key[..]])?;
+                }
+            }
+            Content::LinkTo(first) => {
+                self.copy_blocks.execute(params![ino, first])?;
+                self.link.execute(params![ino, first])?;
+            }
+        }
+        Ok(ino)
+    }
+}
+
+/// The rows of `plan`: its directories, then every other inode with all
+/// its names.
+pub fn plan_rows(w: &mut RowWriter, plan: &Plan, blocks: &HashMap<usize, Vec<ChunkRef>>) -> Result<()> {
+    let mut dir_ino: HashMap<&[u8], i64> = HashMap::new();
+    for d in &plan.dirs {
+        let (parent_path, name) = crate::fs::layer::split_last(&d.path);
+        let parent = match d.path.is_empty() {
+            true => 0,
+            false => *dir_ino
+                .get(parent_path)
+                .context("a directory before its parent")?,
+        };
+        let ino = w.add(parent, name, &InodeKind::Dir, &d.meta, Content::Chunks(&[]))?;
+        dir_ino.insert(&d.path, ino);
+    }
+    for (i, inode) in plan.inodes.iter().enumerate() {
         let mut first = None;
         for path in &inode.paths {
             let (parent_path, name) = crate::fs::layer::split_last(path);
             let parent = *dir_ino
                 .get(parent_path)
                 .context("an entry before its directory")?;
-            let ino = row(parent, name, size, &inode.meta, mode, rdev)?;
-            if let InodeKind::Special(Special::Symlink { target }) = &inode.kind {
-                extra.execute(params![ino, name_value(target)])?;
-            }
-            for c in blocks.get(&i).map(Vec::as_slice).unwrap_or(&[]) {
-                block.execute(params![ino, &c.id[..], &c.key[..]])?;
-            }
-            match first {
-                None => first = Some(ino),
-                Some(target) => {
-                    link.execute(params![ino, target])?;
-                }
-            }
+            let content = match first {
+                None => Content::Chunks(blocks.get(&i).map(Vec::as_slice).unwrap_or(&[])),
+                Some(target) => Content::LinkTo(target),
+            };
+            let ino = w.add(parent, name, &inode.kind, &inode.meta, content)?;
+            first.get_or_insert(ino);
         }
     }
     Ok(())
+}
+
+/// The rows of the merged tree itself, depth first (no plan of it held
+/// beside it); `chunks(kind)` gives a regular file's chunks, once per
+/// file (its other names are linked to its first).
+pub fn tree_rows(
+    w: &mut RowWriter,
+    tree: &Tree,
+    mut chunks: impl FnMut(&InodeKind) -> Result<Vec<ChunkRef>>,
+) -> Result<()> {
+    // Each file's first ino (0: none written yet).
+    let mut first: Vec<i64> = vec![0; tree.inode_count()];
+    tree.for_each_name(|parent, name, entry| {
+        let parent = parent as i64;
+        if entry.kind == &InodeKind::Dir {
+            return Ok(w.add(parent, name, entry.kind, entry.meta, Content::Chunks(&[]))? as u64);
+        }
+        let ino = match first[entry.inode] {
+            0 => {
+                let chunks = match entry.kind {
+                    InodeKind::File { .. } => chunks(entry.kind)?,
+                    _ => Vec::new(),
+                };
+                let ino = w.add(parent, name, entry.kind, entry.meta, Content::Chunks(&chunks))?;
+                first[entry.inode] = ino;
+                ino
+            }
+            target => w.add(parent, name, entry.kind, entry.meta, Content::LinkTo(target))?,
+        };
+        Ok(ino as u64)
+    })
 }
 
 /// An open flist.

@@ -222,33 +222,31 @@ pub fn build(
         .iter_mut()
         .map(|s| std::mem::take(&mut s.changes))
         .collect();
-    let plan = Tree::from_layers(&changes)?.plan();
+    let tree = Tree::from_layers(&changes)?;
     drop(changes);
     for (i, s) in scanned.iter().enumerate() {
         s.index
             .check()
             .with_context(|| format!("layer {} ({})", i + 1, s.index.digest))?;
     }
-    let mut blocks: HashMap<usize, Vec<ChunkRef>> = HashMap::new();
-    let mut stats = IndexStats {
-        layers: layers.len(),
-        ..Default::default()
-    };
-    for (i, inode) in plan.inodes.iter().enumerate() {
-        let InodeKind::File { size, source } = inode.kind else {
-            continue;
+    let (contents, indexes): (Vec<_>, Vec<_>) = scanned
+        .into_iter()
+        .map(|s| ((s.files, s.sparse), s.index))
+        .unzip();
+    let (mut files, mut bytes) = (0u64, 0u64);
+    // A file's pieces: spans of the layer its content is in.
+    let mut blocks_of = |kind: &InodeKind| -> Result<Vec<ChunkRef>> {
+        let InodeKind::File { size, source } = *kind else {
+            return Ok(Vec::new());
         };
-        stats.files += 1;
-        stats.bytes += size;
+        files += 1;
+        bytes += size;
         let Some(Source::Layer { layer, entry }) = source else {
-            continue;
+            return Ok(Vec::new());
         };
-        let layer_scan = &scanned[layer];
-        let Some((offset, keys)) = layer_scan.files.get(&entry) else {
-            let path = layer_scan
-                .sparse
-                .get(&entry)
-                .map(|p| crate::write::extract::show(p));
+        let (stored, sparse) = &contents[layer];
+        let Some((offset, keys)) = stored.get(&entry) else {
+            let path = sparse.get(&entry).map(|p| crate::write::extract::show(p));
             bail!(
                 "{} in layer {} is a sparse file: a seek index serves files stored whole; mount this image without -lazy",
                 path.unwrap_or_else(|| format!("entry {entry}")),
@@ -267,22 +265,25 @@ pub fn build(
                 key: *key,
             }
         });
-        blocks.insert(i, pieces.collect());
-    }
-    let indexes: Vec<LayerIndex> = scanned.into_iter().map(|s| s.index).collect();
-    stats.checkpoints = indexes.iter().map(|l| l.checkpoints.len() as u64).sum();
-    let tags = vec![
-        ("version".to_owned(), "v2".to_owned()),
-        (
-            "author".to_owned(),
-            concat!("flmount ", env!("CARGO_PKG_VERSION")).to_owned(),
-        ),
-        ("image".to_owned(), image.to_owned()),
-        ("manifest".to_owned(), manifest.to_string()),
-    ];
-    format::write_with(out, &plan, &blocks, &[], &tags, |tx| write_layers(tx, &indexes))?;
-    stats.index_bytes = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
-    Ok(stats)
+        Ok(pieces.collect())
+    };
+    let mut tags = format::standard_tags();
+    tags.push(("image".to_owned(), image.to_owned()));
+    tags.push(("manifest".to_owned(), manifest.to_string()));
+    format::write_with(
+        out,
+        |w| format::tree_rows(w, &tree, &mut blocks_of),
+        &[],
+        &tags,
+        |tx| write_layers(tx, &indexes),
+    )?;
+    Ok(IndexStats {
+        layers: layers.len(),
+        files,
+        bytes,
+        checkpoints: indexes.iter().map(|l| l.checkpoints.len() as u64).sum(),
+        index_bytes: std::fs::metadata(out).map(|m| m.len()).unwrap_or(0),
+    })
 }
 
 /// Reads one layer once: changes, file pieces' keys, checkpoints.

@@ -109,6 +109,14 @@ pub struct LayerDiff {
     opaque: HashSet<NodeId>,
 }
 
+/// A name of the tree, as [`Tree::for_each_name`] gives it.
+pub struct TreeEntry<'a> {
+    /// Its inode (shared by a file's hard links).
+    pub inode: InodeId,
+    pub kind: &'a InodeKind,
+    pub meta: &'a Meta,
+}
+
 /// A tree flattened for writing: directories parents-first, then every
 /// other inode once with all its names.
 #[derive(Debug, Default, Clone)]
@@ -514,6 +522,34 @@ impl Tree {
             out.push((node, path));
         }
         out
+    }
+
+    /// How many inodes the tree has made (an upper bound of the ids
+    /// [`Self::for_each_name`] gives).
+    pub fn inode_count(&self) -> usize {
+        self.inodes.len()
+    }
+
+    /// Every name in the tree, parents before their children (depth
+    /// first, names in order), for a writer that numbers what it writes:
+    /// `f(parent, name, entry)` gets the number `f` returned for the
+    /// parent (0 for the root, whose name is empty) and returns this
+    /// name's. Holds no path: the names are the tree's own.
+    pub fn for_each_name(&self, mut f: impl FnMut(u64, &[u8], TreeEntry) -> Result<u64>) -> Result<()> {
+        let mut stack: Vec<(NodeId, u64, &[u8])> = vec![(ROOT, 0, &[])];
+        while let Some((node, parent, name)) = stack.pop() {
+            let inode = self.nodes[node].inode;
+            let entry = TreeEntry {
+                inode,
+                kind: &self.inodes[inode].kind,
+                meta: self.meta_of(inode),
+            };
+            let number = f(parent, name, entry)?;
+            for (child_name, &child) in self.children(node).rev() {
+                stack.push((child, number, child_name));
+            }
+        }
+        Ok(())
     }
 
     /// The whole tree, for writing.
