@@ -498,9 +498,22 @@ fn find_index(
     }
     let progress = Progress::new(true).transfer(format!("seek index {}", desc.digest.short()), desc.size);
     rt.block_on(registry.fetch_blob(workdir, &desc, &progress))?;
+    // Checked where it landed, and kept only if it is this image's: a bad
+    // one is not left where the next run would take it.
+    let fetched = workdir.blob_path(&desc.digest);
+    if let Err(e) = seekindex::open_for(&fetched, &image.manifest_digest, &image.manifest.layers) {
+        let _ = std::fs::remove_file(&fetched);
+        return Err(e.context(format!("the seek index pushed for {}", image.reference)));
+    }
     std::fs::create_dir_all(workdir.flists_dir())?;
-    std::fs::rename(workdir.blob_path(&desc.digest), &path)
+    std::fs::rename(&fetched, &path)
         .with_context(|| format!("moving the seek index into {}", path.display()))?;
+    tracing::warn!(
+        "using the seek index pushed beside {} ({}): it is trusted as anyone who can push to {} is; give -index FILE to use one you built",
+        image.reference,
+        human_bytes(desc.size),
+        image.reference.repository()
+    );
     tracing::info!(
         "fetched the seek index of {} ({})",
         image.reference,

@@ -38,6 +38,9 @@ use crate::store::{ChunkId, ChunkRef, Store, StoreError};
 /// little, for gzip as Docker and Go write it).
 const DECODED_BYTES: usize = 32 << 20;
 
+/// Intervals fetched and inflated at once.
+const DECODING: usize = 4;
+
 /// Where the layer blobs are read from: a local copy when there is one,
 /// else the registry.
 pub struct Blobs {
@@ -85,7 +88,10 @@ impl Blobs {
                     store: self.url.clone(),
                     reason,
                 },
-                Some(crate::image::registry::ErrorKind::Protocol) => StoreError::Corrupt {
+                Some(
+                    crate::image::registry::ErrorKind::Protocol
+                    | crate::image::registry::ErrorKind::Integrity,
+                ) => StoreError::Corrupt {
                     store: self.url.clone(),
                     reason,
                 },
@@ -111,6 +117,8 @@ pub struct LayerStore {
     layers: Arc<Vec<LayerIndex>>,
     blobs: Blobs,
     decoded: Mutex<LruCache<(u32, usize), Interval>>,
+    /// Intervals being fetched and inflated at once.
+    decoding: tokio::sync::Semaphore,
     /// Zstd layers, fetched whole on first use.
     unpacked: Vec<OnceCell<Arc<std::fs::File>>>,
     pub stats: Arc<LayerStats>,
@@ -123,6 +131,7 @@ impl LayerStore {
             layers: Arc::new(layers),
             blobs,
             decoded: Mutex::new(LruCache::unbounded()),
+            decoding: tokio::sync::Semaphore::new(DECODING),
             stats: Arc::default(),
         }
     }
@@ -227,16 +236,22 @@ impl LayerStore {
                     let part = self.read(&index.digest, pos, end).await?;
                     hasher.update(&part);
                     if parts.send(part).await.is_err() {
+                        // The writer stopped: its error says why.
                         break;
                     }
                     pos = end;
                 }
                 drop(parts);
                 let file = writer.await.map_err(|e| self.local(e.to_string()))?;
-                if hasher.finish() != index.digest {
+                let file = file.map_err(|e| match e.kind() {
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::Other => {
+                        self.corrupt(format!("layer {}: {e}", index.digest))
+                    }
+                    _ => self.local(format!("unpacking layer {}: {e}", index.digest)),
+                })?;
+                if pos < index.size || hasher.finish() != index.digest {
                     return Err(self.corrupt(format!("layer {} does not match its digest", index.digest)));
                 }
-                let file = file.map_err(|e| self.corrupt(format!("layer {}: {e}", index.digest)))?;
                 Ok(Arc::new(file))
             })
             .await
@@ -253,6 +268,13 @@ impl LayerStore {
             .get_or_insert((layer, i), Interval::default)
             .clone();
         cell.get_or_try_init(|| async {
+            // A few intervals fetched and inflated at a time: each holds
+            // its input and output until done.
+            let _slot = self
+                .decoding
+                .acquire()
+                .await
+                .map_err(|e| self.local(e.to_string()))?;
             let index = &self.layers[layer as usize];
             let (start, end) = index.compressed_range(i);
             let compressed = self.read(&index.digest, start, end).await?;
@@ -279,12 +301,16 @@ impl LayerStore {
     }
 
     /// Drops the least recently used decoded intervals beyond
-    /// [`DECODED_BYTES`] (the one just used stays).
+    /// [`DECODED_BYTES`], never the most recent one nor one being filled.
     fn keep_decoded_within_bounds(&self) {
         let mut decoded = self.decoded.lock().unwrap();
         let mut bytes: usize = decoded.iter().filter_map(|(_, c)| c.get()).map(|d| d.len()).sum();
-        while bytes > DECODED_BYTES && decoded.len() > 1 {
-            if let Some((_, cell)) = decoded.pop_lru() {
+        while bytes > DECODED_BYTES {
+            let oldest = (decoded.iter().rev().skip(1))
+                .find(|(_, c)| c.get().is_some())
+                .map(|(k, _)| *k);
+            let Some(key) = oldest else { break };
+            if let Some(cell) = decoded.pop(&key) {
                 bytes -= cell.get().map_or(0, |d| d.len());
             }
         }

@@ -60,6 +60,14 @@ pub const MEDIA_TYPE: &str = "application/vnd.flmount.seekindex.v1+sqlite";
 /// The most output between two checkpoints (what one read inflates).
 pub const MAX_INTERVAL: u64 = 64 << 20;
 
+/// The least output between two checkpoints (an index records one every
+/// [`gzindex::SPAN`]): what keeps an index's windows few.
+pub const MIN_INTERVAL: u64 = 1 << 20;
+
+/// The most checkpoints an index may hold (their windows are kept in
+/// memory: 32 KiB each, 128 MiB in all; 16 GiB of tar streams at 4 MiB).
+pub const MAX_CHECKPOINTS: usize = 4096;
+
 /// The largest seek index fetched from a registry.
 pub const MAX_INDEX_BYTES: u64 = 4 << 30;
 
@@ -92,11 +100,14 @@ impl Span {
         if &id[..4] != SPAN_MAGIC || id[20..].iter().any(|&b| b != 0) {
             return None;
         }
-        Some(Span {
+        let span = Span {
             layer: u32::from_be_bytes(id[4..8].try_into().ok()?),
             offset: u64::from_be_bytes(id[8..16].try_into().ok()?),
             len: u32::from_be_bytes(id[16..20].try_into().ok()?),
-        })
+        };
+        // Its end is a number (ids come from untrusted flists).
+        span.offset.checked_add(u64::from(span.len))?;
+        Some(span)
     }
 
     pub fn end(&self) -> u64 {
@@ -150,6 +161,13 @@ impl LayerIndex {
                 .get(i + 1)
                 .map_or((self.tar_size, self.size), |n| (n.out, n.input));
             let out = out_end.saturating_sub(c.out);
+            if i + 1 < self.checkpoints.len() && out < MIN_INTERVAL {
+                bail!(
+                    "checkpoints {} bytes apart (at {}), fewer than {MIN_INTERVAL}",
+                    out,
+                    c.out
+                );
+            }
             if out > MAX_INTERVAL {
                 bail!(
                     "{out} bytes of the tar stream from offset {} without a place to start decoding (gzip written with very large deflate blocks), more than the {MAX_INTERVAL} a read may inflate",
@@ -313,11 +331,14 @@ fn scan(desc: &Descriptor, blob: &LayerBlob) -> Result<Scanned> {
             let mut reader = IndexingReader::new(file, gzindex::SPAN).with_context(|| blob.reading())?;
             blob.for_each_in(&mut reader, &mut each)?;
             // The end of the archive is not the end of the stream: read
-            // the rest, so the sizes are whole and the CRC checked.
-            std::io::copy(&mut reader, &mut std::io::sink()).with_context(|| blob.reading())?;
-            let (size, tar) = (reader.compressed_len(), reader.uncompressed_len());
+            // the rest, so the sizes are whole and the CRC checked (bytes
+            // after the last member, which tar readers ignore, end it).
+            if let Err(e) = std::io::copy(&mut reader, &mut std::io::sink()) {
+                tracing::debug!("{}: after the archive's end: {e}", blob.reading());
+            }
+            let tar = reader.uncompressed_len();
             let (checkpoints, hashes) = reader.into_checkpoints();
-            (checkpoints, hashes, size, tar)
+            (checkpoints, hashes, std::fs::metadata(&blob.path)?.len(), tar)
         }
         Compression::None => {
             let mut reader = file;
@@ -329,14 +350,14 @@ fn scan(desc: &Descriptor, blob: &LayerBlob) -> Result<Scanned> {
             // No seek points: a -lazy mount fetches such a layer whole.
             let decoder =
                 zstd::stream::read::Decoder::with_buffer(file).context("starting zstd decompression")?;
-            let mut reader = Counting {
+            let mut reader = crate::fs::tarstream::Counted {
                 inner: decoder,
-                read: 0,
+                pos: 0,
             };
             blob.for_each_in(&mut reader, &mut each)?;
             std::io::copy(&mut reader, &mut std::io::sink()).with_context(|| blob.reading())?;
             let size = std::fs::metadata(&blob.path)?.len();
-            (Vec::new(), Vec::new(), size, reader.read)
+            (Vec::new(), Vec::new(), size, reader.pos)
         }
     };
     if size != desc.size {
@@ -359,20 +380,6 @@ fn scan(desc: &Descriptor, blob: &LayerBlob) -> Result<Scanned> {
             hashes,
         },
     })
-}
-
-/// A reader that counts what it gives.
-struct Counting<R> {
-    inner: R,
-    read: u64,
-}
-
-impl<R: Read> Read for Counting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.read += n as u64;
-        Ok(n)
-    }
 }
 
 /// The BLAKE2b-256 of each 512 KiB piece of `size` bytes of content.
@@ -459,10 +466,12 @@ pub fn open_for(path: &Path, manifest: &Digest, descriptors: &[Descriptor]) -> R
     }
     let layers = read_layers(&conn)?;
     let same = layers.len() == descriptors.len()
-        && layers
-            .iter()
-            .zip(descriptors)
-            .all(|(l, d)| l.digest == d.digest && l.size == d.size);
+        && layers.iter().zip(descriptors).all(|(l, d)| {
+            l.digest == d.digest
+                && l.size == d.size
+                && l.media_type == d.media_type
+                && (l.compression != Compression::None || l.tar_size == l.size)
+        });
     if !same {
         bail!(
             "the layers of the seek index {} are not the image's",
@@ -510,6 +519,10 @@ pub fn read_layers(conn: &rusqlite::Connection) -> Result<Vec<LayerIndex>> {
             hashes: Vec::new(),
         });
     }
+    if !crate::flist::sql::has_table(conn, "fl_checkpoint")? {
+        bail!("the seek index has no checkpoint table");
+    }
+    let mut checkpoints = 0usize;
     let mut stmt =
         conn.prepare("SELECT layer, out, input, bits, window, hash FROM fl_checkpoint ORDER BY layer, out")?;
     let mut rows = stmt.query([])?;
@@ -537,6 +550,19 @@ pub fn read_layers(conn: &rusqlite::Connection) -> Result<Vec<LayerIndex>> {
             window,
         };
         let first = l.checkpoints.is_empty();
+        // The stream's start is a member's start; a checkpoint inside a
+        // byte has that byte before it.
+        if (first && !(c.bits == 0 && c.window.is_empty())) || (c.bits > 0 && c.input == 0) {
+            bail!(
+                "the seek index's checkpoint at {} of layer {} cannot be started from",
+                c.out,
+                l.digest
+            );
+        }
+        checkpoints += 1;
+        if checkpoints > MAX_CHECKPOINTS {
+            bail!("the seek index has more than {MAX_CHECKPOINTS} checkpoints");
+        }
         let after_last = l
             .checkpoints
             .last()
@@ -605,6 +631,14 @@ mod tests {
         // Gigabytes of input for a small interval.
         let wide = gzip_layer(&[(0, 0), (1 << 20, 4 << 30)], 5 << 30, 2 << 20);
         assert!(wide.check().is_err());
+        // Checkpoints closer than an index makes them: windows by the
+        // million.
+        let dense = gzip_layer(
+            &[(0, 0), (64 << 10, 20 << 10), (128 << 10, 40 << 10)],
+            1 << 20,
+            4 << 20,
+        );
+        assert!(dense.check().unwrap_err().to_string().contains("apart"));
         // Checkpoints without their hashes.
         let mut bare = ok.clone();
         bare.hashes.pop();
@@ -623,5 +657,12 @@ mod tests {
         let mut odd = s.id();
         odd[31] = 1;
         assert_eq!(Span::from_id(&odd), None);
+        // An end past u64::MAX is no span.
+        let past = Span {
+            layer: 0,
+            offset: u64::MAX - 10,
+            len: 100,
+        };
+        assert_eq!(Span::from_id(&past.id()), None);
     }
 }

@@ -209,17 +209,66 @@ const IN_BUF: usize = 256 << 10;
 /// room to inflate into.
 const OUT_BUF: usize = WINDOW + (256 << 10);
 
+/// Compressed input read ahead from a reader, for a decoder.
+struct Input<R> {
+    inner: R,
+    buf: Box<[u8]>,
+    pos: usize,
+    len: usize,
+    done: bool,
+}
+
+impl<R: Read> Input<R> {
+    fn new(inner: R, size: usize) -> Self {
+        Input {
+            inner,
+            buf: vec![0u8; size].into_boxed_slice(),
+            pos: 0,
+            len: 0,
+            done: false,
+        }
+    }
+
+    /// Some input available; false at its end.
+    fn fill(&mut self) -> io::Result<bool> {
+        if self.pos < self.len {
+            return Ok(true);
+        }
+        if self.done {
+            return Ok(false);
+        }
+        loop {
+            match self.inner.read(&mut self.buf) {
+                Ok(0) => {
+                    self.done = true;
+                    return Ok(false);
+                }
+                Ok(n) => {
+                    (self.pos, self.len) = (0, n);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn available(&self) -> &[u8] {
+        &self.buf[self.pos..self.len]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+    }
+}
+
 /// Inflates a gzip stream (one or more members) and records a
 /// [`Checkpoint`] at the first block boundary after every `span` bytes of
 /// output.
 pub struct IndexingReader<R> {
-    inner: R,
+    input: Input<R>,
     inflater: Inflater,
     span: u64,
-    input: Box<[u8]>,
-    in_pos: usize,
-    in_len: usize,
-    inner_done: bool,
     /// Compressed bytes consumed by the decoder.
     in_total: u64,
     output: Box<[u8]>,
@@ -260,13 +309,9 @@ pub fn interval_hash(data: &[u8]) -> [u8; 32] {
 impl<R: Read> IndexingReader<R> {
     pub fn new(inner: R, span: u64) -> io::Result<Self> {
         Ok(IndexingReader {
-            inner,
+            input: Input::new(inner, IN_BUF),
             inflater: Inflater::new(GZIP)?,
             span: span.max(WINDOW as u64),
-            input: vec![0u8; IN_BUF].into_boxed_slice(),
-            in_pos: 0,
-            in_len: 0,
-            inner_done: false,
             in_total: 0,
             output: vec![0u8; OUT_BUF].into_boxed_slice(),
             out_pos: 0,
@@ -325,31 +370,6 @@ impl<R: Read> IndexingReader<R> {
         self.checkpoints.push(c);
     }
 
-    /// Input available to the decoder; false at the end of the input.
-    fn fill_input(&mut self) -> io::Result<bool> {
-        if self.in_pos < self.in_len {
-            return Ok(true);
-        }
-        if self.inner_done {
-            return Ok(false);
-        }
-        loop {
-            match self.inner.read(&mut self.input) {
-                Ok(0) => {
-                    self.inner_done = true;
-                    return Ok(false);
-                }
-                Ok(n) => {
-                    self.in_pos = 0;
-                    self.in_len = n;
-                    return Ok(true);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
     /// Keeps the last WINDOW bytes of output and makes room after them.
     fn make_room(&mut self) {
         if self.output.len() - self.out_len >= WINDOW {
@@ -376,7 +396,7 @@ impl<R: Read> IndexingReader<R> {
             if self.finished {
                 return Ok(false);
             }
-            let has_input = self.fill_input()?;
+            let has_input = self.input.fill()?;
             if self.between_members {
                 if !has_input {
                     self.finished = true;
@@ -390,11 +410,11 @@ impl<R: Read> IndexingReader<R> {
             }
             self.make_room();
             let step = {
-                let input = &self.input[self.in_pos..self.in_len];
+                let input = self.input.available();
                 let output = &mut self.output[self.out_len..];
                 self.inflater.step(input, output, true)?
             };
-            self.in_pos += step.consumed;
+            self.input.consume(step.consumed);
             self.in_total += step.consumed as u64;
             if self.hashing {
                 self.hasher
@@ -447,14 +467,10 @@ impl<R: Read> Read for IndexingReader<R> {
 /// given a reader of the compressed stream from
 /// [`Checkpoint::first_byte`] on. Further gzip members are read in turn.
 pub struct Resumed<R> {
-    inner: R,
+    input: Input<R>,
     inflater: Inflater,
     /// Raw deflate (a mid-member checkpoint) until the member ends.
     raw: bool,
-    input: Box<[u8]>,
-    in_pos: usize,
-    in_len: usize,
-    inner_done: bool,
     /// The member ended: its trailer (after raw deflate) and the next
     /// member's header come next.
     member_ended: bool,
@@ -479,51 +495,23 @@ impl<R: Read> Resumed<R> {
             Inflater::new(GZIP)?
         };
         Ok(Resumed {
-            inner,
+            input: Input::new(inner, 64 << 10),
             inflater,
             raw,
-            input: vec![0u8; 64 << 10].into_boxed_slice(),
-            in_pos: 0,
-            in_len: 0,
-            inner_done: false,
             member_ended: false,
             finished: false,
         })
-    }
-
-    /// Input available; false at its end.
-    fn fill(&mut self) -> io::Result<bool> {
-        if self.in_pos < self.in_len {
-            return Ok(true);
-        }
-        if self.inner_done {
-            return Ok(false);
-        }
-        loop {
-            match self.inner.read(&mut self.input) {
-                Ok(0) => {
-                    self.inner_done = true;
-                    return Ok(false);
-                }
-                Ok(n) => {
-                    (self.in_pos, self.in_len) = (0, n);
-                    return Ok(true);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
     }
 
     /// Skips the 8-byte trailer a raw decoder leaves in the input.
     fn skip_trailer(&mut self) -> io::Result<()> {
         let mut left = 8;
         while left > 0 {
-            if !self.fill()? {
+            if !self.input.fill()? {
                 return Err(invalid("the gzip stream ends inside a trailer".into()));
             }
-            let n = left.min(self.in_len - self.in_pos);
-            self.in_pos += n;
+            let n = left.min(self.input.available().len());
+            self.input.consume(n);
             left -= n;
         }
         Ok(())
@@ -544,18 +532,16 @@ impl<R: Read> Read for Resumed<R> {
                     self.skip_trailer()?;
                     self.raw = false;
                 }
-                if !self.fill()? {
+                if !self.input.fill()? {
                     self.finished = true;
                     return Ok(0);
                 }
                 self.inflater.restart_as_gzip()?;
                 self.member_ended = false;
             }
-            let has_input = self.fill()?;
-            let step = self
-                .inflater
-                .step(&self.input[self.in_pos..self.in_len], buf, false)?;
-            self.in_pos += step.consumed;
+            let has_input = self.input.fill()?;
+            let step = self.inflater.step(self.input.available(), buf, false)?;
+            self.input.consume(step.consumed);
             self.member_ended = step.end;
             if step.produced > 0 {
                 return Ok(step.produced);

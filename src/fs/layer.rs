@@ -339,8 +339,12 @@ impl LayerBlob {
             out.push(change);
             Ok(())
         })?;
-        // Read to the end of the stream: every checkpoint, and the CRC.
-        std::io::copy(&mut reader, &mut std::io::sink()).with_context(|| self.reading())?;
+        // Read to the end of the stream: every checkpoint, and the CRC. A
+        // layer with bytes after its last gzip member (padding), which tar
+        // readers ignore, keeps the checkpoints found before them.
+        if let Err(e) = std::io::copy(&mut reader, &mut std::io::sink()) {
+            tracing::debug!("{}: after the archive's end: {e}", self.reading());
+        }
         let (checkpoints, _) = reader.into_inner().into_checkpoints();
         // Each checkpoint with the first member whose headers start at or
         // after it (none after the last member: nothing to start there).

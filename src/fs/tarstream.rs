@@ -197,9 +197,9 @@ pub fn parse_pax(mut data: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
 }
 
 /// A reader that counts the bytes read through it.
-struct Counted<R> {
-    inner: R,
-    pos: u64,
+pub struct Counted<R> {
+    pub inner: R,
+    pub pos: u64,
 }
 
 impl<R: Read> Read for Counted<R> {

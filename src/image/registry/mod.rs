@@ -458,6 +458,9 @@ impl RegistryClient {
     /// than those asked for (no range support, another range) is an
     /// error: a lazy read never downloads a whole layer.
     pub async fn fetch_range(&self, digest: &Digest, start: u64, end: u64) -> Result<Vec<u8>> {
+        if start >= end {
+            anyhow::bail!("an empty range ({start}-{end}) of blob {digest}");
+        }
         let what = format!("bytes {start}-{end} of blob {digest} of {}", self.image);
         let path = format!("blobs/{digest}");
         self.with_retry("reading part of a layer", || async {

@@ -137,6 +137,15 @@ impl RegistryClient {
         }
         let manifest: Value =
             serde_json::from_slice(&bytes).with_context(|| format!("{what} is not JSON"))?;
+        if manifest["subject"]["digest"] != json!(subject.to_string())
+            || manifest["artifactType"] != json!(artifact_type)
+        {
+            return Err(RegistryError::new(
+                ErrorKind::Integrity,
+                format!("{what} is listed as a {artifact_type} of {subject}, but says otherwise"),
+            )
+            .into());
+        }
         let layer = &manifest["layers"][0];
         let descriptor: Descriptor =
             serde_json::from_value(layer.clone()).with_context(|| format!("{what} has no valid layer"))?;
