@@ -13,7 +13,7 @@ use crate::flist::format::{self, Flist, RouteRow};
 use crate::flist::fuse::{self, MountOptions};
 use crate::flist::pack::{self, ChunkContent, KnownChunks};
 use crate::fs::content::{self, ContentSource};
-use crate::fs::layer::{Change, Kind, LayerBlob};
+use crate::fs::layer::{Change, ChangeLog, Kind, LayerBlob};
 use crate::fs::threads;
 use crate::fs::tree::{InodeKind, Source, Tree};
 use crate::image::digest::Digest;
@@ -68,29 +68,31 @@ pub fn pack_image(
         entries.retain(|_, chunks| chunks.iter().all(|c| known.all_have(&router, &c.id)));
         reused.push(entries);
     }
-    let changes: Vec<std::sync::Mutex<Vec<Change>>> = layers.iter().map(|_| Default::default()).collect();
+    // Each layer's changes, held encoded (a third of the decoded size).
+    let changes: Vec<std::sync::Mutex<ChangeLog>> = layers.iter().map(|_| Default::default()).collect();
     let indices: Vec<usize> = (0..layers.len()).collect();
     let (mut packed, stats) = pack::pack(
         |sink| {
             threads::for_each_parallel(&indices, layers.len(), |&layer| {
                 // Every file of the layer packed before: its cached changes
                 // are all that is needed, and the layer is not read at all.
-                let cached = layers[layer].cached_changes();
+                let cached = layers[layer].cached_change_log();
                 let indexed = cached.is_some();
-                let all_reused = |changes: &Vec<Change>| {
+                let all_reused = |changes: &ChangeLog| {
                     changes.iter().all(|c| match c {
-                        Change::Add(e) => match e.kind {
+                        Ok(Change::Add(e)) => match e.kind {
                             Kind::File { size, .. } if size > 0 => reused[layer].contains_key(&e.index),
                             _ => true,
                         },
-                        _ => true,
+                        Ok(_) => true,
+                        Err(_) => false,
                     })
                 };
                 if let Some(cached) = cached.filter(all_reused) {
                     *changes[layer].lock().unwrap() = cached;
                     return Ok(());
                 }
-                let mut list = Vec::new();
+                let mut list = ChangeLog::default();
                 layers[layer]
                     .for_each(|change, reader| {
                         if let Change::Add(e) = &change {
@@ -102,12 +104,11 @@ pub fn pack_image(
                                 }
                             }
                         }
-                        list.push(change);
-                        Ok(())
+                        list.push(&change)
                     })
                     .with_context(|| format!("reading layer {}", digests[layer]))?;
                 if !indexed {
-                    layers[layer].save_changes(&list);
+                    layers[layer].save_change_log(&list);
                 }
                 *changes[layer].lock().unwrap() = list;
                 Ok(())
@@ -121,10 +122,7 @@ pub fn pack_image(
     // Each stage's input is dropped as soon as the next is built, and the
     // flist is written from the tree itself (no plan of it beside it): a
     // million-entry image holds a few hundred bytes per entry at each.
-    let tree = {
-        let changes: Vec<Vec<Change>> = changes.into_iter().map(|c| c.into_inner().unwrap()).collect();
-        Tree::from_layers(&changes)?
-    };
+    let tree = Tree::from_logs(changes.into_iter().map(|c| c.into_inner().unwrap()).collect())?;
     let keys: Vec<String> = digests.iter().map(entries_key).collect();
     known.save_layer_entries(
         packed

@@ -183,19 +183,46 @@ impl Tree {
         Ok(tree)
     }
 
+    /// Applies every layer's change log, lowest first, each log dropped
+    /// once applied (what a pack holds).
+    pub fn from_logs(logs: Vec<crate::fs::layer::ChangeLog>) -> Result<Self> {
+        let mut tree = Tree::new();
+        let entries: usize = logs.iter().map(|l| l.len()).sum();
+        tree.nodes.reserve(entries);
+        tree.inodes.reserve(entries);
+        for (i, log) in logs.into_iter().enumerate() {
+            let mut diff = tree.new_diff();
+            for change in log.iter() {
+                tree.apply_change(i, &change?, &mut diff)?;
+            }
+        }
+        Ok(tree)
+    }
+
+    fn new_diff(&self) -> LayerDiff {
+        LayerDiff {
+            first_node: self.nodes.len(),
+            ..LayerDiff::default()
+        }
+    }
+
     /// Applies layer number `layer` on top of the tree: its changes in
     /// stream order, as umoci and containerd apply them; whiteouts and
     /// opaque markers remove only what lower layers put there.
     pub fn apply_layer(&mut self, layer: usize, changes: &[Change]) -> Result<LayerDiff> {
-        let mut diff = LayerDiff {
-            first_node: self.nodes.len(),
-            ..LayerDiff::default()
-        };
+        let mut diff = self.new_diff();
         for change in changes {
+            self.apply_change(layer, change, &mut diff)?;
+        }
+        Ok(diff)
+    }
+
+    fn apply_change(&mut self, layer: usize, change: &Change, diff: &mut LayerDiff) -> Result<()> {
+        {
             match change {
-                Change::Whiteout { path } => self.whiteout(path, &mut diff)?,
-                Change::Opaque { dir } => self.opaque(dir, &mut diff)?,
-                Change::Add(entry) => self.add(layer, entry, &mut diff).map_err(|e| {
+                Change::Whiteout { path } => self.whiteout(path, diff)?,
+                Change::Opaque { dir } => self.opaque(dir, diff)?,
+                Change::Add(entry) => self.add(layer, entry, diff).map_err(|e| {
                     e.context(format!(
                         "layer {layer}: entry {:?}",
                         String::from_utf8_lossy(&entry.path)
@@ -203,7 +230,7 @@ impl Tree {
                 })?,
             }
         }
-        Ok(diff)
+        Ok(())
     }
 
     fn is_dir(&self, node: NodeId) -> bool {
