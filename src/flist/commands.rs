@@ -118,17 +118,16 @@ pub fn pack_image(
         &known,
         &Handle::current(),
         threads::io_workers(),
+        &workdir.tmp_dir(),
     )?;
     // Each stage's input is dropped as soon as the next is built, and the
     // flist is written from the tree itself (no plan of it beside it): a
     // million-entry image holds a few hundred bytes per entry at each.
     let tree = Tree::from_logs(changes.into_iter().map(|c| c.into_inner().unwrap()).collect())?;
     let keys: Vec<String> = digests.iter().map(entries_key).collect();
-    known.save_layer_entries(
-        packed
-            .iter()
-            .map(|(&(layer, entry), chunks)| (keys[layer].as_str(), entry, chunks.as_slice())),
-    )?;
+    known.save_layer_entries(|save| {
+        packed.for_each(|&(layer, entry), chunks| save(&keys[layer], entry, &chunks))
+    })?;
     write_flist(
         out,
         |w, named| {
@@ -137,8 +136,7 @@ pub fn pack_image(
                     InodeKind::File {
                         source: Some(Source::Layer { layer, entry }),
                         ..
-                    } => match packed.remove(&(layer, entry)) {
-                        // Moved to the flist's rows, not copied.
+                    } => match packed.take(&(layer, entry))? {
                         Some(chunks) => chunks,
                         None => reused[layer]
                             .remove(&entry)
@@ -166,7 +164,7 @@ pub fn pack_dir(workdir: &Workdir, dir: &Path, out: &Path, stores: &[StoreSpec])
     };
     let router = open_writing_router(stores)?;
     let known = KnownChunks::load(&workdir.chunk_index_path(), &router, &Handle::current())?;
-    let (blocks, stats) = pack::pack(
+    let (mut blocks, stats) = pack::pack(
         |sink| {
             content.deliver(&plan, &|i, reader| {
                 let InodeKind::File { size, .. } = plan.inodes[i].kind else {
@@ -180,15 +178,17 @@ pub fn pack_dir(workdir: &Workdir, dir: &Path, out: &Path, stores: &[StoreSpec])
         &known,
         &Handle::current(),
         threads::io_workers(),
+        &workdir.tmp_dir(),
     )
     .with_context(|| format!("packing {}", dir.display()))?;
     write_flist(
         out,
         |w, named| {
-            for (i, inode) in plan.inodes.iter().enumerate() {
-                named.count(&inode.kind, blocks.get(&i).map(Vec::as_slice).unwrap_or(&[]));
-            }
-            format::plan_rows(w, &plan, &blocks)
+            format::plan_rows(w, &plan, |i| {
+                let chunks = blocks.take(&i)?.unwrap_or_default();
+                named.count(&plan.inodes[i].kind, &chunks);
+                Ok(chunks)
+            })
         },
         &router,
         stats,

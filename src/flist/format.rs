@@ -109,7 +109,8 @@ pub fn write(
     routes: &[RouteRow],
     tags: &[(String, String)],
 ) -> Result<()> {
-    write_with(path, |w| plan_rows(w, plan, blocks), routes, tags, |_| Ok(()))
+    let chunks_of = |i: usize| Ok(blocks.get(&i).cloned().unwrap_or_default());
+    write_with(path, |w| plan_rows(w, plan, chunks_of), routes, tags, |_| Ok(()))
 }
 
 /// As [`write`], the rows written by `rows` (from a plan, or straight
@@ -263,8 +264,12 @@ impl<'t> RowWriter<'t> {
 }
 
 /// The rows of `plan`: its directories, then every other inode with all
-/// its names.
-pub fn plan_rows(w: &mut RowWriter, plan: &Plan, blocks: &HashMap<usize, Vec<ChunkRef>>) -> Result<()> {
+/// its names; `chunks_of(i)` gives inode `i`'s chunks, once.
+pub fn plan_rows(
+    w: &mut RowWriter,
+    plan: &Plan,
+    mut chunks_of: impl FnMut(usize) -> Result<Vec<ChunkRef>>,
+) -> Result<()> {
     let mut dir_ino: HashMap<&[u8], i64> = HashMap::new();
     for d in &plan.dirs {
         let (parent_path, name) = crate::fs::layer::split_last(&d.path);
@@ -284,11 +289,13 @@ pub fn plan_rows(w: &mut RowWriter, plan: &Plan, blocks: &HashMap<usize, Vec<Chu
             let parent = *dir_ino
                 .get(parent_path)
                 .context("an entry before its directory")?;
-            let content = match first {
-                None => Content::Chunks(blocks.get(&i).map(Vec::as_slice).unwrap_or(&[])),
-                Some(target) => Content::LinkTo(target),
+            let ino = match first {
+                None => {
+                    let chunks = chunks_of(i)?;
+                    w.add(parent, name, &inode.kind, &inode.meta, Content::Chunks(&chunks))?
+                }
+                Some(target) => w.add(parent, name, &inode.kind, &inode.meta, Content::LinkTo(target))?,
             };
-            let ino = w.add(parent, name, &inode.kind, &inode.meta, content)?;
             first.get_or_insert(ino);
         }
     }

@@ -193,22 +193,23 @@ impl KnownChunks {
     }
 
     /// Records the chunk lists of layer entries just packed.
-    pub fn save_layer_entries<'a>(
+    pub fn save_layer_entries(
         &self,
-        entries: impl IntoIterator<Item = (&'a str, u32, &'a [ChunkRef])>,
+        entries: impl FnOnce(&mut dyn FnMut(&str, u32, &[ChunkRef]) -> Result<()>) -> Result<()>,
     ) -> Result<()> {
         let mut conn = Self::connect(&self.path)?;
         let tx = conn.transaction()?;
         {
             let mut insert =
                 tx.prepare("INSERT OR REPLACE INTO layer_entry (layer, entry, chunks) VALUES (?1, ?2, ?3)")?;
-            for (layer, entry, chunks) in entries {
+            entries(&mut |layer, entry, chunks| {
                 let raw: Vec<u8> = chunks
                     .iter()
                     .flat_map(|c| c.id.iter().chain(c.key.iter()).copied())
                     .collect();
                 insert.execute(params![layer, entry, raw])?;
-            }
+                Ok(())
+            })?;
         }
         tx.commit()?;
         Ok(())
@@ -267,31 +268,101 @@ impl KnownChunks {
     }
 }
 
-/// A place in a file's chunk list not filled yet.
-const UNSTORED: ChunkRef = ChunkRef {
-    id: [0; 32],
-    key: [0; 32],
-};
+/// Each packed file's chunks, kept in an unnamed temporary file (64
+/// bytes a chunk, each file's in a run of slots) rather than in memory: a
+/// million files' lists in vectors held over 100 MiB. Read back once each,
+/// when the flist's rows are written.
+pub struct Packed<K> {
+    slots: std::fs::File,
+    /// Each file's first slot and chunk count.
+    files: HashMap<K, (u64, u32)>,
+}
+
+const SLOT: u64 = 64;
+
+impl<K: Copy + Eq + std::hash::Hash> Packed<K> {
+    fn new(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Packed {
+            slots: tempfile::tempfile_in(dir)
+                .with_context(|| format!("a temporary file in {}", dir.display()))?,
+            files: HashMap::new(),
+        })
+    }
+
+    /// Reserves `count` slots for `file`; false if it has some already.
+    fn reserve(&mut self, file: K, count: u32, next: &mut u64) -> bool {
+        if self.files.contains_key(&file) {
+            return false;
+        }
+        self.files.insert(file, (*next, count));
+        *next += u64::from(count);
+        true
+    }
+
+    fn write(slots: &std::fs::File, slot: u64, chunk: &ChunkRef) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut raw = [0u8; SLOT as usize];
+        raw[..32].copy_from_slice(&chunk.id);
+        raw[32..].copy_from_slice(&chunk.key);
+        slots
+            .write_all_at(&raw, slot * SLOT)
+            .context("keeping a chunk list in a temporary file")
+    }
+
+    fn read(&self, (start, count): (u64, u32)) -> Result<Vec<ChunkRef>> {
+        use std::os::unix::fs::FileExt;
+        let mut raw = vec![0u8; count as usize * SLOT as usize];
+        self.slots
+            .read_exact_at(&mut raw, start * SLOT)
+            .context("reading a chunk list back")?;
+        Ok(raw
+            .chunks_exact(SLOT as usize)
+            .map(|s| ChunkRef {
+                id: s[..32].try_into().expect("32 bytes"),
+                key: s[32..].try_into().expect("32 bytes"),
+            })
+            .collect())
+    }
+
+    /// The chunks of `file`, taken out (each file's are read once).
+    pub fn take(&mut self, file: &K) -> Result<Option<Vec<ChunkRef>>> {
+        self.files.remove(file).map(|run| self.read(run)).transpose()
+    }
+
+    /// Every file with its chunks, in the order they were packed.
+    pub fn for_each(&self, mut f: impl FnMut(&K, Vec<ChunkRef>) -> Result<()>) -> Result<()> {
+        let mut runs: Vec<(&K, &(u64, u32))> = self.files.iter().collect();
+        runs.sort_unstable_by_key(|(_, run)| run.0);
+        for (file, run) in runs {
+            f(file, self.read(*run)?)?;
+        }
+        Ok(())
+    }
+}
 
 /// Where a packer hands over a file's content: `(file, size, reader)`,
 /// `file` being the caller's key for the file.
 pub type Sink<'s, K> = dyn Fn(K, u64, &mut dyn Read) -> Result<()> + Sync + 's;
 
 /// Stores the content of every file `deliver` hands to its sink, cutting
-/// it into pieces encoded on `threads` threads; returns each file's chunks.
+/// it into pieces encoded on `threads` threads; returns each file's chunks
+/// (kept in a temporary file in `spill`).
 pub fn pack<K>(
     deliver: impl FnOnce(&Sink<'_, K>) -> Result<()>,
     router: &Router,
     known: &KnownChunks,
     rt: &Handle,
     threads: usize,
-) -> Result<(HashMap<K, Vec<ChunkRef>>, PackStats)>
+    spill: &Path,
+) -> Result<(Packed<K>, PackStats)>
 where
-    K: Copy + Eq + std::hash::Hash + Send + std::fmt::Debug,
+    K: Copy + Eq + std::hash::Hash + Send + Sync + std::fmt::Debug,
 {
-    // Each file's chunks, filled in as its pieces are stored (a piece not
-    // stored yet is `UNSTORED`; `recorded` counts those that were).
-    let results: Mutex<HashMap<K, Vec<ChunkRef>>> = Mutex::new(HashMap::new());
+    // Each file's chunks, written to their slots as its pieces are stored
+    // (`recorded` counts those that were).
+    let results: Mutex<(Packed<K>, u64)> = Mutex::new((Packed::new(spill)?, 0));
+    let slots = results.lock().unwrap().0.slots.try_clone()?;
     let (pieces, recorded) = (AtomicU64::new(0), AtomicU64::new(0));
     let seen: Mutex<HashSet<ChunkId>> = Mutex::new(HashSet::new());
     // Chunks now in the stores, and whether this pack uploaded them.
@@ -318,9 +389,13 @@ where
                 }
                 chunks.fetch_add(1, Ordering::Relaxed);
                 let record = |chunk: ChunkRef| {
-                    let mut r = results.lock().unwrap();
-                    r.get_mut(&file).expect("registered before its pieces")[index] = chunk;
-                    recorded.fetch_add(1, Ordering::Relaxed);
+                    let start = results.lock().unwrap().0.files[&file].0;
+                    match Packed::<K>::write(&slots, start + index as u64, &chunk) {
+                        Ok(()) => {
+                            recorded.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => fail(e),
+                    }
                 };
                 // Known content: hash only, no compression or encryption.
                 let key = codec::blake2b256(&piece);
@@ -355,12 +430,11 @@ where
         }
         let sink = |file: K, size: u64, reader: &mut dyn Read| -> Result<()> {
             let count = size.div_ceil(CHUNK_SIZE as u64) as usize;
-            if results
-                .lock()
-                .unwrap()
-                .insert(file, vec![UNSTORED; count])
-                .is_some()
-            {
+            let reserved = {
+                let (packed, next) = &mut *results.lock().unwrap();
+                packed.reserve(file, u32::try_from(count).context("a file of 2^32 chunks")?, next)
+            };
+            if !reserved {
                 bail!("{file:?} delivered twice");
             }
             pieces.fetch_add(count as u64, Ordering::Relaxed);
@@ -400,7 +474,7 @@ where
     if recorded.into_inner() != pieces.into_inner() {
         bail!("a piece was not stored");
     }
-    let out = results.into_inner().unwrap();
+    let (out, _) = results.into_inner().unwrap();
     let stats = PackStats {
         // What the flist holds is the caller's to count (write_flist).
         files: 0,
