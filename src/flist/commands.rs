@@ -144,7 +144,7 @@ pub fn pack_image(
                     },
                     _ => Vec::new(),
                 };
-                named.count(kind, &chunks);
+                named.count(kind);
                 Ok(chunks)
             })
         },
@@ -186,7 +186,7 @@ pub fn pack_dir(workdir: &Workdir, dir: &Path, out: &Path, stores: &[StoreSpec])
         |w, named| {
             format::plan_rows(w, &plan, |i| {
                 let chunks = blocks.take(&i)?.unwrap_or_default();
-                named.count(&plan.inodes[i].kind, &chunks);
+                named.count(&plan.inodes[i].kind);
                 Ok(chunks)
             })
         },
@@ -202,21 +202,19 @@ fn open_writing_router(stores: &[StoreSpec]) -> Result<Router> {
     Ok(router)
 }
 
-/// What an flist names, counted as its rows are written: its files (each
-/// once, however many names), their bytes and the chunks they name.
+/// What an flist holds, counted as its rows are written: its files (each
+/// once, however many names) and their bytes.
 #[derive(Default)]
 struct Named {
     files: u64,
     bytes: u64,
-    ids: Vec<crate::store::ChunkId>,
 }
 
 impl Named {
-    fn count(&mut self, kind: &InodeKind, chunks: &[ChunkRef]) {
+    fn count(&mut self, kind: &InodeKind) {
         if let InodeKind::File { size, .. } = kind {
             self.files += 1;
             self.bytes += size;
-            self.ids.extend(chunks.iter().map(|c| c.id));
         }
     }
 }
@@ -231,25 +229,34 @@ fn write_flist(
     started: Instant,
 ) -> Result<pack::PackStats> {
     let mut counted = Named::default();
+    let (mut chunks, mut uploaded) = (0u64, 0u64);
     format::write_with(
         out,
         |w| rows(w, &mut counted),
         &route_rows(router),
         &format::standard_tags(),
-        |_| Ok(()),
+        // One count of chunks everywhere: the distinct chunks the flist
+        // names, counted from its rows (not held in memory), and which of
+        // them this pack uploaded.
+        |tx| {
+            let mut distinct = tx.prepare("SELECT DISTINCT id FROM block")?;
+            let mut rows = distinct.query([])?;
+            while let Some(row) = rows.next()? {
+                let id: Vec<u8> = row.get(0)?;
+                chunks += 1;
+                if stats
+                    .uploaded_ids
+                    .binary_search_by(|u| u[..].cmp(&id[..]))
+                    .is_ok()
+                {
+                    uploaded += 1;
+                }
+            }
+            Ok(())
+        },
     )?;
-    let Named {
-        files,
-        bytes,
-        ids: mut named,
-    } = counted;
-    // One count of chunks everywhere: the distinct chunks the flist names.
-    named.sort_unstable();
-    named.dedup();
-    let uploaded = (named.iter())
-        .filter(|id| stats.uploaded_ids.binary_search(id).is_ok())
-        .count() as u64;
-    stats.chunks = named.len() as u64;
+    let Named { files, bytes } = counted;
+    stats.chunks = chunks;
     stats.uploaded_replaced = stats.uploaded_ids.len() as u64 - uploaded;
     stats.uploaded = uploaded;
     stats.skipped = stats.chunks - uploaded;
