@@ -136,15 +136,24 @@ pub struct At {
 /// tens of megabytes, not hundreds), decoded one at a time when applied.
 /// Its payload is what the change index stores: the count, then the
 /// changes (postcard's encoding of the list).
+/// Held in blocks of about [`LOG_BLOCK`] (each change whole in one), so
+/// that applying the log frees it as it goes.
 #[derive(Debug, Default)]
 pub struct ChangeLog {
-    bytes: Vec<u8>,
+    blocks: std::collections::VecDeque<Vec<u8>>,
     count: usize,
 }
 
+/// The size past which a change log starts a new block.
+const LOG_BLOCK: usize = 1 << 20;
+
 impl ChangeLog {
     pub fn push(&mut self, change: &Change) -> Result<()> {
-        self.bytes = postcard::to_extend(change, std::mem::take(&mut self.bytes))?;
+        if self.blocks.back().is_none_or(|b| b.len() >= LOG_BLOCK) {
+            self.blocks.push_back(Vec::with_capacity(LOG_BLOCK + (4 << 10)));
+        }
+        let last = self.blocks.back_mut().expect("a block");
+        *last = postcard::to_extend(change, std::mem::take(last))?;
         self.count += 1;
         Ok(())
     }
@@ -159,17 +168,39 @@ impl ChangeLog {
 
     /// The changes, decoded one at a time, in order.
     pub fn iter(&self) -> impl Iterator<Item = Result<Change>> + '_ {
-        let mut rest = &self.bytes[..];
+        let mut blocks = self.blocks.iter();
+        let mut rest: &[u8] = &[];
         (0..self.count).map(move |_| {
+            while rest.is_empty() {
+                rest = blocks.next().context("a change log cut short")?;
+            }
             let (change, tail) = postcard::take_from_bytes::<Change>(rest).context("a damaged change log")?;
             rest = tail;
             Ok(change)
         })
     }
 
+    /// The changes, decoded one at a time, each block freed once read.
+    pub fn into_changes(mut self) -> impl Iterator<Item = Result<Change>> {
+        let mut pos = 0;
+        (0..self.count).map(move |_| {
+            while self.blocks.front().is_some_and(|b| pos == b.len()) {
+                self.blocks.pop_front();
+                pos = 0;
+            }
+            let block = self.blocks.front().context("a change log cut short")?;
+            let (change, tail) =
+                postcard::take_from_bytes::<Change>(&block[pos..]).context("a damaged change log")?;
+            pos = block.len() - tail.len();
+            Ok(change)
+        })
+    }
+
     fn payload(&self) -> Vec<u8> {
         let mut payload = postcard::to_allocvec(&self.count).expect("a count encodes");
-        payload.extend_from_slice(&self.bytes);
+        for block in &self.blocks {
+            payload.extend_from_slice(block);
+        }
         payload
     }
 
@@ -178,7 +209,7 @@ impl ChangeLog {
         let header = payload.len() - rest.len();
         payload.drain(..header);
         Some(ChangeLog {
-            bytes: payload,
+            blocks: std::collections::VecDeque::from([payload]),
             count,
         })
     }
@@ -713,8 +744,22 @@ mod tests {
         assert_eq!(again, changes);
         // A log cut short is an error, not fewer changes.
         let mut cut = blob.cached_change_log().unwrap();
-        cut.bytes.truncate(cut.bytes.len() - 4);
+        let block = cut.blocks.back_mut().unwrap();
+        block.truncate(block.len() - 4);
         assert!(cut.iter().any(|c| c.is_err()));
+        // Over many blocks, read and consumed alike.
+        let mut big = ChangeLog::default();
+        let many: Vec<Change> = (0..60_000u32)
+            .map(|i| Change::Whiteout {
+                path: format!("dir/{i:08}/name").into_bytes().into(),
+            })
+            .collect();
+        for c in &many {
+            big.push(c).unwrap();
+        }
+        assert!(big.blocks.len() > 1);
+        assert_eq!(big.iter().collect::<Result<Vec<_>>>().unwrap(), many);
+        assert_eq!(big.into_changes().collect::<Result<Vec<_>>>().unwrap(), many);
     }
 
     use super::*;

@@ -192,7 +192,7 @@ impl Tree {
         tree.inodes.reserve(entries);
         for (i, log) in logs.into_iter().enumerate() {
             let mut diff = tree.new_diff();
-            for change in log.iter() {
+            for change in log.into_changes() {
                 tree.apply_change(i, &change?, &mut diff)?;
             }
         }
