@@ -98,7 +98,7 @@ pub fn pack_image(
                         if let Change::Add(e) = &change {
                             if let Kind::File { size, .. } = e.kind {
                                 if size > 0 && !reused[layer].contains_key(&e.index) {
-                                    sink((layer, e.index), size, reader).with_context(|| {
+                                    sink((layer as u32, e.index), size, reader).with_context(|| {
                                         format!("packing {}", String::from_utf8_lossy(&e.path))
                                     })?;
                                 }
@@ -126,7 +126,7 @@ pub fn pack_image(
     let tree = Tree::from_logs(changes.into_iter().map(|c| c.into_inner().unwrap()).collect())?;
     let keys: Vec<String> = digests.iter().map(entries_key).collect();
     known.save_layer_entries(|save| {
-        packed.for_each(|&(layer, entry), chunks| save(&keys[layer], entry, &chunks))
+        packed.for_each(|&(layer, entry), chunks| save(&keys[layer as usize], entry, &chunks))
     })?;
     write_flist(
         out,
@@ -136,7 +136,7 @@ pub fn pack_image(
                     InodeKind::File {
                         source: Some(Source::Layer { layer, entry }),
                         ..
-                    } => match packed.take(&(layer, entry))? {
+                    } => match packed.take(&(layer as u32, entry))? {
                         Some(chunks) => chunks,
                         None => reused[layer]
                             .remove(&entry)

@@ -310,8 +310,9 @@ pub fn tree_rows(
     tree: &Tree,
     mut chunks: impl FnMut(&InodeKind) -> Result<Vec<ChunkRef>>,
 ) -> Result<()> {
-    // Each file's first ino (0: none written yet).
-    let mut first: Vec<i64> = vec![0; tree.inode_count()];
+    // Each file's first ino (0: none written yet); u32 as a million-entry
+    // tree has a million inodes.
+    let mut first: Vec<u32> = vec![0; tree.inode_count()];
     tree.for_each_name(|parent, name, entry| {
         let parent = parent as i64;
         if entry.kind == &InodeKind::Dir {
@@ -324,10 +325,16 @@ pub fn tree_rows(
                     _ => Vec::new(),
                 };
                 let ino = w.add(parent, name, entry.kind, entry.meta, Content::Chunks(&chunks))?;
-                first[entry.inode] = ino;
+                first[entry.inode] = u32::try_from(ino).context("more than 2^32 rows")?;
                 ino
             }
-            target => w.add(parent, name, entry.kind, entry.meta, Content::LinkTo(target))?,
+            target => w.add(
+                parent,
+                name,
+                entry.kind,
+                entry.meta,
+                Content::LinkTo(i64::from(target)),
+            )?,
         };
         Ok(ino as u64)
     })

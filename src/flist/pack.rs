@@ -275,7 +275,7 @@ impl KnownChunks {
 pub struct Packed<K> {
     slots: std::fs::File,
     /// Each file's first slot and chunk count.
-    files: HashMap<K, (u64, u32)>,
+    files: HashMap<K, (u32, u32)>,
 }
 
 const SLOT: u64 = 64;
@@ -291,13 +291,15 @@ impl<K: Copy + Eq + std::hash::Hash> Packed<K> {
     }
 
     /// Reserves `count` slots for `file`; false if it has some already.
-    fn reserve(&mut self, file: K, count: u32, next: &mut u64) -> bool {
+    fn reserve(&mut self, file: K, count: u32, next: &mut u32) -> Result<bool> {
         if self.files.contains_key(&file) {
-            return false;
+            return Ok(false);
         }
         self.files.insert(file, (*next, count));
-        *next += u64::from(count);
-        true
+        *next = next
+            .checked_add(count)
+            .context("more than 2^32 chunks in one pack")?;
+        Ok(true)
     }
 
     fn write(slots: &std::fs::File, slot: u64, chunk: &ChunkRef) -> Result<()> {
@@ -310,11 +312,11 @@ impl<K: Copy + Eq + std::hash::Hash> Packed<K> {
             .context("keeping a chunk list in a temporary file")
     }
 
-    fn read(&self, (start, count): (u64, u32)) -> Result<Vec<ChunkRef>> {
+    fn read(&self, (start, count): (u32, u32)) -> Result<Vec<ChunkRef>> {
         use std::os::unix::fs::FileExt;
         let mut raw = vec![0u8; count as usize * SLOT as usize];
         self.slots
-            .read_exact_at(&mut raw, start * SLOT)
+            .read_exact_at(&mut raw, u64::from(start) * SLOT)
             .context("reading a chunk list back")?;
         Ok(raw
             .chunks_exact(SLOT as usize)
@@ -332,7 +334,7 @@ impl<K: Copy + Eq + std::hash::Hash> Packed<K> {
 
     /// Every file with its chunks, in the order they were packed.
     pub fn for_each(&self, mut f: impl FnMut(&K, Vec<ChunkRef>) -> Result<()>) -> Result<()> {
-        let mut runs: Vec<(&K, &(u64, u32))> = self.files.iter().collect();
+        let mut runs: Vec<(&K, &(u32, u32))> = self.files.iter().collect();
         runs.sort_unstable_by_key(|(_, run)| run.0);
         for (file, run) in runs {
             f(file, self.read(*run)?)?;
@@ -361,7 +363,7 @@ where
 {
     // Each file's chunks, written to their slots as its pieces are stored
     // (`recorded` counts those that were).
-    let results: Mutex<(Packed<K>, u64)> = Mutex::new((Packed::new(spill)?, 0));
+    let results: Mutex<(Packed<K>, u32)> = Mutex::new((Packed::new(spill)?, 0));
     let slots = results.lock().unwrap().0.slots.try_clone()?;
     let (pieces, recorded) = (AtomicU64::new(0), AtomicU64::new(0));
     let seen: Mutex<HashSet<ChunkId>> = Mutex::new(HashSet::new());
@@ -390,7 +392,7 @@ where
                 chunks.fetch_add(1, Ordering::Relaxed);
                 let record = |chunk: ChunkRef| {
                     let start = results.lock().unwrap().0.files[&file].0;
-                    match Packed::<K>::write(&slots, start + index as u64, &chunk) {
+                    match Packed::<K>::write(&slots, u64::from(start) + index as u64, &chunk) {
                         Ok(()) => {
                             recorded.fetch_add(1, Ordering::Relaxed);
                         }
@@ -432,7 +434,7 @@ where
             let count = size.div_ceil(CHUNK_SIZE as u64) as usize;
             let reserved = {
                 let (packed, next) = &mut *results.lock().unwrap();
-                packed.reserve(file, u32::try_from(count).context("a file of 2^32 chunks")?, next)
+                packed.reserve(file, u32::try_from(count).context("a file of 2^32 chunks")?, next)?
             };
             if !reserved {
                 bail!("{file:?} delivered twice");

@@ -73,15 +73,16 @@ struct Inode {
 /// children (kept once).
 #[derive(Debug, Clone)]
 struct Node {
-    parent: NodeId,
-    inode: InodeId,
+    /// Ids as u32: a million-entry tree holds a million nodes.
+    parent: u32,
+    inode: u32,
     /// Unlinked from its parent (replaced, whited out, pruned): gone,
     /// with its subtree.
     detached: bool,
     /// Children by name; `None` until it has any (boxed: a pointer for
     /// the many nodes that never have any, not an empty map's 24 bytes).
     #[allow(clippy::box_collection)]
-    children: Option<Box<BTreeMap<Box<[u8]>, NodeId>>>,
+    children: Option<Box<BTreeMap<Box<[u8]>, u32>>>,
 }
 
 /// The merged tree of the layers applied so far.
@@ -96,6 +97,11 @@ pub struct Tree {
 const MAX_SYMLINKS: usize = 40;
 
 const ROOT: NodeId = 0;
+
+/// A node or inode id as a node stores it.
+fn id32(id: usize) -> u32 {
+    u32::try_from(id).expect("fewer than 2^32 entries in a tree")
+}
 
 /// What one layer changed, in the terms overlayfs needs for that layer's
 /// own directory: nodes it created or changed, lower entries it deleted,
@@ -157,7 +163,7 @@ impl Tree {
     pub fn new() -> Self {
         let mut tree = Tree {
             nodes: vec![Node {
-                parent: ROOT,
+                parent: ROOT as u32,
                 inode: 0,
                 detached: false,
                 children: None,
@@ -234,16 +240,18 @@ impl Tree {
     }
 
     fn is_dir(&self, node: NodeId) -> bool {
-        self.inodes[self.nodes[node].inode].kind == InodeKind::Dir
+        self.inodes[self.nodes[node].inode as InodeId].kind == InodeKind::Dir
     }
 
     fn child(&self, dir: NodeId, name: &[u8]) -> Option<NodeId> {
-        self.nodes[dir].children.as_ref()?.get(name).copied()
+        self.nodes[dir].children.as_ref()?.get(name).map(|&n| n as NodeId)
     }
 
     /// The children of `dir`, by name.
-    fn children(&self, dir: NodeId) -> impl DoubleEndedIterator<Item = (&Box<[u8]>, &NodeId)> {
-        self.nodes[dir].children.iter().flat_map(|c| c.iter())
+    fn children(&self, dir: NodeId) -> impl DoubleEndedIterator<Item = (&Box<[u8]>, NodeId)> {
+        (self.nodes[dir].children.iter())
+            .flat_map(|c| c.iter())
+            .map(|(name, &n)| (name, n as NodeId))
     }
 
     /// The metadata of inode `inode`.
@@ -285,7 +293,7 @@ impl Tree {
         let mut links = 0;
         while let Some(part) = pending.pop() {
             if &*part == b".." {
-                cur = self.nodes[cur].parent;
+                cur = self.nodes[cur].parent as NodeId;
                 continue;
             }
             let Some(next) = self.child(cur, &part) else {
@@ -296,7 +304,7 @@ impl Tree {
                 cur = self.insert(cur, &part, dir);
                 continue;
             };
-            match &self.inodes[self.nodes[next].inode].kind {
+            match &self.inodes[self.nodes[next].inode as InodeId].kind {
                 InodeKind::Dir => cur = next,
                 InodeKind::Special(Special::Symlink { target }) => {
                     links += 1;
@@ -375,7 +383,7 @@ impl Tree {
                 if cur == top {
                     break true;
                 }
-                let parent = self.nodes[cur].parent;
+                let parent = self.nodes[cur].parent as NodeId;
                 // Detached nodes (and the root) lead nowhere.
                 if cur == ROOT || self.nodes[cur].detached {
                     break false;
@@ -391,7 +399,7 @@ impl Tree {
         let mut stack = vec![top];
         while let Some(dir) = stack.pop() {
             let children: Vec<(Box<[u8]>, NodeId)> =
-                self.children(dir).map(|(k, &v)| (k.clone(), v)).collect();
+                self.children(dir).map(|(k, v)| (k.clone(), v)).collect();
             for (name, child) in children {
                 if !keep.contains(&child) {
                     self.detach(dir, &name);
@@ -442,7 +450,7 @@ impl Tree {
                 if existing == Some(target_node) {
                     return Ok(());
                 }
-                self.nodes[target_node].inode
+                self.nodes[target_node].inode as InodeId
             }
             Kind::File { size, .. } => {
                 let source = (*size > 0).then_some(Source::Layer {
@@ -478,7 +486,7 @@ impl Tree {
 
     fn set_dir_meta(&mut self, node: NodeId, meta: &Meta) {
         let meta = self.intern(meta);
-        let inode = &mut self.inodes[self.nodes[node].inode];
+        let inode = &mut self.inodes[self.nodes[node].inode as InodeId];
         inode.meta = meta;
         inode.implicit = false;
     }
@@ -491,15 +499,15 @@ impl Tree {
 
     fn insert_node(&mut self, dir: NodeId, name: &[u8], inode: InodeId) -> NodeId {
         self.nodes.push(Node {
-            parent: dir,
-            inode,
+            parent: id32(dir),
+            inode: id32(inode),
             detached: false,
             children: None,
         });
         let id = self.nodes.len() - 1;
         let children = self.nodes[dir].children.get_or_insert_with(Default::default);
-        if let Some(old) = children.insert(name.into(), id) {
-            self.nodes[old].detached = true;
+        if let Some(old) = children.insert(name.into(), id32(id)) {
+            self.nodes[old as NodeId].detached = true;
         }
         id
     }
@@ -507,7 +515,7 @@ impl Tree {
     /// Unlinks the child `name` of `dir` (and so its subtree).
     fn detach(&mut self, dir: NodeId, name: &[u8]) {
         if let Some(node) = self.nodes[dir].children.as_mut().and_then(|c| c.remove(name)) {
-            self.nodes[node].detached = true;
+            self.nodes[node as NodeId].detached = true;
         }
     }
 
@@ -516,8 +524,8 @@ impl Tree {
     fn path_of(&self, mut node: NodeId) -> Vec<u8> {
         let mut parts = Vec::new();
         while node != ROOT {
-            let parent = self.nodes[node].parent;
-            match self.children(parent).find(|(_, &n)| n == node) {
+            let parent = self.nodes[node].parent as NodeId;
+            match self.children(parent).find(|&(_, n)| n == node) {
                 Some((name, _)) => parts.push(name),
                 None => break,
             }
@@ -538,7 +546,7 @@ impl Tree {
         let mut out = Vec::with_capacity(self.nodes.len());
         let mut stack = vec![(ROOT, Vec::new())];
         while let Some((node, path)) = stack.pop() {
-            for (name, &child) in self.children(node).rev() {
+            for (name, child) in self.children(node).rev() {
                 let mut p = path.clone();
                 if !p.is_empty() {
                     p.push(b'/');
@@ -565,14 +573,14 @@ impl Tree {
     pub fn for_each_name(&self, mut f: impl FnMut(u64, &[u8], TreeEntry) -> Result<u64>) -> Result<()> {
         let mut stack: Vec<(NodeId, u64, &[u8])> = vec![(ROOT, 0, &[])];
         while let Some((node, parent, name)) = stack.pop() {
-            let inode = self.nodes[node].inode;
+            let inode = self.nodes[node].inode as InodeId;
             let entry = TreeEntry {
                 inode,
                 kind: &self.inodes[inode].kind,
                 meta: self.meta_of(inode),
             };
             let number = f(parent, name, entry)?;
-            for (child_name, &child) in self.children(node).rev() {
+            for (child_name, child) in self.children(node).rev() {
                 stack.push((child, number, child_name));
             }
         }
@@ -593,13 +601,16 @@ impl Tree {
         let mut by_inode: HashMap<InodeId, Vec<NodeId>> = HashMap::new();
         for (node, _) in &all {
             if !self.is_dir(*node) {
-                by_inode.entry(self.nodes[*node].inode).or_default().push(*node);
+                by_inode
+                    .entry(self.nodes[*node].inode as InodeId)
+                    .or_default()
+                    .push(*node);
             }
         }
         let mut wanted: HashSet<NodeId> = HashSet::new();
         let want = |mut node: NodeId, wanted: &mut HashSet<NodeId>| {
             while wanted.insert(node) && node != ROOT {
-                node = self.nodes[node].parent;
+                node = self.nodes[node].parent as NodeId;
             }
         };
         // The root always: the layer's directory carries the image root's
@@ -608,7 +619,7 @@ impl Tree {
         let reachable: HashSet<NodeId> = all.iter().map(|(n, _)| *n).collect();
         for &node in diff.touched.iter().filter(|n| reachable.contains(n)) {
             want(node, &mut wanted);
-            if let Some(names) = by_inode.get(&self.nodes[node].inode) {
+            if let Some(names) = by_inode.get(&(self.nodes[node].inode as InodeId)) {
                 for &other in names {
                     want(other, &mut wanted);
                 }
@@ -663,7 +674,7 @@ impl Tree {
         // Each inode's place in the plan (usize::MAX: not yet placed).
         let mut index_of: Vec<usize> = vec![usize::MAX; self.inodes.len()];
         for (node, path) in nodes {
-            let inode_id = self.nodes[node].inode;
+            let inode_id = self.nodes[node].inode as InodeId;
             let inode = &self.inodes[inode_id];
             if inode.kind == InodeKind::Dir {
                 plan.dirs.push(PlanDir {
