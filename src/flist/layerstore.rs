@@ -53,25 +53,11 @@ pub struct Blobs {
 impl Blobs {
     async fn read_range(&self, digest: &Digest, start: u64, end: u64) -> Result<Vec<u8>, StoreError> {
         if let Some(path) = self.local.get(digest) {
-            let path = path.clone();
-            let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-                use std::os::unix::fs::FileExt;
-                let file = std::fs::File::open(&path)?;
-                let mut buf = vec![0u8; (end - start) as usize];
-                file.read_exact_at(&mut buf, start)?;
-                Ok(buf)
-            });
-            return match read.await {
-                Ok(Ok(buf)) => Ok(buf),
-                Ok(Err(e)) => Err(StoreError::Local {
-                    store: self.url.clone(),
-                    reason: format!("reading layer {digest}: {e}"),
-                }),
-                Err(e) => Err(StoreError::Local {
-                    store: self.url.clone(),
-                    reason: e.to_string(),
-                }),
-            };
+            let file = std::fs::File::open(path)
+                .map_err(|e| StoreError::local(&self.url, format!("opening layer {digest}: {e}")))?;
+            return read_at(Arc::new(file), start, end - start)
+                .await
+                .map_err(|e| StoreError::local(&self.url, format!("reading layer {digest}: {e}")));
         }
         let Some(registry) = &self.registry else {
             return Err(StoreError::NotFound(format!(
@@ -79,29 +65,26 @@ impl Blobs {
             )));
         };
         registry.fetch_range(digest, start, end).await.map_err(|e| {
+            use crate::image::registry::ErrorKind;
             let reason = format!("{e:#}");
             match crate::image::registry::error_kind(&e) {
-                Some(crate::image::registry::ErrorKind::NotFound) => {
-                    StoreError::NotFound(format!("layer {digest}: {reason}"))
-                }
-                Some(crate::image::registry::ErrorKind::Auth) => StoreError::Refused {
-                    store: self.url.clone(),
-                    reason,
-                },
-                Some(
-                    crate::image::registry::ErrorKind::Protocol
-                    | crate::image::registry::ErrorKind::Integrity,
-                ) => StoreError::Corrupt {
-                    store: self.url.clone(),
-                    reason,
-                },
-                _ => StoreError::Unavailable {
-                    store: self.url.clone(),
-                    reason,
-                },
+                Some(ErrorKind::NotFound) => StoreError::NotFound(format!("layer {digest}: {reason}")),
+                Some(ErrorKind::Auth) => StoreError::refused(&self.url, reason),
+                Some(ErrorKind::Protocol | ErrorKind::Integrity) => StoreError::corrupt(&self.url, reason),
+                _ => StoreError::unavailable(&self.url, reason),
             }
         })
     }
+}
+
+/// `len` bytes of `file` from `start`, read on the blocking pool.
+async fn read_at(file: Arc<std::fs::File>, start: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    let read = tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, start).map(|_| buf)
+    });
+    read.await.map_err(std::io::Error::other)?
 }
 
 type Interval = Arc<OnceCell<Arc<Vec<u8>>>>;
@@ -144,10 +127,7 @@ impl LayerStore {
     }
 
     fn corrupt(&self, reason: String) -> StoreError {
-        StoreError::Corrupt {
-            store: self.blobs.url.clone(),
-            reason,
-        }
+        StoreError::corrupt(&self.blobs.url, reason)
     }
 
     /// The span's bytes.
@@ -161,16 +141,9 @@ impl LayerStore {
             Compression::None => self.read(&layer.digest, span.offset, span.end()).await,
             Compression::Zstd => {
                 let file = self.unpacked(span.layer).await?;
-                let read = tokio::task::spawn_blocking(move || {
-                    use std::os::unix::fs::FileExt;
-                    let mut buf = vec![0u8; span.len as usize];
-                    file.read_exact_at(&mut buf, span.offset).map(|_| buf)
-                });
-                match read.await {
-                    Ok(Ok(buf)) => Ok(buf),
-                    Ok(Err(e)) => Err(self.local(format!("reading the unpacked layer: {e}"))),
-                    Err(e) => Err(self.local(e.to_string())),
-                }
+                read_at(file, span.offset, u64::from(span.len))
+                    .await
+                    .map_err(|e| self.local(format!("reading the unpacked layer: {e}")))
             }
             Compression::Gzip => {
                 let mut out = Vec::with_capacity(span.len as usize);
@@ -189,10 +162,7 @@ impl LayerStore {
     }
 
     fn local(&self, reason: String) -> StoreError {
-        StoreError::Local {
-            store: self.blobs.url.clone(),
-            reason,
-        }
+        StoreError::local(&self.blobs.url, reason)
     }
 
     /// A zstd layer's tar stream in an unnamed temporary file: fetched
@@ -324,10 +294,10 @@ impl Store for LayerStore {
 
     fn set<'a>(&'a self, _: &'a ChunkId, _: &'a [u8]) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            Err(StoreError::Refused {
-                store: self.blobs.url.clone(),
-                reason: "an image's layers are read-only".into(),
-            })
+            Err(StoreError::refused(
+                &self.blobs.url,
+                "an image's layers are read-only",
+            ))
         })
     }
 

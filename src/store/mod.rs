@@ -57,20 +57,26 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    fn unavailable(store: &str, reason: impl fmt::Display) -> Self {
+    pub(crate) fn unavailable(store: &str, reason: impl fmt::Display) -> Self {
         StoreError::Unavailable {
             store: store.to_owned(),
             reason: reason.to_string(),
         }
     }
-    fn local(store: &str, reason: impl fmt::Display) -> Self {
+    pub(crate) fn local(store: &str, reason: impl fmt::Display) -> Self {
         StoreError::Local {
             store: store.to_owned(),
             reason: reason.to_string(),
         }
     }
-    fn refused(store: &str, reason: impl fmt::Display) -> Self {
+    pub(crate) fn refused(store: &str, reason: impl fmt::Display) -> Self {
         StoreError::Refused {
+            store: store.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+    pub(crate) fn corrupt(store: &str, reason: impl fmt::Display) -> Self {
+        StoreError::Corrupt {
             store: store.to_owned(),
             reason: reason.to_string(),
         }
