@@ -498,16 +498,17 @@ fn find_index(
     }
     let progress = Progress::new(true).transfer(format!("seek index {}", desc.digest.short()), desc.size);
     rt.block_on(registry.fetch_blob(workdir, &desc, &progress))?;
-    // Checked where it landed, and kept only if it is this image's: a bad
-    // one is not left where the next run would take it.
+    // Checked where it landed (a verified blob, left as it is), and copied
+    // to the workdir's place for indexes only if it is this image's: a bad
+    // one is never where the next run would take it.
     let fetched = workdir.blob_path(&desc.digest);
-    if let Err(e) = seekindex::open_for(&fetched, &image.manifest_digest, &image.manifest.layers) {
-        let _ = std::fs::remove_file(&fetched);
-        return Err(e.context(format!("the seek index pushed for {}", image.reference)));
-    }
+    seekindex::open_for(&fetched, &image.manifest_digest, &image.manifest.layers)
+        .with_context(|| format!("the seek index pushed for {}", image.reference))?;
     std::fs::create_dir_all(workdir.flists_dir())?;
-    std::fs::rename(&fetched, &path)
-        .with_context(|| format!("moving the seek index into {}", path.display()))?;
+    let tmp = crate::owned::temp::TempFile::new_in(&workdir.flists_dir())?;
+    std::fs::copy(&fetched, tmp.path())
+        .with_context(|| format!("copying the seek index to {}", path.display()))?;
+    output::publish(tmp.into_inner(), &path)?;
     tracing::warn!(
         "using the seek index pushed beside {} ({}): it is trusted as anyone who can push to {} is; give -index FILE to use one you built",
         image.reference,
