@@ -472,7 +472,7 @@ pub fn gc(workdir: &Workdir, dry_run: bool) -> Result<GcStats> {
         }
         if !dry_run && !removed.is_empty() {
             let url = crate::store::StoreUrl::dir(&store).public();
-            crate::flist::pack::KnownChunks::forget(&workdir.chunk_index_path(), &url, &removed)?;
+            crate::flist::known::KnownChunks::forget(&workdir.chunk_index_path(), &url, &removed)?;
         }
     }
 

@@ -11,7 +11,8 @@ use tokio::runtime::Handle;
 use crate::flist::chunkcache::{CacheOptions, ChunkCache};
 use crate::flist::format::{self, Flist, RouteRow};
 use crate::flist::fuse::{self, MountOptions};
-use crate::flist::pack::{self, ChunkContent, KnownChunks};
+use crate::flist::known::{KnownChunks, Reusable};
+use crate::flist::pack::{self, ChunkContent};
 use crate::fs::content::{self, ContentSource};
 use crate::fs::layer::{Change, ChangeLog, Kind, LayerBlob};
 use crate::fs::threads;
@@ -19,10 +20,8 @@ use crate::fs::tree::{InodeKind, Source, Tree};
 use crate::image::digest::Digest;
 use crate::image::workdir::Workdir;
 use crate::progress::human_bytes;
-use crate::store::ChunkRef;
 use crate::store::{self, Router, Store, StoreSpec};
 use crate::write::extract::{self, WriteOptions};
-use std::collections::HashMap;
 
 /// The routes an flist records for `router`: public URLs, no secrets.
 fn route_rows(router: &Router) -> Vec<RouteRow> {
@@ -62,12 +61,11 @@ pub fn pack_image(
     let started = Instant::now();
     let router = open_writing_router(stores)?;
     let known = KnownChunks::load(&workdir.chunk_index_path(), &router, &Handle::current())?;
-    let mut reused: Vec<HashMap<u32, Vec<ChunkRef>>> = Vec::with_capacity(layers.len());
-    for digest in digests {
-        let mut entries = known.layer_entries(&entries_key(digest))?;
-        entries.retain(|_, chunks| chunks.iter().all(|c| known.all_have(&router, &c.id)));
-        reused.push(entries);
-    }
+    let keys: Vec<String> = digests.iter().map(entries_key).collect();
+    let mut reused: Vec<Reusable> = (keys.iter())
+        .map(|key| known.reusable_entries(key, &router, &workdir.tmp_dir()))
+        .collect::<Result<_>>()?;
+    tracing::debug!("packed entries reusable: {:.2}s", started.elapsed().as_secs_f64());
     // Each layer's changes, held encoded (a third of the decoded size).
     let changes: Vec<std::sync::Mutex<ChangeLog>> = layers.iter().map(|_| Default::default()).collect();
     let indices: Vec<usize> = (0..layers.len()).collect();
@@ -81,7 +79,7 @@ pub fn pack_image(
                 let all_reused = |changes: &ChangeLog| {
                     changes.iter().all(|c| match c {
                         Ok(Change::Add(e)) => match e.kind {
-                            Kind::File { size, .. } if size > 0 => reused[layer].contains_key(&e.index),
+                            Kind::File { size, .. } if size > 0 => reused[layer].has(e.index, size),
                             _ => true,
                         },
                         Ok(_) => true,
@@ -92,12 +90,14 @@ pub fn pack_image(
                     *changes[layer].lock().unwrap() = cached;
                     return Ok(());
                 }
-                let mut list = ChangeLog::default();
+                // On disk but for a block: the merged tree is built while
+                // the logs are read back.
+                let mut list = ChangeLog::spilling_to(&workdir.tmp_dir())?;
                 layers[layer]
                     .for_each(|change, reader| {
                         if let Change::Add(e) = &change {
                             if let Kind::File { size, .. } = e.kind {
-                                if size > 0 && !reused[layer].contains_key(&e.index) {
+                                if size > 0 && !reused[layer].has(e.index, size) {
                                     sink((layer as u32, e.index), size, reader).with_context(|| {
                                         format!("packing {}", String::from_utf8_lossy(&e.path))
                                     })?;
@@ -123,24 +123,30 @@ pub fn pack_image(
     // Each stage's input is dropped as soon as the next is built, and the
     // flist is written from the tree itself (no plan of it beside it): a
     // million-entry image holds a few hundred bytes per entry at each.
+    tracing::debug!("content packed: {:.2}s", started.elapsed().as_secs_f64());
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let tree = Tree::from_logs(changes.into_iter().map(|c| c.into_inner().unwrap()).collect())?;
-    let keys: Vec<String> = digests.iter().map(entries_key).collect();
     known.save_layer_entries(|save| {
         packed.for_each(|&(layer, entry), chunks| save(&keys[layer as usize], entry, &chunks))
     })?;
+    tracing::debug!(
+        "tree merged, chunk lists saved: {:.2}s",
+        started.elapsed().as_secs_f64()
+    );
     write_flist(
         out,
         |w, named| {
             format::tree_rows(w, &tree, |kind| {
                 let chunks = match *kind {
                     InodeKind::File {
+                        size,
                         source: Some(Source::Layer { layer, entry }),
-                        ..
                     } => match packed.take(&(layer as u32, entry))? {
                         Some(chunks) => chunks,
-                        None => reused[layer]
-                            .remove(&entry)
-                            .context("a file's content was not packed")?,
+                        None => reused[layer].take(entry, size)?,
                     },
                     _ => Vec::new(),
                 };
@@ -229,7 +235,7 @@ fn write_flist(
     started: Instant,
 ) -> Result<pack::PackStats> {
     let mut counted = Named::default();
-    let (mut chunks, mut uploaded) = (0u64, 0u64);
+    let (mut chunks, mut uploaded, mut uploaded_all) = (0u64, 0u64, 0u64);
     format::write_with(
         out,
         |w| rows(w, &mut counted),
@@ -239,25 +245,33 @@ fn write_flist(
         // names, counted from its rows (not held in memory), and which of
         // them this pack uploaded.
         |tx| {
-            let mut distinct = tx.prepare("SELECT DISTINCT id FROM block")?;
-            let mut rows = distinct.query([])?;
-            while let Some(row) = rows.next()? {
-                let id: Vec<u8> = row.get(0)?;
-                chunks += 1;
-                if stats
-                    .uploaded_ids
-                    .binary_search_by(|u| u[..].cmp(&id[..]))
-                    .is_ok()
-                {
-                    uploaded += 1;
-                }
+            tracing::debug!("rows written: {:.2}s", started.elapsed().as_secs_f64());
+            // The uploaded chunks in a temporary table (on disk when
+            // large), to be matched with the flist's.
+            tx.execute_batch("CREATE TEMP TABLE uploaded (id BLOB PRIMARY KEY) WITHOUT ROWID")?;
+            if let Some(stored) = stats.stored.as_mut() {
+                let mut insert = tx.prepare("INSERT OR IGNORE INTO temp.uploaded (id) VALUES (?1)")?;
+                stored.for_each(|c, up| {
+                    if up {
+                        insert.execute([&c.id[..]])?;
+                        uploaded_all += 1;
+                    }
+                    Ok(())
+                })?;
             }
+            (chunks, uploaded) = tx.query_row(
+                "SELECT COUNT(*), COUNT(u.id) FROM (SELECT DISTINCT id FROM block) AS b
+                 LEFT JOIN temp.uploaded AS u ON u.id = b.id",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            tx.execute_batch("DROP TABLE temp.uploaded")?;
             Ok(())
         },
     )?;
     let Named { files, bytes } = counted;
     stats.chunks = chunks;
-    stats.uploaded_replaced = stats.uploaded_ids.len() as u64 - uploaded;
+    stats.uploaded_replaced = uploaded_all - uploaded;
     stats.uploaded = uploaded;
     stats.skipped = stats.chunks - uploaded;
     let secs = started.elapsed().as_secs_f64();

@@ -2,9 +2,9 @@
 //!
 //! [`pack`]: every file handed to its sink is cut into 512 KiB pieces,
 //! encoded (see `store::codec`) on a pool of threads and stored through
-//! the router, skipping chunks already stored: first by a local index in
-//! the workdir of chunks known to be in each store (no network at all for a
-//! re-pack), then by asking the stores. The result is each inode's chunk
+//! the router, skipping chunks already stored: first by the workdir's
+//! index of chunks known to be in each store (`known`: no network at all
+//! for a re-pack), then by asking the stores. The result is each inode's chunk
 //! list, ready for the flist writer; nothing is written to the flist unless
 //! every chunk was stored.
 //!
@@ -13,15 +13,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
-use rusqlite::{params, Connection};
 use tokio::runtime::Handle;
 
 use crate::flist::chunkcache::{self, ChunkCache};
+use crate::flist::known::KnownChunks;
+use crate::flist::spill::{ChunkLists, StoredChunks};
 use crate::fs::content::ContentSource;
 use crate::fs::tree::{InodeKind, Plan, Source};
 use crate::store::ChunkError;
@@ -42,305 +43,9 @@ pub struct PackStats {
     pub uploaded: u64,
     pub skipped: u64,
     pub uploaded_replaced: u64,
-    /// The chunks this pack stored, sorted.
+    /// The chunks this pack found in or put into the stores.
     #[serde(skip)]
-    pub uploaded_ids: Vec<ChunkId>,
-}
-
-/// The workdir's record of chunks known to be in each store: a cache that
-/// saves uploads, never one that decides what a store holds. Each store is
-/// known by its URL and its identity (see `Store::identity`): a store that
-/// lost its content lost its identity too, and is then treated as empty.
-/// A local directory store is asked as well (a `stat`), as it costs
-/// nothing. A `chunks.db` that SQLite cannot read is set aside and rebuilt.
-pub struct KnownChunks {
-    path: PathBuf,
-    /// The key of each route's store in the index (`url#identity`), in
-    /// the router's order.
-    keys: Vec<String>,
-    known: HashMap<String, HashSet<ChunkId>>,
-    /// Content key -> chunk id, so a re-pack hashes a piece once and skips
-    /// compressing and encrypting it.
-    encoded: HashMap<[u8; 32], ChunkId>,
-}
-
-impl KnownChunks {
-    /// Loads the index for the stores of `router`, giving each store an
-    /// identity if it has none yet.
-    pub fn load(path: &Path, router: &Router, rt: &Handle) -> Result<Self> {
-        let path = path.to_owned();
-        let conn = Self::connect(&path)?;
-        let mut known = HashMap::new();
-        let mut keys = Vec::new();
-        for route in router.routes() {
-            let store = &route.store;
-            let identity = match rt.block_on(store.identity())? {
-                Some(id) => id,
-                None => {
-                    let id = crate::store::new_identity();
-                    rt.block_on(store.set_identity(&id))?;
-                    tracing::debug!("store {} has no identity yet: {id}", store.public_url());
-                    id
-                }
-            };
-            let key = format!("{}#{identity}", store.public_url());
-            let mut ids = HashSet::new();
-            let mut stmt = conn.prepare("SELECT id FROM known WHERE store = ?1")?;
-            for id in stmt.query_map([&key], |r| r.get::<_, Vec<u8>>(0))? {
-                if let Ok(id) = <ChunkId>::try_from(id?.as_slice()) {
-                    ids.insert(id);
-                }
-            }
-            // A remote store may lose chunks and keep its identity (keys
-            // evicted, objects expired, a partial restore): a sample of what
-            // it is remembered to hold is asked for first, and any miss
-            // makes every chunk be checked.
-            if store.holds_locally(&[0; 32]).is_none() && !ids.is_empty() {
-                for id in ids.iter().take(16) {
-                    if !rt.block_on(store.exists(id))? {
-                        tracing::warn!(
-                            "store {} lost chunks flmount stored in it: checking every chunk",
-                            store.public_url()
-                        );
-                        ids.clear();
-                        break;
-                    }
-                }
-            }
-            known.insert(key.clone(), ids);
-            keys.push(key);
-        }
-        let mut encoded = HashMap::new();
-        let mut stmt = conn.prepare("SELECT key, id FROM encoded")?;
-        for row in stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))? {
-            let (key, id) = row?;
-            if let (Ok(key), Ok(id)) = (
-                <[u8; 32]>::try_from(key.as_slice()),
-                <ChunkId>::try_from(id.as_slice()),
-            ) {
-                encoded.insert(key, id);
-            }
-        }
-        Ok(KnownChunks {
-            path,
-            keys,
-            known,
-            encoded,
-        })
-    }
-
-    fn connect(path: &Path) -> Result<Connection> {
-        const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS known (store TEXT, id BLOB, PRIMARY KEY (store, id)) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS encoded (key BLOB PRIMARY KEY, id BLOB) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS layer_entry (layer TEXT, entry INTEGER, chunks BLOB, PRIMARY KEY (layer, entry)) WITHOUT ROWID;";
-        let open = || -> rusqlite::Result<Connection> {
-            let conn = Connection::open(path)?;
-            conn.busy_timeout(std::time::Duration::from_secs(30))?;
-            conn.execute_batch(SCHEMA)?;
-            // Damage inside a table shows only when a page is read: look at
-            // every page once (milliseconds for the sizes this index has).
-            let verdict: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
-            if verdict != "ok" {
-                return Err(rusqlite::Error::SqliteFailure(
-                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
-                    Some(verdict),
-                ));
-            }
-            Ok(conn)
-        };
-        match open() {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if matches!(
-                    e.code,
-                    rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase
-                ) =>
-            {
-                let aside = path.with_extension(format!(
-                    "db.corrupt-{}",
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs())
-                ));
-                tracing::warn!(
-                    "{} is corrupt ({e}); it is only a cache: moved to {} and rebuilt",
-                    path.display(),
-                    aside.display()
-                );
-                std::fs::rename(path, &aside).with_context(|| format!("moving {} aside", path.display()))?;
-                open().with_context(|| format!("opening {}", path.display()))
-            }
-            other => other.with_context(|| format!("opening {}", path.display())),
-        }
-    }
-
-    /// Chunk lists of the entries of `layer` (a blob digest) packed before.
-    pub fn layer_entries(&self, layer: &str) -> Result<HashMap<u32, Vec<ChunkRef>>> {
-        let conn = Self::connect(&self.path)?;
-        let mut stmt = conn.prepare("SELECT entry, chunks FROM layer_entry WHERE layer = ?1")?;
-        let mut out = HashMap::new();
-        for row in stmt.query_map([layer], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, Vec<u8>>(1)?)))? {
-            let (entry, raw) = row?;
-            let chunks = raw
-                .chunks_exact(64)
-                .map(|c| ChunkRef {
-                    id: c[..32].try_into().unwrap(),
-                    key: c[32..].try_into().unwrap(),
-                })
-                .collect();
-            out.insert(entry, chunks);
-        }
-        Ok(out)
-    }
-
-    /// Records the chunk lists of layer entries just packed.
-    pub fn save_layer_entries(
-        &self,
-        entries: impl FnOnce(&mut dyn FnMut(&str, u32, &[ChunkRef]) -> Result<()>) -> Result<()>,
-    ) -> Result<()> {
-        let mut conn = Self::connect(&self.path)?;
-        let tx = conn.transaction()?;
-        {
-            let mut insert =
-                tx.prepare("INSERT OR REPLACE INTO layer_entry (layer, entry, chunks) VALUES (?1, ?2, ?3)")?;
-            entries(&mut |layer, entry, chunks| {
-                let raw: Vec<u8> = chunks
-                    .iter()
-                    .flat_map(|c| c.id.iter().chain(c.key.iter()).copied())
-                    .collect();
-                insert.execute(params![layer, entry, raw])?;
-                Ok(())
-            })?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Whether every store `id` routes to is known to hold it.
-    pub fn all_have(&self, router: &Router, id: &ChunkId) -> bool {
-        let mut any = false;
-        for (r, key) in router.routes().iter().zip(&self.keys) {
-            if !(r.start <= id[0] && id[0] <= r.end) {
-                continue;
-            }
-            any = true;
-            let remembered = self.known.get(key).is_some_and(|s| s.contains(id));
-            if !remembered || r.store.holds_locally(id) == Some(false) {
-                return false;
-            }
-        }
-        any
-    }
-
-    /// Forgets chunks removed from the store `url` (by `gc`), whatever its
-    /// identity, so a later pack uploads them again.
-    pub fn forget(path: &Path, url: &str, ids: &[ChunkId]) -> Result<()> {
-        let mut conn = Self::connect(path)?;
-        let tx = conn.transaction()?;
-        {
-            let mut delete = tx.prepare("DELETE FROM known WHERE substr(store, 1, ?1) = ?2 AND id = ?3")?;
-            let prefix = format!("{url}#");
-            for id in ids {
-                delete.execute(params![prefix.len(), prefix, &id[..]])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Records chunks now in the stores of `router`.
-    fn save<'a>(&self, router: &Router, chunks: impl IntoIterator<Item = &'a ChunkRef>) -> Result<()> {
-        let mut conn = Self::connect(&self.path)?;
-        let tx = conn.transaction()?;
-        {
-            let mut insert = tx.prepare("INSERT OR IGNORE INTO known (store, id) VALUES (?1, ?2)")?;
-            let mut encoded = tx.prepare("INSERT OR IGNORE INTO encoded (key, id) VALUES (?1, ?2)")?;
-            for c in chunks {
-                encoded.execute(params![&c.key[..], &c.id[..]])?;
-                for (r, key) in router.routes().iter().zip(&self.keys) {
-                    if r.start <= c.id[0] && c.id[0] <= r.end {
-                        insert.execute(params![key, &c.id[..]])?;
-                    }
-                }
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
-}
-
-/// Each packed file's chunks, kept in an unnamed temporary file (64
-/// bytes a chunk, each file's in a run of slots) rather than in memory: a
-/// million files' lists in vectors held over 100 MiB. Read back once each,
-/// when the flist's rows are written.
-pub struct Packed<K> {
-    slots: std::fs::File,
-    /// Each file's first slot and chunk count.
-    files: HashMap<K, (u32, u32)>,
-}
-
-const SLOT: u64 = 64;
-
-impl<K: Copy + Eq + std::hash::Hash> Packed<K> {
-    fn new(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Packed {
-            slots: tempfile::tempfile_in(dir)
-                .with_context(|| format!("a temporary file in {}", dir.display()))?,
-            files: HashMap::new(),
-        })
-    }
-
-    /// Reserves `count` slots for `file`; false if it has some already.
-    fn reserve(&mut self, file: K, count: u32, next: &mut u32) -> Result<bool> {
-        if self.files.contains_key(&file) {
-            return Ok(false);
-        }
-        self.files.insert(file, (*next, count));
-        *next = next
-            .checked_add(count)
-            .context("more than 2^32 chunks in one pack")?;
-        Ok(true)
-    }
-
-    fn write(slots: &std::fs::File, slot: u64, chunk: &ChunkRef) -> Result<()> {
-        use std::os::unix::fs::FileExt;
-        let mut raw = [0u8; SLOT as usize];
-        raw[..32].copy_from_slice(&chunk.id);
-        raw[32..].copy_from_slice(&chunk.key);
-        slots
-            .write_all_at(&raw, slot * SLOT)
-            .context("keeping a chunk list in a temporary file")
-    }
-
-    fn read(&self, (start, count): (u32, u32)) -> Result<Vec<ChunkRef>> {
-        use std::os::unix::fs::FileExt;
-        let mut raw = vec![0u8; count as usize * SLOT as usize];
-        self.slots
-            .read_exact_at(&mut raw, u64::from(start) * SLOT)
-            .context("reading a chunk list back")?;
-        Ok(raw
-            .chunks_exact(SLOT as usize)
-            .map(|s| ChunkRef {
-                id: s[..32].try_into().expect("32 bytes"),
-                key: s[32..].try_into().expect("32 bytes"),
-            })
-            .collect())
-    }
-
-    /// The chunks of `file`, taken out (each file's are read once).
-    pub fn take(&mut self, file: &K) -> Result<Option<Vec<ChunkRef>>> {
-        self.files.remove(file).map(|run| self.read(run)).transpose()
-    }
-
-    /// Every file with its chunks, in the order they were packed.
-    pub fn for_each(&self, mut f: impl FnMut(&K, Vec<ChunkRef>) -> Result<()>) -> Result<()> {
-        let mut runs: Vec<(&K, &(u32, u32))> = self.files.iter().collect();
-        runs.sort_unstable_by_key(|(_, run)| run.0);
-        for (file, run) in runs {
-            f(file, self.read(*run)?)?;
-        }
-        Ok(())
-    }
+    pub stored: Option<StoredChunks>,
 }
 
 /// Where a packer hands over a file's content: `(file, size, reader)`,
@@ -357,18 +62,18 @@ pub fn pack<K>(
     rt: &Handle,
     threads: usize,
     spill: &Path,
-) -> Result<(Packed<K>, PackStats)>
+) -> Result<(ChunkLists<K>, PackStats)>
 where
     K: Copy + Eq + std::hash::Hash + Send + Sync + std::fmt::Debug,
 {
     // Each file's chunks, written to their slots as its pieces are stored
     // (`recorded` counts those that were).
-    let results: Mutex<(Packed<K>, u32)> = Mutex::new((Packed::new(spill)?, 0));
-    let slots = results.lock().unwrap().0.slots.try_clone()?;
+    let lists: Mutex<ChunkLists<K>> = Mutex::new(ChunkLists::new(spill)?);
+    let slots = lists.lock().unwrap().writer()?;
     let (pieces, recorded) = (AtomicU64::new(0), AtomicU64::new(0));
     let seen: Mutex<HashSet<ChunkId>> = Mutex::new(HashSet::new());
     // Chunks now in the stores, and whether this pack uploaded them.
-    let fresh: Mutex<Vec<(ChunkRef, bool)>> = Mutex::new(Vec::new());
+    let stored_chunks = Mutex::new(StoredChunks::new(spill)?);
     let (uploaded, skipped, chunks) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let stop = AtomicBool::new(false);
     let failure: Mutex<Option<anyhow::Error>> = Mutex::new(None);
@@ -376,40 +81,44 @@ where
         stop.store(true, Ordering::SeqCst);
         failure.lock().unwrap().get_or_insert(e);
     };
-    // A piece to encode and store: (file, piece number, bytes).
-    let (tx, rx) = mpsc::sync_channel::<(K, usize, Vec<u8>)>(threads * 2);
+    // A piece to encode and store: (its slot in the lists, bytes).
+    let (tx, rx) = mpsc::sync_channel::<(u64, Vec<u8>)>(threads * 2);
     let rx = Mutex::new(rx);
 
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
             scope.spawn(|| loop {
-                let Ok((file, index, piece)) = rx.lock().unwrap().recv() else {
+                let Ok((slot, piece)) = rx.lock().unwrap().recv() else {
                     break;
                 };
                 if stop.load(Ordering::Relaxed) {
                     continue;
                 }
                 chunks.fetch_add(1, Ordering::Relaxed);
-                let record = |chunk: ChunkRef| {
-                    let start = results.lock().unwrap().0.files[&file].0;
-                    match Packed::<K>::write(&slots, u64::from(start) + index as u64, &chunk) {
-                        Ok(()) => {
-                            recorded.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => fail(e),
+                let record = |chunk: ChunkRef| match slots.write(slot, &chunk) {
+                    Ok(()) => {
+                        recorded.fetch_add(1, Ordering::Relaxed);
                     }
+                    Err(e) => fail(e),
                 };
                 // Known content: hash only, no compression or encryption.
                 let key = codec::blake2b256(&piece);
-                if let Some(&id) = known.encoded.get(&key).filter(|id| known.all_have(router, id)) {
-                    skipped.fetch_add(1, Ordering::Relaxed);
-                    record(ChunkRef { id, key });
-                    continue;
+                match known.encoded(router, &key) {
+                    Ok(Some(id)) => {
+                        skipped.fetch_add(1, Ordering::Relaxed);
+                        record(ChunkRef { id, key });
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        fail(e);
+                        continue;
+                    }
                 }
                 let (chunk, blob) = codec::encode(&piece);
                 let first_time = seen.lock().unwrap().insert(chunk.id);
                 let store = || -> Result<()> {
-                    if !first_time || known.all_have(router, &chunk.id) {
+                    if !first_time || known.all_have(router, &chunk.id)? {
                         skipped.fetch_add(1, Ordering::Relaxed);
                         return Ok(());
                     }
@@ -421,8 +130,7 @@ where
                         uploaded.fetch_add(1, Ordering::Relaxed);
                         true
                     };
-                    fresh.lock().unwrap().push((chunk, stored));
-                    Ok(())
+                    stored_chunks.lock().unwrap().push(&chunk, stored)
                 };
                 match store() {
                     Ok(()) => record(chunk),
@@ -432,13 +140,11 @@ where
         }
         let sink = |file: K, size: u64, reader: &mut dyn Read| -> Result<()> {
             let count = size.div_ceil(CHUNK_SIZE as u64) as usize;
-            let reserved = {
-                let (packed, next) = &mut *results.lock().unwrap();
-                packed.reserve(file, u32::try_from(count).context("a file of 2^32 chunks")?, next)?
-            };
-            if !reserved {
+            let reserved = (lists.lock().unwrap())
+                .reserve(file, u32::try_from(count).context("a file of 2^32 chunks")?)?;
+            let Some(first) = reserved else {
                 bail!("{file:?} delivered twice");
-            }
+            };
             pieces.fetch_add(count as u64, Ordering::Relaxed);
             let mut reader = reader.take(size);
             for index in 0..count {
@@ -451,7 +157,7 @@ where
                 if piece.is_empty() {
                     bail!("the content of {file:?} ended early");
                 }
-                tx.send((file, index, piece))
+                tx.send((u64::from(first) + index as u64, piece))
                     .map_err(|_| anyhow!("encoders stopped"))?;
             }
             Ok(())
@@ -465,21 +171,12 @@ where
         return Err(e);
     }
     rt.block_on(router.flush())?;
-    let fresh = fresh.into_inner().unwrap();
-    known.save(router, fresh.iter().map(|(c, _)| c))?;
-    let mut uploaded_ids: Vec<ChunkId> = fresh
-        .into_iter()
-        .filter(|(_, up)| *up)
-        .map(|(c, _)| c.id)
-        .collect();
-    uploaded_ids.sort_unstable();
-    // Collected in place, it would keep `fresh`'s allocation (65 bytes a
-    // chunk where it needs 32) through the rest of the pack.
-    uploaded_ids.shrink_to_fit();
+    let mut stored = stored_chunks.into_inner().unwrap();
+    known.save(router, |save| stored.for_each(|c, _| save(c)))?;
     if recorded.into_inner() != pieces.into_inner() {
         bail!("a piece was not stored");
     }
-    let (out, _) = results.into_inner().unwrap();
+    let out = lists.into_inner().unwrap();
     let stats = PackStats {
         // What the flist holds is the caller's to count (write_flist).
         files: 0,
@@ -488,7 +185,7 @@ where
         uploaded: uploaded.into_inner(),
         skipped: skipped.into_inner(),
         uploaded_replaced: 0,
-        uploaded_ids,
+        stored: Some(stored),
     };
     Ok((out, stats))
 }

@@ -7,6 +7,7 @@
 //! lengths bounded. What a name *resolves to* (`..`, symlinks on the way) is
 //! decided by the tree, never here, and never by the `tar` crate's unpacker.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -137,9 +138,14 @@ pub struct At {
 /// Its payload is what the change index stores: the count, then the
 /// changes (postcard's encoding of the list).
 /// Held in blocks of about [`LOG_BLOCK`] (each change whole in one), so
-/// that applying the log frees it as it goes.
+/// that applying the log frees it as it goes; a log made with
+/// [`ChangeLog::spilling_to`] writes its full blocks to an unnamed
+/// temporary file instead, and holds one block in memory.
 #[derive(Debug, Default)]
 pub struct ChangeLog {
+    /// The temporary file, and the length of each block written to it
+    /// (those come before the blocks in memory).
+    spill: Option<(File, Vec<u32>)>,
     blocks: std::collections::VecDeque<Vec<u8>>,
     count: usize,
 }
@@ -148,9 +154,28 @@ pub struct ChangeLog {
 const LOG_BLOCK: usize = 1 << 20;
 
 impl ChangeLog {
+    /// An empty log whose full blocks go to a temporary file in `dir`.
+    pub fn spilling_to(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let file =
+            tempfile::tempfile_in(dir).with_context(|| format!("a temporary file in {}", dir.display()))?;
+        Ok(ChangeLog {
+            spill: Some((file, Vec::new())),
+            ..ChangeLog::default()
+        })
+    }
+
     pub fn push(&mut self, change: &Change) -> Result<()> {
         if self.blocks.back().is_none_or(|b| b.len() >= LOG_BLOCK) {
-            self.blocks.push_back(Vec::with_capacity(LOG_BLOCK + (4 << 10)));
+            match (&mut self.spill, self.blocks.back_mut()) {
+                // The full block is written out and its buffer reused.
+                (Some((file, lens)), Some(full)) => {
+                    std::io::Write::write_all(file, full).context("spilling a change log")?;
+                    lens.push(u32::try_from(full.len()).expect("a block under 4 GiB"));
+                    full.clear();
+                }
+                _ => self.blocks.push_back(Vec::with_capacity(LOG_BLOCK + (4 << 10))),
+            }
         }
         let last = self.blocks.back_mut().expect("a block");
         *last = postcard::to_extend(change, std::mem::take(last))?;
@@ -166,42 +191,51 @@ impl ChangeLog {
         self.count == 0
     }
 
+    /// Block `i` of those written to the temporary file.
+    fn spilled_block(&self, i: usize) -> Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let (file, lens) = self.spill.as_ref().context("a change log cut short")?;
+        let offset: u64 = lens[..i].iter().map(|&l| u64::from(l)).sum();
+        let mut block = vec![0; lens[i] as usize];
+        file.read_exact_at(&mut block, offset)
+            .context("reading a change log back")?;
+        Ok(block)
+    }
+
+    fn spilled_count(&self) -> usize {
+        self.spill.as_ref().map_or(0, |(_, lens)| lens.len())
+    }
+
     /// The changes, decoded one at a time, in order.
     pub fn iter(&self) -> impl Iterator<Item = Result<Change>> + '_ {
-        let mut blocks = self.blocks.iter();
-        let mut rest: &[u8] = &[];
-        (0..self.count).map(move |_| {
-            while rest.is_empty() {
-                rest = blocks.next().context("a change log cut short")?;
-            }
-            let (change, tail) = postcard::take_from_bytes::<Change>(rest).context("a damaged change log")?;
-            rest = tail;
-            Ok(change)
-        })
+        let spilled = (0..self.spilled_count()).map(|i| self.spilled_block(i).map(Cow::Owned));
+        let held = self.blocks.iter().map(|b| Ok(Cow::Borrowed(&b[..])));
+        decode_blocks(spilled.chain(held), self.count)
     }
 
     /// The changes, decoded one at a time, each block freed once read.
     pub fn into_changes(mut self) -> impl Iterator<Item = Result<Change>> {
-        let mut pos = 0;
-        (0..self.count).map(move |_| {
-            while self.blocks.front().is_some_and(|b| pos == b.len()) {
-                self.blocks.pop_front();
-                pos = 0;
+        let count = self.count;
+        let mut next_spilled = 0;
+        let blocks = std::iter::from_fn(move || {
+            if next_spilled < self.spilled_count() {
+                next_spilled += 1;
+                return Some(self.spilled_block(next_spilled - 1).map(Cow::Owned));
             }
-            let block = self.blocks.front().context("a change log cut short")?;
-            let (change, tail) =
-                postcard::take_from_bytes::<Change>(&block[pos..]).context("a damaged change log")?;
-            pos = block.len() - tail.len();
-            Ok(change)
-        })
+            self.blocks.pop_front().map(|b| Ok(Cow::Owned(b)))
+        });
+        decode_blocks(blocks, count)
     }
 
-    fn payload(&self) -> Vec<u8> {
+    fn payload(&self) -> Result<Vec<u8>> {
         let mut payload = postcard::to_allocvec(&self.count).expect("a count encodes");
+        for i in 0..self.spilled_count() {
+            payload.extend_from_slice(&self.spilled_block(i)?);
+        }
         for block in &self.blocks {
             payload.extend_from_slice(block);
         }
-        payload
+        Ok(payload)
     }
 
     fn from_payload(mut payload: Vec<u8>) -> Option<ChangeLog> {
@@ -211,8 +245,29 @@ impl ChangeLog {
         Some(ChangeLog {
             blocks: std::collections::VecDeque::from([payload]),
             count,
+            spill: None,
         })
     }
+}
+
+/// The `count` changes encoded in `blocks` (each change whole in one
+/// block), decoded one at a time; an error when there are fewer.
+fn decode_blocks<'a>(
+    mut blocks: impl Iterator<Item = Result<Cow<'a, [u8]>>> + 'a,
+    count: usize,
+) -> impl Iterator<Item = Result<Change>> + 'a {
+    let mut block: Cow<'a, [u8]> = Cow::Borrowed(&[]);
+    let mut pos = 0;
+    (0..count).map(move |_| {
+        while pos == block.len() {
+            block = blocks.next().context("a change log cut short")??;
+            pos = 0;
+        }
+        let (change, tail) =
+            postcard::take_from_bytes::<Change>(&block[pos..]).context("a damaged change log")?;
+        pos = block.len() - tail.len();
+        Ok(change)
+    })
 }
 
 /// The seek points file's header, then the SHA-256 of the payload (a
@@ -284,7 +339,10 @@ impl LayerBlob {
 
     /// As [`Self::save_changes`], from a change log.
     pub fn save_change_log(&self, log: &ChangeLog) {
-        self.save_payload(&log.payload());
+        match log.payload() {
+            Ok(payload) => self.save_payload(&payload),
+            Err(e) => tracing::debug!("not caching the changes of {}: {e:#}", self.path.display()),
+        }
     }
 
     fn save_payload(&self, payload: &[u8]) {
@@ -760,6 +818,25 @@ mod tests {
         assert!(big.blocks.len() > 1);
         assert_eq!(big.iter().collect::<Result<Vec<_>>>().unwrap(), many);
         assert_eq!(big.into_changes().collect::<Result<Vec<_>>>().unwrap(), many);
+        // Spilled to a file but for one block: the same changes, the same
+        // payload, one block in memory.
+        let mut spilled = ChangeLog::spilling_to(dir.path()).unwrap();
+        for c in &many {
+            spilled.push(c).unwrap();
+        }
+        assert_eq!(spilled.blocks.len(), 1);
+        assert!(spilled.spilled_count() >= 1);
+        assert_eq!(spilled.iter().collect::<Result<Vec<_>>>().unwrap(), many);
+        blob.save_change_log(&spilled);
+        assert_eq!(blob.cached_changes().unwrap(), many);
+        assert_eq!(spilled.into_changes().collect::<Result<Vec<_>>>().unwrap(), many);
+        // A spilled log whose file was cut short is an error.
+        let mut short = ChangeLog::spilling_to(dir.path()).unwrap();
+        for c in &many {
+            short.push(c).unwrap();
+        }
+        short.spill.as_ref().unwrap().0.set_len(100).unwrap();
+        assert!(short.into_changes().any(|c| c.is_err()));
     }
 
     use super::*;

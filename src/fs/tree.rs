@@ -110,6 +110,8 @@ fn id32(id: usize) -> u32 {
 pub struct LayerDiff {
     /// Nodes from this id on were created by the layer.
     first_node: NodeId,
+    /// Lower nodes the layer changed (the ones it created are not listed:
+    /// a million of them held 28 MB).
     touched: HashSet<NodeId>,
     whiteouts: HashSet<(NodeId, Box<[u8]>)>,
     opaque: HashSet<NodeId>,
@@ -150,6 +152,20 @@ pub struct PlanInode {
     pub paths: Vec<Vec<u8>>,
     pub kind: InodeKind,
     pub meta: Meta,
+}
+
+impl LayerDiff {
+    /// Records that the layer changed or created `node`.
+    fn touch(&mut self, node: NodeId) {
+        if node < self.first_node {
+            self.touched.insert(node);
+        }
+    }
+
+    /// Every node the layer changed or created (not all of them reachable).
+    fn changed(&self, nodes: usize) -> impl Iterator<Item = NodeId> + '_ {
+        self.touched.iter().copied().chain(self.first_node..nodes)
+    }
 }
 
 impl Default for Tree {
@@ -375,7 +391,7 @@ impl Tree {
         let mine = |n: NodeId| n >= diff.first_node || diff.touched.contains(&n);
         // Every node under `top` that is this layer's, with its ancestors.
         let mut keep: HashSet<NodeId> = HashSet::new();
-        let candidates = (diff.first_node..self.nodes.len()).chain(diff.touched.iter().copied());
+        let candidates = diff.changed(self.nodes.len());
         for node in candidates.collect::<Vec<_>>() {
             let mut chain = vec![node];
             let mut cur = node;
@@ -420,7 +436,7 @@ impl Tree {
             }
             let node = self.walk(&entry.path, true)?.expect("created");
             self.set_dir_meta(node, &entry.meta);
-            diff.touched.insert(node);
+            diff.touch(node);
             return Ok(());
         }
         let dir = self.walk(parent, true)?.expect("created");
@@ -429,7 +445,7 @@ impl Tree {
             Kind::Dir => {
                 if let Some(node) = existing.filter(|&n| self.is_dir(n)) {
                     self.set_dir_meta(node, &entry.meta);
-                    diff.touched.insert(node);
+                    diff.touch(node);
                     return Ok(());
                 }
                 self.new_inode(InodeKind::Dir, entry)
@@ -465,7 +481,7 @@ impl Tree {
             self.detach(dir, name);
         }
         let node = self.insert_node(dir, name, inode);
-        diff.touched.insert(node);
+        diff.touch(node);
         // A directory re-created where this layer whited one out must hide
         // the lower directory's content in overlayfs.
         if diff.whiteouts.remove(&(dir, Box::from(name))) && self.is_dir(node) {
@@ -617,7 +633,7 @@ impl Tree {
         // metadata, which `-mount` gives the mount's root.
         want(ROOT, &mut wanted);
         let reachable: HashSet<NodeId> = all.iter().map(|(n, _)| *n).collect();
-        for &node in diff.touched.iter().filter(|n| reachable.contains(n)) {
+        for node in diff.changed(self.nodes.len()).filter(|n| reachable.contains(n)) {
             want(node, &mut wanted);
             if let Some(names) = by_inode.get(&(self.nodes[node].inode as InodeId)) {
                 for &other in names {
