@@ -116,6 +116,22 @@ fn dir_store_round_trip_equals_extraction_and_repack_uploads_nothing() {
     assert_eq!(stored(), first, "a re-pack wrote chunks");
     // The re-pack reused the chunk lists it remembered: its flist must be as good.
     s.unpack_equals(&repacked, &[], "from-repack");
+    // Remembered lists that do not fit their entries (a chunk short, or
+    // cut inside a chunk) are not used: those entries are packed again.
+    {
+        let db = rusqlite::Connection::open(s.bed.fl.workdir.join("chunks.db")).unwrap();
+        let damaged = db
+            .execute(
+                "UPDATE layer_entry SET chunks = CASE WHEN length(chunks) > 64
+                 THEN substr(chunks, 1, length(chunks) - 64) ELSE substr(chunks, 1, 40) END",
+                [],
+            )
+            .unwrap();
+        assert!(damaged > 5, "{damaged} remembered lists");
+    }
+    let (mended, log) = s.pack("b2.fl", std::slice::from_ref(&store));
+    assert_eq!(counts(&log).0, 0, "the content is in the store:\n{log}");
+    s.unpack_equals(&mended, &[], "from-damaged-index");
     // A fresh workdir has no local index: the store is asked, still nothing uploaded.
     let fresh = Flmount::new();
     let log = fresh.ok(&[

@@ -66,7 +66,8 @@ pub fn pack_image(
         .map(|key| known.reusable_entries(key, &router, &workdir.tmp_dir()))
         .collect::<Result<_>>()?;
     tracing::debug!("packed entries reusable: {:.2}s", started.elapsed().as_secs_f64());
-    // Each layer's changes, held encoded (a third of the decoded size).
+    // Each layer's changes, encoded (a third of the decoded size) and
+    // spilled to the workdir's tmp/ as they are read.
     let changes: Vec<std::sync::Mutex<ChangeLog>> = layers.iter().map(|_| Default::default()).collect();
     let indices: Vec<usize> = (0..layers.len()).collect();
     let (mut packed, stats) = pack::pack(
@@ -90,8 +91,6 @@ pub fn pack_image(
                     *changes[layer].lock().unwrap() = cached;
                     return Ok(());
                 }
-                // On disk but for a block: the merged tree is built while
-                // the logs are read back.
                 let mut list = ChangeLog::spilling_to(&workdir.tmp_dir())?;
                 layers[layer]
                     .for_each(|change, reader| {
@@ -124,10 +123,6 @@ pub fn pack_image(
     // flist is written from the tree itself (no plan of it beside it): a
     // million-entry image holds a few hundred bytes per entry at each.
     tracing::debug!("content packed: {:.2}s", started.elapsed().as_secs_f64());
-    #[cfg(target_env = "gnu")]
-    unsafe {
-        libc::malloc_trim(0);
-    }
     let tree = Tree::from_logs(changes.into_iter().map(|c| c.into_inner().unwrap()).collect())?;
     known.save_layer_entries(|save| {
         packed.for_each(|&(layer, entry), chunks| save(&keys[layer as usize], entry, &chunks))
