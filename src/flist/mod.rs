@@ -1,6 +1,8 @@
 //! flists: the rfs-compatible SQLite format ([`format`]), also read a
 //! directory at a time ([`rows`]); packing a tree's
-//! content into chunk stores and reading it back ([`pack`]); the readers'
+//! content into chunk stores and reading it back ([`pack`]), with the
+//! workdir's index of what the stores hold ([`known`]) and what a pack
+//! keeps on disk meanwhile ([`spill`]); the readers'
 //! chunk cache ([`chunkcache`]); serving an flist through FUSE ([`fuse`]);
 //! an image's seek index, an flist of spans of its own layer blobs
 //! ([`seekindex`]), and the layers as the store it reads ([`layerstore`]);
