@@ -277,12 +277,15 @@ impl KnownChunks {
 }
 
 /// A connection to the index (its tables made if missing).
-fn open(path: &Path) -> Result<Connection> {
-    let conn = Connection::open(path).with_context(|| format!("opening {}", path.display()))?;
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
-    conn.execute_batch(SCHEMA)
-        .with_context(|| format!("opening {}", path.display()))?;
+    conn.execute_batch(SCHEMA)?;
     Ok(conn)
+}
+
+fn open(path: &Path) -> Result<Connection> {
+    connect(path).with_context(|| format!("opening {}", path.display()))
 }
 
 /// [`open`], once a run, after checking every page of the file: damage
@@ -290,9 +293,7 @@ fn open(path: &Path) -> Result<Connection> {
 /// aside and an empty one made.
 fn open_checked(path: &Path) -> Result<Connection> {
     let check = || -> rusqlite::Result<Connection> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(30))?;
-        conn.execute_batch(SCHEMA)?;
+        let conn = connect(path)?;
         let verdict: String = conn.query_row("PRAGMA quick_check(1)", [], |r| r.get(0))?;
         if verdict != "ok" {
             return Err(rusqlite::Error::SqliteFailure(

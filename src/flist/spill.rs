@@ -132,15 +132,6 @@ impl<K: Copy + Eq + std::hash::Hash> ChunkLists<K> {
         self.files.get(file).map(|&(_, count)| count)
     }
 
-    /// The number of files with a list.
-    pub fn len(&self) -> usize {
-        self.files.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
-
     /// Frees what the map of files holds beyond its entries.
     pub fn shrink_to_fit(&mut self) {
         self.files.shrink_to_fit();
